@@ -1,0 +1,155 @@
+package notification
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+const otpJSON = `{"id":"01JD3ZQ8X4K2M9N7P5R3T1V0WY","idempotency_key":"login-42-7731","tenant":"acme",` +
+	`"channel":"sms","priority":"critical","recipient":"+8613800138000","template":"otp",` +
+	`"vars":{"code":"731904","minutes":5},"expires_at":"2026-11-24T10:05:00Z",` +
+	`"accepted_at":"2026-11-24T10:00:00.123456789Z","metadata":{"trace":"abc"}}`
+
+func TestDecodeFull(t *testing.T) {
+	n, err := NewCodec().Decode([]byte(otpJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Channel != SMS || n.Priority != Critical || n.Recipient != "+8613800138000" || n.Template != "otp" {
+		t.Fatalf("decoded %+v", n)
+	}
+	if n.Vars["code"] != "731904" || n.Vars["minutes"] != "5" {
+		t.Fatalf("vars %v", n.Vars)
+	}
+	if !n.ExpiresAt.Equal(time.Date(2026, 11, 24, 10, 5, 0, 0, time.UTC)) {
+		t.Fatalf("expires_at %v", n.ExpiresAt)
+	}
+	if n.AcceptedAt.Nanosecond() != 123456789 {
+		t.Fatalf("accepted_at lost precision: %v", n.AcceptedAt)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	c := NewCodec("sms-marketing")
+	in := &Notification{
+		ID: NewID(), Tenant: "t", Channel: "sms-marketing", Priority: Bulk, Recipient: "+1555",
+		Content:   &Content{Subject: "Sale \"now\"", Body: "50% off\n<b>today</b> \u2603"},
+		NotBefore: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), ExpiresAt: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC),
+		Attempts: 3, Metadata: map[string]string{"z": "1", "a": "2"},
+	}
+	in.Prepare(time.Unix(100, 0).UTC())
+	b := c.Encode(in)
+	out, err := c.Decode(b)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Fatalf("round trip changed it:\n in %+v\nout %+v", in, out)
+	}
+	if again := c.Encode(out); string(again) != string(b) {
+		t.Fatalf("encoding not stable:\n%s\n%s", b, again)
+	}
+	// The wire form must be plain JSON any consumer can read.
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("encoding/json cannot read our output: %v", err)
+	}
+}
+
+func TestDecodeErrorsNameTheField(t *testing.T) {
+	base := `"channel":"sms","recipient":"+1","template":"otp"`
+	cases := []struct{ in, field string }{
+		{`{` + base + `,"priority":"urgent"}`, "priority"},
+		{`{"channel":"fax","recipient":"+1","template":"x"}`, "channel"},
+		{`{"recipient":"+1","template":"x"}`, "channel"},
+		{`{"channel":"sms","template":"otp"}`, "recipient"},
+		{`{"channel":"sms","recipient":"  ","template":"otp"}`, "recipient"},
+		{`{` + base + `,"expires_at":"tomorrow"}`, "expires_at"},
+		{`{` + base + `,"not_before":12}`, "not_before"},
+		{`{` + base + `,"colour":"red"}`, "colour"},
+		{`{` + base + `,"vars":{"code":[1]}}`, "vars.code"},
+		{`{` + base + `,"attempts":-1}`, "attempts"},
+		{`{` + base + `,"id":"not-a-ulid"}`, "id"},
+		{`{` + base + `,"content":{"body":"x"}}`, "content"},
+		{`{"channel":"sms","recipient":"+1"}`, "template"},
+		{`{"channel":"sms","recipient":"+1","content":{"body":"x","html":"y"}}`, "content.html"},
+		{`{` + base + `,"not_before":"2026-01-02T00:00:00Z","expires_at":"2026-01-01T00:00:00Z"}`, "expires_at"},
+		{`{` + base + `,"recipient":"` + strings.Repeat("9", MaxRecipientLen+1) + `"}`, "recipient"},
+		{`[1]`, ""},
+		{`{"channel":`, ""},
+	}
+	for _, tc := range cases {
+		_, err := NewCodec().Decode([]byte(tc.in))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field || !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: got %v, want an error on field %q", tc.in, err, tc.field)
+		}
+	}
+}
+
+func TestDefaultPriorityIsNormal(t *testing.T) {
+	n, err := NewCodec().Decode([]byte(`{"channel":"email","recipient":"a@b.c","template":"welcome"}`))
+	if err != nil || n.Priority != Normal {
+		t.Fatalf("%v %v", n, err)
+	}
+}
+
+func TestExpiryAndDue(t *testing.T) {
+	now := time.Unix(1000, 0)
+	n := &Notification{ExpiresAt: now, NotBefore: now.Add(time.Second)}
+	if !n.Expired(now) || n.Expired(now.Add(-1)) {
+		t.Fatal("expiry boundary wrong: a code at its expiry instant is already worthless")
+	}
+	if n.Due(now) || !n.Due(now.Add(time.Second)) {
+		t.Fatal("not_before boundary wrong")
+	}
+}
+
+func TestIdempotencyKeyCanonical(t *testing.T) {
+	c := NewCodec()
+	a, _ := c.Decode([]byte(`{"channel":"sms","recipient":"+1","template":"otp","vars":{"a":"1","b":2}}`))
+	b, _ := c.Decode([]byte(`{"vars":{"b":"2","a":1},"template":"otp","recipient":"+1","channel":"sms"}`))
+	if DefaultIdempotencyKey(a) != DefaultIdempotencyKey(b) {
+		t.Fatal("var order changed the key")
+	}
+	// Each distinguishing field must change the key, and concatenation must not collide.
+	variants := []*Notification{
+		{Channel: "sms", Recipient: "+1", Template: "otp", Vars: map[string]string{"a": "1", "b": "3"}},
+		{Channel: "email", Recipient: "+1", Template: "otp", Vars: map[string]string{"a": "1", "b": "2"}},
+		{Channel: "sms", Recipient: "+2", Template: "otp", Vars: map[string]string{"a": "1", "b": "2"}},
+		{Channel: "sms", Recipient: "+1", Template: "otq", Vars: map[string]string{"a": "1", "b": "2"}},
+		{Channel: "sms", Recipient: "+1", Template: "otp", Vars: map[string]string{"a": "1b", "": "2"}},
+		{Tenant: "x", Channel: "sms", Recipient: "+1", Template: "otp", Vars: map[string]string{"a": "1", "b": "2"}},
+		{Channel: "sms", Recipient: "+1o", Template: "tp", Vars: map[string]string{"a": "1", "b": "2"}},
+	}
+	seen := map[string]int{DefaultIdempotencyKey(a): -1}
+	for i, v := range variants {
+		k := DefaultIdempotencyKey(v)
+		if j, dup := seen[k]; dup {
+			t.Fatalf("variant %d collides with %d", i, j)
+		}
+		seen[k] = i
+	}
+	// Pinned: the key is stored in dedupe databases, so it must never drift.
+	if got := DefaultIdempotencyKey(a); got != "k1-"+"9dba38bacf85514cda613d76178eddd9" {
+		t.Fatalf("default key changed to %s; old dedupe entries would stop matching", got)
+	}
+}
+
+func TestPrepare(t *testing.T) {
+	n := &Notification{Channel: SMS, Recipient: "+1", Template: "otp"}
+	now := time.Unix(5, 0)
+	n.Prepare(now)
+	if len(n.ID) != 26 || !n.AcceptedAt.Equal(now) || n.IdempotencyKey != DefaultIdempotencyKey(n) {
+		t.Fatalf("%+v", n)
+	}
+	id := n.ID
+	n.Prepare(now.Add(time.Hour))
+	if n.ID != id || !n.AcceptedAt.Equal(now) {
+		t.Fatal("Prepare overwrote assigned fields")
+	}
+}
