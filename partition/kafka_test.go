@@ -1,0 +1,66 @@
+package partition
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+)
+
+// Kafka-only: several members of one group split the partitions, and when
+// one leaves, its partitions move to the others after OnRevoked.
+func TestKafkaGroupSplitsAndRebalances(t *testing.T) {
+	open := kafkaBackend().setup(t)
+	p := open(ConsumerConfig{})
+	ensure(t, p, "s", 4)
+	revokedB := make(chan []TopicPartition, 4)
+	a := open(ConsumerConfig{Group: "g", Topics: []string{"s"}})
+	b := open(ConsumerConfig{Group: "g", Topics: []string{"s"},
+		OnRevoked: func(_ context.Context, tps []TopicPartition) { revokedB <- tps }})
+	// Members join on their first poll; keep both polling in the background.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, m := range []Log{a, b} {
+		go func() {
+			for ctx.Err() == nil {
+				m.Poll(ctx, 10)
+			}
+		}()
+	}
+	waitUntil(t, "a split assignment", func() bool {
+		as, bs := a.Assigned(), b.Assigned()
+		if len(as) == 0 || len(bs) == 0 || len(as)+len(bs) != 4 {
+			return false
+		}
+		for _, tp := range as {
+			if slices.Contains(bs, tp) {
+				t.Fatalf("partition %v owned by both members", tp)
+			}
+		}
+		return true
+	})
+	owned := b.Assigned()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case tps := <-revokedB:
+		if !slices.Equal(sorted(tps), sorted(owned)) {
+			t.Fatalf("revoked %v, owned %v", tps, owned)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("OnRevoked not called when the member left")
+	}
+	waitUntil(t, "the remaining member to own every partition", func() bool { return len(a.Assigned()) == 4 })
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,348 @@
+package partition
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// KafkaConfig tunes the Kafka Log beyond its consumer group.
+type KafkaConfig struct {
+	Brokers           []string
+	Linger            time.Duration // producer linger; default 2ms
+	ReplicationFactor int16         // for created topics; default -1 (the broker's default)
+	SessionTimeout    time.Duration // group session; default 10s (kgo's 45s makes failover slow)
+	// Extra is passed to kgo.NewClient last, for TLS, SASL and the like.
+	Extra []kgo.Opt
+}
+
+// KafkaLog is the Log over Kafka through franz-go: an idempotent producer
+// with linger and batching, and a consumer group with cooperative-sticky
+// balancing and manual commits.
+type KafkaLog struct {
+	cl    *kgo.Client
+	adm   *kadm.Client
+	cfg   ConsumerConfig
+	kcfg  KafkaConfig
+	group bool
+
+	mu       sync.Mutex
+	assigned map[TopicPartition]bool
+	closed   bool
+}
+
+// NewKafka connects to the brokers. With cc.Group set the client joins the
+// group and consumes cc.Topics; records start from the committed offsets or,
+// without them, from the oldest record.
+func NewKafka(kc KafkaConfig, cc ConsumerConfig) (*KafkaLog, error) {
+	if len(kc.Brokers) == 0 {
+		return nil, errors.New("partition: no Kafka brokers given")
+	}
+	if kc.Linger == 0 {
+		kc.Linger = 2 * time.Millisecond
+	}
+	if kc.ReplicationFactor == 0 {
+		kc.ReplicationFactor = -1
+	}
+	if kc.SessionTimeout == 0 {
+		kc.SessionTimeout = 10 * time.Second
+	}
+	l := &KafkaLog{cfg: cc, kcfg: kc, group: cc.Group != "", assigned: map[TopicPartition]bool{}}
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(kc.Brokers...),
+		kgo.ProducerLinger(kc.Linger),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.SnappyCompression(), kgo.NoCompression()),
+	}
+	if l.group {
+		opts = append(opts,
+			kgo.ConsumerGroup(cc.Group),
+			kgo.ConsumeTopics(cc.Topics...),
+			kgo.Balancers(kgo.CooperativeStickyBalancer()),
+			kgo.DisableAutoCommit(),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+			kgo.SessionTimeout(kc.SessionTimeout),
+			kgo.HeartbeatInterval(kc.SessionTimeout/10),
+			kgo.FetchMaxWait(500*time.Millisecond),
+			kgo.OnPartitionsAssigned(l.onAssigned),
+			kgo.OnPartitionsRevoked(l.onRevoked),
+			kgo.OnPartitionsLost(l.onRevoked),
+		)
+	}
+	opts = append(opts, kc.Extra...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("partition: kafka client: %w", err)
+	}
+	l.cl = cl
+	l.adm = kadm.NewClient(cl)
+	return l, nil
+}
+
+func toTPs(m map[string][]int32) []TopicPartition {
+	var out []TopicPartition
+	for t, ps := range m {
+		for _, p := range ps {
+			out = append(out, TopicPartition{t, p})
+		}
+	}
+	slices.SortFunc(out, func(a, b TopicPartition) int {
+		if a.Topic != b.Topic {
+			if a.Topic < b.Topic {
+				return -1
+			}
+			return 1
+		}
+		return int(a.Partition - b.Partition)
+	})
+	return out
+}
+
+func fromTPs(tps []TopicPartition) map[string][]int32 {
+	m := map[string][]int32{}
+	for _, tp := range tps {
+		m[tp.Topic] = append(m[tp.Topic], tp.Partition)
+	}
+	return m
+}
+
+func (l *KafkaLog) onAssigned(ctx context.Context, _ *kgo.Client, m map[string][]int32) {
+	tps := toTPs(m)
+	l.mu.Lock()
+	for _, tp := range tps {
+		l.assigned[tp] = true
+	}
+	l.mu.Unlock()
+	if l.cfg.OnAssigned != nil && len(tps) > 0 {
+		l.cfg.OnAssigned(ctx, tps)
+	}
+}
+
+func (l *KafkaLog) onRevoked(ctx context.Context, _ *kgo.Client, m map[string][]int32) {
+	tps := toTPs(m)
+	if l.cfg.OnRevoked != nil && len(tps) > 0 {
+		l.cfg.OnRevoked(ctx, tps)
+	}
+	l.mu.Lock()
+	for _, tp := range tps {
+		delete(l.assigned, tp)
+	}
+	l.mu.Unlock()
+}
+
+// EnsureTopics implements Log through kadm, setting retention.ms and
+// retention.bytes; topics that exist are left as they are.
+func (l *KafkaLog) EnsureTopics(ctx context.Context, specs ...TopicSpec) error {
+	for _, s := range specs {
+		configs := map[string]*string{}
+		if s.RetentionAge > 0 {
+			v := strconv.FormatInt(s.RetentionAge.Milliseconds(), 10)
+			configs["retention.ms"] = &v
+		} else {
+			v := "-1"
+			configs["retention.ms"] = &v
+		}
+		if s.RetentionBytes > 0 {
+			v := strconv.FormatInt(s.RetentionBytes, 10)
+			configs["retention.bytes"] = &v
+		}
+		resp, err := l.adm.CreateTopics(ctx, s.Partitions, l.kcfg.ReplicationFactor, configs, s.Name)
+		if err != nil {
+			return fmt.Errorf("partition: create topic %s: %w", s.Name, err)
+		}
+		for _, r := range resp {
+			if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
+				return fmt.Errorf("partition: create topic %s: %w", r.Topic, r.Err)
+			}
+		}
+	}
+	return nil
+}
+
+// Produce implements Log.
+func (l *KafkaLog) Produce(ctx context.Context, recs []Record) error {
+	krs := make([]*kgo.Record, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value}
+		if len(r.Headers) > 0 {
+			kr.Headers = make([]kgo.RecordHeader, len(r.Headers))
+			for j, h := range r.Headers {
+				kr.Headers[j] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+			}
+		}
+		krs[i] = kr
+	}
+	// ProduceSync's results come in completion order, not input order, so
+	// offsets are read back from our own record pointers.
+	var errs []error
+	for _, pr := range l.cl.ProduceSync(ctx, krs...) {
+		if pr.Err != nil {
+			errs = append(errs, pr.Err)
+		}
+	}
+	if len(errs) == 0 {
+		for i, kr := range krs {
+			recs[i].Partition, recs[i].Offset, recs[i].Timestamp = kr.Partition, kr.Offset, kr.Timestamp
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		if errors.Is(err, kgo.ErrClientClosed) {
+			return ErrClosed
+		}
+		return fmt.Errorf("partition: produce: %w", err)
+	}
+	return nil
+}
+
+// Poll implements Log.
+func (l *KafkaLog) Poll(ctx context.Context, max int) ([]Record, error) {
+	if !l.group {
+		return nil, ErrNoConsumer
+	}
+	if max <= 0 {
+		max = 1
+	}
+	for {
+		fs := l.cl.PollRecords(ctx, max)
+		if fs.IsClientClosed() {
+			return nil, ErrClosed
+		}
+		out := make([]Record, 0, fs.NumRecords())
+		fs.EachRecord(func(kr *kgo.Record) {
+			r := Record{Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset, Key: kr.Key,
+				Value: kr.Value, Timestamp: kr.Timestamp}
+			if len(kr.Headers) > 0 {
+				r.Headers = make([]Header, len(kr.Headers))
+				for i, h := range kr.Headers {
+					r.Headers[i] = Header{Key: h.Key, Value: h.Value}
+				}
+			}
+			out = append(out, r)
+		})
+		if len(out) > 0 {
+			return out, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		var errs []error
+		fs.EachError(func(t string, p int32, err error) {
+			errs = append(errs, fmt.Errorf("%s/%d: %w", t, p, err))
+		})
+		if len(errs) > 0 {
+			// kgo retries what is retriable; what reaches here the caller
+			// should see (and usually log before polling again).
+			return nil, fmt.Errorf("partition: poll: %w", errors.Join(errs...))
+		}
+	}
+}
+
+// Commit implements Log.
+func (l *KafkaLog) Commit(ctx context.Context, offsets map[TopicPartition]int64) error {
+	if !l.group {
+		return ErrNoConsumer
+	}
+	if len(offsets) == 0 {
+		return nil
+	}
+	m := map[string]map[int32]kgo.EpochOffset{}
+	for tp, o := range offsets {
+		if m[tp.Topic] == nil {
+			m[tp.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		m[tp.Topic][tp.Partition] = kgo.EpochOffset{Epoch: -1, Offset: o}
+	}
+	var cerr error
+	l.cl.CommitOffsetsSync(ctx, m, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			cerr = err
+			return
+		}
+		var errs []error
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if e := kerr.ErrorForCode(p.ErrorCode); e != nil {
+					errs = append(errs, fmt.Errorf("%s/%d: %w", t.Topic, p.Partition, e))
+				}
+			}
+		}
+		cerr = errors.Join(errs...)
+	})
+	if cerr != nil {
+		return fmt.Errorf("partition: commit: %w", cerr)
+	}
+	return nil
+}
+
+// Pause implements Log.
+func (l *KafkaLog) Pause(tps ...TopicPartition) { l.cl.PauseFetchPartitions(fromTPs(tps)) }
+
+// Resume implements Log.
+func (l *KafkaLog) Resume(tps ...TopicPartition) { l.cl.ResumeFetchPartitions(fromTPs(tps)) }
+
+// Assigned implements Log.
+func (l *KafkaLog) Assigned() []TopicPartition {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]TopicPartition, 0, len(l.assigned))
+	for tp := range l.assigned {
+		out = append(out, tp)
+	}
+	return toTPs(fromTPs(out))
+}
+
+// Lag implements Log through kadm.
+func (l *KafkaLog) Lag(ctx context.Context) (map[TopicPartition]int64, error) {
+	if !l.group {
+		return nil, ErrNoConsumer
+	}
+	lags, err := l.adm.Lag(ctx, l.cfg.Group)
+	if err != nil {
+		return nil, fmt.Errorf("partition: lag: %w", err)
+	}
+	gl, ok := lags[l.cfg.Group]
+	if !ok {
+		return map[TopicPartition]int64{}, nil
+	}
+	if gl.Error() != nil {
+		return nil, fmt.Errorf("partition: lag: %w", gl.Error())
+	}
+	mine := map[TopicPartition]bool{}
+	for _, tp := range l.Assigned() {
+		mine[tp] = true
+	}
+	out := map[TopicPartition]int64{}
+	for t, ps := range gl.Lag {
+		for p, ml := range ps {
+			tp := TopicPartition{t, p}
+			if mine[tp] && ml.Err == nil {
+				out[tp] = ml.Lag
+			}
+		}
+	}
+	return out, nil
+}
+
+// Close implements Log: it leaves the group, which runs OnRevoked for the
+// partitions still assigned, then closes the client.
+func (l *KafkaLog) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.mu.Unlock()
+	l.cl.Close()
+	return nil
+}

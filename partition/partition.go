@@ -1,0 +1,115 @@
+// Package partition defines the Log the engine consumes and produces
+// through, with two implementations: one over the embedded wal for a single
+// process, one over Kafka (franz-go) for many. Both pass the same
+// conformance suite, so the engine never knows which it has.
+//
+// Semantics shared by both:
+//   - Produce partitions by key (records with the same key keep their order
+//     in one partition; nil keys spread), and returns once the records are
+//     durable per the log's policy, with Partition and Offset filled in.
+//   - Poll hands over records in bulk from the partitions assigned to this
+//     member of its consumer group, in offset order per partition, blocking
+//     until there is at least one or ctx ends.
+//   - Commit stores explicit offsets: the next offset to consume. A new
+//     member of the group starts from the committed offset, or from the
+//     oldest record when nothing was committed.
+//   - Pause and Resume stop and restart delivery from partitions
+//     (backpressure), without losing position.
+//   - OnAssigned runs before records of newly assigned partitions are
+//     returned; OnRevoked runs before partitions leave this member (a
+//     rebalance or Close), so the caller can finish and commit them.
+package partition
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Record is one log entry.
+type Record struct {
+	Topic     string
+	Partition int32 // set by Produce
+	Offset    int64 // set by Produce
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+	Timestamp time.Time // set by the log on append
+}
+
+// Header is a record header; dead letters carry their reason in them.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// HeaderValue returns the value of the first header named key.
+func (r *Record) HeaderValue(key string) ([]byte, bool) {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return h.Value, true
+		}
+	}
+	return nil, false
+}
+
+// TopicPartition names one partition.
+type TopicPartition struct {
+	Topic     string
+	Partition int32
+}
+
+func (tp TopicPartition) String() string { return fmt.Sprintf("%s/%d", tp.Topic, tp.Partition) }
+
+// TopicSpec describes a topic to create. Zero retention keeps records
+// forever; DeleteUncommitted lets retention delete records a group has not
+// committed (honoured by the embedded log; Kafka retention never looks at
+// groups).
+type TopicSpec struct {
+	Name              string
+	Partitions        int32
+	RetentionAge      time.Duration
+	RetentionBytes    int64 // per partition
+	DeleteUncommitted bool
+	Compression       string // none, s2 or zstd on the embedded log; Kafka clients pick their own
+}
+
+// ConsumerConfig makes a Log a member of a consumer group. With no Group
+// the Log only produces.
+type ConsumerConfig struct {
+	Group  string
+	Topics []string
+	// OnAssigned and OnRevoked receive the partitions gained or about to be
+	// lost. They must not call Close.
+	OnAssigned func(ctx context.Context, tps []TopicPartition)
+	OnRevoked  func(ctx context.Context, tps []TopicPartition)
+}
+
+// Log is what the engine produces to and consumes from.
+type Log interface {
+	// EnsureTopics creates the topics that do not exist yet.
+	EnsureTopics(ctx context.Context, specs ...TopicSpec) error
+	// Produce appends records and returns when they are durable.
+	Produce(ctx context.Context, recs []Record) error
+	// Poll returns up to max records; it blocks until at least one is ready.
+	Poll(ctx context.Context, max int) ([]Record, error)
+	// Commit stores the next offset to consume for each partition.
+	Commit(ctx context.Context, offsets map[TopicPartition]int64) error
+	// Pause stops Poll from returning records of tps; Resume restarts it.
+	Pause(tps ...TopicPartition)
+	Resume(tps ...TopicPartition)
+	// Assigned lists the partitions this member currently owns.
+	Assigned() []TopicPartition
+	// Lag returns, per assigned partition, how many records lie between the
+	// committed offset and the end of the log.
+	Lag(ctx context.Context) (map[TopicPartition]int64, error)
+	// Close runs OnRevoked for what is still assigned and releases resources.
+	Close() error
+}
+
+// Errors callers branch on.
+var (
+	ErrClosed     = errors.New("partition: log closed")
+	ErrNoConsumer = errors.New("partition: log has no consumer group")
+)

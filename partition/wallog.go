@@ -1,0 +1,344 @@
+package partition
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/goutong/goutong/wal"
+)
+
+// WALLog is the single-process Log over the embedded wal. One process owns
+// the log directory, so a consumer group has one member and it is assigned
+// every partition of its topics.
+type WALLog struct {
+	w   *wal.Log
+	cfg ConsumerConfig
+	rr  atomic.Uint64 // spreads nil-key records
+
+	mu        sync.Mutex
+	assigned  bool
+	pos       map[TopicPartition]int64
+	order     []TopicPartition // poll order; rotated for fairness
+	paused    map[TopicPartition]bool
+	closed    bool
+	wake      chan struct{} // closed and replaced on Pause/Resume/Close
+	ownsLog   bool
+	pollStart int
+}
+
+// NewWAL returns a Log over w. With cfg.Group set it consumes cfg.Topics;
+// the topics must exist when Poll is first called. The caller keeps
+// ownership of w unless OwnWAL is used.
+func NewWAL(w *wal.Log, cfg ConsumerConfig) *WALLog {
+	return &WALLog{w: w, cfg: cfg, pos: map[TopicPartition]int64{}, paused: map[TopicPartition]bool{}, wake: make(chan struct{})}
+}
+
+// OwnWAL makes Close also close the underlying wal.
+func (l *WALLog) OwnWAL() *WALLog { l.ownsLog = true; return l }
+
+// EnsureTopics implements Log.
+func (l *WALLog) EnsureTopics(_ context.Context, specs ...TopicSpec) error {
+	for _, s := range specs {
+		codec, err := wal.ParseCodec(s.Compression)
+		if err != nil {
+			return err
+		}
+		err = l.w.CreateTopic(s.Name, wal.TopicConfig{
+			Partitions: s.Partitions, Codec: codec, RetentionAge: s.RetentionAge,
+			RetentionBytes: s.RetentionBytes, DeleteUncommitted: s.DeleteUncommitted,
+		})
+		if err != nil {
+			return fmt.Errorf("partition: create topic %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+func (l *WALLog) partitionFor(topic string, key []byte) (int32, error) {
+	cfg, ok := l.w.TopicConfig(topic)
+	if !ok {
+		return 0, fmt.Errorf("partition: produce to %s: %w", topic, wal.ErrUnknownTopic)
+	}
+	n := uint64(cfg.Partitions)
+	if key == nil {
+		return int32(l.rr.Add(1) % n), nil
+	}
+	return int32(xxhash.Sum64(key) % n), nil
+}
+
+// Produce implements Log: records are grouped per partition and appended
+// concurrently, each group as one append, so a batch for many partitions
+// costs one group commit per partition.
+func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
+	type group struct {
+		tp   TopicPartition
+		idx  []int
+		recs []wal.Record
+	}
+	var groups []*group
+	find := map[TopicPartition]*group{}
+	for i := range recs {
+		p, err := l.partitionFor(recs[i].Topic, recs[i].Key)
+		if err != nil {
+			return err
+		}
+		tp := TopicPartition{recs[i].Topic, p}
+		g := find[tp]
+		if g == nil {
+			g = &group{tp: tp}
+			find[tp] = g
+			groups = append(groups, g)
+		}
+		g.idx = append(g.idx, i)
+		g.recs = append(g.recs, toWAL(&recs[i]))
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(groups))
+	for gi, g := range groups {
+		wg.Add(1)
+		err := l.w.AppendAsync(ctx, g.tp.Topic, g.tp.Partition, g.recs, func(base int64, err error) {
+			defer wg.Done()
+			if err != nil {
+				errs[gi] = err
+				return
+			}
+			for j, i := range g.idx {
+				recs[i].Partition = g.tp.Partition
+				recs[i].Offset = base + int64(j)
+			}
+		})
+		if err != nil {
+			wg.Done()
+			errs[gi] = err
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("partition: produce: %w", err)
+	}
+	now := time.Now()
+	for i := range recs {
+		recs[i].Timestamp = now
+	}
+	return nil
+}
+
+func toWAL(r *Record) wal.Record {
+	wr := wal.Record{Key: r.Key, Value: r.Value}
+	if len(r.Headers) > 0 {
+		wr.Headers = make([]wal.Header, len(r.Headers))
+		for i, h := range r.Headers {
+			wr.Headers[i] = wal.Header{Key: h.Key, Value: h.Value}
+		}
+	}
+	return wr
+}
+
+// assign computes the assignment on first use: every partition of the
+// group's topics, starting at the committed offset or the oldest record.
+func (l *WALLog) assign(ctx context.Context) error {
+	l.mu.Lock()
+	if l.assigned {
+		l.mu.Unlock()
+		return nil
+	}
+	committed := l.w.CommittedOffsets(l.cfg.Group)
+	var tps []TopicPartition
+	for _, t := range l.cfg.Topics {
+		cfg, ok := l.w.TopicConfig(t)
+		if !ok {
+			l.mu.Unlock()
+			return fmt.Errorf("partition: consume %s: %w", t, wal.ErrUnknownTopic)
+		}
+		for p := range cfg.Partitions {
+			tp := TopicPartition{t, p}
+			start, end, err := l.w.Offsets(t, p)
+			if err != nil {
+				l.mu.Unlock()
+				return err
+			}
+			off, ok := committed[wal.TopicPartition{Topic: t, Partition: p}]
+			if !ok || off < start || off > end {
+				off = start
+			}
+			l.pos[tp] = off
+			tps = append(tps, tp)
+		}
+	}
+	l.order = tps
+	l.assigned = true
+	l.mu.Unlock()
+	if l.cfg.OnAssigned != nil {
+		l.cfg.OnAssigned(ctx, slices.Clone(tps))
+	}
+	return nil
+}
+
+// Poll implements Log. Partitions are visited round-robin from a rotating
+// start so one busy partition cannot starve the others.
+func (l *WALLog) Poll(ctx context.Context, max int) ([]Record, error) {
+	if l.cfg.Group == "" {
+		return nil, ErrNoConsumer
+	}
+	if max <= 0 {
+		max = 1
+	}
+	if err := l.assign(ctx); err != nil {
+		return nil, err
+	}
+	for {
+		changed := l.w.Changed()
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			return nil, ErrClosed
+		}
+		wake := l.wake
+		var out []Record
+		n := len(l.order)
+		start := l.pollStart
+		l.pollStart = (l.pollStart + 1) % max1(n)
+		for k := 0; k < n && len(out) < max; k++ {
+			tp := l.order[(start+k)%n]
+			if l.paused[tp] {
+				continue
+			}
+			pos := l.pos[tp]
+			recs, err := l.w.Read(tp.Topic, tp.Partition, pos, max-len(out), 8<<20)
+			if errors.Is(err, wal.ErrOffsetOutOfRange) {
+				// Retention passed our position: continue from the oldest kept.
+				s, _, _ := l.w.Offsets(tp.Topic, tp.Partition)
+				if s > pos {
+					l.pos[tp] = s
+				}
+				continue
+			}
+			if err != nil {
+				l.mu.Unlock()
+				return out, err
+			}
+			for i := range recs {
+				out = append(out, fromWAL(tp, &recs[i]))
+			}
+			if len(recs) > 0 {
+				l.pos[tp] = recs[len(recs)-1].Offset + 1
+			}
+		}
+		l.mu.Unlock()
+		if len(out) > 0 {
+			return out, nil
+		}
+		select {
+		case <-changed:
+		case <-wake:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func max1(n int) int { return max(n, 1) }
+
+func fromWAL(tp TopicPartition, r *wal.Record) Record {
+	out := Record{Topic: tp.Topic, Partition: tp.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value,
+		Timestamp: time.Unix(0, r.Timestamp)}
+	if len(r.Headers) > 0 {
+		out.Headers = make([]Header, len(r.Headers))
+		for i, h := range r.Headers {
+			out.Headers[i] = Header{Key: h.Key, Value: h.Value}
+		}
+	}
+	return out
+}
+
+// Commit implements Log.
+func (l *WALLog) Commit(_ context.Context, offsets map[TopicPartition]int64) error {
+	if l.cfg.Group == "" {
+		return ErrNoConsumer
+	}
+	if len(offsets) == 0 {
+		return nil
+	}
+	m := make(map[wal.TopicPartition]int64, len(offsets))
+	for tp, o := range offsets {
+		m[wal.TopicPartition{Topic: tp.Topic, Partition: tp.Partition}] = o
+	}
+	return l.w.CommitOffsets(l.cfg.Group, m)
+}
+
+// Pause implements Log.
+func (l *WALLog) Pause(tps ...TopicPartition) { l.setPaused(tps, true) }
+
+// Resume implements Log.
+func (l *WALLog) Resume(tps ...TopicPartition) { l.setPaused(tps, false) }
+
+func (l *WALLog) setPaused(tps []TopicPartition, p bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, tp := range tps {
+		if p {
+			l.paused[tp] = true
+		} else {
+			delete(l.paused, tp)
+		}
+	}
+	l.wakeLocked()
+}
+
+func (l *WALLog) wakeLocked() {
+	close(l.wake)
+	l.wake = make(chan struct{})
+}
+
+// Assigned implements Log.
+func (l *WALLog) Assigned() []TopicPartition {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.order)
+}
+
+// Lag implements Log.
+func (l *WALLog) Lag(context.Context) (map[TopicPartition]int64, error) {
+	committed := l.w.CommittedOffsets(l.cfg.Group)
+	out := map[TopicPartition]int64{}
+	for _, tp := range l.Assigned() {
+		start, end, err := l.w.Offsets(tp.Topic, tp.Partition)
+		if err != nil {
+			return nil, err
+		}
+		c, ok := committed[wal.TopicPartition{Topic: tp.Topic, Partition: tp.Partition}]
+		if !ok || c < start {
+			c = start
+		}
+		out[tp] = end - c
+	}
+	return out, nil
+}
+
+// Close implements Log.
+func (l *WALLog) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	tps := l.order
+	l.order = nil
+	l.wakeLocked()
+	l.mu.Unlock()
+	if l.cfg.OnRevoked != nil && len(tps) > 0 {
+		l.cfg.OnRevoked(context.Background(), tps)
+	}
+	if l.ownsLog {
+		return l.w.Close()
+	}
+	return nil
+}
