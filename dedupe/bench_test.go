@@ -1,0 +1,137 @@
+package dedupe
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// benchKeys returns n distinct keys of 16 to 40 bytes.
+func benchKeys(n int, seed uint64) []string {
+	r := rand.New(rand.NewPCG(seed, 7))
+	keys := make([]string, n)
+	for i := range keys {
+		k := fmt.Sprintf("t%d/%x-%d", r.IntN(100), r.Uint64(), i)
+		for len(k) < 16 {
+			k += "x"
+		}
+		if l := 16 + r.IntN(25); len(k) > l {
+			k = k[len(k)-l:]
+		}
+		keys[i] = k
+	}
+	return keys
+}
+
+const benchBatch = 1000
+
+// settle flushes and compacts the pre-loaded keys so the measured part does
+// not compete with the compaction debt of loading them.
+func settle(b *testing.B, s *Store) {
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.db.Compact(ctx, []byte{'b'}, []byte{'c'}, true); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func claimConfirm(b *testing.B, s *Store, keys []string, reqs []ClaimRequest, out []ClaimResult, done []Done) {
+	for i := range keys {
+		reqs[i] = ClaimRequest{Key: keys[i], ID: "01JD3ZQ8X4K2M9N7P5R3T1V0WY"}
+	}
+	if err := s.Claim(ctx, reqs, out); err != nil {
+		b.Fatal(err)
+	}
+	for i := range out {
+		done[i] = Done{Key: keys[i], Token: out[i].Token, ID: reqs[i].ID, Outcome: "sent"}
+	}
+	if err := s.Confirm(ctx, done); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkClaimConfirmNew claims and confirms new keys in batches of
+// 1,000 on top of 1,000,000 keys already stored.
+func BenchmarkClaimConfirmNew(b *testing.B) {
+	for _, sync := range []bool{true, false} {
+		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) {
+			s := open(b, b.TempDir(), newClock(), WithSync(sync))
+			defer s.Close()
+			reqs, out, done := make([]ClaimRequest, benchBatch), make([]ClaimResult, benchBatch), make([]Done, benchBatch)
+			pre := benchKeys(1_000_000, 1)
+			for i := 0; i < len(pre); i += benchBatch {
+				claimConfirm(b, s, pre[i:i+benchBatch], reqs, out, done)
+			}
+			settle(b, s)
+			fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				claimConfirm(b, s, fresh[i*benchBatch:(i+1)*benchBatch], reqs, out, done)
+			}
+			b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "keys/s")
+		})
+	}
+}
+
+// BenchmarkLookupExisting looks up stored keys in batches of 1,000 out of
+// 1,000,000.
+func BenchmarkLookupExisting(b *testing.B) {
+	s := open(b, b.TempDir(), newClock())
+	defer s.Close()
+	reqs, out, done := make([]ClaimRequest, benchBatch), make([]ClaimResult, benchBatch), make([]Done, benchBatch)
+	keys := benchKeys(1_000_000, 1)
+	for i := 0; i < len(keys); i += benchBatch {
+		claimConfirm(b, s, keys[i:i+benchBatch], reqs, out, done)
+	}
+	settle(b, s)
+	r := rand.New(rand.NewPCG(3, 3))
+	batch := make([]string, benchBatch)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		for i := range batch {
+			batch[i] = keys[r.IntN(len(keys))]
+		}
+		res, err := s.Lookup(batch, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !res[0].Found {
+			b.Fatal("stored key not found")
+		}
+	}
+	b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "lookups/s")
+}
+
+// BenchmarkBaselinePerKey is the baseline the batched store is compared
+// with: the same 1,000,000 stored keys and the same new keys, but one
+// Pebble Get and one unbatched, unsynced Set per key.
+func BenchmarkBaselinePerKey(b *testing.B) {
+	s := open(b, b.TempDir(), newClock(), WithSync(false))
+	defer s.Close()
+	reqs, out, done := make([]ClaimRequest, benchBatch), make([]ClaimResult, benchBatch), make([]Done, benchBatch)
+	pre := benchKeys(1_000_000, 1)
+	for i := 0; i < len(pre); i += benchBatch {
+		claimConfirm(b, s, pre[i:i+benchBatch], reqs, out, done)
+	}
+	settle(b, s)
+	keys := benchKeys(max(b.N, 1)*benchBatch, 2)
+	bucket := s.bucketOf(s.o.now())
+	val := (&entry{state: stateConfirmed, id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "sent"}).append(nil)
+	b.ResetTimer()
+	for _, k := range keys[:b.N*benchBatch] {
+		key := entryKey(nil, bucket, k)
+		if _, c, err := s.db.Get(key); err == nil {
+			c.Close()
+			continue
+		}
+		if err := s.db.Set(key, val, pebble.NoSync); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "keys/s")
+}

@@ -1,0 +1,786 @@
+// Package dedupe is the idempotency store that turns at-least-once
+// consumption into one send per idempotency key.
+//
+// The protocol per key is claim, then confirm or release:
+//
+//   - Claim, before sending. A new key is claimed under a lease and the
+//     caller sends. Claims live in memory (bounded) until confirmed or
+//     released; they are also written to disk only in scopes whose
+//     UncertainPolicy is Skip, because only there does a crash between claim
+//     and confirm change what happens next. This halves the writes per send. A key already confirmed answers Duplicate with the
+//     original notification id and outcome; the caller acknowledges without
+//     sending. A key claimed by someone whose lease is still running answers
+//     InFlight. A key whose claimant died (lease expired without confirm or
+//     release) is taken over, and the channel's UncertainPolicy says whether
+//     the new claimant sends again (Resend: at-least-once, right for
+//     verification codes) or treats it as done (Skip: at-most-once for that
+//     uncertain send, right where a duplicate is worse than a loss).
+//   - Confirm, after the provider acknowledged: later claims are Duplicates.
+//   - Release, after a permanent failure: a deliberate retry with the same
+//     key may go out.
+//
+// Entries live under time-bucketed key prefixes ('b' + bucket + key). A key
+// stops deduplicating once older than its scope's window, and whole buckets
+// older than the longest window are removed with one range delete followed
+// by a compaction of that range, so disk is bounded by the window times the
+// key rate, whatever the total number of keys ever seen.
+package dedupe
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+)
+
+// Status is the answer to a claim.
+type Status uint8
+
+const (
+	// Claimed: the key is new (or expired, or released); send it.
+	Claimed Status = iota + 1
+	// Duplicate: the key was confirmed; do not send. OriginalID and Outcome
+	// describe the first send.
+	Duplicate
+	// InFlight: another claimant holds a live lease; do not send now.
+	InFlight
+	// TakenOver: the previous claimant's lease expired without an outcome and
+	// the policy is Resend; send it (it may be the second send).
+	TakenOver
+	// Uncertain: the previous claimant's lease expired and the policy is
+	// Skip; the key is now confirmed with outcome "uncertain"; do not send.
+	Uncertain
+)
+
+func (s Status) String() string {
+	switch s {
+	case Claimed:
+		return "claimed"
+	case Duplicate:
+		return "duplicate"
+	case InFlight:
+		return "in-flight"
+	case TakenOver:
+		return "taken-over"
+	case Uncertain:
+		return "uncertain"
+	}
+	return fmt.Sprintf("status(%d)", uint8(s))
+}
+
+// ShouldSend reports whether the claimant must send.
+func (s Status) ShouldSend() bool { return s == Claimed || s == TakenOver }
+
+// UncertainPolicy decides what happens to a send whose claimant died.
+type UncertainPolicy uint8
+
+const (
+	Resend UncertainPolicy = iota // default
+	Skip
+)
+
+// ClaimRequest is one key to claim.
+type ClaimRequest struct {
+	Key   string // the idempotency key, already scoped by tenant if needed
+	Scope string // window and policy scope: a tenant or channel name; "" is the default
+	ID    string // the notification id that will send if the claim wins
+}
+
+// ClaimResult answers one ClaimRequest.
+type ClaimResult struct {
+	Status     Status
+	OriginalID string // the notification id holding the key (the caller's own on Claimed)
+	Outcome    string // with Duplicate and Uncertain
+	// Token identifies where the claim lives; pass it to Confirm or Release.
+	Token uint32
+}
+
+// Done finishes a claim: Confirm records Outcome, Release drops the key.
+type Done struct {
+	Key     string
+	Token   uint32 // from the ClaimResult
+	ID      string // the notification that sent
+	Outcome string // for Confirm: "sent", a provider message id, anything short
+}
+
+// liveClaim is a claim of this process not yet confirmed or released.
+type liveClaim struct {
+	id        string
+	claimedAt int64
+	leaseTill int64
+	bucket    uint32
+}
+
+// Errors.
+var (
+	ErrTooManyClaims = errors.New("dedupe: too many open claims")
+	ErrMissing       = errors.New("dedupe: store directory missing")
+	ErrLayout        = errors.New("dedupe: store was created with another bucket size")
+)
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	now        func() time.Time
+	window     time.Duration
+	scopes     map[string]time.Duration
+	policies   map[string]UncertainPolicy
+	lease      time.Duration
+	bucket     time.Duration
+	sync       bool
+	create     bool
+	memtable   uint64
+	cache      int64
+	maxLive    int
+	reclaimInt time.Duration
+	logger     Logger
+}
+
+// Logger receives Pebble's messages. The default drops informational ones
+// and writes errors to standard error.
+type Logger interface {
+	Infof(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+type stderrLogger struct{}
+
+func (stderrLogger) Infof(string, ...any) {}
+func (stderrLogger) Errorf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "dedupe: pebble: "+format+"\n", args...)
+}
+func (stderrLogger) Fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "dedupe: pebble: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// WithLogger routes Pebble's log messages.
+func WithLogger(l Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithCacheSize sets Pebble's block cache (default 256 MiB). Lookups of
+// existing keys are only fast while the live window's index and data
+// blocks fit.
+func WithCacheSize(n int64) Option { return func(o *options) { o.cache = n } }
+
+// WithClock sets the clock (tests run days of windows on a fake one).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithWindow sets the default dedupe window (24 h).
+func WithWindow(d time.Duration) Option { return func(o *options) { o.window = d } }
+
+// WithScopeWindow sets the window of one scope (a tenant or channel).
+func WithScopeWindow(scope string, d time.Duration) Option {
+	return func(o *options) { o.scopes[scope] = d }
+}
+
+// WithUncertainPolicy sets what a taken-over claim does in one scope.
+func WithUncertainPolicy(scope string, p UncertainPolicy) Option {
+	return func(o *options) { o.policies[scope] = p }
+}
+
+// WithLease sets how long a claim stays exclusive without confirm or
+// release (30 s); it must exceed the slowest send including retries inside
+// one attempt.
+func WithLease(d time.Duration) Option { return func(o *options) { o.lease = d } }
+
+// WithBucket sets the time bucket (default: a quarter of the longest window,
+// at least a second). A key is forgotten between its window and its window
+// plus one bucket after its claim; a claim probes up to window/bucket+1
+// buckets. Fixed at creation.
+func WithBucket(d time.Duration) Option { return func(o *options) { o.bucket = d } }
+
+// WithSync makes every batch fsync before returning (default true: a claim
+// lost to power failure would allow a second send).
+func WithSync(sync bool) Option { return func(o *options) { o.sync = sync } }
+
+// WithCreate allows Open to create a missing store. Without it a missing
+// directory is an error: a store that vanished must not silently forget.
+func WithCreate() Option { return func(o *options) { o.create = true } }
+
+// WithMaxOpenClaims bounds the claims held in memory between Claim and
+// Confirm or Release (default 1,048,576); Claim fails beyond it.
+func WithMaxOpenClaims(n int) Option { return func(o *options) { o.maxLive = n } }
+
+// WithMemTableSize sets Pebble's memtable size (default 64 MiB).
+func WithMemTableSize(n uint64) Option { return func(o *options) { o.memtable = n } }
+
+// WithReclaimInterval sets how often expired buckets are dropped in the
+// background (default a quarter bucket; 0 disables, Reclaim still works).
+func WithReclaimInterval(d time.Duration) Option { return func(o *options) { o.reclaimInt = d } }
+
+// Store is an open idempotency store.
+type Store struct {
+	db        *pebble.DB
+	o         options
+	maxWindow time.Duration
+	bucketSec int64
+	wo        *pebble.WriteOptions
+
+	claimMu sync.Mutex // claims are check-then-write; one batch at a time
+	live    map[string]liveClaim
+
+	reclaimMu sync.Mutex
+	floor     uint32 // buckets below are gone
+
+	m struct {
+		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups atomic.Int64
+	}
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Open opens the store in dir.
+func Open(dir string, opts ...Option) (*Store, error) {
+	o := options{now: time.Now, window: 24 * time.Hour, scopes: map[string]time.Duration{},
+		policies: map[string]UncertainPolicy{}, lease: 30 * time.Second, sync: true, memtable: 64 << 20,
+		cache: 256 << 20, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	maxW := o.window
+	for _, w := range o.scopes {
+		maxW = max(maxW, w)
+	}
+	if o.window <= 0 || o.lease <= 0 || slices.ContainsFunc(mapsValues(o.scopes), func(d time.Duration) bool { return d <= 0 }) {
+		return nil, errors.New("dedupe: windows and lease must be positive")
+	}
+	if o.bucket == 0 {
+		o.bucket = max(maxW/4, time.Second)
+	}
+	if o.bucket < time.Second || o.bucket%time.Second != 0 {
+		return nil, errors.New("dedupe: bucket must be a whole number of seconds")
+	}
+	if o.reclaimInt < 0 {
+		o.reclaimInt = max(o.bucket/4, time.Second)
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && !o.create {
+		return nil, fmt.Errorf("%w: %s (a store that existed and vanished would forget every key; create it with WithCreate on first start)", ErrMissing, dir)
+	}
+	cache := pebble.NewCache(o.cache)
+	defer cache.Unref() // the DB holds its own reference
+	popts := &pebble.Options{MemTableSize: o.memtable, ErrorIfNotExists: !o.create, Cache: cache, Logger: o.logger}
+	for i := range popts.Levels {
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err := pebble.Open(dir, popts)
+	if err != nil {
+		return nil, fmt.Errorf("dedupe: open %s: %w", dir, err)
+	}
+	s := &Store{db: db, o: o, maxWindow: maxW, bucketSec: int64(o.bucket / time.Second), stop: make(chan struct{}),
+		live: map[string]liveClaim{}}
+	s.wo = pebble.NoSync
+	if o.sync {
+		s.wo = pebble.Sync
+	}
+	if err := s.checkLayout(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if o.reclaimInt > 0 {
+		s.wg.Add(1)
+		go s.reclaimLoop()
+	}
+	return s, nil
+}
+
+func mapsValues(m map[string]time.Duration) []time.Duration {
+	out := make([]time.Duration, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+var layoutKey = []byte("m/bucket-seconds")
+
+func (s *Store) checkLayout() error {
+	v, closer, err := s.db.Get(layoutKey)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return s.db.Set(layoutKey, binary.BigEndian.AppendUint64(nil, uint64(s.bucketSec)), pebble.Sync)
+	}
+	if err != nil {
+		return fmt.Errorf("dedupe: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) != s.bucketSec {
+		return fmt.Errorf("%w: stored %x, configured %ds", ErrLayout, v, s.bucketSec)
+	}
+	return nil
+}
+
+// Close stops background work and closes the database.
+func (s *Store) Close() error {
+	close(s.stop)
+	s.wg.Wait()
+	return s.db.Close()
+}
+
+func (s *Store) bucketOf(t time.Time) uint32 { return uint32(t.Unix() / s.bucketSec) }
+
+func bucketPrefix(b uint32) []byte { return binary.BigEndian.AppendUint32([]byte{'b'}, b) }
+
+func entryKey(dst []byte, b uint32, key string) []byte {
+	dst = append(dst, 'b')
+	dst = binary.BigEndian.AppendUint32(dst, b)
+	return append(dst, key...)
+}
+
+// Entry values: state, claimed-at (unix ns), lease-until (unix ns), then
+// uvarint-prefixed id and outcome.
+const (
+	stateClaimed   = 1
+	stateConfirmed = 2
+)
+
+type entry struct {
+	state     byte
+	claimedAt int64
+	leaseTill int64
+	id        string
+	outcome   string
+}
+
+func (e *entry) append(dst []byte) []byte {
+	dst = append(dst, e.state)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.claimedAt))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.leaseTill))
+	dst = binary.AppendUvarint(dst, uint64(len(e.id)))
+	dst = append(dst, e.id...)
+	dst = binary.AppendUvarint(dst, uint64(len(e.outcome)))
+	return append(dst, e.outcome...)
+}
+
+func parseEntry(b []byte) (entry, error) {
+	var e entry
+	if len(b) < 17 {
+		return e, errors.New("dedupe: short entry")
+	}
+	e.state = b[0]
+	e.claimedAt = int64(binary.BigEndian.Uint64(b[1:]))
+	e.leaseTill = int64(binary.BigEndian.Uint64(b[9:]))
+	b = b[17:]
+	str := func() (string, bool) {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return "", false
+		}
+		v := string(b[k : k+int(n)])
+		b = b[k+int(n):]
+		return v, true
+	}
+	var ok1, ok2 bool
+	e.id, ok1 = str()
+	e.outcome, ok2 = str()
+	if !ok1 || !ok2 || (e.state != stateClaimed && e.state != stateConfirmed) {
+		return e, errors.New("dedupe: malformed entry")
+	}
+	return e, nil
+}
+
+func (s *Store) windowOf(scope string) time.Duration {
+	if w, ok := s.o.scopes[scope]; ok {
+		return w
+	}
+	return s.o.window
+}
+
+func (s *Store) policyOf(scope string) UncertainPolicy { return s.o.policies[scope] }
+
+type found struct {
+	ok     bool
+	bucket uint32
+	e      entry
+}
+
+// lookup finds the newest live entry of each key, probing buckets from the
+// newest down with one iterator per bucket and keys in sorted order, so
+// Pebble's bloom filters skip the buckets a key is not in. Large batches are
+// split across GOMAXPROCS workers: a probe is a few microseconds of CPU.
+func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
+	res := make([]found, len(keys))
+	order := make([]int, len(keys))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(keys[a], keys[b]) })
+	newest := s.bucketOf(now)
+	oldest := s.bucketOf(now.Add(-s.maxWindow))
+	s.reclaimMu.Lock()
+	oldest = max(oldest, s.floor)
+	s.reclaimMu.Unlock()
+	workers := min(runtime.GOMAXPROCS(0), len(keys)/minKeysPerWorker)
+	if workers <= 1 {
+		return res, s.probe(keys, order, res, newest, oldest)
+	}
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	per := (len(order) + workers - 1) / workers
+	for w := range workers {
+		part := order[min(w*per, len(order)):min((w+1)*per, len(order))]
+		wg.Go(func() { errs[w] = s.probe(keys, part, res, newest, oldest) })
+	}
+	wg.Wait()
+	return res, errors.Join(errs...)
+}
+
+const minKeysPerWorker = 128
+
+// probe resolves the keys at the given (sorted) indexes into res.
+func (s *Store) probe(keys []string, order []int, res []found, newest, oldest uint32) error {
+	pending := len(order)
+	var kbuf []byte
+	for b := int64(newest); b >= int64(oldest) && pending > 0; b-- {
+		bu := uint32(b)
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: bucketPrefix(bu), UpperBound: bucketPrefix(bu + 1)})
+		if err != nil {
+			return fmt.Errorf("dedupe: %w", err)
+		}
+		for _, i := range order {
+			if res[i].ok {
+				continue
+			}
+			kbuf = entryKey(kbuf[:0], bu, keys[i])
+			if !it.SeekPrefixGE(kbuf) || !bytes.Equal(it.Key(), kbuf) {
+				continue
+			}
+			e, err := parseEntry(it.Value())
+			if err != nil {
+				it.Close()
+				return fmt.Errorf("%w: key %q", err, keys[i])
+			}
+			res[i] = found{ok: true, bucket: bu, e: e}
+			pending--
+		}
+		if err := it.Close(); err != nil {
+			return fmt.Errorf("dedupe: %w", err)
+		}
+	}
+	return nil
+}
+
+// Claim claims a batch of keys in one Pebble batch. out must have the same
+// length as reqs. Repeats of a key inside one batch: the first claims, the
+// later ones see InFlight.
+func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResult) error {
+	if len(out) != len(reqs) {
+		return errors.New("dedupe: result slice length differs from requests")
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	if len(s.live)+len(reqs) > s.o.maxLive {
+		return fmt.Errorf("%w: %d claims open", ErrTooManyClaims, len(s.live))
+	}
+	now := s.o.now()
+	nowNs := now.UnixNano()
+	keys := make([]string, len(reqs))
+	for i := range reqs {
+		keys[i] = reqs[i].Key
+	}
+	fs, err := s.lookup(keys, now)
+	if err != nil {
+		return err
+	}
+	cur := s.bucketOf(now)
+	var w sortedWriter
+	var claims, hits, inflight, takeovers, uncertain int64
+	for i, r := range reqs {
+		skip := s.policyOf(r.Scope) == Skip
+		lease := now.Add(s.o.lease).UnixNano()
+		// A claim made by this process and not finished yet.
+		if lc, ok := s.live[r.Key]; ok {
+			switch {
+			case nowNs < lc.leaseTill:
+				out[i] = ClaimResult{Status: InFlight, OriginalID: lc.id, Token: lc.bucket}
+				inflight++
+			case skip:
+				e := entry{state: stateConfirmed, claimedAt: lc.claimedAt, id: lc.id, outcome: "uncertain"}
+				w.set(entryKey(nil, lc.bucket, r.Key), e.append(nil))
+				delete(s.live, r.Key)
+				out[i] = ClaimResult{Status: Uncertain, OriginalID: lc.id, Outcome: e.outcome, Token: lc.bucket}
+				uncertain++
+			default:
+				lc.leaseTill, lc.id = lease, r.ID
+				s.live[r.Key] = lc
+				out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: lc.bucket}
+				takeovers++
+			}
+			continue
+		}
+		f := fs[i]
+		live := f.ok && now.Sub(time.Unix(0, f.e.claimedAt)) < s.windowOf(r.Scope)
+		switch {
+		case !live:
+			// Only a Skip scope persists the claim itself: after a crash it
+			// must know the send was uncertain. Under Resend a lost claim
+			// means "send again", which is what a taken-over claim does.
+			lc := liveClaim{id: r.ID, claimedAt: nowNs, leaseTill: lease, bucket: cur}
+			if skip {
+				e := entry{state: stateClaimed, claimedAt: nowNs, leaseTill: lease, id: r.ID}
+				w.set(entryKey(nil, cur, r.Key), e.append(nil))
+			}
+			s.live[r.Key] = lc
+			out[i] = ClaimResult{Status: Claimed, OriginalID: r.ID, Token: cur}
+			claims++
+		case f.e.state == stateConfirmed:
+			out[i] = ClaimResult{Status: Duplicate, OriginalID: f.e.id, Outcome: f.e.outcome, Token: f.bucket}
+			hits++
+		case nowNs < f.e.leaseTill:
+			// A persisted claim of an earlier process: honour its lease.
+			out[i] = ClaimResult{Status: InFlight, OriginalID: f.e.id, Token: f.bucket}
+			inflight++
+		case skip:
+			e := f.e
+			e.state, e.outcome = stateConfirmed, "uncertain"
+			w.set(entryKey(nil, f.bucket, r.Key), e.append(nil))
+			out[i] = ClaimResult{Status: Uncertain, OriginalID: e.id, Outcome: e.outcome, Token: f.bucket}
+			uncertain++
+		default:
+			// The window keeps running from the first claim.
+			s.live[r.Key] = liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket}
+			out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: f.bucket}
+			takeovers++
+		}
+	}
+	if err := w.commit(s.db, s.wo); err != nil {
+		// Undo the in-memory claims of this batch: the caller will retry it.
+		for i, r := range reqs {
+			if out[i].Status.ShouldSend() {
+				delete(s.live, r.Key)
+			}
+		}
+		return fmt.Errorf("dedupe: commit claims: %w", err)
+	}
+	s.m.claims.Add(claims)
+	s.m.hits.Add(hits)
+	s.m.inflight.Add(inflight)
+	s.m.takeovers.Add(takeovers)
+	s.m.uncertain.Add(uncertain)
+	return nil
+}
+
+// Confirm records the outcome of sends, in one batch. A key whose entry is
+// gone (released, reclaimed) is written anew so it still deduplicates.
+func (s *Store) Confirm(ctx context.Context, done []Done) error {
+	return s.finish(ctx, done, true)
+}
+
+// Release drops claims after permanent failures, in one batch.
+func (s *Store) Release(ctx context.Context, done []Done) error {
+	return s.finish(ctx, done, false)
+}
+
+func (s *Store) finish(ctx context.Context, done []Done, confirm bool) error {
+	if len(done) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	var w sortedWriter
+	now := s.o.now()
+	for _, d := range done {
+		k := entryKey(nil, d.Token, d.Key)
+		if !confirm {
+			w.del(k)
+			continue
+		}
+		// The window restarts at the confirm, seconds after the claim; that
+		// saves a read per key and changes nothing a user could notice.
+		e := entry{state: stateConfirmed, claimedAt: now.UnixNano(), id: d.ID, outcome: d.Outcome}
+		w.set(k, e.append(nil))
+	}
+	if err := w.commit(s.db, s.wo); err != nil {
+		return fmt.Errorf("dedupe: commit: %w", err)
+	}
+	for _, d := range done {
+		delete(s.live, d.Key)
+	}
+	if confirm {
+		s.m.confirms.Add(int64(len(done)))
+	} else {
+		s.m.releases.Add(int64(len(done)))
+	}
+	return nil
+}
+
+// sortedWriter collects a batch's writes and applies them in key order: the
+// memtable's skiplist inserter reuses its last position for ascending keys,
+// which turns a cache miss per level per key into a short walk.
+type sortedWriter struct {
+	ops []writeOp
+}
+
+type writeOp struct {
+	key, val []byte
+	del      bool
+}
+
+func (w *sortedWriter) set(k, v []byte) { w.ops = append(w.ops, writeOp{key: k, val: v}) }
+func (w *sortedWriter) del(k []byte)    { w.ops = append(w.ops, writeOp{key: k, del: true}) }
+
+func (w *sortedWriter) commit(db *pebble.DB, wo *pebble.WriteOptions) error {
+	if len(w.ops) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(w.ops, func(a, b writeOp) int { return bytes.Compare(a.key, b.key) })
+	b := db.NewBatchWithSize(len(w.ops) * 96)
+	defer b.Close()
+	for _, op := range w.ops {
+		if op.del {
+			b.Delete(op.key, nil)
+		} else {
+			b.Set(op.key, op.val, nil)
+		}
+	}
+	return b.Commit(wo)
+}
+
+// LookupResult is what Lookup knows of one key.
+type LookupResult struct {
+	Found     bool
+	Confirmed bool
+	ID        string
+	Outcome   string
+	ClaimedAt time.Time
+}
+
+// Lookup reads keys without claiming them (the API uses it to answer a
+// repeated request with the original notification).
+func (s *Store) Lookup(keys []string, scope string) ([]LookupResult, error) {
+	now := s.o.now()
+	fs, err := s.lookup(keys, now)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]LookupResult, len(keys))
+	for i, f := range fs {
+		if !f.ok || now.Sub(time.Unix(0, f.e.claimedAt)) >= s.windowOf(scope) {
+			continue
+		}
+		out[i] = LookupResult{Found: true, Confirmed: f.e.state == stateConfirmed, ID: f.e.id,
+			Outcome: f.e.outcome, ClaimedAt: time.Unix(0, f.e.claimedAt)}
+	}
+	s.m.lookups.Add(int64(len(keys)))
+	return out, nil
+}
+
+func (s *Store) reclaimLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.o.reclaimInt)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.Reclaim(context.Background())
+		}
+	}
+}
+
+// Reclaim drops every bucket wholly older than the longest window with one
+// range delete and compacts that range so the space is returned now, not
+// at some later compaction.
+func (s *Store) Reclaim(ctx context.Context) error {
+	now := s.o.now()
+	s.sweepAbandoned(now)
+	// A bucket may go once its newest possible entry is past the window.
+	cutoff := s.bucketOf(now.Add(-s.maxWindow))
+	s.reclaimMu.Lock()
+	defer s.reclaimMu.Unlock()
+	if cutoff <= s.floor {
+		return nil
+	}
+	start, end := bucketPrefix(s.floor), bucketPrefix(cutoff)
+	if s.floor == 0 {
+		start = []byte{'b'}
+	}
+	if err := s.db.DeleteRange(start, end, s.wo); err != nil {
+		return fmt.Errorf("dedupe: reclaim: %w", err)
+	}
+	if err := s.db.Compact(ctx, start, end, false); err != nil {
+		return fmt.Errorf("dedupe: reclaim compaction: %w", err)
+	}
+	s.floor = cutoff
+	s.m.reclaims.Add(1)
+	return nil
+}
+
+// sweepAbandoned forgets in-memory claims whose lease ran out long ago and
+// that nobody claimed again: their claimant is gone, and a later claim of
+// the key simply sends (what a takeover under Resend would do).
+func (s *Store) sweepAbandoned(now time.Time) {
+	cut := now.Add(-2 * s.o.lease).UnixNano()
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	for k, lc := range s.live {
+		if lc.leaseTill < cut {
+			delete(s.live, k)
+		}
+	}
+}
+
+// Metrics is a snapshot of the store's counters since open.
+type Metrics struct {
+	Claims    int64 // new keys claimed
+	Hits      int64 // claims answered Duplicate
+	InFlight  int64
+	TakenOver int64 // expired leases taken over and resent
+	Uncertain int64 // expired leases closed without resending
+	Confirms  int64
+	Releases  int64
+	Lookups   int64
+	Reclaims  int64 // range deletes of expired buckets
+	// KeysApprox counts entries in sstables less deletions; what is still in
+	// the memtable is not counted (Pebble keeps no exact count).
+	KeysApprox  int64
+	DiskBytes   uint64
+	BucketFloor uint32 // buckets below are reclaimed
+}
+
+// Metrics returns a snapshot.
+func (s *Store) Metrics() Metrics {
+	pm := s.db.Metrics()
+	m := Metrics{
+		Claims: s.m.claims.Load(), Hits: s.m.hits.Load(), InFlight: s.m.inflight.Load(),
+		TakenOver: s.m.takeovers.Load(), Uncertain: s.m.uncertain.Load(), Confirms: s.m.confirms.Load(),
+		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(),
+		DiskBytes: pm.DiskSpaceUsage(),
+	}
+	if tables, err := s.db.SSTables(pebble.WithProperties()); err == nil {
+		for _, level := range tables {
+			for _, t := range level {
+				if t.Properties != nil {
+					m.KeysApprox += int64(t.Properties.NumEntries) - int64(t.Properties.NumDeletions)
+				}
+			}
+		}
+	}
+	s.reclaimMu.Lock()
+	m.BucketFloor = s.floor
+	s.reclaimMu.Unlock()
+	return m
+}
+
+func (m Metrics) String() string {
+	return fmt.Sprintf("dedupe: claims %d, duplicates %d, in-flight %d, taken over %d, uncertain %d, confirms %d, releases %d, lookups %d, reclaims %d, keys ~%d, disk %d B",
+		m.Claims, m.Hits, m.InFlight, m.TakenOver, m.Uncertain, m.Confirms, m.Releases, m.Lookups, m.Reclaims, m.KeysApprox, m.DiskBytes)
+}

@@ -1,0 +1,351 @@
+package dedupe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func newClock() *clock { return &clock{now: time.Unix(1_800_000_000, 0)} }
+
+func open(t testing.TB, dir string, clk *clock, opts ...Option) *Store {
+	t.Helper()
+	s, err := Open(dir, append([]Option{WithCreate(), WithClock(clk.Now), WithReclaimInterval(0), WithSync(false)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var ctx = context.Background()
+
+func claim1(t testing.TB, s *Store, key, scope, id string) ClaimResult {
+	t.Helper()
+	out := make([]ClaimResult, 1)
+	if err := s.Claim(ctx, []ClaimRequest{{Key: key, Scope: scope, ID: id}}, out); err != nil {
+		t.Fatal(err)
+	}
+	return out[0]
+}
+
+func confirm1(t testing.TB, s *Store, key string, r ClaimResult, outcome string) {
+	t.Helper()
+	if err := s.Confirm(ctx, []Done{{Key: key, Token: r.Token, ID: r.OriginalID, Outcome: outcome}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestClaimConfirmDuplicate(t *testing.T) {
+	clk := newClock()
+	s := open(t, t.TempDir(), clk)
+	defer s.Close()
+	r := claim1(t, s, "otp-1", "", "id-A")
+	if r.Status != Claimed || !r.Status.ShouldSend() || r.OriginalID != "id-A" {
+		t.Fatalf("%+v", r)
+	}
+	if r2 := claim1(t, s, "otp-1", "", "id-B"); r2.Status != InFlight || r2.OriginalID != "id-A" || r2.Status.ShouldSend() {
+		t.Fatalf("claim during a live lease: %+v", r2)
+	}
+	confirm1(t, s, "otp-1", r, "SM123")
+	r3 := claim1(t, s, "otp-1", "", "id-C")
+	if r3.Status != Duplicate || r3.OriginalID != "id-A" || r3.Outcome != "SM123" {
+		t.Fatalf("after confirm: %+v", r3)
+	}
+	lr, err := s.Lookup([]string{"otp-1", "never"}, "")
+	if err != nil || !lr[0].Found || !lr[0].Confirmed || lr[0].ID != "id-A" || lr[1].Found {
+		t.Fatalf("lookup %+v %v", lr, err)
+	}
+	m := s.Metrics()
+	if m.Claims != 1 || m.Hits != 1 || m.InFlight != 1 || m.Confirms != 1 {
+		t.Fatalf("metrics %v", m)
+	}
+}
+
+func TestReleaseAllowsRetry(t *testing.T) {
+	s := open(t, t.TempDir(), newClock())
+	defer s.Close()
+	r := claim1(t, s, "k", "", "a")
+	if err := s.Release(ctx, []Done{{Key: "k", Token: r.Token}}); err != nil {
+		t.Fatal(err)
+	}
+	if r2 := claim1(t, s, "k", "", "b"); r2.Status != Claimed || r2.OriginalID != "b" {
+		t.Fatalf("after release: %+v", r2)
+	}
+}
+
+func TestExpiredLeaseTakeoverPolicies(t *testing.T) {
+	clk := newClock()
+	s := open(t, t.TempDir(), clk, WithLease(10*time.Second), WithUncertainPolicy("email", Skip))
+	defer s.Close()
+	claim1(t, s, "sms-k", "sms", "a")
+	claim1(t, s, "mail-k", "email", "m")
+	clk.Add(11 * time.Second) // the claimant died without confirm or release
+	r := claim1(t, s, "sms-k", "sms", "b")
+	if r.Status != TakenOver || !r.Status.ShouldSend() || r.OriginalID != "b" {
+		t.Fatalf("resend policy: %+v", r)
+	}
+	if r2 := claim1(t, s, "sms-k", "sms", "c"); r2.Status != InFlight {
+		t.Fatalf("taken-over claim holds a new lease: %+v", r2)
+	}
+	m := claim1(t, s, "mail-k", "email", "n")
+	if m.Status != Uncertain || m.Status.ShouldSend() || m.OriginalID != "m" {
+		t.Fatalf("skip policy: %+v", m)
+	}
+	if m2 := claim1(t, s, "mail-k", "email", "o"); m2.Status != Duplicate || m2.Outcome != "uncertain" {
+		t.Fatalf("after skip: %+v", m2)
+	}
+	if got := s.Metrics(); got.TakenOver != 1 || got.Uncertain != 1 {
+		t.Fatalf("metrics %v", got)
+	}
+}
+
+func TestRepeatsInOneBatch(t *testing.T) {
+	s := open(t, t.TempDir(), newClock())
+	defer s.Close()
+	reqs := []ClaimRequest{{Key: "x", ID: "1"}, {Key: "y", ID: "2"}, {Key: "x", ID: "3"}}
+	out := make([]ClaimResult, 3)
+	if err := s.Claim(ctx, reqs, out); err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Status != Claimed || out[1].Status != Claimed || out[2].Status != InFlight || out[2].OriginalID != "1" {
+		t.Fatalf("%+v", out)
+	}
+}
+
+func TestWindowsPerScope(t *testing.T) {
+	clk := newClock()
+	s := open(t, t.TempDir(), clk, WithWindow(24*time.Hour), WithScopeWindow("tenant-otp", time.Hour))
+	defer s.Close()
+	for _, k := range []string{"a", "b"} {
+		r := claim1(t, s, k, map[string]string{"a": "", "b": "tenant-otp"}[k], "id-"+k)
+		confirm1(t, s, k, r, "ok")
+	}
+	clk.Add(2 * time.Hour)
+	if r := claim1(t, s, "a", "", "x"); r.Status != Duplicate {
+		t.Fatalf("24 h scope forgot after 2 h: %+v", r)
+	}
+	if r := claim1(t, s, "b", "tenant-otp", "y"); r.Status != Claimed {
+		t.Fatalf("1 h scope still deduplicates after 2 h: %+v", r)
+	}
+	clk.Add(23 * time.Hour)
+	if r := claim1(t, s, "a", "", "z"); r.Status != Claimed {
+		t.Fatalf("24 h scope after 25 h: %+v", r)
+	}
+}
+
+func TestConcurrentClaimsOneWinner(t *testing.T) {
+	s := open(t, t.TempDir(), newClock())
+	defer s.Close()
+	const workers, keys = 8, 300
+	winners := make([][]string, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			reqs := make([]ClaimRequest, keys)
+			for i := range reqs {
+				reqs[i] = ClaimRequest{Key: fmt.Sprintf("k%d", (i*7+w)%keys), ID: fmt.Sprint(w)}
+			}
+			out := make([]ClaimResult, keys)
+			if err := s.Claim(ctx, reqs, out); err != nil {
+				t.Error(err)
+				return
+			}
+			for i, r := range out {
+				if r.Status == Claimed {
+					winners[w] = append(winners[w], reqs[i].Key)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for _, ks := range winners {
+		for _, k := range ks {
+			if seen[k] {
+				t.Fatalf("key %s claimed twice", k)
+			}
+			seen[k] = true
+		}
+	}
+	if len(seen) != keys {
+		t.Fatalf("%d keys claimed, want %d", len(seen), keys)
+	}
+}
+
+func TestSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	clk := newClock()
+	s := open(t, dir, clk)
+	r := claim1(t, s, "k", "", "orig")
+	confirm1(t, s, "k", r, "sent")
+	s.Close()
+	s = open(t, dir, clk)
+	defer s.Close()
+	if r := claim1(t, s, "k", "", "new"); r.Status != Duplicate || r.OriginalID != "orig" {
+		t.Fatalf("after restart: %+v", r)
+	}
+}
+
+func TestMissingOrCorruptFailsLoudly(t *testing.T) {
+	clk := newClock()
+	gone := filepath.Join(t.TempDir(), "dedupe")
+	if _, err := Open(gone, WithClock(clk.Now)); !errors.Is(err, ErrMissing) {
+		t.Fatalf("missing directory: %v", err)
+	}
+	empty := t.TempDir()
+	if _, err := Open(empty, WithClock(clk.Now)); err == nil {
+		t.Fatal("an existing directory without a store opened without WithCreate")
+	}
+	dir := t.TempDir()
+	s := open(t, dir, clk)
+	claim1(t, s, "k", "", "x")
+	s.Close()
+	// Damage every manifest: the store must refuse to open, not start empty.
+	manifests, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*"))
+	for _, m := range manifests {
+		os.WriteFile(m, []byte("this is not a manifest"), 0o644)
+	}
+	if s, err := Open(dir, WithClock(clk.Now)); err == nil {
+		s.Close()
+		t.Fatal("corrupt store opened")
+	}
+	dir2 := t.TempDir()
+	open(t, dir2, clk, WithBucket(time.Hour)).Close()
+	if _, err := Open(dir2, WithClock(clk.Now), WithBucket(2*time.Hour)); !errors.Is(err, ErrLayout) {
+		t.Fatalf("bucket size changed: %v", err)
+	}
+}
+
+func dirSize(t testing.TB, dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+// TestDiskBoundedOverManyWindows claims 10,000 new keys per (fake) second
+// for ten windows and reclaims as the server would: the directory must
+// stop growing once the first windows have passed, while every key inside
+// its window still deduplicates.
+func TestDiskBoundedOverManyWindows(t *testing.T) {
+	clk := newClock()
+	dir := t.TempDir()
+	const window, perSec, windows = 2 * time.Second, 10_000, 10
+	s := open(t, dir, clk, WithWindow(window), WithBucket(time.Second), WithMemTableSize(1<<20))
+	defer s.Close()
+	reqs := make([]ClaimRequest, 1000)
+	out := make([]ClaimResult, len(reqs))
+	done := make([]Done, len(reqs))
+	var sizes []int64
+	seq := 0
+	for sec := 0; sec < int(window/time.Second)*windows; sec++ {
+		for range perSec / len(reqs) {
+			for i := range reqs {
+				reqs[i] = ClaimRequest{Key: fmt.Sprintf("tenant-%d/key-%012d", seq%7, seq), ID: fmt.Sprint(seq)}
+				seq++
+			}
+			if err := s.Claim(ctx, reqs, out); err != nil {
+				t.Fatal(err)
+			}
+			for i := range out {
+				if out[i].Status != Claimed {
+					t.Fatalf("new key %s: %v", reqs[i].Key, out[i].Status)
+				}
+				done[i] = Done{Key: reqs[i].Key, Token: out[i].Token, ID: reqs[i].ID, Outcome: "ok"}
+			}
+			if err := s.Confirm(ctx, done); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A key claimed a second ago is still a duplicate.
+		if r := claim1(t, s, reqs[0].Key, "", "again"); r.Status != Duplicate {
+			t.Fatalf("key inside its window: %v", r.Status)
+		}
+		clk.Add(time.Second)
+		if err := s.Reclaim(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if (sec+1)%int(window/time.Second) == 0 {
+			sizes = append(sizes, dirSize(t, dir))
+		}
+	}
+	t.Logf("directory size at the end of each window: %v", sizes)
+	settled := sizes[2]
+	for w, sz := range sizes[3:] {
+		if sz > settled*2 {
+			t.Fatalf("window %d: %d bytes, more than twice the %d of window 3: disk is not bounded (%v)", w+4, sz, settled, sizes)
+		}
+	}
+	if last, total := sizes[len(sizes)-1], int64(seq)*60; last > total/3 {
+		t.Fatalf("%d bytes on disk after %d keys (~%d bytes written): reclaim is not working", last, seq, total)
+	}
+	if m := s.Metrics(); m.Reclaims == 0 || m.BucketFloor == 0 {
+		t.Fatalf("metrics %v", m)
+	}
+}
+
+// Under Resend a claim lives in memory: after a crash between claim and
+// confirm the key is simply claimable again. Under Skip the claim is on
+// disk, and after its lease the uncertain send is closed, not repeated.
+func TestCrashBetweenClaimAndConfirm(t *testing.T) {
+	dir := t.TempDir()
+	clk := newClock()
+	opts := []Option{WithLease(5 * time.Second), WithUncertainPolicy("email", Skip)}
+	s := open(t, dir, clk, opts...)
+	claim1(t, s, "sms-k", "sms", "a")
+	claim1(t, s, "mail-k", "email", "m")
+	s.Close() // no confirm: the process died mid-send
+	s = open(t, dir, clk, opts...)
+	defer s.Close()
+	if r := claim1(t, s, "sms-k", "sms", "b"); r.Status != Claimed {
+		t.Fatalf("resend scope after crash: %+v", r)
+	}
+	if r := claim1(t, s, "mail-k", "email", "n"); r.Status != InFlight || r.OriginalID != "m" {
+		t.Fatalf("skip scope within the dead claimant's lease: %+v", r)
+	}
+	clk.Add(6 * time.Second)
+	if r := claim1(t, s, "mail-k", "email", "n"); r.Status != Uncertain || r.OriginalID != "m" {
+		t.Fatalf("skip scope after the lease: %+v", r)
+	}
+}
+
+func TestOpenClaimsBounded(t *testing.T) {
+	clk := newClock()
+	s := open(t, t.TempDir(), clk, WithMaxOpenClaims(2), WithLease(time.Second))
+	defer s.Close()
+	claim1(t, s, "a", "", "1")
+	claim1(t, s, "b", "", "2")
+	out := make([]ClaimResult, 1)
+	if err := s.Claim(ctx, []ClaimRequest{{Key: "c", ID: "3"}}, out); !errors.Is(err, ErrTooManyClaims) {
+		t.Fatalf("third open claim: %v", err)
+	}
+	// Abandoned claims are forgotten after twice their lease.
+	clk.Add(4 * time.Second)
+	if err := s.Reclaim(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := claim1(t, s, "c", "", "3"); r.Status != Claimed {
+		t.Fatalf("%+v", r)
+	}
+}
