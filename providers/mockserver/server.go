@@ -1,0 +1,489 @@
+// Package mockserver is Goutong's mock provider: one loopback HTTP server
+// that speaks every adapter's API (Twilio Messages, SendGrid v3 mail/send,
+// FCM HTTP v1, signed webhooks), counts every notification it accepts by id
+// so tests and benchmarks can prove "each once", and injects faults on
+// demand: latency, 5xx, 429 with Retry-After, per-item failures inside a
+// batch, full outages and responses slower than the client's timeout.
+//
+// It parses requests as the real APIs would and rejects malformed ones with
+// their error shapes, so it checks the adapters as much as it serves them.
+package mockserver
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/providers"
+)
+
+// Duration is a time.Duration that reads and writes JSON as "150ms".
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string like \"150ms\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}
+
+// Faults is what the mock injects. Rates are probabilities per request
+// (ItemFailureRate: per item). Set them at start or at runtime with
+// POST /faults.
+type Faults struct {
+	LatencyMin      Duration `json:"latency_min"`        // added to every response, uniform in [min, max]
+	LatencyMax      Duration `json:"latency_max"`        //
+	ErrorRate       float64  `json:"error_rate"`         // 500/503 answers
+	ThrottleRate    float64  `json:"throttle_rate"`      // 429 answers
+	RetryAfter      Duration `json:"retry_after"`        // sent with 429 and 503 (whole seconds, rounded up)
+	ItemFailureRate float64  `json:"item_failure_rate"`  // permanent per-item failures (bad number, bad token)
+	SlowRate        float64  `json:"slow_rate"`          // responses held for SlowDelay
+	SlowDelay       Duration `json:"slow_delay"`         // set it past the client's timeout
+	OutageFor       Duration `json:"outage_for"`         // on POST: answer 503 to everything for this long
+	OutageUntil     time.Time `json:"outage_until,omitzero"`
+}
+
+// Config configures the server.
+type Config struct {
+	Addr          string // host:port; use 127.0.0.1:0 in tests
+	WebhookSecret string // when set, webhook signatures are verified
+	Faults        Faults
+	Seed          uint64 // fault randomness; 0 picks one
+}
+
+// Stats is what GET /stats returns.
+type Stats struct {
+	Received   int64            `json:"received"`   // accepted notifications, repeats included
+	Unique     int64            `json:"unique"`     // distinct notification ids accepted
+	Duplicates int64            `json:"duplicates"` // accepted more than once
+	Requests   int64            `json:"requests"`
+	Faulted    int64            `json:"faulted"`  // requests answered with an injected 5xx, 429, outage
+	Rejected   int64            `json:"rejected"` // items refused (injected per-item failures, malformed input)
+	ByChannel  map[string]int64 `json:"by_channel"`
+}
+
+// Server is a running mock provider.
+type Server struct {
+	cfg Config
+	ln  net.Listener
+	srv *fasthttp.Server
+	wg  sync.WaitGroup
+
+	mu     sync.Mutex
+	faults Faults
+	rnd    *rand.Rand
+	seen   map[string]uint32
+	stats  Stats
+	seq    uint64
+	codec  *notification.Codec
+}
+
+// Start listens on cfg.Addr and serves until Close.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:9090"
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("mockserver: %w", err)
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	s := &Server{cfg: cfg, ln: ln, faults: cfg.Faults, rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		seen: map[string]uint32{}, codec: notification.NewCodec()}
+	s.stats.ByChannel = map[string]int64{}
+	s.setOutage(&s.faults, time.Now())
+	s.srv = &fasthttp.Server{Handler: s.handle, Name: "goutong-mock-provider", ReadTimeout: 30 * time.Second,
+		MaxRequestBodySize: 32 << 20, NoDefaultDate: true}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		_ = s.srv.Serve(ln)
+	}()
+	return s, nil
+}
+
+// URL is the base URL to give the adapters.
+func (s *Server) URL() string { return "http://" + s.ln.Addr().String() }
+
+// Close stops the server.
+func (s *Server) Close() error {
+	err := s.srv.Shutdown()
+	s.wg.Wait()
+	return err
+}
+
+// SetFaults replaces the faults at runtime.
+func (s *Server) SetFaults(f Faults) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setOutage(&f, time.Now())
+	s.faults = f
+}
+
+func (s *Server) setOutage(f *Faults, now time.Time) {
+	if f.OutageFor > 0 {
+		f.OutageUntil = now.Add(time.Duration(f.OutageFor))
+		f.OutageFor = 0
+	}
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.ByChannel = make(map[string]int64, len(s.stats.ByChannel))
+	for k, v := range s.stats.ByChannel {
+		st.ByChannel[k] = v
+	}
+	return st
+}
+
+// Count returns how many times id was accepted.
+func (s *Server) Count(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int(s.seen[id])
+}
+
+// Reset clears the counters.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seen = map[string]uint32{}
+	s.stats = Stats{ByChannel: map[string]int64{}}
+}
+
+func (s *Server) accept(channel string, ids ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		s.seen[id]++
+		s.stats.Received++
+		s.stats.ByChannel[channel]++
+		switch s.seen[id] {
+		case 1:
+			s.stats.Unique++
+		case 2:
+			s.stats.Duplicates++
+		}
+	}
+}
+
+// decision is what the faults decided for one request.
+type decision struct {
+	delay      time.Duration
+	status     int // 0: answer normally
+	retryAfter time.Duration
+	itemRate   float64
+}
+
+func (s *Server) decide() decision {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Requests++
+	f := s.faults
+	var d decision
+	if lo, hi := time.Duration(f.LatencyMin), time.Duration(f.LatencyMax); hi > 0 {
+		d.delay = lo
+		if hi > lo {
+			d.delay += time.Duration(s.rnd.Int64N(int64(hi - lo)))
+		}
+	}
+	if f.SlowRate > 0 && s.rnd.Float64() < f.SlowRate {
+		d.delay += time.Duration(f.SlowDelay)
+	}
+	d.retryAfter = time.Duration(f.RetryAfter)
+	switch {
+	case time.Now().Before(f.OutageUntil):
+		d.status = 503
+		d.retryAfter = time.Until(f.OutageUntil)
+	case f.ThrottleRate > 0 && s.rnd.Float64() < f.ThrottleRate:
+		d.status = 429
+	case f.ErrorRate > 0 && s.rnd.Float64() < f.ErrorRate:
+		d.status = 500 + 3*s.rnd.IntN(2) // 500 or 503
+	}
+	if d.status != 0 {
+		s.stats.Faulted++
+	}
+	d.itemRate = f.ItemFailureRate
+	return d
+}
+
+// itemFails decides one item's injected failure; recipients containing
+// "invalid" always fail, so tests can plant failures deterministically.
+func (s *Server) itemFails(d decision, recipient string) bool {
+	if strings.Contains(recipient, "invalid") {
+		return true
+	}
+	if d.itemRate <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rnd.Float64() < d.itemRate
+}
+
+func (s *Server) reject(n int) {
+	s.mu.Lock()
+	s.stats.Rejected += int64(n)
+	s.mu.Unlock()
+}
+
+func (s *Server) nextID() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq++
+	return s.seq
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	b, _ := json.Marshal(v)
+	ctx.SetBody(b)
+}
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	method := string(ctx.Method())
+	switch {
+	case path == "/stats" && method == "GET":
+		writeJSON(ctx, 200, s.Stats())
+		return
+	case path == "/faults" && method == "GET":
+		s.mu.Lock()
+		f := s.faults
+		s.mu.Unlock()
+		writeJSON(ctx, 200, f)
+		return
+	case path == "/faults" && method == "POST":
+		var f Faults
+		dec := json.NewDecoder(strings.NewReader(string(ctx.PostBody())))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&f); err != nil {
+			writeJSON(ctx, 400, map[string]string{"error": "faults: " + err.Error()})
+			return
+		}
+		s.SetFaults(f)
+		writeJSON(ctx, 200, f)
+		return
+	case path == "/reset" && method == "POST":
+		s.Reset()
+		ctx.SetStatusCode(204)
+		return
+	case path == "/healthz":
+		ctx.SetStatusCode(200)
+		return
+	}
+	if method != "POST" {
+		writeJSON(ctx, 405, map[string]string{"error": "method not allowed"})
+		return
+	}
+	var route func(*fasthttp.RequestCtx, decision)
+	switch {
+	case strings.HasPrefix(path, "/2010-04-01/Accounts/") && strings.HasSuffix(path, "/Messages.json"):
+		route = s.twilio
+	case path == "/v3/mail/send":
+		route = s.sendgrid
+	case strings.HasPrefix(path, "/v1/projects/") && strings.HasSuffix(path, "/messages:send"):
+		route = s.fcm
+	case strings.HasPrefix(path, "/webhook"):
+		route = s.webhook
+	default:
+		writeJSON(ctx, 404, map[string]string{"error": "no such endpoint: " + path})
+		return
+	}
+	d := s.decide()
+	if d.delay > 0 {
+		time.Sleep(d.delay)
+	}
+	if d.status != 0 {
+		if d.retryAfter > 0 {
+			secs := int((d.retryAfter + time.Second - 1) / time.Second)
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(secs))
+		}
+		writeJSON(ctx, d.status, map[string]string{"error": "injected fault"})
+		return
+	}
+	route(ctx, d)
+}
+
+func (s *Server) twilio(ctx *fasthttp.RequestCtx, d decision) {
+	if !strings.HasPrefix(string(ctx.Request.Header.Peek("Authorization")), "Basic ") {
+		writeJSON(ctx, 401, map[string]any{"code": 20003, "message": "Authenticate", "status": 401})
+		return
+	}
+	args := ctx.PostArgs()
+	to, body := string(args.Peek("To")), string(args.Peek("Body"))
+	if to == "" || body == "" || (len(args.Peek("From")) == 0 && len(args.Peek("MessagingServiceSid")) == 0) {
+		s.reject(1)
+		writeJSON(ctx, 400, map[string]any{"code": 21604, "message": "A 'To', 'Body' and 'From' or 'MessagingServiceSid' are required.", "status": 400})
+		return
+	}
+	if s.itemFails(d, to) {
+		s.reject(1)
+		writeJSON(ctx, 400, map[string]any{"code": 21211, "message": fmt.Sprintf("The 'To' number %s is not a valid phone number.", to), "status": 400})
+		return
+	}
+	id := string(ctx.Request.Header.Peek(providers.IDHeader))
+	s.accept("sms", id)
+	writeJSON(ctx, 201, map[string]any{"sid": fmt.Sprintf("SM%032x", s.nextID()), "status": "queued", "to": to})
+}
+
+type sgRequest struct {
+	Personalizations []struct {
+		To []struct {
+			Email string `json:"email"`
+		} `json:"to"`
+		CustomArgs map[string]string `json:"custom_args"`
+	} `json:"personalizations"`
+	From struct {
+		Email string `json:"email"`
+	} `json:"from"`
+	Content []struct {
+		Type  string `json:"type"`
+		Value string `json:"value"`
+	} `json:"content"`
+	TemplateID string `json:"template_id"`
+}
+
+type sgError struct {
+	Message string `json:"message"`
+	Field   string `json:"field"`
+}
+
+func (s *Server) sendgrid(ctx *fasthttp.RequestCtx, d decision) {
+	if !strings.HasPrefix(string(ctx.Request.Header.Peek("Authorization")), "Bearer ") {
+		writeJSON(ctx, 401, map[string]any{"errors": []sgError{{Message: "authorization required"}}})
+		return
+	}
+	var req sgRequest
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		writeJSON(ctx, 400, map[string]any{"errors": []sgError{{Message: "Bad Request: " + err.Error()}}})
+		return
+	}
+	var errs []sgError
+	switch {
+	case len(req.Personalizations) == 0 || len(req.Personalizations) > 1000:
+		errs = append(errs, sgError{Field: "personalizations", Message: "must have between 1 and 1000 items"})
+	case req.From.Email == "":
+		errs = append(errs, sgError{Field: "from.email", Message: "The from email does not contain a valid address."})
+	case req.TemplateID == "" && len(req.Content) == 0:
+		errs = append(errs, sgError{Field: "content", Message: "Unless a valid template_id is provided, the content parameter is required."})
+	}
+	for i, p := range req.Personalizations {
+		if len(p.To) == 0 || !strings.Contains(p.To[0].Email, "@") || s.itemFails(d, p.To[0].Email) {
+			errs = append(errs, sgError{Field: fmt.Sprintf("personalizations.%d.to.0.email", i), Message: "Does not contain a valid address."})
+		}
+	}
+	if len(errs) > 0 {
+		s.reject(len(errs))
+		writeJSON(ctx, 400, map[string]any{"errors": errs})
+		return
+	}
+	ids := make([]string, 0, len(req.Personalizations))
+	for _, p := range req.Personalizations {
+		ids = append(ids, p.CustomArgs["goutong_id"])
+	}
+	s.accept("email", ids...)
+	ctx.Response.Header.Set("X-Message-Id", fmt.Sprintf("mock%016x", s.nextID()))
+	ctx.SetStatusCode(202)
+}
+
+func (s *Server) fcm(ctx *fasthttp.RequestCtx, d decision) {
+	if !strings.HasPrefix(string(ctx.Request.Header.Peek("Authorization")), "Bearer ") {
+		writeJSON(ctx, 401, map[string]any{"error": map[string]any{"code": 401, "status": "UNAUTHENTICATED", "message": "missing credentials"}})
+		return
+	}
+	var req struct {
+		Message struct {
+			Token        string            `json:"token"`
+			Notification *struct{ Title, Body string } `json:"notification"`
+			Data         map[string]string `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil || req.Message.Token == "" {
+		s.reject(1)
+		writeJSON(ctx, 400, map[string]any{"error": map[string]any{"code": 400, "status": "INVALID_ARGUMENT", "message": "message.token is required"}})
+		return
+	}
+	if s.itemFails(d, req.Message.Token) {
+		s.reject(1)
+		writeJSON(ctx, 404, map[string]any{"error": map[string]any{"code": 404, "status": "NOT_FOUND", "message": "Requested entity was not found.",
+			"details": []map[string]string{{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED"}}}})
+		return
+	}
+	s.accept("push", req.Message.Data["goutong_id"])
+	project := strings.TrimSuffix(strings.TrimPrefix(string(ctx.Path()), "/v1/projects/"), "/messages:send")
+	writeJSON(ctx, 200, map[string]string{"name": fmt.Sprintf("projects/%s/messages/%d", project, s.nextID())})
+}
+
+func (s *Server) webhook(ctx *fasthttp.RequestCtx, d decision) {
+	body := ctx.PostBody()
+	if s.cfg.WebhookSecret != "" {
+		err := providers.VerifySignature([]byte(s.cfg.WebhookSecret), string(ctx.Request.Header.Peek(providers.TimestampHeader)),
+			string(ctx.Request.Header.Peek(providers.SignatureHeader)), body, time.Now(), 5*time.Minute)
+		if err != nil {
+			writeJSON(ctx, 401, map[string]string{"error": err.Error()})
+			return
+		}
+	}
+	var raws []json.RawMessage
+	batched := len(body) > 0 && body[0] == '['
+	if batched {
+		if err := json.Unmarshal(body, &raws); err != nil {
+			writeJSON(ctx, 400, map[string]string{"error": err.Error()})
+			return
+		}
+	} else {
+		raws = []json.RawMessage{body}
+	}
+	results := make([]providers.WebhookItemResult, 0, len(raws))
+	var ok []string
+	for _, raw := range raws {
+		n, err := s.codec.Decode(raw)
+		if err != nil {
+			s.reject(1)
+			if !batched {
+				writeJSON(ctx, 400, map[string]string{"error": err.Error()})
+				return
+			}
+			results = append(results, providers.WebhookItemResult{Status: "failed", Error: err.Error()})
+			continue
+		}
+		if s.itemFails(d, n.Recipient) {
+			s.reject(1)
+			if !batched {
+				writeJSON(ctx, 422, map[string]string{"error": "recipient refused"})
+				return
+			}
+			results = append(results, providers.WebhookItemResult{ID: n.ID, Status: "failed", Error: "recipient refused"})
+			continue
+		}
+		ok = append(ok, n.ID)
+		results = append(results, providers.WebhookItemResult{ID: n.ID, Status: "ok"})
+	}
+	s.accept("webhook", ok...)
+	if batched {
+		writeJSON(ctx, 200, map[string]any{"results": results})
+		return
+	}
+	ctx.SetStatusCode(204)
+}

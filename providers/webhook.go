@@ -1,0 +1,191 @@
+package providers
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/goutong/goutong/notification"
+)
+
+// Webhook signature headers. The signature is
+// "v1=" + hex(HMAC-SHA256(secret, timestamp + "." + body)), so a receiver
+// can check both origin and freshness; see VerifySignature.
+const (
+	TimestampHeader = "X-Goutong-Timestamp"
+	SignatureHeader = "X-Goutong-Signature"
+)
+
+// WebhookConfig configures a webhook provider: a JSON POST of the
+// notification (its wire format) to URL, signed. With Batch > 1 a request
+// carries a JSON array of up to Batch notifications; the endpoint may answer
+// per item with {"results":[{"id":"...","status":"ok|retry|failed","error":"..."}]},
+// otherwise a 2xx means every item was accepted.
+type WebhookConfig struct {
+	Name        string // default "webhook"
+	Endpoint    EndpointConfig
+	Path        string // appended to the base URL
+	Secret      string // HMAC key: never logged
+	Batch       int    // items per request; 1 sends single objects
+	Concurrency int    // default 32
+}
+
+// Webhook is the webhook adapter.
+type Webhook struct {
+	cfg   WebhookConfig
+	ep    *Endpoint
+	url   string
+	codec *notification.Codec
+	now   func() time.Time
+}
+
+// NewWebhook builds the adapter.
+func NewWebhook(cfg WebhookConfig) (*Webhook, error) {
+	if cfg.Secret == "" {
+		return nil, errors.New("providers: webhook needs a signing secret")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "webhook"
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 1
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = 32
+	}
+	ep, err := NewEndpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	return &Webhook{cfg: cfg, ep: ep, url: ep.URL(cfg.Path), codec: notification.NewCodec(), now: time.Now}, nil
+}
+
+func (w *Webhook) Name() string     { return w.cfg.Name }
+func (w *Webhook) MaxBatch() int    { return w.cfg.Batch }
+func (w *Webhook) Concurrency() int { return w.cfg.Concurrency }
+
+// Sign returns the signature header value for body at ts.
+func Sign(secret []byte, ts string, body []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(ts))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return "v1=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// VerifySignature checks a webhook request on the receiving side: the
+// signature must match and the timestamp be within tolerance of now.
+func VerifySignature(secret []byte, ts, sig string, body []byte, now time.Time, tolerance time.Duration) error {
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return errors.New("webhook: bad timestamp")
+	}
+	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+		return errors.New("webhook: timestamp outside tolerance")
+	}
+	if !hmac.Equal([]byte(sig), []byte(Sign(secret, ts, body))) {
+		return errors.New("webhook: signature mismatch")
+	}
+	return nil
+}
+
+// Send implements Provider.
+func (w *Webhook) Send(ctx context.Context, batch []*notification.Notification, results []Result) {
+	if w.cfg.Batch == 1 {
+		eachItem(ctx, batch, results, w.cfg.Concurrency, func(ctx context.Context, n *notification.Notification) Result {
+			var rs [1]Result
+			w.sendBatch(ctx, []*notification.Notification{n}, rs[:])
+			return rs[0]
+		})
+	} else {
+		for start := 0; start < len(batch); start += w.cfg.Batch {
+			end := min(start+w.cfg.Batch, len(batch))
+			w.sendBatch(ctx, batch[start:end], results[start:end])
+		}
+	}
+	for i := range results {
+		results[i].Provider = w.cfg.Name
+	}
+}
+
+func (w *Webhook) buildRequest(batch []*notification.Notification, req *fasthttp.Request) {
+	body := req.Body()[:0]
+	if w.cfg.Batch > 1 {
+		body = append(body, '[')
+		for i, n := range batch {
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = w.codec.AppendEncode(body, n)
+		}
+		body = append(body, ']')
+	} else {
+		body = w.codec.AppendEncode(body, batch[0])
+	}
+	ts := strconv.FormatInt(w.now().Unix(), 10)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI(w.url)
+	req.Header.SetContentType("application/json")
+	req.Header.Set(TimestampHeader, ts)
+	req.Header.Set(SignatureHeader, Sign([]byte(w.cfg.Secret), ts, body))
+	req.SetBodyRaw(body)
+}
+
+// WebhookItemResult is one entry of a batched webhook's optional answer.
+type WebhookItemResult struct {
+	ID     string `json:"id"`
+	Status string `json:"status"` // ok, retry or failed
+	Error  string `json:"error,omitempty"`
+}
+
+func (w *Webhook) sendBatch(ctx context.Context, batch []*notification.Notification, results []Result) {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	w.buildRequest(batch, req)
+	if err := w.ep.Do(ctx, req, resp); err != nil {
+		fillAll(results, transportResult(err))
+		return
+	}
+	r := httpResult(resp, "")
+	if r.Outcome != Sent {
+		r.Reason = truncate(r.Reason+": "+strings.TrimSpace(string(resp.Body())), 200)
+		fillAll(results, r)
+		return
+	}
+	var out struct {
+		Results []WebhookItemResult `json:"results"`
+	}
+	if json.Unmarshal(resp.Body(), &out) != nil || len(out.Results) == 0 {
+		for i, n := range batch {
+			results[i] = Result{Outcome: Sent, MessageID: n.ID}
+		}
+		return
+	}
+	byID := make(map[string]WebhookItemResult, len(out.Results))
+	for _, ir := range out.Results {
+		byID[ir.ID] = ir
+	}
+	for i, n := range batch {
+		ir, ok := byID[n.ID]
+		switch {
+		case !ok:
+			results[i] = Result{Outcome: Retriable, Reason: "webhook: no result for this item"}
+		case ir.Status == "ok":
+			results[i] = Result{Outcome: Sent, MessageID: n.ID}
+		case ir.Status == "retry":
+			results[i] = Result{Outcome: Retriable, Reason: truncate("webhook: "+ir.Error, 200)}
+		default:
+			results[i] = Result{Outcome: Permanent, Reason: truncate(fmt.Sprintf("webhook: %s %s", ir.Status, ir.Error), 200)}
+		}
+	}
+}
