@@ -143,7 +143,9 @@ func httpResult(resp *fasthttp.Response, reason string) Result {
 	r := Result{Outcome: classify(st), Reason: reason}
 	if r.Outcome == Retriable {
 		r.RetryAfter = retryAfter(resp, time.Now())
-		r.Throttled = st == 429 || r.RetryAfter > 0
+		// Only 429 is "slow down"; a 503 with Retry-After is the endpoint
+		// being unavailable, which is the breaker's business.
+		r.Throttled = st == 429
 	}
 	if r.Reason == "" && r.Outcome != Sent {
 		r.Reason = "HTTP " + strconv.Itoa(st)

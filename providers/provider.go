@@ -55,7 +55,7 @@ type Result struct {
 	RetryAfter time.Duration // the provider's hint, with Retriable; 0 if none
 	Reason     string        // why, with Retriable and Permanent
 	Provider   string        // which provider answered (failover may pick another)
-	Throttled  bool          // the provider said 429 or Retry-After: slow down
+	Throttled  bool          // the provider said 429: slow down
 }
 
 // Provider sends batches of notifications.

@@ -28,6 +28,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newSelfcheck(), newTopics())
+	root.AddCommand(newSelfcheck(), newTopics(), newMockProvider())
 	return root
 }

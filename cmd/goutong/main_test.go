@@ -47,3 +47,27 @@ func TestSelfcheckKafka(t *testing.T) {
 		t.Fatal(out)
 	}
 }
+
+func TestMockProviderCommand(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetArgs([]string{"mock-provider", "--listen", "127.0.0.1:0", "--error-rate", "0"})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "mock provider listening on http://127.0.0.1:") || !strings.Contains(out.String(), "received 0") {
+		t.Fatal(out.String())
+	}
+	root = newRoot()
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"mock-provider", "--error-rate", "2"})
+	if err := root.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), "error-rate") {
+		t.Fatalf("bad rate accepted: %v", err)
+	}
+}
