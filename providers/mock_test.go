@@ -147,11 +147,15 @@ func TestInjectedFaultsClassify(t *testing.T) {
 		check  func(r providers.Result) bool
 	}{
 		{"429 with Retry-After", mockserver.Faults{ThrottleRate: 1, RetryAfter: mockserver.Duration(2 * time.Second)},
-			func(r providers.Result) bool { return r.Outcome == providers.Retriable && r.Throttled && r.RetryAfter == 2*time.Second }},
+			func(r providers.Result) bool {
+				return r.Outcome == providers.Retriable && r.Throttled && r.RetryAfter == 2*time.Second
+			}},
 		{"5xx", mockserver.Faults{ErrorRate: 1},
 			func(r providers.Result) bool { return r.Outcome == providers.Retriable && !r.Throttled }},
 		{"outage", mockserver.Faults{OutageFor: mockserver.Duration(time.Minute)},
-			func(r providers.Result) bool { return r.Outcome == providers.Retriable && r.RetryAfter > 50*time.Second }},
+			func(r providers.Result) bool {
+				return r.Outcome == providers.Retriable && r.RetryAfter > 50*time.Second
+			}},
 		{"slower than the client timeout", mockserver.Faults{SlowRate: 1, SlowDelay: mockserver.Duration(time.Second)},
 			func(r providers.Result) bool { return r.Outcome == providers.Retriable && r.Reason == "timeout" }},
 	}

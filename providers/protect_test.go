@@ -1,8 +1,8 @@
 package providers
 
 import (
-	"strings"
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"

@@ -44,15 +44,15 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // (ItemFailureRate: per item). Set them at start or at runtime with
 // POST /faults.
 type Faults struct {
-	LatencyMin      Duration `json:"latency_min"`        // added to every response, uniform in [min, max]
-	LatencyMax      Duration `json:"latency_max"`        //
-	ErrorRate       float64  `json:"error_rate"`         // 500/503 answers
-	ThrottleRate    float64  `json:"throttle_rate"`      // 429 answers
-	RetryAfter      Duration `json:"retry_after"`        // sent with 429 and 503 (whole seconds, rounded up)
-	ItemFailureRate float64  `json:"item_failure_rate"`  // permanent per-item failures (bad number, bad token)
-	SlowRate        float64  `json:"slow_rate"`          // responses held for SlowDelay
-	SlowDelay       Duration `json:"slow_delay"`         // set it past the client's timeout
-	OutageFor       Duration `json:"outage_for"`         // on POST: answer 503 to everything for this long
+	LatencyMin      Duration  `json:"latency_min"`       // added to every response, uniform in [min, max]
+	LatencyMax      Duration  `json:"latency_max"`       //
+	ErrorRate       float64   `json:"error_rate"`        // 500/503 answers
+	ThrottleRate    float64   `json:"throttle_rate"`     // 429 answers
+	RetryAfter      Duration  `json:"retry_after"`       // sent with 429 and 503 (whole seconds, rounded up)
+	ItemFailureRate float64   `json:"item_failure_rate"` // permanent per-item failures (bad number, bad token)
+	SlowRate        float64   `json:"slow_rate"`         // responses held for SlowDelay
+	SlowDelay       Duration  `json:"slow_delay"`        // set it past the client's timeout
+	OutageFor       Duration  `json:"outage_for"`        // on POST: answer 503 to everything for this long
 	OutageUntil     time.Time `json:"outage_until,omitzero"`
 }
 
@@ -414,9 +414,9 @@ func (s *Server) fcm(ctx *fasthttp.RequestCtx, d decision) {
 	}
 	var req struct {
 		Message struct {
-			Token        string            `json:"token"`
+			Token        string                        `json:"token"`
 			Notification *struct{ Title, Body string } `json:"notification"`
-			Data         map[string]string `json:"data"`
+			Data         map[string]string             `json:"data"`
 		} `json:"message"`
 	}
 	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil || req.Message.Token == "" {
