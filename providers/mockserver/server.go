@@ -10,7 +10,9 @@
 package mockserver
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -121,9 +123,18 @@ func Start(cfg Config) (*Server, error) {
 // URL is the base URL to give the adapters.
 func (s *Server) URL() string { return "http://" + s.ln.Addr().String() }
 
-// Close stops the server.
+// Close stops the server, giving requests in flight (a slow fault may be
+// holding some) two seconds to finish.
 func (s *Server) Close() error {
-	err := s.srv.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := s.srv.ShutdownWithContext(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = nil // the held requests are dropped, as a provider going away would
+	}
+	// Serve may not have registered the listener before Shutdown ran;
+	// closing it ourselves makes Serve return either way.
+	s.ln.Close()
 	s.wg.Wait()
 	return err
 }
