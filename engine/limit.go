@@ -1,0 +1,85 @@
+package engine
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/goutong/goutong/notification"
+)
+
+// ChannelLimit is a channel's token bucket with a share of its rate
+// reserved for critical and high traffic. Every send takes tokens from the
+// channel bucket; normal and bulk sends must also take them from a second
+// bucket that refills at (1-reserve) of the rate, so a bulk burst can use at
+// most that share and urgent sends always find tokens. The rate can change
+// at runtime. Times are explicit so tests run on a fake clock.
+type ChannelLimit struct {
+	mu      sync.Mutex
+	all     *rate.Limiter
+	low     *rate.Limiter
+	reserve float64
+}
+
+// NewChannelLimit returns a limit of perSec sends/s with burst, reserving
+// the share reserve (0..1) for critical and high.
+func NewChannelLimit(perSec float64, burst int, reserve float64) (*ChannelLimit, error) {
+	if perSec <= 0 || burst < 1 || reserve < 0 || reserve >= 1 {
+		return nil, fmt.Errorf("engine: limit needs rate > 0, burst >= 1, reserve in [0,1); got %v, %d, %v", perSec, burst, reserve)
+	}
+	lowBurst := max(1, int(float64(burst)*(1-reserve)))
+	return &ChannelLimit{
+		all:     rate.NewLimiter(rate.Limit(perSec), burst),
+		low:     rate.NewLimiter(rate.Limit(perSec*(1-reserve)), lowBurst),
+		reserve: reserve,
+	}, nil
+}
+
+// Reserve takes n tokens for sends of priority p at now and returns how
+// long to wait before sending them. Batches larger than the burst are
+// split, so Reserve never refuses.
+func (c *ChannelLimit) Reserve(now time.Time, p notification.Priority, n int) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var wait time.Duration
+	take := func(l *rate.Limiter, n int) {
+		for n > 0 {
+			k := min(n, l.Burst())
+			wait = max(wait, l.ReserveN(now, k).DelayFrom(now))
+			n -= k
+		}
+	}
+	if p != notification.Critical && p != notification.High {
+		take(c.low, n)
+	}
+	take(c.all, n)
+	return wait
+}
+
+// SetRate changes the channel's rate at runtime, keeping the reserve.
+func (c *ChannelLimit) SetRate(now time.Time, perSec float64) error {
+	if perSec <= 0 {
+		return fmt.Errorf("engine: rate must be positive, got %v", perSec)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.all.SetLimitAt(now, rate.Limit(perSec))
+	c.low.SetLimitAt(now, rate.Limit(perSec*(1-c.reserve)))
+	return nil
+}
+
+// Rate is the channel's current rate in sends/s.
+func (c *ChannelLimit) Rate() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return float64(c.all.Limit())
+}
+
+// DefaultRates are the seed's per-channel limits in sends/s; other
+// channels get DefaultOtherRate.
+var DefaultRates = map[notification.Channel]float64{notification.SMS: 1000, notification.Email: 500}
+
+// DefaultOtherRate is the limit of channels not in DefaultRates.
+const DefaultOtherRate = 100

@@ -1,0 +1,134 @@
+package engine
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goutong/goutong/notification"
+)
+
+func TestPickerCriticalFirstAndWeightedShares(t *testing.T) {
+	p, err := NewPicker(DefaultWeights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := [notification.NumPriorities]int{5, 100, 100, 100}
+	for range 5 {
+		if pr, _ := p.Pick(q); pr != notification.Critical {
+			t.Fatalf("picked %v with critical waiting", pr)
+		}
+		q[0]--
+	}
+	counts := map[notification.Priority]int{}
+	var seq strings.Builder
+	for range 20 {
+		pr, ok := p.Pick(q)
+		if !ok {
+			t.Fatal("nothing picked")
+		}
+		counts[pr]++
+		seq.WriteByte(pr.String()[0])
+	}
+	if counts[notification.High] != 12 || counts[notification.Normal] != 6 || counts[notification.Bulk] != 2 {
+		t.Fatalf("shares %v over 20 picks, want 12:6:2", counts)
+	}
+	// Smooth: picks interleave instead of coming in runs.
+	if got := seq.String(); strings.Contains(got, "hhhh") {
+		t.Fatalf("picks in runs: %s", got)
+	}
+	// Only bulk waiting: bulk is served every time.
+	if pr, _ := p.Pick([notification.NumPriorities]int{0, 0, 0, 3}); pr != notification.Bulk {
+		t.Fatal(pr)
+	}
+	if _, ok := p.Pick([notification.NumPriorities]int{}); ok {
+		t.Fatal("picked from empty lanes")
+	}
+	if _, err := NewPicker(map[notification.Priority]int{notification.High: 1, notification.Normal: 1}); err == nil {
+		t.Fatal("a zero bulk weight (starvation) accepted")
+	}
+}
+
+// Rate limits on a fake clock: over one simulated minute of saturation,
+// bulk alone gets (1-reserve) of the rate, and critical sends made during a
+// bulk flood wait no longer than the channel's own pace.
+func TestChannelLimitReservedShare(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	l, err := NewChannelLimit(1000, 100, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A dispatcher that sends a batch of 10 whenever the limit allows.
+	now, sent := start, 0
+	for now.Before(start.Add(time.Minute)) {
+		now = now.Add(l.Reserve(now, notification.Bulk, 10))
+		sent += 10
+	}
+	if perSec := float64(sent) / 60; perSec < 780 || perSec > 820 {
+		t.Fatalf("bulk alone sent %.0f/s, want about 800 (80%% of 1000)", perSec)
+	}
+	// Bulk has used its share; a critical send still gets tokens from the
+	// reserved 20% at once.
+	if w := l.Reserve(now, notification.Critical, 10); w > 20*time.Millisecond {
+		t.Fatalf("critical waited %v behind bulk", w)
+	}
+	// Runtime change: halve the rate; bulk follows.
+	if err := l.SetRate(now, 500); err != nil {
+		t.Fatal(err)
+	}
+	t0, n := now, 0
+	for now.Before(t0.Add(time.Minute)) {
+		now = now.Add(l.Reserve(now, notification.Normal, 10))
+		n += 10
+	}
+	if perSec := float64(n) / 60; perSec < 380 || perSec > 420 || l.Rate() != 500 {
+		t.Fatalf("after SetRate(500) normal sent %.0f/s, want about 400", perSec)
+	}
+	// Batches larger than the burst are split, never refused.
+	if w := l.Reserve(now, notification.High, 1000); w <= 0 {
+		t.Fatal("a batch ten times the burst went through without waiting")
+	}
+	if _, err := NewChannelLimit(100, 10, 1); err == nil {
+		t.Fatal("reserve of 100% accepted: bulk would never send")
+	}
+}
+
+func TestBackoffFullJitterAndRetryAfter(t *testing.T) {
+	var bounds []int64
+	b := Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Rand: func(n int64) int64 { bounds = append(bounds, n); return n - 1 }}
+	for attempt := 1; attempt <= 8; attempt++ {
+		b.Delay(attempt, 0)
+	}
+	want := []time.Duration{100, 200, 400, 800, 1600, 3200, 5000, 5000}
+	for i, w := range want {
+		if time.Duration(bounds[i]-1) != w*time.Millisecond {
+			t.Fatalf("attempt %d: bound %v, want %v", i+1, time.Duration(bounds[i]-1), w*time.Millisecond)
+		}
+	}
+	b.Rand = func(int64) int64 { return 0 }
+	if d := b.Delay(1, 3*time.Second); d != 3*time.Second {
+		t.Fatalf("Retry-After not honoured: %v", d)
+	}
+	if d := b.Delay(1000, 0); d != 0 {
+		t.Fatalf("huge attempt: %v", d)
+	}
+}
+
+func BenchmarkChannelLimitReserve(b *testing.B) {
+	l, _ := NewChannelLimit(1e9, 1000, 0.2)
+	now := time.Unix(1_800_000_000, 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		now = now.Add(l.Reserve(now, notification.Bulk, 1))
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+func BenchmarkPicker(b *testing.B) {
+	p, _ := NewPicker(DefaultWeights)
+	q := [notification.NumPriorities]int{0, 10, 10, 10}
+	b.ReportAllocs()
+	for b.Loop() {
+		p.Pick(q)
+	}
+}
