@@ -27,6 +27,19 @@ func benchKeys(n int, seed uint64) []string {
 
 const benchBatch = 1000
 
+// preload claims and confirms the 1,000,000 stored keys the benchmarks run
+// against (benchKeys seed 1), then settles them; it returns reusable
+// request and result slices.
+func preload(b *testing.B, s *Store) ([]ClaimRequest, []ClaimResult, []Done) {
+	reqs, out, done := make([]ClaimRequest, benchBatch), make([]ClaimResult, benchBatch), make([]Done, benchBatch)
+	pre := benchKeys(1_000_000, 1)
+	for i := 0; i < len(pre); i += benchBatch {
+		claimConfirm(b, s, pre[i:i+benchBatch], reqs, out, done)
+	}
+	settle(b, s)
+	return reqs, out, done
+}
+
 // settle flushes and compacts the pre-loaded keys so the measured part does
 // not compete with the compaction debt of loading them.
 func settle(b *testing.B, s *Store) {
@@ -60,12 +73,7 @@ func BenchmarkClaimConfirmNew(b *testing.B) {
 		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) {
 			s := open(b, b.TempDir(), newClock(), WithSync(sync))
 			defer s.Close()
-			reqs, out, done := make([]ClaimRequest, benchBatch), make([]ClaimResult, benchBatch), make([]Done, benchBatch)
-			pre := benchKeys(1_000_000, 1)
-			for i := 0; i < len(pre); i += benchBatch {
-				claimConfirm(b, s, pre[i:i+benchBatch], reqs, out, done)
-			}
-			settle(b, s)
+			reqs, out, done := preload(b, s)
 			fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -82,12 +90,8 @@ func BenchmarkClaimConfirmNew(b *testing.B) {
 func BenchmarkLookupExisting(b *testing.B) {
 	s := open(b, b.TempDir(), newClock())
 	defer s.Close()
-	reqs, out, done := make([]ClaimRequest, benchBatch), make([]ClaimResult, benchBatch), make([]Done, benchBatch)
+	preload(b, s)
 	keys := benchKeys(1_000_000, 1)
-	for i := 0; i < len(keys); i += benchBatch {
-		claimConfirm(b, s, keys[i:i+benchBatch], reqs, out, done)
-	}
-	settle(b, s)
 	r := rand.New(rand.NewPCG(3, 3))
 	batch := make([]string, benchBatch)
 	b.ReportAllocs()
@@ -113,12 +117,7 @@ func BenchmarkLookupExisting(b *testing.B) {
 func BenchmarkBaselinePerKey(b *testing.B) {
 	s := open(b, b.TempDir(), newClock(), WithSync(false))
 	defer s.Close()
-	reqs, out, done := make([]ClaimRequest, benchBatch), make([]ClaimResult, benchBatch), make([]Done, benchBatch)
-	pre := benchKeys(1_000_000, 1)
-	for i := 0; i < len(pre); i += benchBatch {
-		claimConfirm(b, s, pre[i:i+benchBatch], reqs, out, done)
-	}
-	settle(b, s)
+	preload(b, s)
 	keys := benchKeys(max(b.N, 1)*benchBatch, 2)
 	bucket := s.bucketOf(s.o.now())
 	val := (&entry{state: stateConfirmed, id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "sent"}).append(nil)

@@ -58,14 +58,7 @@ func (c *Codec) Decode(data []byte) (*Notification, error) {
 	if err != nil {
 		return nil, fieldErr("", "malformed JSON: %v", err)
 	}
-	n := &Notification{}
-	if err := c.fromValue(v, n); err != nil {
-		return nil, err
-	}
-	if err := c.Validate(n); err != nil {
-		return nil, err
-	}
-	return n, nil
+	return c.DecodeValue(v)
 }
 
 // DecodeValue decodes an already parsed JSON value (an element of a JSON
