@@ -83,3 +83,45 @@ var DefaultRates = map[notification.Channel]float64{notification.SMS: 1000, noti
 
 // DefaultOtherRate is the limit of channels not in DefaultRates.
 const DefaultOtherRate = 100
+
+// Budget is how many sends may go now without waiting: urgent counts
+// critical and high, low counts normal and bulk (never more than urgent).
+// The dispatcher gathers a batch within the budget and then Takes it, so it
+// never sleeps holding a bulk batch while a verification code arrives.
+func (c *ChannelLimit) Budget(now time.Time) (urgent, low int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	urgent = int(c.all.TokensAt(now))
+	low = min(urgent, int(c.low.TokensAt(now)))
+	return max(urgent, 0), max(low, 0)
+}
+
+// Take spends the tokens of a batch gathered within Budget.
+func (c *ChannelLimit) Take(now time.Time, urgent, low int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if low > 0 {
+		c.low.AllowN(now, low)
+	}
+	if urgent+low > 0 {
+		c.all.AllowN(now, urgent+low)
+	}
+}
+
+// NextToken is how long until one send of priority p may go.
+func (c *ChannelLimit) NextToken(now time.Time, p notification.Priority) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	need := func(l *rate.Limiter) time.Duration {
+		t := l.TokensAt(now)
+		if t >= 1 {
+			return 0
+		}
+		return time.Duration((1 - t) / float64(l.Limit()) * float64(time.Second))
+	}
+	w := need(c.all)
+	if p != notification.Critical && p != notification.High {
+		w = max(w, need(c.low))
+	}
+	return max(w, time.Millisecond/10)
+}

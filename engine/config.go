@@ -1,0 +1,250 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+)
+
+// Topics names the topics of a deployment.
+//
+// Notifications enter through a lane topic per priority, so that pausing a
+// full bulk lane (backpressure) never stops the partitions that carry
+// verification codes. Ingress is a mixed topic for producers that cannot
+// choose a lane (any Kafka client writing the wire format); it works, but
+// its records share partitions whatever their priority.
+type Topics struct {
+	Ingress string
+	Lanes   [notification.NumPriorities]string
+	Retry   string
+	DLQ     string
+	Status  string
+}
+
+// DefaultTopics are the names the CLI and the API use.
+func DefaultTopics() Topics {
+	t := Topics{Ingress: "goutong.notifications", Retry: "goutong.retry", DLQ: "goutong.dlq", Status: "goutong.status"}
+	for i := range t.Lanes {
+		t.Lanes[i] = "goutong.notifications." + notification.Priority(i+1).String()
+	}
+	return t
+}
+
+// Lane is the topic a notification of priority p is produced to.
+func (t Topics) Lane(p notification.Priority) string {
+	if p.Valid() && t.Lanes[p.Index()] != "" {
+		return t.Lanes[p.Index()]
+	}
+	return t.Ingress
+}
+
+// Consumed are the topics the engine consumes.
+func (t Topics) Consumed() []string {
+	out := []string{t.Ingress}
+	for _, l := range t.Lanes {
+		if l != "" && l != t.Ingress {
+			out = append(out, l)
+		}
+	}
+	return append(out, t.Retry)
+}
+
+// Specs are the topics with the seed's retention plan: the buffer keeps
+// 2 h, the retry (processing) topic 1 h, dead letters 24 h. Status events
+// are for other systems; nobody in Goutong commits on them, so their
+// retention does not wait for a group.
+func (t Topics) Specs(partitions int32) []partition.TopicSpec {
+	var specs []partition.TopicSpec
+	for _, name := range t.Consumed() {
+		age := 2 * time.Hour
+		if name == t.Retry {
+			age = time.Hour
+		}
+		specs = append(specs, partition.TopicSpec{Name: name, Partitions: partitions, RetentionAge: age, Compression: "s2"})
+	}
+	return append(specs,
+		partition.TopicSpec{Name: t.DLQ, Partitions: 1, RetentionAge: 24 * time.Hour, Compression: "zstd"},
+		partition.TopicSpec{Name: t.Status, Partitions: partitions, RetentionAge: 24 * time.Hour, DeleteUncommitted: true, Compression: "s2"},
+	)
+}
+
+// ChannelConfig binds a channel to its provider and limits.
+type ChannelConfig struct {
+	// Provider sends the channel's batches: an adapter, a *providers.Guarded
+	// (whose adaptive limit the engine also respects) or a *providers.Failover.
+	Provider providers.Provider
+	// Rate is the channel's token bucket in sends/s (0: the seed's default
+	// for the channel); Burst its bucket size (0: Rate/10, at least the
+	// batch size); Reserve the share kept for critical and high (default 0.2).
+	Rate    float64
+	Burst   int
+	Reserve float64
+	// Batch caps a provider call (0: the provider's MaxBatch); Linger is
+	// how long a partial batch of normal or bulk waits to fill (0: 5 ms;
+	// negative: never). Batches holding critical or high never linger.
+	Batch  int
+	Linger time.Duration
+	// Concurrency is how many provider calls run at once (0: the provider's).
+	Concurrency int
+}
+
+// Clock is the engine's time; tests replace it to check rates without
+// sleeping.
+type Clock interface {
+	Now() time.Time
+	// Sleep waits d or until ctx ends.
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Config configures an Engine.
+type Config struct {
+	// Open makes the Log the engine consumes from and produces to; the
+	// engine fills in the consumer config (group, topics, rebalance hooks)
+	// and owns (closes) the Log.
+	Open   func(partition.ConsumerConfig) (partition.Log, error)
+	Group  string // default "goutong-engine"
+	Topics Topics // default DefaultTopics()
+
+	Channels map[notification.Channel]ChannelConfig
+	Codec    *notification.Codec // default NewCodec() with the configured channels
+	Dedupe   *dedupe.Store       // required; the caller opens and closes it
+	Status   *StatusStore        // optional; the caller opens and closes it
+
+	Partitions  int32   // of topics the engine creates (default 8)
+	PollMax     int     // records per poll (default 1000)
+	RingSize    int     // slots per channel and priority (default 8192)
+	MaxDelayed  int     // records held for not_before or retry backoff (default 100,000)
+	MaxAttempts int     // send attempts before dead letters (default 8)
+	Backoff     Backoff // default 500 ms .. 5 min
+	Weights     map[notification.Priority]int
+
+	CommitInterval time.Duration // default 200 ms
+	// DrainTimeout bounds how long Close keeps sending what the rings
+	// hold; what is left stays uncommitted in the log and is replayed.
+	DrainTimeout time.Duration // default 10 s
+	// RevokeWait bounds how long a rebalance waits for the in-flight records
+	// of partitions leaving this node before committing them.
+	RevokeWait time.Duration // default 5 s
+
+	Clock    Clock
+	Logger   *zap.Logger
+	Registry prometheus.Registerer // metrics are registered here when set
+}
+
+func (c *Config) defaults() error {
+	if c.Open == nil {
+		return errors.New("engine: Config.Open is required")
+	}
+	if c.Dedupe == nil {
+		return errors.New("engine: Config.Dedupe is required")
+	}
+	if len(c.Channels) == 0 {
+		return errors.New("engine: no channels configured")
+	}
+	if c.Group == "" {
+		c.Group = "goutong-engine"
+	}
+	if c.Topics.Ingress == "" {
+		c.Topics = DefaultTopics()
+	}
+	if c.Codec == nil {
+		var extra []string
+		for ch := range c.Channels {
+			extra = append(extra, string(ch))
+		}
+		c.Codec = notification.NewCodec(extra...)
+	}
+	for ch, cc := range c.Channels {
+		if cc.Provider == nil {
+			return fmt.Errorf("engine: channel %s has no provider", ch)
+		}
+		if cc.Rate == 0 {
+			cc.Rate = DefaultOtherRate
+			if r, ok := DefaultRates[ch]; ok {
+				cc.Rate = r
+			}
+		}
+		if cc.Batch <= 0 {
+			cc.Batch = max(1, cc.Provider.MaxBatch())
+		}
+		if cc.Burst <= 0 {
+			cc.Burst = max(int(cc.Rate/10), cc.Batch, 1)
+		}
+		if cc.Reserve == 0 {
+			cc.Reserve = 0.2
+		}
+		if cc.Linger == 0 {
+			cc.Linger = 5 * time.Millisecond
+		}
+		if cc.Concurrency <= 0 {
+			cc.Concurrency = max(1, cc.Provider.Concurrency())
+		}
+		c.Channels[ch] = cc
+	}
+	if c.Partitions <= 0 {
+		c.Partitions = 8
+	}
+	if c.PollMax <= 0 {
+		c.PollMax = 1000
+	}
+	if c.RingSize <= 0 {
+		c.RingSize = 8192
+	}
+	if c.MaxDelayed <= 0 {
+		c.MaxDelayed = 100_000
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 8
+	}
+	if c.Backoff.Base <= 0 {
+		c.Backoff.Base = 500 * time.Millisecond
+	}
+	if c.Backoff.Max <= 0 {
+		c.Backoff.Max = 5 * time.Minute
+	}
+	if c.Weights == nil {
+		c.Weights = DefaultWeights
+	}
+	if c.CommitInterval <= 0 {
+		c.CommitInterval = 200 * time.Millisecond
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.RevokeWait <= 0 {
+		c.RevokeWait = 5 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = realClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return nil
+}

@@ -1,0 +1,250 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+)
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// dispatch is a channel's dispatcher: it gathers batches from the priority
+// lanes (critical first, the rest by weight) within the tokens the
+// channel's bucket has now, and hands them to the channel's senders. It
+// never sleeps holding a batch for tokens, so a verification code that
+// arrives while bulk waits for its share goes out with the next pick.
+// After the poller stops (pollDone) it exits once the rings are empty;
+// stop makes it exit at once.
+func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
+	defer close(cs.jobs)
+	clock := e.cfg.Clock
+	batch := make([]*item, 0, cs.cfg.Batch)
+	var late outcomes
+	var lingerFrom time.Time
+	urgentIn := false
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
+	for {
+		select {
+		case <-stop:
+			e.abandon(batch)
+			return
+		default:
+		}
+		now := clock.Now()
+		urgent, low := cs.limit.Budget(now)
+		var tookU, tookL int
+		var lens [notification.NumPriorities]int
+		for len(batch) < cs.cfg.Batch {
+			for i, r := range cs.rings {
+				lens[i] = r.Len()
+			}
+			if tookU+tookL >= urgent {
+				break
+			}
+			if tookL >= low {
+				lens[notification.Normal.Index()], lens[notification.Bulk.Index()] = 0, 0
+			}
+			p, ok := cs.picker.Pick(lens)
+			if !ok {
+				break
+			}
+			it, _ := cs.rings[p.Index()].Pop()
+			if it.ps.revoked.Load() {
+				e.abandon([]*item{it}) // the partition's new owner sends it
+				continue
+			}
+			if it.n.Expired(now) {
+				// A code that expired while queued is never sent.
+				e.m.expired.WithLabelValues(string(cs.name)).Inc()
+				late.event(e, it.n, StateExpired, now, "", "", "expired while queued")
+				late.done = append(late.done, it)
+				continue
+			}
+			if p == notification.Critical || p == notification.High {
+				tookU++
+				urgentIn = true
+			} else {
+				tookL++
+			}
+			batch = append(batch, it)
+		}
+		cs.limit.Take(now, tookU, tookL)
+		if len(late.done) > 0 {
+			e.releaseClaims(late.done)
+			late.flush(e.outCtx, e)
+			late = outcomes{}
+		}
+		ringsEmpty := true
+		for _, r := range cs.rings {
+			if r.Len() > 0 {
+				ringsEmpty = false
+			}
+		}
+		if len(batch) > 0 {
+			full := len(batch) == cs.cfg.Batch
+			if lingerFrom.IsZero() {
+				lingerFrom = now
+			}
+			lingering := !full && !urgentIn && cs.cfg.Linger > 0 && now.Sub(lingerFrom) < cs.cfg.Linger && ringsEmpty
+			if !lingering || isClosed(pollDone) {
+				select {
+				case cs.jobs <- batch:
+				case <-stop:
+					e.abandon(batch)
+					return
+				}
+				batch, urgentIn, lingerFrom = make([]*item, 0, cs.cfg.Batch), false, time.Time{}
+				continue
+			}
+			e.waitWork(cs, idle, cs.cfg.Linger-now.Sub(lingerFrom), stop)
+			continue
+		}
+		if !ringsEmpty {
+			// Work waits for tokens: sleep until the next one, briefly, so
+			// an urgent arrival is picked up soon.
+			var wait time.Duration
+			for i, r := range cs.rings {
+				if r.Len() > 0 {
+					wait = cs.limit.NextToken(now, notification.Priority(i+1))
+					break
+				}
+			}
+			wait = min(wait, 5*time.Millisecond)
+			e.m.limitWait.WithLabelValues(string(cs.name)).Add(wait.Seconds())
+			_ = clock.Sleep(context.Background(), wait)
+			continue
+		}
+		if isClosed(pollDone) {
+			return
+		}
+		e.waitWork(cs, idle, 50*time.Millisecond, stop)
+	}
+}
+
+func (e *Engine) waitWork(cs *channelState, t *time.Timer, d time.Duration, stop <-chan struct{}) {
+	t.Reset(max(d, 0))
+	select {
+	case <-cs.notify:
+	case <-t.C:
+	case <-stop:
+	}
+	t.Stop()
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// abandon drops claimed items that will not be sent here (a hard stop, a
+// revoked partition): their records stay unfinished and are replayed, and
+// their claims are released so that replay is not taken for a duplicate.
+func (e *Engine) abandon(items []*item) {
+	if len(items) > 0 {
+		e.releaseClaims(items)
+	}
+}
+
+func (e *Engine) releaseClaims(items []*item) {
+	done := make([]dedupe.Done, len(items))
+	for i, it := range items {
+		done[i] = dedupe.Done{Key: it.n.Tenant + "\x00" + it.n.IdempotencyKey, Token: it.token, ID: it.n.ID}
+	}
+	_ = e.cfg.Dedupe.Release(e.outCtx, done)
+	e.claimed.Add(-int64(len(items)))
+}
+
+// send calls the provider with one batch and turns every item's result
+// into its outcome: sent (confirm the key, status event), retriable (retry
+// topic after backoff, or dead letters once attempts are used up) or
+// permanent (dead letters). Outcomes are produced before the records are
+// marked finished, so a crash between the two replays, and the dedupe
+// store keeps the replay from sending twice.
+func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
+	clock := e.cfg.Clock
+	if cs.provLimit != nil {
+		if w := cs.provLimit.Reserve(clock.Now(), len(batch)); w > 0 {
+			e.m.limitWait.WithLabelValues(string(cs.name)).Add(w.Seconds())
+			_ = clock.Sleep(ctx, w)
+		}
+	}
+	ns := make([]*notification.Notification, len(batch))
+	for i, it := range batch {
+		it.n.Attempts++
+		ns[i] = it.n
+	}
+	results := make([]providers.Result, len(batch))
+	cs.cfg.Provider.Send(ctx, ns, results)
+	now := clock.Now()
+
+	var out outcomes
+	var confirm []dedupe.Done
+	var release []*item
+	for i, it := range batch {
+		n, r := it.n, results[i]
+		provider := r.Provider
+		if provider == "" {
+			provider = cs.cfg.Provider.Name()
+		}
+		if r.Outcome == 0 {
+			r = providers.Result{Outcome: providers.Retriable, Reason: "provider returned no result"}
+		}
+		e.m.sends.WithLabelValues(string(cs.name), provider, r.Outcome.String()).Inc()
+		out.done = append(out.done, it)
+		switch r.Outcome {
+		case providers.Sent:
+			outcome := r.MessageID
+			if outcome == "" {
+				outcome = "sent"
+			}
+			confirm = append(confirm, dedupe.Done{Key: n.Tenant + "\x00" + n.IdempotencyKey, Token: it.token, ID: n.ID, Outcome: outcome})
+			out.event(e, n, StateSent, now, provider, r.MessageID, "")
+			e.m.latency.WithLabelValues(string(cs.name), n.Priority.String()).Observe(now.Sub(n.AcceptedAt).Seconds())
+		case providers.Retriable:
+			release = append(release, it)
+			if n.Attempts >= e.cfg.MaxAttempts {
+				reason := "after " + strconv.Itoa(n.Attempts) + " attempts: " + r.Reason
+				out.deadLetter(e, []byte(n.ID), e.cfg.Codec.Encode(n), reasonExhausted, reason, n.Attempts, string(cs.name), now)
+				out.event(e, n, StateDeadLettered, now, provider, "", reasonExhausted+": "+r.Reason)
+				continue
+			}
+			due := now.Add(e.cfg.Backoff.Delay(n.Attempts, r.RetryAfter))
+			e.m.retries.WithLabelValues(string(cs.name)).Inc()
+			out.recs = append(out.recs, partition.Record{Topic: e.cfg.Topics.Retry, Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n),
+				Headers: []partition.Header{
+					{Key: HeaderDue, Value: strconv.AppendInt(nil, due.UnixMilli(), 10)},
+					{Key: HeaderError, Value: []byte(r.Reason)},
+				}})
+			out.event(e, n, StateRetrying, now, provider, "", r.Reason)
+		default:
+			release = append(release, it)
+			out.deadLetter(e, []byte(n.ID), e.cfg.Codec.Encode(n), reasonPermanent, r.Reason, n.Attempts, string(cs.name), now)
+			out.event(e, n, StateDeadLettered, now, provider, "", r.Reason)
+		}
+	}
+	// The send happened whatever comes next: record it first.
+	if len(confirm) > 0 {
+		if err := e.cfg.Dedupe.Confirm(e.outCtx, confirm); err != nil {
+			e.cfg.Logger.Sugar().Warnw("dedupe confirm failed", "error", err)
+		}
+		e.claimed.Add(-int64(len(confirm)))
+	}
+	// Retried and dead-lettered keys are free again: the retry record (or a
+	// deliberate resend) claims them anew. Released before the retry record
+	// exists, or its claim could find the old one still in flight.
+	if len(release) > 0 {
+		e.releaseClaims(release)
+	}
+	out.flush(e.outCtx, e)
+}

@@ -1,0 +1,773 @@
+package engine
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+)
+
+// Record headers the engine writes on retry and dead-letter records.
+const (
+	HeaderDue       = "goutong-due"       // retry: unix milliseconds before which it must not be sent
+	HeaderReason    = "goutong-reason"    // dead letter: decode, no-provider, permanent, retries-exhausted
+	HeaderError     = "goutong-error"     // dead letter and retry: the last error
+	HeaderAttempts  = "goutong-attempts"  // dead letter: send attempts made
+	HeaderSource    = "goutong-source"    // dead letter: topic/partition@offset it came from
+	HeaderFailedAt  = "goutong-failed-at" // dead letter: RFC 3339
+	reasonDecode    = "decode"
+	reasonNoChannel = "no-provider"
+	reasonPermanent = "permanent"
+	reasonExhausted = "retries-exhausted"
+)
+
+// Engine runs the pipeline. Create it with New, run it with Run.
+type Engine struct {
+	cfg   Config
+	log   partition.Log
+	m     *metrics
+	chans map[notification.Channel]*channelState
+
+	mu       sync.Mutex // guards parts and pause bookkeeping
+	parts    map[partition.TopicPartition]*partState
+	blocked  map[blocker]map[partition.TopicPartition]bool
+	pauseRef map[partition.TopicPartition]int
+
+	// Poller-owned.
+	delayed delayHeap
+	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
+
+	claimed atomic.Int64 // claims open (sent to rings, not finished)
+}
+
+// blocker is a reason a partition is paused: a full lane of a channel, or
+// the delay heap (ch == "").
+type blocker struct {
+	ch   notification.Channel
+	lane int
+}
+
+type partState struct {
+	tp        partition.TopicPartition
+	mu        sync.Mutex
+	wm        *Watermark
+	dirty     bool
+	committed int64
+	revoked   atomic.Bool
+	inflight  atomic.Int64
+	delayed   atomic.Int64
+}
+
+type item struct {
+	n     *notification.Notification
+	ps    *partState
+	off   int64
+	due   time.Time
+	token uint32
+	retry bool
+}
+
+type channelState struct {
+	name      notification.Channel
+	cfg       ChannelConfig
+	rings     [notification.NumPriorities]*Ring[*item]
+	pending   [notification.NumPriorities][]*item // poller-owned overflow of a full ring
+	notify    chan struct{}
+	limit     *ChannelLimit
+	picker    *Picker
+	jobs      chan []*item
+	provLimit *providers.AdaptiveLimit
+}
+
+// New validates cfg, opens the Log through cfg.Open and registers metrics.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
+		parts: map[partition.TopicPartition]*partState{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
+		pauseRef: map[partition.TopicPartition]int{}}
+	collectors := e.m.collectors()
+	for name, cc := range cfg.Channels {
+		lim, err := NewChannelLimit(cc.Rate, cc.Burst, cc.Reserve)
+		if err != nil {
+			return nil, fmt.Errorf("engine: channel %s: %w", name, err)
+		}
+		picker, err := NewPicker(cfg.Weights)
+		if err != nil {
+			return nil, err
+		}
+		cs := &channelState{name: name, cfg: cc, notify: make(chan struct{}, 1), limit: lim, picker: picker,
+			jobs: make(chan []*item, cc.Concurrency)}
+		if g, ok := cc.Provider.(*providers.Guarded); ok {
+			cs.provLimit = g.Limit
+			collectors = append(collectors, breakerGauge(string(name), g))
+		}
+		if f, ok := cc.Provider.(*providers.Failover); ok {
+			for _, g := range f.Members() {
+				collectors = append(collectors, breakerGauge(string(name), g))
+			}
+		}
+		for i := range cs.rings {
+			r := NewRing[*item](cfg.RingSize)
+			cs.rings[i] = r
+			collectors = append(collectors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "goutong_ring_depth",
+				Help:        "Notifications queued in a channel's priority lane.",
+				ConstLabels: prometheus.Labels{"channel": string(name), "priority": notification.Priority(i + 1).String()}},
+				func() float64 { return float64(r.Len()) }))
+		}
+		e.chans[name] = cs
+	}
+	if cfg.Registry != nil {
+		for _, c := range collectors {
+			if err := cfg.Registry.Register(c); err != nil {
+				return nil, fmt.Errorf("engine: register metrics: %w", err)
+			}
+		}
+	}
+	log, err := cfg.Open(partition.ConsumerConfig{Group: cfg.Group, Topics: cfg.Topics.Consumed(),
+		OnAssigned: e.onAssigned, OnRevoked: e.onRevoked})
+	if err != nil {
+		return nil, err
+	}
+	e.log = log
+	return e, nil
+}
+
+func breakerGauge(channel string, g *providers.Guarded) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "goutong_breaker_state",
+		Help:        "Circuit breaker of a provider endpoint: 0 closed, 1 half-open, 2 open.",
+		ConstLabels: prometheus.Labels{"channel": channel, "provider": g.Name()}},
+		func() float64 {
+			switch g.Breaker.State() {
+			case providers.Open:
+				return 2
+			case providers.HalfOpen:
+				return 1
+			}
+			return 0
+		})
+}
+
+// Log is the engine's log, for producing (the API enqueues through it).
+func (e *Engine) Log() partition.Log { return e.log }
+
+// Topics are the engine's topics.
+func (e *Engine) Topics() Topics { return e.cfg.Topics }
+
+// SetRate changes a channel's rate at runtime.
+func (e *Engine) SetRate(ch notification.Channel, perSec float64) error {
+	cs, ok := e.chans[ch]
+	if !ok {
+		return fmt.Errorf("engine: unknown channel %q", ch)
+	}
+	return cs.limit.SetRate(e.cfg.Clock.Now(), perSec)
+}
+
+// Run consumes and sends until ctx ends, then shuts down: it stops
+// polling, keeps sending what the rings hold for up to DrainTimeout, waits
+// for the sends in flight, commits what finished and closes the Log. What
+// was not sent stays uncommitted and is replayed by the next run.
+func (e *Engine) Run(ctx context.Context) error {
+	outCtx, cancelOut := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelOut()
+	e.outCtx = outCtx
+	if err := e.log.EnsureTopics(ctx, e.cfg.Topics.Specs(e.cfg.Partitions)...); err != nil {
+		_ = e.log.Close()
+		return err
+	}
+	pollDone := make(chan struct{})
+	stopDispatch := make(chan struct{})
+	var pollErr error
+	go func() {
+		defer close(pollDone)
+		pollErr = e.pollLoop(ctx)
+	}()
+	var dispatchers, workers sync.WaitGroup
+	for _, cs := range e.chans {
+		dispatchers.Go(func() { e.dispatch(cs, pollDone, stopDispatch) })
+		for range cs.cfg.Concurrency {
+			workers.Go(func() {
+				for batch := range cs.jobs {
+					e.send(outCtx, cs, batch)
+				}
+			})
+		}
+	}
+	commitStop := make(chan struct{})
+	commitDone := make(chan struct{})
+	go func() {
+		defer close(commitDone)
+		e.commitLoop(commitStop)
+	}()
+
+	<-pollDone
+	if pollErr != nil {
+		e.cfg.Logger.Error("poller stopped", zap.Error(pollErr))
+	}
+	drained := make(chan struct{})
+	go func() { dispatchers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(e.cfg.DrainTimeout):
+		e.cfg.Logger.Warn("drain deadline passed; the rest stays in the log", zap.Duration("timeout", e.cfg.DrainTimeout))
+		close(stopDispatch)
+		<-drained
+	}
+	workers.Wait()
+	// What the rings and overflows still hold was claimed but not sent.
+	for _, cs := range e.chans {
+		for lane, r := range cs.rings {
+			var left []*item
+			for it, ok := r.Pop(); ok; it, ok = r.Pop() {
+				left = append(left, it)
+			}
+			e.abandon(append(left, cs.pending[lane]...))
+			cs.pending[lane] = nil
+		}
+	}
+	close(commitStop)
+	<-commitDone
+	err := e.log.Close()
+	if pollErr != nil {
+		return pollErr
+	}
+	return err
+}
+
+// ---- partitions, tracking and commits ----
+
+func (e *Engine) onAssigned(_ context.Context, tps []partition.TopicPartition) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, tp := range tps {
+		e.parts[tp] = &partState{tp: tp, wm: NewWatermark(0), committed: -1}
+		delete(e.pauseRef, tp)
+	}
+	// A partition coming back may still be paused from its last stay.
+	e.log.Resume(tps...)
+}
+
+// onRevoked gives the records of leaving partitions RevokeWait to finish,
+// commits what finished and forgets the rest: the new owner replays it.
+func (e *Engine) onRevoked(ctx context.Context, tps []partition.TopicPartition) {
+	e.mu.Lock()
+	var leaving []*partState
+	for _, tp := range tps {
+		if ps := e.parts[tp]; ps != nil {
+			leaving = append(leaving, ps)
+		}
+	}
+	e.mu.Unlock()
+	deadline := time.Now().Add(e.cfg.RevokeWait)
+	for _, ps := range leaving {
+		for ps.inflight.Load()-ps.delayed.Load() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		ps.revoked.Store(true)
+	}
+	e.commit(ctx, leaving)
+	e.mu.Lock()
+	for _, ps := range leaving {
+		delete(e.parts, ps.tp)
+		delete(e.pauseRef, ps.tp)
+		for _, set := range e.blocked {
+			delete(set, ps.tp)
+		}
+	}
+	e.mu.Unlock()
+}
+
+func (e *Engine) part(tp partition.TopicPartition) *partState {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.parts[tp]
+}
+
+func (e *Engine) finish(items ...*item) {
+	for _, it := range items {
+		ps := it.ps
+		ps.mu.Lock()
+		if ps.wm.Done(it.off) {
+			ps.dirty = true
+			ps.inflight.Add(-1)
+		}
+		ps.mu.Unlock()
+	}
+}
+
+func (e *Engine) commitLoop(stop <-chan struct{}) {
+	t := time.NewTicker(e.cfg.CommitInterval)
+	defer t.Stop()
+	lagEvery := max(1, int(5*time.Second/e.cfg.CommitInterval))
+	ctx := context.Background()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			e.commit(ctx, nil)
+			return
+		case <-t.C:
+			e.commit(ctx, nil)
+			if i%lagEvery == 0 {
+				e.updateLag(ctx)
+			}
+		}
+	}
+}
+
+// commit stores the watermark of the given partitions (all when nil).
+func (e *Engine) commit(ctx context.Context, only []*partState) {
+	if only == nil {
+		e.mu.Lock()
+		for _, ps := range e.parts {
+			only = append(only, ps)
+		}
+		e.mu.Unlock()
+	}
+	offsets := map[partition.TopicPartition]int64{}
+	var set []*partState
+	for _, ps := range only {
+		ps.mu.Lock()
+		if ps.dirty {
+			if off := ps.wm.Committable(); off > ps.committed {
+				offsets[ps.tp] = off
+				set = append(set, ps)
+			}
+			ps.dirty = false
+		}
+		ps.mu.Unlock()
+	}
+	if len(offsets) == 0 {
+		return
+	}
+	if err := e.log.Commit(ctx, offsets); err != nil {
+		e.cfg.Logger.Warn("commit failed; will retry", zap.Error(err))
+		for _, ps := range set {
+			ps.mu.Lock()
+			ps.dirty = true
+			ps.mu.Unlock()
+		}
+		return
+	}
+	e.m.commits.Inc()
+	for _, ps := range set {
+		ps.mu.Lock()
+		ps.committed = max(ps.committed, offsets[ps.tp])
+		ps.mu.Unlock()
+	}
+}
+
+func (e *Engine) updateLag(ctx context.Context) {
+	lag, err := e.log.Lag(ctx)
+	if err != nil {
+		return
+	}
+	for tp, n := range lag {
+		e.m.lag.WithLabelValues(tp.Topic, strconv.Itoa(int(tp.Partition))).Set(float64(n))
+	}
+}
+
+// ---- backpressure ----
+
+func (e *Engine) pause(tp partition.TopicPartition, b blocker) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.parts[tp]; !ok {
+		return
+	}
+	set := e.blocked[b]
+	if set == nil {
+		set = map[partition.TopicPartition]bool{}
+		e.blocked[b] = set
+	}
+	if set[tp] {
+		return
+	}
+	set[tp] = true
+	e.pauseRef[tp]++
+	if e.pauseRef[tp] == 1 {
+		e.log.Pause(tp)
+		e.m.paused.Inc()
+	}
+}
+
+func (e *Engine) unblock(b blocker) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	set := e.blocked[b]
+	if len(set) == 0 {
+		return
+	}
+	var resume []partition.TopicPartition
+	for tp := range set {
+		e.pauseRef[tp]--
+		if e.pauseRef[tp] <= 0 {
+			delete(e.pauseRef, tp)
+			resume = append(resume, tp)
+			e.m.paused.Dec()
+		}
+	}
+	clear(set)
+	e.log.Resume(resume...)
+}
+
+// ---- the poller: decode, expire, delay, dedupe, route ----
+
+type delayHeap []*item
+
+func (h delayHeap) Len() int           { return len(h) }
+func (h delayHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h delayHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *delayHeap) Push(x any)        { *h = append(*h, x.(*item)) }
+func (h *delayHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return it
+}
+
+var delayBlocker = blocker{lane: -1}
+
+func (e *Engine) pollLoop(ctx context.Context) error {
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		e.flushPending()
+		e.releaseDue(ctx)
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		if wait, busy := e.pollWait(); busy {
+			pctx, cancel = context.WithTimeout(ctx, wait)
+		}
+		recs, err := e.log.Poll(pctx, e.cfg.PollMax)
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			if errors.Is(err, partition.ErrClosed) {
+				return err
+			}
+			e.cfg.Logger.Warn("poll failed", zap.Error(err))
+			_ = e.cfg.Clock.Sleep(ctx, 100*time.Millisecond)
+		}
+		if len(recs) > 0 {
+			e.m.polled.Add(float64(len(recs)))
+			e.ingest(ctx, recs)
+		}
+	}
+}
+
+// pollWait says how long Poll may block when the poller has work of its own
+// (overflow to push, delayed records coming due).
+func (e *Engine) pollWait() (time.Duration, bool) {
+	wait, busy := 50*time.Millisecond, false
+	for _, cs := range e.chans {
+		for _, p := range cs.pending {
+			if len(p) > 0 {
+				wait, busy = 2*time.Millisecond, true
+			}
+		}
+	}
+	if len(e.delayed) > 0 {
+		d := e.delayed[0].due.Sub(e.cfg.Clock.Now())
+		wait, busy = max(min(wait, d), time.Millisecond), true
+	}
+	return wait, busy
+}
+
+// recordID gives a record that arrived without an id one derived from its
+// place in the log, so a replay of the record gets the same id.
+func recordID(r *partition.Record) string {
+	h := sha256.New()
+	h.Write([]byte(r.Topic))
+	_ = binary.Write(h, binary.BigEndian, r.Partition)
+	_ = binary.Write(h, binary.BigEndian, r.Offset)
+	id, err := ulid.New(ulid.Timestamp(r.Timestamp), bytes.NewReader(h.Sum(nil)))
+	if err != nil {
+		return notification.NewID()
+	}
+	return id.String()
+}
+
+// outcomes collects what a stage produces (dead letters, retries, status
+// events) so it goes to the log in one Produce before the records it
+// finishes are marked done.
+type outcomes struct {
+	recs   []partition.Record
+	events []StatusEvent
+	done   []*item
+}
+
+func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at time.Time, provider, msgID, reason string) {
+	ev := StatusEvent{EventID: notification.NewID(), ID: n.ID, State: st, At: at, Tenant: n.Tenant,
+		Channel: string(n.Channel), Priority: n.Priority.String(), Attempts: n.Attempts, Provider: provider,
+		ProviderMessageID: msgID, Reason: reason}
+	o.addEvent(e, ev)
+}
+
+func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
+	v, err := jsonMarshal(&ev)
+	if err != nil {
+		return
+	}
+	o.events = append(o.events, ev)
+	o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.Status, Key: []byte(ev.ID), Value: v})
+}
+
+func (o *outcomes) deadLetter(e *Engine, key, value []byte, reason, errText string, attempts int, src string, at time.Time) {
+	e.m.deadLetter.WithLabelValues(reason).Inc()
+	o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.DLQ, Key: key, Value: value, Headers: []partition.Header{
+		{Key: HeaderReason, Value: []byte(reason)},
+		{Key: HeaderError, Value: []byte(errText)},
+		{Key: HeaderAttempts, Value: []byte(strconv.Itoa(attempts))},
+		{Key: HeaderSource, Value: []byte(src)},
+		{Key: HeaderFailedAt, Value: []byte(at.UTC().Format(time.RFC3339Nano))},
+	}})
+}
+
+// flush produces the outcomes, then applies the status events and
+// finishes the records. When the log refuses (shutting down), nothing is
+// finished: the records are replayed.
+func (o *outcomes) flush(ctx context.Context, e *Engine) bool {
+	if len(o.recs) > 0 {
+		if err := e.log.Produce(ctx, o.recs); err != nil {
+			e.cfg.Logger.Warn("produce outcomes failed; records stay in flight and will be replayed",
+				zap.Int("records", len(o.recs)), zap.Error(err))
+			return false
+		}
+	}
+	if e.cfg.Status != nil {
+		if err := e.cfg.Status.Apply(o.events); err != nil {
+			e.cfg.Logger.Warn("status store write failed", zap.Error(err))
+		}
+	}
+	e.finish(o.done...)
+	return true
+}
+
+func source(r *partition.Record) string {
+	return r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "@" + strconv.FormatInt(r.Offset, 10)
+}
+
+func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
+	now := e.cfg.Clock.Now()
+	var out outcomes
+	var ready []*item
+	var ps *partState
+	for i := range recs {
+		r := &recs[i]
+		if ps == nil || ps.tp.Topic != r.Topic || ps.tp.Partition != r.Partition {
+			ps = e.part(partition.TopicPartition{Topic: r.Topic, Partition: r.Partition})
+		}
+		if ps == nil || ps.revoked.Load() {
+			continue // not ours (any more): the owner reads it
+		}
+		ps.mu.Lock()
+		err := ps.wm.Track(r.Offset)
+		ps.mu.Unlock()
+		if err != nil {
+			continue // a repeat of a record already in flight
+		}
+		ps.inflight.Add(1)
+		it := &item{ps: ps, off: r.Offset, retry: r.Topic == e.cfg.Topics.Retry}
+		n, err := e.cfg.Codec.Decode(r.Value)
+		if err != nil {
+			out.deadLetter(e, r.Key, r.Value, reasonDecode, err.Error(), 0, source(r), now)
+			out.done = append(out.done, it)
+			continue
+		}
+		it.n = n
+		if n.ID == "" {
+			n.ID = recordID(r)
+		}
+		if n.AcceptedAt.IsZero() {
+			n.AcceptedAt = r.Timestamp
+		}
+		if n.IdempotencyKey == "" {
+			n.IdempotencyKey = notification.DefaultIdempotencyKey(n)
+		}
+		if _, ok := e.chans[n.Channel]; !ok {
+			out.deadLetter(e, []byte(n.ID), r.Value, reasonNoChannel, "no provider configured for channel "+string(n.Channel), n.Attempts, source(r), now)
+			out.event(e, n, StateDeadLettered, now, "", "", reasonNoChannel)
+			out.done = append(out.done, it)
+			continue
+		}
+		if n.Expired(now) {
+			e.m.expired.WithLabelValues(string(n.Channel)).Inc()
+			out.event(e, n, StateExpired, now, "", "", "expired before it could be sent")
+			out.done = append(out.done, it)
+			continue
+		}
+		it.due = n.NotBefore
+		if v, ok := r.HeaderValue(HeaderDue); ok {
+			if ms, err := strconv.ParseInt(string(v), 10, 64); err == nil {
+				if d := time.UnixMilli(ms); d.After(it.due) {
+					it.due = d
+				}
+			}
+		}
+		if it.due.After(now) {
+			e.delay(it)
+			continue
+		}
+		ready = append(ready, it)
+	}
+	ready = e.claim(ctx, ready, &out, now)
+	if !out.flush(e.outCtx, e) {
+		return
+	}
+	e.route(ready)
+}
+
+func (e *Engine) delay(it *item) {
+	heap.Push(&e.delayed, it)
+	it.ps.delayed.Add(1)
+	e.m.delayed.Set(float64(len(e.delayed)))
+	if len(e.delayed) >= e.cfg.MaxDelayed {
+		e.pause(it.ps.tp, delayBlocker)
+	}
+}
+
+func (e *Engine) releaseDue(ctx context.Context) {
+	if len(e.delayed) == 0 {
+		return
+	}
+	now := e.cfg.Clock.Now()
+	var ready []*item
+	var out outcomes
+	for len(e.delayed) > 0 && !e.delayed[0].due.After(now) && len(ready) < e.cfg.PollMax {
+		it := heap.Pop(&e.delayed).(*item)
+		it.ps.delayed.Add(-1)
+		if it.ps.revoked.Load() {
+			continue
+		}
+		if it.n.Expired(now) {
+			e.m.expired.WithLabelValues(string(it.n.Channel)).Inc()
+			out.event(e, it.n, StateExpired, now, "", "", "expired before it could be sent")
+			out.done = append(out.done, it)
+			continue
+		}
+		ready = append(ready, it)
+	}
+	e.m.delayed.Set(float64(len(e.delayed)))
+	if len(e.delayed) < e.cfg.MaxDelayed/2 {
+		e.unblock(delayBlocker)
+	}
+	ready = e.claim(ctx, ready, &out, now)
+	if !out.flush(e.outCtx, e) {
+		return
+	}
+	e.route(ready)
+}
+
+// claim asks the dedupe store about a batch in one call and returns the
+// items to send; duplicates are finished through out. When the store
+// refuses, the items wait a little in the delay heap and try again.
+func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now time.Time) []*item {
+	if len(items) == 0 {
+		return nil
+	}
+	reqs := make([]dedupe.ClaimRequest, len(items))
+	res := make([]dedupe.ClaimResult, len(items))
+	for i, it := range items {
+		reqs[i] = dedupe.ClaimRequest{Key: it.n.Tenant + "\x00" + it.n.IdempotencyKey, Scope: string(it.n.Channel), ID: it.n.ID}
+	}
+	if err := e.cfg.Dedupe.Claim(ctx, reqs, res); err != nil {
+		e.cfg.Logger.Warn("dedupe claim failed; holding the batch", zap.Error(err))
+		for _, it := range items {
+			it.due = now.Add(100 * time.Millisecond)
+			e.delay(it)
+		}
+		return nil
+	}
+	send := items[:0]
+	for i, it := range items {
+		r := res[i]
+		if r.Status.ShouldSend() {
+			it.token = r.Token
+			send = append(send, it)
+			continue
+		}
+		e.m.duplicates.WithLabelValues(string(it.n.Channel)).Inc()
+		if r.OriginalID != it.n.ID {
+			ev := StatusEvent{EventID: notification.NewID(), ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
+				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), DuplicateOf: r.OriginalID,
+				Reason: "idempotency key " + r.Status.String()}
+			out.addEvent(e, ev)
+		}
+		out.done = append(out.done, it)
+	}
+	e.claimed.Add(int64(len(send)))
+	return send
+}
+
+// route pushes items into their lane's ring; when a ring is full the item
+// waits in the lane's overflow and its partition is paused.
+func (e *Engine) route(items []*item) {
+	touched := map[*channelState]bool{}
+	for _, it := range items {
+		cs := e.chans[it.n.Channel]
+		lane := it.n.Priority.Index()
+		if len(cs.pending[lane]) > 0 || !cs.rings[lane].Push(it) {
+			cs.pending[lane] = append(cs.pending[lane], it)
+			e.pause(it.ps.tp, blocker{cs.name, lane})
+			continue
+		}
+		touched[cs] = true
+	}
+	for cs := range touched {
+		wake(cs.notify)
+	}
+}
+
+func (e *Engine) flushPending() {
+	for _, cs := range e.chans {
+		pushed := false
+		for lane, p := range cs.pending {
+			if len(p) > 0 {
+				k := 0
+				for k < len(p) && cs.rings[lane].Push(p[k]) {
+					p[k] = nil
+					k++
+				}
+				pushed = pushed || k > 0
+				if k == len(p) {
+					cs.pending[lane] = nil
+				} else {
+					cs.pending[lane] = p[k:]
+				}
+			}
+			if len(cs.pending[lane]) == 0 && cs.rings[lane].Len() <= cs.rings[lane].Cap()/2 {
+				e.unblock(blocker{cs.name, lane})
+			}
+		}
+		if pushed {
+			wake(cs.notify)
+		}
+	}
+}
+
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}

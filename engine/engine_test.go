@@ -1,0 +1,528 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+	"github.com/goutong/goutong/providers/mockserver"
+	"github.com/goutong/goutong/wal"
+)
+
+// backend opens Logs over one log: the embedded wal (every Log a view of
+// one open wal) or a kfake cluster over loopback.
+type backend struct {
+	name string
+	open func(t testing.TB, dir string) func(partition.ConsumerConfig) (partition.Log, error)
+}
+
+var backends = []backend{
+	{"wal", func(t testing.TB, dir string) func(partition.ConsumerConfig) (partition.Log, error) {
+		w, err := wal.Open(filepath.Join(dir, "log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close() })
+		return func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
+	}},
+	{"kafka", func(t testing.TB, _ string) func(partition.ConsumerConfig) (partition.Log, error) {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return func(cc partition.ConsumerConfig) (partition.Log, error) {
+			return partition.NewKafka(partition.KafkaConfig{Brokers: c.ListenAddrs(), SessionTimeout: 6 * time.Second}, cc)
+		}
+	}},
+}
+
+type rig struct {
+	t      *testing.T
+	dir    string
+	open   func(partition.ConsumerConfig) (partition.Log, error)
+	mock   *mockserver.Server
+	dd     *dedupe.Store
+	status *engine.StatusStore
+	codec  *notification.Codec
+	topics engine.Topics
+	reg    *prometheus.Registry
+	prod   partition.Log
+}
+
+func newRig(t *testing.T, b backend) *rig {
+	dir := t.TempDir()
+	m, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate(), dedupe.WithSync(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dd.Close() })
+	st, err := engine.OpenStatus(filepath.Join(dir, "status"), time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r := &rig{t: t, dir: dir, open: b.open(t, dir), mock: m, dd: dd, status: st, codec: notification.NewCodec(),
+		topics: engine.DefaultTopics(), reg: prometheus.NewRegistry()}
+	r.prod, err = r.open(partition.ConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.prod.Close() })
+	if err := r.prod.EnsureTopics(context.Background(), r.topics.Specs(4)...); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func templates(t testing.TB) *providers.Templates {
+	tpl, err := providers.NewTemplates(map[string]providers.TemplateSource{"otp": {Subject: "Code", Body: "Your code is {{.code}}"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpl
+}
+
+// channels builds every adapter pointed at the mock, each behind its own
+// breaker and adaptive limit.
+func (r *rig) channels(guard bool) map[notification.Channel]engine.ChannelConfig {
+	t := r.t
+	ep := providers.EndpointConfig{BaseURL: r.mock.URL(), RequestTimeout: 5 * time.Second}
+	tw, err := providers.NewTwilio(providers.TwilioConfig{Endpoint: ep, AccountSID: "ACmock", AuthToken: "tok", From: "+15005550006", Templates: templates(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg, err := providers.NewSendGrid(providers.SendGridConfig{Endpoint: ep, APIKey: "SG.key", From: "noreply@acme.example", Templates: templates(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc, err := providers.NewFCM(providers.FCMConfig{Endpoint: ep, ProjectID: "acme", Token: "fcm", Templates: templates(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: ep, Path: "/webhook/orders", Secret: "whsec", Batch: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrap := func(p providers.Provider) providers.Provider {
+		if !guard {
+			return p
+		}
+		b := providers.NewBreaker(providers.BreakerConfig{OpenFor: 300 * time.Millisecond}, nil)
+		return providers.Guard(p, b, providers.NewAdaptiveLimit(20_000, 2000), nil)
+	}
+	return map[notification.Channel]engine.ChannelConfig{
+		notification.SMS:     {Provider: wrap(tw), Rate: 20_000},
+		notification.Email:   {Provider: wrap(sg), Rate: 20_000},
+		notification.Push:    {Provider: wrap(fc), Rate: 20_000},
+		notification.Webhook: {Provider: wrap(wh), Rate: 20_000},
+	}
+}
+
+func (r *rig) config(ch map[notification.Channel]engine.ChannelConfig) engine.Config {
+	return engine.Config{Open: r.open, Channels: ch, Dedupe: r.dd, Status: r.status, Registry: r.reg,
+		Partitions: 4, Backoff: engine.Backoff{Base: 10 * time.Millisecond, Max: 200 * time.Millisecond},
+		MaxAttempts: 50, CommitInterval: 50 * time.Millisecond, DrainTimeout: 2 * time.Second}
+}
+
+// start runs an engine until the test ends or the returned stop is called.
+func (r *rig) start(cfg engine.Config) (*engine.Engine, func()) {
+	e, err := engine.New(cfg)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				r.t.Errorf("engine Run: %v", err)
+			}
+		})
+	}
+	r.t.Cleanup(stop)
+	return e, stop
+}
+
+func (r *rig) enqueue(ns ...*notification.Notification) {
+	r.t.Helper()
+	for i := 0; i < len(ns); i += 5000 {
+		if err := engine.Enqueue(context.Background(), r.prod, r.topics, r.codec, time.Now(), ns[i:min(i+5000, len(ns))]...); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+var allChannels = []notification.Channel{notification.SMS, notification.Email, notification.Push, notification.Webhook}
+
+func recipient(ch notification.Channel, i int) string {
+	switch ch {
+	case notification.SMS:
+		return fmt.Sprintf("+1555%07d", i)
+	case notification.Email:
+		return fmt.Sprintf("user%d@example.com", i)
+	case notification.Push:
+		return fmt.Sprintf("device-token-%d", i)
+	}
+	return fmt.Sprintf("https://hooks.example/%d", i)
+}
+
+func mixed(n int, tag string) []*notification.Notification {
+	out := make([]*notification.Notification, n)
+	for i := range out {
+		ch := allChannels[i%len(allChannels)]
+		out[i] = &notification.Notification{Channel: ch, Priority: notification.Priority(1 + i%notification.NumPriorities),
+			Tenant: "acme", Recipient: recipient(ch, i), Template: "otp", Vars: map[string]string{"code": tag + fmt.Sprint(i)}}
+	}
+	return out
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// N notifications in, exactly N sends at the provider: none lost, none
+// twice; then the same through 5xx, 429 with Retry-After and an outage.
+func TestEngineDeliversEachOnce(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name+"/clean", func(t *testing.T) {
+			r := newRig(t, b)
+			ns := mixed(2000, "c")
+			r.enqueue(ns...)
+			_, stop := r.start(r.config(r.channels(true)))
+			waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+			stop()
+			r.checkEachOnce(ns)
+		})
+		t.Run(b.name+"/faults", func(t *testing.T) {
+			r := newRig(t, b)
+			r.mock.SetFaults(mockserver.Faults{ErrorRate: 0.1, ThrottleRate: 0.1, RetryAfter: mockserver.Duration(time.Second)})
+			ns := mixed(400, "f")
+			_, stop := r.start(r.config(r.channels(true)))
+			r.enqueue(ns[:200]...)
+			waitFor(t, 60*time.Second, "the first sends", func() bool { return r.mock.Stats().Unique >= 50 })
+			// A provider outage of two seconds while more arrive.
+			r.mock.SetFaults(mockserver.Faults{ErrorRate: 0.1, ThrottleRate: 0.1, RetryAfter: mockserver.Duration(time.Second),
+				OutageFor: mockserver.Duration(2 * time.Second)})
+			r.enqueue(ns[200:]...)
+			waitFor(t, 120*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+			stop()
+			st := r.mock.Stats()
+			if st.Faulted == 0 {
+				t.Fatal("no fault was injected")
+			}
+			r.checkEachOnce(ns)
+			if got := counterSum(t, r.reg, "goutong_retries_total"); got == 0 {
+				t.Fatal("faults caused no retries")
+			}
+		})
+	}
+}
+
+// counterSum adds up every series of a counter family.
+func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func (r *rig) checkEachOnce(ns []*notification.Notification) {
+	t := r.t
+	t.Helper()
+	st := r.mock.Stats()
+	if st.Unique != int64(len(ns)) || st.Duplicates != 0 || st.Received != int64(len(ns)) {
+		t.Fatalf("mock saw %d unique, %d received, %d duplicates; want %d each once", st.Unique, st.Received, st.Duplicates, len(ns))
+	}
+	for _, n := range ns {
+		if c := r.mock.Count(n.ID); c != 1 {
+			t.Fatalf("%s reached the provider %d times", n.ID, c)
+		}
+		s, err := r.status.Get(n.ID)
+		if err != nil || s.State != engine.StateSent {
+			t.Fatalf("status of %s: %v %+v", n.ID, err, s)
+		}
+	}
+}
+
+// A restart replays only what was in flight, and the dedupe store keeps
+// what was already sent from going out again.
+func TestEngineRestartSendsRestOnce(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			ch := r.channels(false)
+			ns := mixed(3000, "r")
+			r.enqueue(ns...)
+			cfg := r.config(ch)
+			cfg.DrainTimeout = time.Millisecond // stop mid-stream
+			_, stop := r.start(cfg)
+			waitFor(t, 60*time.Second, "some sends", func() bool { return r.mock.Stats().Unique >= 300 })
+			stop()
+			if got := r.mock.Stats().Unique; got == int64(len(ns)) {
+				t.Logf("the first run sent everything (%d) before stopping", got)
+			}
+			cfg2 := r.config(ch)
+			cfg2.Registry = prometheus.NewRegistry()
+			_, stop2 := r.start(cfg2)
+			waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+			time.Sleep(300 * time.Millisecond) // room for a wrong second send to show
+			stop2()
+			r.checkEachOnce(ns)
+		})
+	}
+}
+
+// While 200,000 bulk sends are queued on a channel, critical sends enqueued
+// then reach the provider ahead of the remaining bulk.
+func TestEnginePriorityIsolation(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			ch := r.channels(false)
+			cs := ch[notification.SMS]
+			cs.Rate = 2000 // bulk may use 80%: the burst takes over 100 s to drain
+			ch[notification.SMS] = cs
+			const bulkN = 200_000
+			bulk := make([]*notification.Notification, bulkN)
+			for i := range bulk {
+				bulk[i] = &notification.Notification{Channel: notification.SMS, Priority: notification.Bulk, Recipient: recipient(notification.SMS, i),
+					Content: &notification.Content{Body: "Spring sale"}}
+			}
+			r.enqueue(bulk...)
+			_, stop := r.start(r.config(ch))
+			defer stop()
+			waitFor(t, 60*time.Second, "the bulk burst to start", func() bool { return r.mock.Stats().ByChannel["sms"] >= 500 })
+			crit := make([]*notification.Notification, 100)
+			for i := range crit {
+				crit[i] = &notification.Notification{Channel: notification.SMS, Priority: notification.Critical,
+					Recipient: recipient(notification.SMS, 9_000_000+i), Template: "otp", Vars: map[string]string{"code": fmt.Sprint(i)}}
+			}
+			before := r.mock.Stats().ByChannel["sms"]
+			r.enqueue(crit...)
+			waitFor(t, 30*time.Second, "every critical send", func() bool {
+				for _, n := range crit {
+					if r.mock.Count(n.ID) == 0 {
+						return false
+					}
+				}
+				return true
+			})
+			after := r.mock.Stats().ByChannel["sms"]
+			bulkBetween := after - before - int64(len(crit))
+			t.Logf("bulk sends while the critical ones were in flight: %d; bulk sent so far %d of %d", bulkBetween, after-int64(len(crit)), bulkN)
+			if after-int64(len(crit)) >= bulkN/2 {
+				t.Fatalf("critical sends waited for half the bulk burst (%d sent)", after)
+			}
+			if bulkBetween > 10_000 {
+				t.Fatalf("%d bulk sends went ahead of the critical ones", bulkBetween)
+			}
+		})
+	}
+}
+
+// dlqReader reads the dead-letter topic in a group of its own.
+func (r *rig) dlqReader(group string) partition.Log {
+	l, err := r.open(partition.ConsumerConfig{Group: group, Topics: []string{r.topics.DLQ}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func readDLQ(t *testing.T, l partition.Log, want int) []engine.DeadLetter {
+	t.Helper()
+	var out []engine.DeadLetter
+	deadline := time.Now().Add(60 * time.Second)
+	for len(out) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("dead letters: got %d, want %d", len(out), want)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		recs, err := l.Poll(ctx, 100)
+		cancel()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatal(err)
+		}
+		for _, rec := range recs {
+			out = append(out, engine.ParseDeadLetter(rec))
+		}
+	}
+	return out
+}
+
+// Expired codes are never sent; poison records and permanent failures land
+// in dead letters with their reason; exhausted retries too; and dead
+// letters can be replayed once the cause is fixed.
+func TestEngineExpiryDeadLettersReplay(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			cfg := r.config(r.channels(false))
+			cfg.MaxAttempts = 3
+			_, stop := r.start(cfg)
+			defer stop()
+			now := time.Now()
+			expired := &notification.Notification{Channel: notification.SMS, Priority: notification.Critical, Recipient: "+15550000001",
+				Template: "otp", Vars: map[string]string{"code": "1"}, ExpiresAt: now.Add(-time.Second)}
+			invalid := &notification.Notification{Channel: notification.SMS, Priority: notification.High, Recipient: "+1555invalid",
+				Template: "otp", Vars: map[string]string{"code": "2"}}
+			good := &notification.Notification{Channel: notification.Email, Priority: notification.Normal, Recipient: "a@example.com",
+				Template: "otp", Vars: map[string]string{"code": "3"}}
+			r.enqueue(expired, invalid, good)
+			poison := partition.Record{Topic: r.topics.Ingress, Key: []byte("p"), Value: []byte(`{"channel":"sms","recipient":`)}
+			if err := r.prod.Produce(context.Background(), []partition.Record{poison}); err != nil {
+				t.Fatal(err)
+			}
+			dlq := r.dlqReader("test-dlq")
+			letters := readDLQ(t, dlq, 2)
+			reasons := map[string]engine.DeadLetter{}
+			for _, d := range letters {
+				reasons[d.Reason] = d
+			}
+			if d, ok := reasons["decode"]; !ok || string(d.Record.Value) != string(poison.Value) || d.Error == "" {
+				t.Fatalf("poison record not dead-lettered as it arrived: %+v", reasons)
+			}
+			if d, ok := reasons["permanent"]; !ok || d.Attempts != 1 {
+				t.Fatalf("permanent failure not dead-lettered after one attempt: %+v", reasons)
+			}
+			waitFor(t, 30*time.Second, "the good send", func() bool { return r.mock.Count(good.ID) == 1 })
+			waitFor(t, 10*time.Second, "expired status", func() bool {
+				s, err := r.status.Get(expired.ID)
+				return err == nil && s.State == engine.StateExpired
+			})
+			if r.mock.Count(expired.ID) != 0 {
+				t.Fatal("an expired code was sent")
+			}
+
+			// Retries run out while the provider fails every request.
+			r.mock.SetFaults(mockserver.Faults{ErrorRate: 1})
+			doomed := &notification.Notification{Channel: notification.Push, Priority: notification.High, Recipient: "device-9",
+				Template: "otp", Vars: map[string]string{"code": "4"}}
+			r.enqueue(doomed)
+			d := readDLQ(t, dlq, 1)[0]
+			if d.Reason != "retries-exhausted" || d.Attempts != 3 {
+				t.Fatalf("exhausted retry dead-lettered as %+v", d)
+			}
+			waitFor(t, 10*time.Second, "dead-lettered status", func() bool {
+				s, err := r.status.Get(doomed.ID)
+				return err == nil && s.State == engine.StateDeadLettered && len(s.History) == 3
+			})
+
+			// The provider recovers; a replay sends what can be sent.
+			r.mock.SetFaults(mockserver.Faults{})
+			rep, err := engine.ReplayDeadLetters(context.Background(), r.dlqReader("goutong-dlq-replay"), r.topics, r.codec, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Replayed != 2 || rep.Undecoded != 1 {
+				t.Fatalf("replay: %+v", rep)
+			}
+			waitFor(t, 30*time.Second, "the replayed send", func() bool { return r.mock.Count(doomed.ID) == 1 })
+			// The invalid recipient fails again and is dead-lettered again.
+			if d := readDLQ(t, dlq, 1)[0]; d.Reason != "permanent" {
+				t.Fatalf("replayed permanent failure: %+v", d)
+			}
+			if r.mock.Count(invalid.ID) != 0 {
+				t.Fatal("the mock counted a refused item as received")
+			}
+		})
+	}
+}
+
+// fakeClock advances only when the engine sleeps, so rates are measured in
+// simulated time.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+	return ctx.Err()
+}
+
+// The channel's rate, its reserved share and a change at runtime, checked
+// on a fake clock: the time the engine had to wait is what the limit says.
+func TestEngineRateLimitFakeClock(t *testing.T) {
+	r := newRig(t, backends[0])
+	clock := &fakeClock{now: time.Unix(1_900_000_000, 0)}
+	ch := r.channels(false)
+	sms := ch[notification.SMS]
+	sms.Rate, sms.Burst, sms.Reserve, sms.Linger = 1000, 100, 0.2, -1
+	cfg := r.config(map[notification.Channel]engine.ChannelConfig{notification.SMS: sms})
+	cfg.Clock = clock
+	e, _ := r.start(cfg)
+	batch := func(n, from int) []*notification.Notification {
+		out := make([]*notification.Notification, n)
+		for i := range out {
+			out[i] = &notification.Notification{Channel: notification.SMS, Priority: notification.Normal, Recipient: recipient(notification.SMS, from+i),
+				Content: &notification.Content{Body: "hello"}, AcceptedAt: clock.Now()}
+		}
+		return out
+	}
+	measure := func(ns []*notification.Notification, total int64) time.Duration {
+		t0 := clock.Now()
+		r.enqueue(ns...)
+		waitFor(t, 60*time.Second, "the sends", func() bool { return r.mock.Stats().Unique == total })
+		return clock.Now().Sub(t0)
+	}
+	// Normal may use 80% of 1000/s after the bucket's 80-token burst.
+	got := measure(batch(3000, 0), 3000)
+	if want := time.Duration(float64(3000-80) / 800 * float64(time.Second)); got < want*95/100 || got > want*105/100 {
+		t.Fatalf("3000 normal sends took %v of simulated time, want about %v", got, want)
+	}
+	if err := e.SetRate(notification.SMS, 2000); err != nil {
+		t.Fatal(err)
+	}
+	got = measure(batch(3000, 3000), 6000)
+	if want := time.Duration(float64(3000) / 1600 * float64(time.Second)); got < want*90/100 || got > want*110/100 {
+		t.Fatalf("after SetRate(2000), 3000 sends took %v, want about %v", got, want)
+	}
+}

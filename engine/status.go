@@ -1,0 +1,175 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/oklog/ulid/v2"
+)
+
+// State is where a notification stands.
+type State string
+
+// States a notification passes through. Accepted is written at ingest;
+// Delivered and Failed come from provider receipts.
+const (
+	StateAccepted     State = "accepted"
+	StateSent         State = "sent"
+	StateRetrying     State = "retrying"
+	StateDelivered    State = "delivered"
+	StateFailed       State = "failed"
+	StateExpired      State = "expired"
+	StateDuplicate    State = "duplicate"
+	StateDeadLettered State = "dead-lettered"
+)
+
+// StatusEvent is one state change. It is the value of the status store and
+// of the records on the status topic (keyed by notification id, so events
+// of one notification stay in order); EventID lets consumers drop repeats
+// of at-least-once delivery.
+type StatusEvent struct {
+	EventID           string    `json:"event_id"`
+	ID                string    `json:"id"`
+	State             State     `json:"state"`
+	At                time.Time `json:"at"`
+	Tenant            string    `json:"tenant,omitempty"`
+	Channel           string    `json:"channel,omitempty"`
+	Priority          string    `json:"priority,omitempty"`
+	Attempts          int       `json:"attempts"`
+	Provider          string    `json:"provider,omitempty"`
+	ProviderMessageID string    `json:"provider_message_id,omitempty"`
+	Reason            string    `json:"reason,omitempty"`
+	DuplicateOf       string    `json:"duplicate_of,omitempty"`
+}
+
+// Status is a notification's current state and its history.
+type Status struct {
+	ID      string        `json:"id"`
+	State   State         `json:"state"`
+	Current StatusEvent   `json:"current"`
+	History []StatusEvent `json:"history"`
+}
+
+// StatusStore keeps every notification's events in Pebble for a window.
+// Keys are 's' + id + event time + sequence; ids are ULIDs, which sort by
+// their creation time, so dropping everything older than the window is one
+// range delete up to the smallest ULID of the cutoff time, not a scan.
+// Writes are blind sets (no read-modify-write on the send path) and are not
+// synced: the log and the dedupe store are what delivery depends on; the
+// status store is the record for people and APIs.
+type StatusStore struct {
+	db     *pebble.DB
+	window time.Duration
+}
+
+// ErrNotFound is returned for an id the store does not know.
+var ErrNotFound = errors.New("engine: notification not found")
+
+// OpenStatus opens (creating when create is set) the store in dir. A
+// missing directory without create fails, so a wrong path never starts an
+// empty store silently.
+func OpenStatus(dir string, window time.Duration, create bool) (*StatusStore, error) {
+	if window <= 0 {
+		window = 7 * 24 * time.Hour
+	}
+	if _, err := os.Stat(dir); err != nil && !create {
+		return nil, fmt.Errorf("engine: status store %s: %w", dir, err)
+	}
+	db, err := pebble.Open(dir, &pebble.Options{ErrorIfNotExists: !create})
+	if err != nil {
+		return nil, fmt.Errorf("engine: open status store: %w", err)
+	}
+	return &StatusStore{db: db, window: window}, nil
+}
+
+// Close closes the store.
+func (s *StatusStore) Close() error { return s.db.Close() }
+
+func statusKey(dst []byte, id string, at time.Time, seq uint16) []byte {
+	dst = append(dst, 's')
+	dst = append(dst, id...)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(at.UnixNano()))
+	return binary.BigEndian.AppendUint16(dst, seq)
+}
+
+// Apply writes events in one batch.
+func (s *StatusStore) Apply(events []StatusEvent) error {
+	if len(events) == 0 {
+		return nil
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for i := range events {
+		v, err := json.Marshal(&events[i])
+		if err != nil {
+			return err
+		}
+		if err := b.Set(statusKey(nil, events[i].ID, events[i].At, uint16(i)), v, nil); err != nil {
+			return err
+		}
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+// Get returns the status of id, or ErrNotFound.
+func (s *StatusStore) Get(id string) (Status, error) {
+	prefix := append([]byte{'s'}, id...)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return Status{}, err
+	}
+	defer it.Close()
+	st := Status{ID: id}
+	for it.First(); it.Valid(); it.Next() {
+		// Keys of a longer id sharing this prefix are not ours.
+		if len(it.Key()) != len(prefix)+10 {
+			continue
+		}
+		var e StatusEvent
+		if err := json.Unmarshal(it.Value(), &e); err != nil {
+			return Status{}, fmt.Errorf("engine: status of %s: %w", id, err)
+		}
+		st.History = append(st.History, e)
+	}
+	if len(st.History) == 0 {
+		return Status{}, ErrNotFound
+	}
+	st.Current = st.History[len(st.History)-1]
+	st.State = st.Current.State
+	return st, nil
+}
+
+// Reclaim drops the events of notifications created before now - window.
+func (s *StatusStore) Reclaim(now time.Time) error {
+	cut := now.Add(-s.window)
+	if cut.Before(time.UnixMilli(0)) {
+		return nil
+	}
+	var id ulid.ULID
+	if err := id.SetTime(ulid.Timestamp(cut)); err != nil {
+		return err
+	}
+	end := append([]byte{'s'}, id.String()...)
+	if err := s.db.DeleteRange([]byte{'s'}, end, pebble.NoSync); err != nil {
+		return err
+	}
+	return s.db.Compact(context.Background(), []byte{'s'}, end, false)
+}
+
+func prefixEnd(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
