@@ -316,6 +316,7 @@ func (e *Engine) commitLoop(stop <-chan struct{}) {
 	t := time.NewTicker(e.cfg.CommitInterval)
 	defer t.Stop()
 	lagEvery := max(1, int(5*time.Second/e.cfg.CommitInterval))
+	reclaimEvery := max(1, int(10*time.Minute/e.cfg.CommitInterval))
 	ctx := context.Background()
 	for i := 0; ; i++ {
 		select {
@@ -326,6 +327,11 @@ func (e *Engine) commitLoop(stop <-chan struct{}) {
 			e.commit(ctx, nil)
 			if i%lagEvery == 0 {
 				e.updateLag(ctx)
+			}
+			if e.cfg.Status != nil && i%reclaimEvery == 0 {
+				if err := e.cfg.Status.Reclaim(e.cfg.Clock.Now()); err != nil {
+					e.cfg.Logger.Warn("status reclaim failed", zap.Error(err))
+				}
 			}
 		}
 	}

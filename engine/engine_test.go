@@ -50,7 +50,7 @@ var backends = []backend{
 }
 
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	open   func(partition.ConsumerConfig) (partition.Log, error)
 	mock   *mockserver.Server
@@ -62,7 +62,7 @@ type rig struct {
 	prod   partition.Log
 }
 
-func newRig(t *testing.T, b backend) *rig {
+func newRig(t testing.TB, b backend) *rig {
 	dir := t.TempDir()
 	m, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", Seed: 7})
 	if err != nil {
@@ -197,7 +197,7 @@ func mixed(n int, tag string) []*notification.Notification {
 	return out
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -218,8 +218,23 @@ func TestEngineDeliversEachOnce(t *testing.T) {
 			r.enqueue(ns...)
 			_, stop := r.start(r.config(r.channels(true)))
 			waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+			// An alert storm: the same notifications again under new ids;
+			// their idempotency keys were sent, so nothing goes out.
+			dups := make([]*notification.Notification, 100)
+			for i := range dups {
+				d := *ns[i]
+				d.ID, d.AcceptedAt = "", time.Time{}
+				dups[i] = &d
+			}
+			r.enqueue(dups...)
+			waitFor(t, 30*time.Second, "the duplicates to be recognised", func() bool {
+				return counterSum(t, r.reg, "goutong_duplicates_total") == float64(len(dups))
+			})
 			stop()
 			r.checkEachOnce(ns)
+			if s, err := r.status.Get(dups[0].ID); err != nil || s.State != engine.StateDuplicate || s.Current.DuplicateOf != ns[0].ID {
+				t.Fatalf("status of a duplicate: %+v %v", s, err)
+			}
 		})
 		t.Run(b.name+"/faults", func(t *testing.T) {
 			r := newRig(t, b)
@@ -247,7 +262,7 @@ func TestEngineDeliversEachOnce(t *testing.T) {
 }
 
 // counterSum adds up every series of a counter family.
-func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+func counterSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
