@@ -44,7 +44,7 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			_, stop := r.start(cfg)
-			waitFor(b, 10*time.Minute, "every send", func() bool { return r.mock.Stats().Unique == int64(b.N) })
+			waitFor(b, 2*time.Minute, "every send", func() bool { return r.mock.Stats().Unique == int64(b.N) })
 			b.StopTimer()
 			stop()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")

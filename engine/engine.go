@@ -492,6 +492,16 @@ func (e *Engine) pollWait() (time.Duration, bool) {
 			}
 		}
 	}
+	// A lane blocker is lifted only by flushPending, once its ring has
+	// drained below half: while one is set the poller must come round again
+	// even if every partition is paused and Poll would block for ever.
+	e.mu.Lock()
+	for b, set := range e.blocked {
+		if b.ch != "" && len(set) > 0 {
+			wait, busy = min(wait, 5*time.Millisecond), true
+		}
+	}
+	e.mu.Unlock()
 	if len(e.delayed) > 0 {
 		d := e.delayed[0].due.Sub(e.cfg.Clock.Now())
 		wait, busy = max(min(wait, d), time.Millisecond), true

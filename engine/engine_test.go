@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -150,7 +151,13 @@ func (r *rig) start(cfg engine.Config) (*engine.Engine, func()) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
+	go func() {
+		err := e.Run(ctx)
+		if err != nil && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "engine Run ended before stop: %v\n", err)
+		}
+		done <- err
+	}()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
@@ -539,5 +546,31 @@ func TestEngineRateLimitFakeClock(t *testing.T) {
 	got = measure(batch(3000, 3000), 6000)
 	if want := time.Duration(float64(3000) / 1600 * float64(time.Second)); got < want*90/100 || got > want*110/100 {
 		t.Fatalf("after SetRate(2000), 3000 sends took %v, want about %v", got, want)
+	}
+}
+
+// A backlog many times the ring size, all in the log before the engine
+// starts, pauses every partition; the rings draining must resume them even
+// though no new record arrives to wake the poller.
+func TestEngineBackpressureResumes(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			ns := webhookBatch(5000, 0)
+			r.enqueue(ns...)
+			ch := r.channels(false)
+			wh := ch[notification.Webhook]
+			wh.Rate, wh.Burst = 2000, 10 // drain slower than the poller fills
+			ch[notification.Webhook] = wh
+			cfg := r.config(ch)
+			cfg.RingSize = 16
+			cfg.PollMax = 100
+			_, stop := r.start(cfg)
+			waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+			stop()
+			if st := r.mock.Stats(); st.Received != int64(len(ns)) {
+				t.Fatalf("mock received %d, want %d each once", st.Received, len(ns))
+			}
+		})
 	}
 }
