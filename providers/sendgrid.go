@@ -2,6 +2,7 @@ package providers
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -28,14 +29,18 @@ type SendGridConfig struct {
 	// are rendered by SendGrid, not by Templates.
 	TemplateIDs map[string]string
 	Concurrency int // default 16
+	// EventVerificationKey is the Event Webhook's verification key (base64
+	// DER ECDSA public key); when set, receipts must carry its signature.
+	EventVerificationKey string
 }
 
 // SendGrid is the e-mail adapter.
 type SendGrid struct {
-	cfg  SendGridConfig
-	ep   *Endpoint
-	url  string
-	auth string
+	cfg       SendGridConfig
+	ep        *Endpoint
+	url       string
+	auth      string
+	verifyKey *ecdsa.PublicKey
 }
 
 // NewSendGrid builds the adapter.
@@ -59,7 +64,13 @@ func NewSendGrid(cfg SendGridConfig) (*SendGrid, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &SendGrid{cfg: cfg, ep: ep, url: ep.URL("/v3/mail/send"), auth: "Bearer " + cfg.APIKey}, nil
+	sg := &SendGrid{cfg: cfg, ep: ep, url: ep.URL("/v3/mail/send"), auth: "Bearer " + cfg.APIKey}
+	if cfg.EventVerificationKey != "" {
+		if sg.verifyKey, err = parseVerificationKey(cfg.EventVerificationKey); err != nil {
+			return nil, err
+		}
+	}
+	return sg, nil
 }
 
 func (s *SendGrid) Name() string     { return s.cfg.Name }

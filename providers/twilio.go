@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/url"
+	"strings"
 	"sync"
 
 	"github.com/valyala/fasthttp"
@@ -23,7 +25,11 @@ type TwilioConfig struct {
 	From        string // sender number, or
 	ServiceSID  string // a Messaging Service SID instead of From
 	Concurrency int    // parallel requests (default 64)
-	Templates   *Templates
+	// StatusCallback, when set, is the URL Twilio posts delivery status to
+	// (goutong serve's /v1/receipts/{name}); the adapter appends
+	// goutong_id=<notification id> so the callback names the notification.
+	StatusCallback string
+	Templates      *Templates
 }
 
 // Twilio is the SMS adapter.
@@ -85,6 +91,13 @@ func (t *Twilio) buildRequest(n *notification.Notification, body string, req *fa
 		args.Add("From", t.cfg.From)
 	}
 	args.Add("Body", body)
+	if t.cfg.StatusCallback != "" {
+		sep := "?"
+		if strings.Contains(t.cfg.StatusCallback, "?") {
+			sep = "&"
+		}
+		args.Add("StatusCallback", t.cfg.StatusCallback+sep+ReceiptIDParam+"="+url.QueryEscape(n.ID))
+	}
 	req.SetBodyRaw(args.AppendBytes(req.Body()[:0]))
 	fasthttp.ReleaseArgs(args)
 }
