@@ -37,6 +37,15 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			return
 		default:
 		}
+		if cs.paused.Load() && len(batch) == 0 {
+			// Paused by an operator: what the rings hold stays unsent and,
+			// at shutdown, uncommitted, so the next run sends it.
+			if isClosed(pollDone) {
+				return
+			}
+			e.waitWork(cs, idle, 50*time.Millisecond, stop)
+			continue
+		}
 		now := clock.Now()
 		urgent, low := cs.limit.Budget(now)
 		var tookU, tookL int

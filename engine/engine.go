@@ -54,6 +54,7 @@ type Engine struct {
 	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
+	backlog atomic.Int64 // total consumer lag at the last measurement
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or
@@ -93,6 +94,7 @@ type channelState struct {
 	picker    *Picker
 	jobs      chan []*item
 	provLimit *providers.AdaptiveLimit
+	paused    atomic.Bool // by the admin API
 }
 
 // New validates cfg, opens the Log through cfg.Open and registers metrics.
@@ -315,7 +317,7 @@ func (e *Engine) finish(items ...*item) {
 func (e *Engine) commitLoop(stop <-chan struct{}) {
 	t := time.NewTicker(e.cfg.CommitInterval)
 	defer t.Stop()
-	lagEvery := max(1, int(5*time.Second/e.cfg.CommitInterval))
+	lagEvery := max(1, int(time.Second/e.cfg.CommitInterval))
 	reclaimEvery := max(1, int(10*time.Minute/e.cfg.CommitInterval))
 	ctx := context.Background()
 	for i := 0; ; i++ {
@@ -384,9 +386,12 @@ func (e *Engine) updateLag(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	var total int64
 	for tp, n := range lag {
 		e.m.lag.WithLabelValues(tp.Topic, strconv.Itoa(int(tp.Partition))).Set(float64(n))
+		total += n
 	}
+	e.backlog.Store(total)
 }
 
 // ---- backpressure ----

@@ -574,3 +574,46 @@ func TestEngineBackpressureResumes(t *testing.T) {
 		})
 	}
 }
+
+// A paused channel sends nothing and holds its work in the rings (visible
+// in Stats); resuming sends all of it once.
+func TestEnginePauseChannel(t *testing.T) {
+	r := newRig(t, backends[0])
+	e, stop := r.start(r.config(r.channels(true)))
+	if err := e.PauseChannel(notification.Webhook, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.PauseChannel("fax", true); !errors.Is(err, engine.ErrUnknownChannel) {
+		t.Fatalf("unknown channel: %v", err)
+	}
+	ns := webhookBatch(100, 0)
+	r.enqueue(ns...)
+	depth := func() int {
+		for _, st := range e.Stats() {
+			if st.Channel == string(notification.Webhook) {
+				if !st.Paused {
+					t.Fatal("stats do not show the pause")
+				}
+				n := 0
+				for _, d := range st.Depth {
+					n += d
+				}
+				return n
+			}
+		}
+		t.Fatal("no webhook channel in stats")
+		return 0
+	}
+	waitFor(t, 30*time.Second, "the paused channel's rings to hold every notification", func() bool { return depth() == len(ns) })
+	if got := r.mock.Stats().Received; got != 0 {
+		t.Fatalf("paused channel sent %d", got)
+	}
+	if err := e.PauseChannel(notification.Webhook, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "every notification after resume", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+	stop()
+	if st := r.mock.Stats(); st.Received != int64(len(ns)) {
+		t.Fatalf("received %d, want %d", st.Received, len(ns))
+	}
+}

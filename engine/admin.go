@@ -1,0 +1,167 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+)
+
+// ChannelStats is what the admin API shows of a channel.
+type ChannelStats struct {
+	Channel  string         `json:"channel"`
+	Provider string         `json:"provider"`
+	Rate     float64        `json:"rate_per_sec"`
+	Paused   bool           `json:"paused"`
+	Depth    map[string]int `json:"depth"` // queued in the rings, per priority
+	Breakers []BreakerStats `json:"breakers,omitempty"`
+}
+
+// BreakerStats is one provider endpoint's circuit breaker.
+type BreakerStats struct {
+	Provider string `json:"provider"`
+	State    string `json:"state"`
+}
+
+// Stats describes every channel, sorted by name.
+func (e *Engine) Stats() []ChannelStats {
+	out := make([]ChannelStats, 0, len(e.chans))
+	for name, cs := range e.chans {
+		st := ChannelStats{Channel: string(name), Provider: cs.cfg.Provider.Name(), Rate: cs.limit.Rate(),
+			Paused: cs.paused.Load(), Depth: map[string]int{}}
+		for i, r := range cs.rings {
+			st.Depth[notification.Priority(i+1).String()] = r.Len()
+		}
+		var guards []*providers.Guarded
+		switch p := cs.cfg.Provider.(type) {
+		case *providers.Guarded:
+			guards = []*providers.Guarded{p}
+		case *providers.Failover:
+			guards = p.Members()
+		}
+		for _, g := range guards {
+			st.Breakers = append(st.Breakers, BreakerStats{Provider: g.Name(), State: g.Breaker.State().String()})
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b ChannelStats) int {
+		if a.Channel < b.Channel {
+			return -1
+		}
+		if a.Channel > b.Channel {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// ErrUnknownChannel: no channel of that name is configured.
+var ErrUnknownChannel = errors.New("engine: unknown channel")
+
+// PauseChannel stops a channel's dispatcher from sending; its rings fill
+// and backpressure pauses the partitions feeding them, so nothing is lost
+// and nothing piles up in memory. ResumeChannel undoes it.
+func (e *Engine) PauseChannel(ch notification.Channel, paused bool) error {
+	cs, ok := e.chans[ch]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownChannel, ch)
+	}
+	cs.paused.Store(paused)
+	wake(cs.notify)
+	return nil
+}
+
+// Backlog is how many records the engine has yet to finish, as of the
+// last lag measurement (about every second): the API sheds low-priority
+// ingest when it passes a maximum.
+func (e *Engine) Backlog() int64 { return e.backlog.Load() }
+
+// ReceiptParser finds the configured provider named name that parses
+// delivery receipts.
+func (e *Engine) ReceiptParser(name string) (providers.ReceiptParser, bool) {
+	for _, cs := range e.chans {
+		if rp, ok := providers.AsReceiptParser(cs.cfg.Provider, name); ok {
+			return rp, true
+		}
+	}
+	return nil, false
+}
+
+// ApplyReceipts turns final receipts into delivered or failed status
+// events, on the status topic and in the status store. Receipts for ids the
+// status store does not know are returned as unknown (reconciliation's
+// business), not errors.
+func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []providers.Receipt) (applied int, unknown []string, err error) {
+	var o outcomes
+	for _, r := range rs {
+		if !r.Final {
+			continue
+		}
+		ev := StatusEvent{EventID: notification.NewID(), ID: r.ID, State: StateFailed, At: r.At, Provider: provider,
+			ProviderMessageID: r.ProviderMessageID, Reason: r.Reason}
+		if r.Delivered {
+			ev.State = StateDelivered
+		}
+		if e.cfg.Status != nil {
+			cur, gerr := e.cfg.Status.Get(r.ID)
+			if errors.Is(gerr, ErrNotFound) {
+				unknown = append(unknown, r.ID)
+				continue
+			}
+			if gerr != nil {
+				return 0, nil, gerr
+			}
+			ev.Tenant, ev.Channel, ev.Priority, ev.Attempts = cur.Current.Tenant, cur.Current.Channel, cur.Current.Priority, cur.Current.Attempts
+		}
+		o.addEvent(e, ev)
+	}
+	if err := e.emit(ctx, &o); err != nil {
+		return 0, nil, err
+	}
+	return len(o.events), unknown, nil
+}
+
+// Accepted records that the API accepted ns (status event "accepted").
+// recs are the notifications' own records; they go to the log in the same
+// Produce as the events, so one group commit covers both.
+func (e *Engine) Accepted(ctx context.Context, recs []partition.Record, ns []*notification.Notification, now time.Time) error {
+	o := outcomes{recs: recs}
+	for _, n := range ns {
+		o.event(e, n, StateAccepted, now, "", "", "")
+	}
+	return e.emit(ctx, &o)
+}
+
+func (e *Engine) emit(ctx context.Context, o *outcomes) error {
+	if len(o.recs) > 0 {
+		if err := e.log.Produce(ctx, o.recs); err != nil {
+			return err
+		}
+	}
+	if e.cfg.Status != nil && len(o.events) > 0 {
+		return e.cfg.Status.Apply(o.events)
+	}
+	return nil
+}
+
+// Status returns a notification's status and history.
+func (e *Engine) Status(id string) (Status, error) {
+	if e.cfg.Status == nil {
+		return Status{}, ErrNotFound
+	}
+	return e.cfg.Status.Get(id)
+}
+
+// Codec is the engine's codec (it knows the configured channels).
+func (e *Engine) Codec() *notification.Codec { return e.cfg.Codec }
+
+// Record is a notification's record on its priority lane.
+func (e *Engine) Record(n *notification.Notification) partition.Record {
+	return partition.Record{Topic: e.cfg.Topics.Lane(n.Priority), Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n)}
+}
