@@ -165,3 +165,7 @@ func (e *Engine) Codec() *notification.Codec { return e.cfg.Codec }
 func (e *Engine) Record(n *notification.Notification) partition.Record {
 	return partition.Record{Topic: e.cfg.Topics.Lane(n.Priority), Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n)}
 }
+
+// Ready reports whether Run has created the topics and is consuming: the
+// API accepts nothing before, and /readyz says so.
+func (e *Engine) Ready() bool { return e.ready.Load() }

@@ -55,6 +55,7 @@ type Engine struct {
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
 	backlog atomic.Int64 // total consumer lag at the last measurement
+	ready   atomic.Bool  // topics exist and the poller runs
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or
@@ -194,6 +195,8 @@ func (e *Engine) Run(ctx context.Context) error {
 		_ = e.log.Close()
 		return err
 	}
+	e.ready.Store(true)
+	defer e.ready.Store(false)
 	pollDone := make(chan struct{})
 	stopDispatch := make(chan struct{})
 	var pollErr error

@@ -1,0 +1,291 @@
+// Package api is Goutong's HTTP surface on fasthttp: ingest, status,
+// delivery receipts, admin, metrics and health, over a running engine.
+//
+// The ingest contract: 202 means every accepted notification is durably in
+// the log (it will be delivered or dead-lettered). A batch is
+// all-or-nothing: one invalid item rejects the request with every item's
+// error and nothing is enqueued, so a client fixes and resends the whole
+// batch; idempotency keys make that resend safe.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/partition"
+)
+
+// Key is an API key as configured: only its SHA-256 is stored.
+type Key struct {
+	Name   string `koanf:"name"`
+	SHA256 string `koanf:"sha256"` // hex of sha256(key)
+	Tenant string `koanf:"tenant"`
+	Admin  bool   `koanf:"admin"`
+}
+
+// HashKey is what goes into Key.SHA256 for a raw key.
+func HashKey(raw string) string {
+	h := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(h[:])
+}
+
+// Quota limits a tenant's ingest in notifications per second.
+type Quota struct {
+	PerSec float64 `koanf:"per_sec"`
+	Burst  int     `koanf:"burst"`
+}
+
+// Config configures a Server.
+type Config struct {
+	Engine *engine.Engine
+	Dedupe *dedupe.Store
+	// OpenDLQ opens a Log consuming the dead-letter topic in group (for
+	// listing and replaying dead letters); nil disables those endpoints.
+	OpenDLQ func(group string) (partition.Log, error)
+
+	// Keys enable authentication; with none, every request is admitted
+	// (the default on a fresh machine, listening on loopback only).
+	Keys         []Key
+	Quotas       map[string]Quota // per tenant
+	DefaultQuota Quota            // for tenants not listed; zero: unlimited
+	// MaxBacklog sheds normal and bulk ingest (503 with Retry-After) while
+	// the engine's backlog is above it; critical and high are still
+	// accepted. Zero: no shedding.
+	MaxBacklog   int64
+	MaxBodyBytes int // default 64 MiB; larger bodies get 413
+	MaxItems     int // per request, default 100,000
+
+	Ready    func() bool // extra readiness beyond the engine's; nil: none
+	Gatherer prometheus.Gatherer
+	Registry prometheus.Registerer
+	Logger   *zap.Logger
+	Now      func() time.Time
+}
+
+// Server serves the API.
+type Server struct {
+	cfg     Config
+	srv     *fasthttp.Server
+	keys    map[string]Key // by hash
+	prom    fasthttp.RequestHandler
+	limits  sync.Map // tenant -> *rate.Limiter
+	dlqMu   sync.Mutex
+	m       *apiMetrics
+}
+
+type apiMetrics struct {
+	requests *prometheus.CounterVec
+	accepted *prometheus.CounterVec
+	dups     prometheus.Counter
+}
+
+// New builds a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Engine == nil || cfg.Dedupe == nil {
+		return nil, errors.New("api: Engine and Dedupe are required")
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 64 << 20
+	}
+	if cfg.MaxItems <= 0 {
+		cfg.MaxItems = 100_000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.DefaultGatherer
+	}
+	s := &Server{cfg: cfg, keys: map[string]Key{}}
+	for _, k := range cfg.Keys {
+		h := strings.ToLower(k.SHA256)
+		if len(h) != 64 {
+			return nil, errors.New("api: key " + k.Name + ": sha256 must be 64 hex digits")
+		}
+		if k.Tenant == "" && !k.Admin {
+			return nil, errors.New("api: key " + k.Name + ": tenant is required")
+		}
+		s.keys[h] = k
+	}
+	s.m = &apiMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_api_requests_total",
+			Help: "API requests by route and status code."}, []string{"route", "code"}),
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_api_accepted_total",
+			Help: "Notifications accepted into the log, by priority."}, []string{"priority"}),
+		dups: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_api_duplicates_total",
+			Help: "Ingested notifications answered with an earlier one's id (repeated idempotency key)."}),
+	}
+	if cfg.Registry != nil {
+		for _, c := range []prometheus.Collector{s.m.requests, s.m.accepted, s.m.dups} {
+			if err := cfg.Registry.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	s.srv = &fasthttp.Server{
+		Handler:            s.handle,
+		Name:               "goutong",
+		MaxRequestBodySize: cfg.MaxBodyBytes,
+		// Bodies over the limit reach the handler as a stream, so it can
+		// answer 413 after draining a bounded amount instead of resetting
+		// the connection under a client that is still writing.
+		StreamRequestBody: true,
+		ReadTimeout:        60 * time.Second,
+		WriteTimeout:       60 * time.Second,
+		IdleTimeout:        2 * time.Minute,
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				writeError(ctx, fasthttp.StatusRequestEntityTooLarge, apiError{Code: "body_too_large",
+					Message: "request body exceeds the limit of " + itoa(cfg.MaxBodyBytes) + " bytes"})
+				return
+			}
+			writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "bad_request", Message: err.Error()})
+		},
+		Logger: zapPrintf{cfg.Logger},
+	}
+	return s, nil
+}
+
+type zapPrintf struct{ l *zap.Logger }
+
+func (z zapPrintf) Printf(format string, args ...any) { z.l.Sugar().Debugf(format, args...) }
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting, waits for requests in flight (bounded by ctx).
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+
+func (s *Server) ready() bool {
+	return s.cfg.Engine.Ready() && (s.cfg.Ready == nil || s.cfg.Ready())
+}
+
+// Handler is the request handler (for tests and embedding).
+func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	route := s.route(ctx, path)
+	s.m.requests.WithLabelValues(route, itoa(ctx.Response.StatusCode())).Inc()
+}
+
+// route dispatches and returns the route's name for metrics.
+func (s *Server) route(ctx *fasthttp.RequestCtx, path string) string {
+	method := string(ctx.Method())
+	switch {
+	case path == "/healthz":
+		writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ok"})
+		return "healthz"
+	case path == "/readyz":
+		if !s.ready() {
+			writeJSON(ctx, fasthttp.StatusServiceUnavailable, map[string]string{"status": "starting"})
+		} else {
+			writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ready"})
+		}
+		return "readyz"
+	case path == "/metrics":
+		s.prom(ctx)
+		return "metrics"
+	case path == "/v1/notifications":
+		if !allow(ctx, method, "POST") {
+			return "notifications"
+		}
+		if k, ok := s.auth(ctx, false); ok {
+			s.ingest(ctx, k)
+		}
+		return "ingest"
+	case strings.HasPrefix(path, "/v1/notifications/"):
+		if !allow(ctx, method, "GET") {
+			return "status"
+		}
+		if k, ok := s.auth(ctx, false); ok {
+			s.status(ctx, k, strings.TrimPrefix(path, "/v1/notifications/"))
+		}
+		return "status"
+	case strings.HasPrefix(path, "/v1/receipts/"):
+		if allow(ctx, method, "POST") {
+			s.receipts(ctx, strings.TrimPrefix(path, "/v1/receipts/"))
+		}
+		return "receipts"
+	case strings.HasPrefix(path, "/v1/admin/"):
+		if _, ok := s.auth(ctx, true); ok {
+			s.admin(ctx, method, strings.TrimPrefix(path, "/v1/admin/"))
+		}
+		return "admin"
+	}
+	writeError(ctx, fasthttp.StatusNotFound, apiError{Code: "not_found", Message: "no route " + path})
+	return "none"
+}
+
+func allow(ctx *fasthttp.RequestCtx, method, want string) bool {
+	if method == want {
+		return true
+	}
+	ctx.Response.Header.Set("Allow", want)
+	writeError(ctx, fasthttp.StatusMethodNotAllowed, apiError{Code: "method_not_allowed", Message: "use " + want})
+	return false
+}
+
+// auth finds the caller's key. Without configured keys everyone is an
+// admin of tenant "" (the tenant then comes from each notification).
+func (s *Server) auth(ctx *fasthttp.RequestCtx, admin bool) (Key, bool) {
+	if len(s.keys) == 0 {
+		return Key{Admin: true}, true
+	}
+	raw := string(ctx.Request.Header.Peek("X-API-Key"))
+	if raw == "" {
+		if h := string(ctx.Request.Header.Peek("Authorization")); strings.HasPrefix(h, "Bearer ") {
+			raw = strings.TrimPrefix(h, "Bearer ")
+		}
+	}
+	if raw == "" {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="goutong"`)
+		writeError(ctx, fasthttp.StatusUnauthorized, apiError{Code: "unauthenticated", Message: "an API key is required (Authorization: Bearer <key>)"})
+		return Key{}, false
+	}
+	k, ok := s.keys[HashKey(raw)]
+	if !ok {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="goutong", error="invalid_token"`)
+		writeError(ctx, fasthttp.StatusUnauthorized, apiError{Code: "unauthenticated", Message: "unknown API key"})
+		return Key{}, false
+	}
+	if admin && !k.Admin {
+		writeError(ctx, fasthttp.StatusForbidden, apiError{Code: "forbidden", Message: "this key is not an admin key"})
+		return Key{}, false
+	}
+	return k, true
+}
+
+func (s *Server) limiter(tenant string) *rate.Limiter {
+	if l, ok := s.limits.Load(tenant); ok {
+		return l.(*rate.Limiter)
+	}
+	q, ok := s.cfg.Quotas[tenant]
+	if !ok {
+		q = s.cfg.DefaultQuota
+	}
+	if q.PerSec <= 0 {
+		return nil
+	}
+	l, _ := s.limits.LoadOrStore(tenant, rate.NewLimiter(rate.Limit(q.PerSec), max(q.Burst, int(q.PerSec), 1)))
+	return l.(*rate.Limiter)
+}

@@ -1,0 +1,552 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/goutong/goutong/api"
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+	"github.com/goutong/goutong/providers/mockserver"
+	"github.com/goutong/goutong/wal"
+)
+
+const (
+	tenantKey = "key-acme"
+	otherKey  = "key-globex"
+	adminKey  = "key-admin"
+)
+
+// node is a whole Goutong node in-process: the embedded log, the stores,
+// the engine sending to the mock provider, and the API on loopback.
+type node struct {
+	t    testing.TB
+	url  string
+	mock *mockserver.Server
+	eng  *engine.Engine
+}
+
+type nodeOpts struct {
+	auth       bool
+	quota      api.Quota
+	maxBacklog int64
+	maxBody    int
+	maxItems   int
+}
+
+func newNode(t testing.TB, o nodeOpts) *node {
+	dir := t.TempDir()
+	m, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	w, err := wal.Open(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	open := func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
+	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate(), dedupe.WithSync(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dd.Close() })
+	st, err := engine.OpenStatus(filepath.Join(dir, "status"), time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	tpl, err := providers.NewTemplates(map[string]providers.TemplateSource{"otp": {Subject: "Code", Body: "Your code is {{.code}}"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := providers.EndpointConfig{BaseURL: m.URL(), RequestTimeout: 5 * time.Second}
+	wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: ep, Path: "/webhook/orders", Secret: "whsec", Batch: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw, err := providers.NewTwilio(providers.TwilioConfig{Endpoint: ep, AccountSID: "ACmock", AuthToken: "tok", From: "+15005550006", Templates: tpl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	eng, err := engine.New(engine.Config{Open: open, Dedupe: dd, Status: st, Registry: reg, Partitions: 4,
+		Channels: map[notification.Channel]engine.ChannelConfig{
+			notification.Webhook: {Provider: wh, Rate: 50_000},
+			notification.SMS:     {Provider: tw, Rate: 50_000},
+		},
+		MaxAttempts: 3, Backoff: engine.Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond},
+		CommitInterval: 50 * time.Millisecond, DrainTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+	cfg := api.Config{Engine: eng, Dedupe: dd, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog,
+		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota,
+		OpenDLQ: func(group string) (partition.Log, error) {
+			return partition.NewWAL(w, partition.ConsumerConfig{Group: group, Topics: []string{eng.Topics().DLQ}}), nil
+		}}
+	if o.auth {
+		cfg.Keys = []api.Key{{Name: "acme", SHA256: api.HashKey(tenantKey), Tenant: "acme"},
+			{Name: "globex", SHA256: api.HashKey(otherKey), Tenant: "globex"},
+			{Name: "ops", SHA256: api.HashKey(adminKey), Admin: true}}
+	}
+	srv, err := api.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		_ = srv.Shutdown(context.Background())
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("engine: %v", err)
+		}
+	})
+	n := &node{t: t, url: "http://" + ln.Addr().String(), mock: m, eng: eng}
+	waitFor(t, 10*time.Second, "readiness", func() bool { return n.do("GET", "/readyz", "", "", "").code == 200 })
+	return n
+}
+
+type reply struct {
+	code   int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func (n *node) do(method, path, key, contentType, body string) reply {
+	n.t.Helper()
+	req, err := http.NewRequest(method, n.url+path, strings.NewReader(body))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := reply{code: resp.StatusCode, header: resp.Header, raw: string(raw)}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		if err := json.Unmarshal(raw, &r.body); err != nil {
+			n.t.Fatalf("%s %s: answer is not JSON: %v: %s", method, path, err, raw)
+		}
+	}
+	return r
+}
+
+func (r reply) errField() (code, field string, index float64) {
+	e, _ := r.body["error"].(map[string]any)
+	code, _ = e["code"].(string)
+	field, _ = e["field"].(string)
+	index = -1
+	if i, ok := e["index"].(float64); ok {
+		index = i
+	}
+	return
+}
+
+func webhookJSON(i int, extra string) string {
+	return fmt.Sprintf(`{"channel":"webhook","recipient":"https://hooks.example/orders","content":{"body":"{\"order\":%d}"}%s}`, i, extra)
+}
+
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestIngestFormatsDeliverEachOnce(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	one := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(0, `,"priority":"critical"`))
+	if one.code != 202 || one.body["status"] != "accepted" || one.body["id"] == "" {
+		t.Fatalf("single: %d %s", one.code, one.raw)
+	}
+	arr := n.do("POST", "/v1/notifications", "", "application/json", "["+webhookJSON(1, "")+","+webhookJSON(2, "")+"]")
+	if arr.code != 202 || arr.body["accepted"] != 2.0 {
+		t.Fatalf("array: %d %s", arr.code, arr.raw)
+	}
+	var nd strings.Builder
+	for i := range 1000 {
+		nd.WriteString(webhookJSON(100+i, `,"priority":"bulk"`) + "\n")
+	}
+	bulk := n.do("POST", "/v1/notifications", "", "application/x-ndjson", nd.String())
+	if bulk.code != 202 || bulk.body["accepted"] != 1000.0 || len(bulk.body["items"].([]any)) != 1000 {
+		t.Fatalf("ndjson: %d %.200s", bulk.code, bulk.raw)
+	}
+	waitFor(t, 30*time.Second, "every notification at the provider", func() bool { return n.mock.Stats().Unique == 1003 })
+	id := one.body["id"].(string)
+	waitFor(t, 10*time.Second, "status sent", func() bool {
+		st := n.do("GET", "/v1/notifications/"+id, "", "", "")
+		return st.code == 200 && st.body["state"] == "sent"
+	})
+	st := n.do("GET", "/v1/notifications/"+id, "", "", "")
+	hist := st.body["history"].([]any)
+	if len(hist) != 2 || hist[0].(map[string]any)["state"] != "accepted" {
+		t.Fatalf("history: %s", st.raw)
+	}
+	if s := n.mock.Stats(); s.Received != 1003 {
+		t.Fatalf("provider received %d, want 1003 each once", s.Received)
+	}
+	if r := n.do("GET", "/v1/notifications/01NOPE", "", "", ""); r.code != 404 {
+		t.Fatalf("unknown id: %d %s", r.code, r.raw)
+	}
+}
+
+func TestIdempotentRepeat(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	body := webhookJSON(1, `,"idempotency_key":"order-1-shipped"`)
+	first := n.do("POST", "/v1/notifications", "", "application/json", body)
+	if first.code != 202 {
+		t.Fatalf("first: %d %s", first.code, first.raw)
+	}
+	again := n.do("POST", "/v1/notifications", "", "application/json", body)
+	if again.code != 200 || again.body["id"] != first.body["id"] || again.body["duplicate"] != true {
+		t.Fatalf("repeat: %d %s (first %s)", again.code, again.raw, first.raw)
+	}
+	// The same key in a batch: that item is a duplicate, the new one is not.
+	mixed := n.do("POST", "/v1/notifications", "", "application/json", "["+body+","+webhookJSON(2, "")+"]")
+	items := mixed.body["items"].([]any)
+	if mixed.code != 202 || mixed.body["duplicates"] != 1.0 || items[0].(map[string]any)["id"] != first.body["id"] {
+		t.Fatalf("mixed: %d %s", mixed.code, mixed.raw)
+	}
+	waitFor(t, 20*time.Second, "both sends", func() bool { return n.mock.Stats().Unique == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if s := n.mock.Stats(); s.Received != 2 {
+		t.Fatalf("provider received %d, want 2", s.Received)
+	}
+	done := n.do("POST", "/v1/notifications", "", "application/json", body)
+	if done.body["status"] != "sent" {
+		t.Fatalf("repeat after send reports %s", done.raw)
+	}
+}
+
+func TestBadInputNamesTheField(t *testing.T) {
+	n := newNode(t, nodeOpts{maxBody: 64 << 10, maxItems: 50})
+	big := "[" + strings.Repeat(webhookJSON(1, "")+",", 51)
+	big = big[:len(big)-1] + "]"
+	cases := []struct {
+		name, ct, body string
+		code           int
+		errCode, field string
+		index          float64
+	}{
+		{"malformed", "application/json", `{"channel":`, 400, "malformed_json", "", -1},
+		{"unknown field", "application/json", webhookJSON(1, `,"colour":"red"`), 400, "invalid_field", "colour", -1},
+		{"unknown channel", "application/json", `{"channel":"fax","recipient":"x","content":{"body":"b"}}`, 400, "invalid_field", "channel", -1},
+		{"missing recipient", "application/json", `[` + webhookJSON(0, "") + `,{"channel":"webhook","content":{"body":"b"}}]`, 400, "invalid_field", "recipient", 1},
+		{"bad timestamp", "application/json", webhookJSON(1, `,"not_before":"tomorrow"`), 400, "invalid_field", "not_before", -1},
+		{"bad priority", "application/x-ndjson", webhookJSON(0, "") + "\n" + webhookJSON(1, `,"priority":"urgent"`) + "\n", 400, "invalid_field", "priority", 1},
+		{"malformed ndjson line", "application/x-ndjson", webhookJSON(0, "") + "\n\n" + webhookJSON(1, "") + "\n{oops\n", 400, "malformed_json", "", 2},
+		{"too many items", "application/json", big, 413, "too_many_items", "items", -1},
+		{"oversize", "application/json", `{"channel":"webhook","recipient":"x","content":{"body":"` + strings.Repeat("a", 70<<10) + `"}}`, 413, "body_too_large", "", -1},
+		{"empty", "application/json", "  ", 400, "invalid_body", "", -1},
+		{"not json", "text/plain", "hello", 400, "invalid_body", "", -1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := n.do("POST", "/v1/notifications", "", c.ct, c.body)
+			code, field, index := r.errField()
+			if r.code != c.code || code != c.errCode || field != c.field || index != c.index {
+				t.Fatalf("got %d %s field %q index %v; want %d %s field %q index %v\n%.300s", r.code, code, field, index, c.code, c.errCode, c.field, c.index, r.raw)
+			}
+		})
+	}
+	// All-or-nothing: the valid first item of the rejected NDJSON batch was
+	// not enqueued, so sending it now is new (202, not a 200 repeat).
+	r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(0, ""))
+	if r.code != 202 {
+		t.Fatalf("the valid item of a rejected batch was enqueued: %d %s", r.code, r.raw)
+	}
+	if r := n.do("GET", "/v1/notifications", "", "", ""); r.code != 405 || r.header.Get("Allow") != "POST" {
+		t.Fatalf("wrong method: %d", r.code)
+	}
+	if r := n.do("GET", "/v2/anything", "", "", ""); r.code != 404 {
+		t.Fatalf("unknown route: %d", r.code)
+	}
+	// The server is still serving after all that.
+	if r := n.do("GET", "/healthz", "", "", ""); r.code != 200 {
+		t.Fatalf("healthz %d", r.code)
+	}
+}
+
+func TestAuthAndTenants(t *testing.T) {
+	n := newNode(t, nodeOpts{auth: true})
+	body := webhookJSON(1, "")
+	if r := n.do("POST", "/v1/notifications", "", "application/json", body); r.code != 401 {
+		t.Fatalf("no key: %d", r.code)
+	}
+	if r := n.do("POST", "/v1/notifications", "wrong", "application/json", body); r.code != 401 {
+		t.Fatalf("wrong key: %d", r.code)
+	}
+	if r := n.do("POST", "/v1/notifications", tenantKey, "application/json", webhookJSON(1, `,"tenant":"globex"`)); r.code != 403 {
+		t.Fatalf("foreign tenant: %d %s", r.code, r.raw)
+	}
+	ok := n.do("POST", "/v1/notifications", tenantKey, "application/json", body)
+	if ok.code != 202 {
+		t.Fatalf("tenant key: %d %s", ok.code, ok.raw)
+	}
+	id := ok.body["id"].(string)
+	waitFor(t, 10*time.Second, "status", func() bool { return n.do("GET", "/v1/notifications/"+id, tenantKey, "", "").code == 200 })
+	if r := n.do("GET", "/v1/notifications/"+id, otherKey, "", ""); r.code != 404 {
+		t.Fatalf("other tenant sees status: %d", r.code)
+	}
+	if r := n.do("GET", "/v1/admin/channels", tenantKey, "", ""); r.code != 403 {
+		t.Fatalf("tenant on admin: %d", r.code)
+	}
+	if r := n.do("GET", "/v1/admin/channels", adminKey, "", ""); r.code != 200 {
+		t.Fatalf("admin: %d %s", r.code, r.raw)
+	}
+	// The same idempotency key from two tenants is two notifications.
+	k := webhookJSON(9, `,"idempotency_key":"same"`)
+	a := n.do("POST", "/v1/notifications", tenantKey, "application/json", k)
+	b := n.do("POST", "/v1/notifications", otherKey, "application/json", k)
+	if a.code != 202 || b.code != 202 {
+		t.Fatalf("per-tenant keys: %d %d", a.code, b.code)
+	}
+}
+
+func TestQuotaAndBacklogShedding(t *testing.T) {
+	n := newNode(t, nodeOpts{quota: api.Quota{PerSec: 1, Burst: 5}, maxBacklog: 20})
+	for i := range 5 {
+		if r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(i, "")); r.code != 202 {
+			t.Fatalf("within quota: %d %s", r.code, r.raw)
+		}
+	}
+	r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(5, ""))
+	if code, _, _ := r.errField(); r.code != 429 || code != "quota" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("over quota: %d %s", r.code, r.raw)
+	}
+
+	m := newNode(t, nodeOpts{maxBacklog: 20})
+	if err := m.eng.PauseChannel(notification.Webhook, true); err != nil {
+		t.Fatal(err)
+	}
+	var nd strings.Builder
+	for i := range 100 {
+		nd.WriteString(webhookJSON(i, `,"priority":"bulk"`) + "\n")
+	}
+	if r := m.do("POST", "/v1/notifications", "", "application/x-ndjson", nd.String()); r.code != 202 {
+		t.Fatalf("fill: %d %s", r.code, r.raw)
+	}
+	waitFor(t, 10*time.Second, "the backlog to be measured", func() bool { return m.eng.Backlog() > 20 })
+	shed := m.do("POST", "/v1/notifications", "", "application/json", webhookJSON(200, `,"priority":"bulk"`))
+	if code, field, _ := shed.errField(); shed.code != 503 || code != "backlog" || field != "priority" || shed.header.Get("Retry-After") == "" {
+		t.Fatalf("bulk over backlog: %d %s", shed.code, shed.raw)
+	}
+	if r := m.do("POST", "/v1/notifications", "", "application/json", webhookJSON(201, `,"priority":"critical"`)); r.code != 202 {
+		t.Fatalf("critical over backlog: %d %s", r.code, r.raw)
+	}
+	if err := m.eng.PauseChannel(notification.Webhook, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the backlog to drain", func() bool { return m.mock.Stats().Unique == 101 })
+}
+
+func TestReceipts(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(1, ""))
+	id := r.body["id"].(string)
+	waitFor(t, 10*time.Second, "sent", func() bool { return n.do("GET", "/v1/notifications/"+id, "", "", "").body["state"] == "sent" })
+	body := `{"id":"` + id + `","status":"delivered"}`
+	post := func(sig string) reply {
+		req, _ := http.NewRequest("POST", n.url+"/v1/receipts/webhook", strings.NewReader(body))
+		ts := strconv.FormatInt(time.Now().Unix(), 10)
+		req.Header.Set(providers.TimestampHeader, ts)
+		if sig == "" {
+			sig = providers.Sign([]byte("whsec"), ts, []byte(body))
+		}
+		req.Header.Set(providers.SignatureHeader, sig)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return reply{code: resp.StatusCode, raw: string(raw)}
+	}
+	if r := post("v1=00"); r.code != 401 {
+		t.Fatalf("bad signature: %d %s", r.code, r.raw)
+	}
+	if r := post(""); r.code != 200 || !strings.Contains(r.raw, `"applied":1`) {
+		t.Fatalf("receipt: %d %s", r.code, r.raw)
+	}
+	if st := n.do("GET", "/v1/notifications/"+id, "", "", ""); st.body["state"] != "delivered" {
+		t.Fatalf("after receipt: %s", st.raw)
+	}
+	if r := n.do("POST", "/v1/receipts/carrier-pigeon", "", "", "{}"); r.code != 404 {
+		t.Fatalf("unknown provider: %d", r.code)
+	}
+}
+
+func TestAdminRatePauseAndDeadLetters(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	if r := n.do("PUT", "/v1/admin/channels/sms/rate", "", "application/json", `{"rate_per_sec": 250}`); r.code != 200 {
+		t.Fatalf("rate: %d %s", r.code, r.raw)
+	}
+	if r := n.do("PUT", "/v1/admin/channels/sms/rate", "", "application/json", `{"rate_per_sec": -1}`); r.code != 400 {
+		t.Fatalf("negative rate: %d %s", r.code, r.raw)
+	}
+	if r := n.do("PUT", "/v1/admin/channels/sms/rate", "", "application/json", `{"rate": 5}`); r.code != 400 {
+		t.Fatalf("unknown field: %d %s", r.code, r.raw)
+	}
+	if r := n.do("POST", "/v1/admin/channels/fax/pause", "", "", ""); r.code != 404 {
+		t.Fatalf("unknown channel: %d", r.code)
+	}
+	if r := n.do("POST", "/v1/admin/channels/sms/pause", "", "", ""); r.code != 200 {
+		t.Fatalf("pause: %d", r.code)
+	}
+	stats := n.do("GET", "/v1/admin/channels", "", "", "")
+	var sms map[string]any
+	for _, c := range stats.body["channels"].([]any) {
+		if c.(map[string]any)["channel"] == "sms" {
+			sms = c.(map[string]any)
+		}
+	}
+	if sms == nil || sms["paused"] != true || sms["rate_per_sec"] != 250.0 {
+		t.Fatalf("stats: %s", stats.raw)
+	}
+	n.do("POST", "/v1/admin/channels/sms/resume", "", "", "")
+	// A template the SMS provider does not have fails permanently.
+	r := n.do("POST", "/v1/notifications", "", "application/json", `{"channel":"sms","recipient":"+15551234567","template":"missing"}`)
+	if r.code != 202 {
+		t.Fatalf("enqueue: %d %s", r.code, r.raw)
+	}
+	id := r.body["id"].(string)
+	waitFor(t, 10*time.Second, "dead-lettered", func() bool {
+		return n.do("GET", "/v1/notifications/"+id, "", "", "").body["state"] == "dead-lettered"
+	})
+	list := n.do("GET", "/v1/admin/dlq?limit=10", "", "", "")
+	letters, _ := list.body["dead_letters"].([]any)
+	if list.code != 200 || len(letters) != 1 || letters[0].(map[string]any)["reason"] != "permanent" {
+		t.Fatalf("dlq list: %d %s", list.code, list.raw)
+	}
+	if r := n.do("GET", "/v1/admin/dlq?limit=0", "", "", ""); r.code != 400 {
+		t.Fatalf("bad limit: %d", r.code)
+	}
+	rep := n.do("POST", "/v1/admin/dlq/replay", "", "application/json", `{"reason":"permanent"}`)
+	if rep.code != 200 || rep.body["replayed"] != 1.0 {
+		t.Fatalf("replay: %d %s", rep.code, rep.raw)
+	}
+	// Replayed, it fails again and is dead-lettered anew; the first letter
+	// is no longer listed.
+	waitFor(t, 10*time.Second, "second dead letter", func() bool {
+		l := n.do("GET", "/v1/admin/dlq", "", "", "")
+		ls, _ := l.body["dead_letters"].([]any)
+		return len(ls) == 1 && ls[0].(map[string]any)["offset"] != letters[0].(map[string]any)["offset"]
+	})
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(1, ""))
+	r := n.do("GET", "/metrics", "", "", "")
+	for _, want := range []string{"goutong_api_requests_total", "goutong_api_accepted_total", "goutong_ring_depth"} {
+		if !strings.Contains(r.raw, want) {
+			t.Fatalf("metrics lack %s", want)
+		}
+	}
+	if r := n.do("GET", "/readyz", "", "", ""); r.code != 200 {
+		t.Fatalf("readyz %d", r.code)
+	}
+}
+
+// BenchmarkIngest measures accepted notifications/s over loopback HTTP:
+// single-object requests from 64 clients, and NDJSON batches of 1,000.
+func BenchmarkIngest(b *testing.B) {
+	b.Run("single", func(b *testing.B) {
+		n := newNode(b, nodeOpts{})
+		_ = n.eng.PauseChannel(notification.Webhook, true) // measure ingest, not delivery
+		var seq atomic.Int64
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+		b.SetParallelism(32)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				body := webhookJSON(int(seq.Add(1)), "") // distinct, or every repeat is a duplicate
+				resp, err := client.Post(n.url+"/v1/notifications", "application/json", strings.NewReader(body))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 202 {
+					b.Errorf("status %d", resp.StatusCode)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "notifications/s")
+	})
+	b.Run("ndjson-1000", func(b *testing.B) {
+		n := newNode(b, nodeOpts{})
+		_ = n.eng.PauseChannel(notification.Webhook, true)
+		var seq atomic.Int64
+		batch := func() []byte {
+			var nd bytes.Buffer
+			base := int(seq.Add(1000))
+			for i := range 1000 {
+				nd.WriteString(webhookJSON(base+i, ""))
+				nd.WriteByte('\n')
+			}
+			return nd.Bytes()
+		}
+		b.SetBytes(int64(len(batch())))
+		b.SetParallelism(4)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				resp, err := http.Post(n.url+"/v1/notifications", "application/x-ndjson", bytes.NewReader(batch()))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 202 {
+					b.Errorf("status %d", resp.StatusCode)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)*1000/b.Elapsed().Seconds(), "notifications/s")
+	})
+}

@@ -1,0 +1,321 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+)
+
+// ingestScope is the dedupe scope of API idempotency: separate from the
+// engine's send claims (scoped by channel), so a key answers "already
+// accepted" at the door and, independently, "already sent" at the provider.
+const ingestScope = "ingest"
+
+// maxErrors bounds the errors listed for one rejected batch.
+const maxErrors = 100
+
+var parserPool fastjson.ParserPool
+
+// ingest handles POST /v1/notifications: one JSON object, a JSON array, or
+// NDJSON (Content-Type application/x-ndjson).
+func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
+	if !s.ready() {
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, apiError{Code: "starting", Message: "not ready yet"})
+		return
+	}
+	now := s.cfg.Now()
+	ns, errs, status := s.decode(ctx, key)
+	if status != 0 {
+		if len(errs) == 1 {
+			writeError(ctx, status, errs[0])
+		} else {
+			writeErrors(ctx, status, errs)
+		}
+		return
+	}
+	// Backlog shedding: urgent traffic still gets in when the log is deep.
+	if s.cfg.MaxBacklog > 0 && s.cfg.Engine.Backlog() > s.cfg.MaxBacklog {
+		for i, n := range ns {
+			if n.Priority == notification.Normal || n.Priority == notification.Bulk {
+				ctx.Response.Header.Set("Retry-After", "5")
+				writeError(ctx, fasthttp.StatusServiceUnavailable, apiError{Code: "backlog", Index: ptr(i), Field: "priority",
+					Message: "backlog above its maximum: " + n.Priority.String() + " notifications are refused for now; critical and high are accepted"})
+				return
+			}
+		}
+	}
+	tenant := key.Tenant
+	if tenant == "" {
+		tenant = ns[0].Tenant
+	}
+	if l := s.limiter(tenant); l != nil {
+		if len(ns) > l.Burst() {
+			writeError(ctx, fasthttp.StatusTooManyRequests, apiError{Code: "quota", Field: "items",
+				Message: fmt.Sprintf("%d items exceed the tenant's burst of %d; split the batch", len(ns), l.Burst())})
+			return
+		}
+		r := l.ReserveN(now, len(ns))
+		if d := r.DelayFrom(now); d > 0 {
+			r.CancelAt(now)
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(math.Ceil(d.Seconds()))))
+			writeError(ctx, fasthttp.StatusTooManyRequests, apiError{Code: "quota", Message: "tenant " + tenant + " is over its ingest quota"})
+			return
+		}
+	}
+	for _, n := range ns {
+		n.Prepare(now)
+	}
+	reqs := make([]dedupe.ClaimRequest, len(ns))
+	for i, n := range ns {
+		reqs[i] = dedupe.ClaimRequest{Key: "ingest\x00" + n.Tenant + "\x00" + n.IdempotencyKey, Scope: ingestScope, ID: n.ID}
+	}
+	claims := make([]dedupe.ClaimResult, len(ns))
+	if err := s.cfg.Dedupe.Claim(ctx, reqs, claims); err != nil {
+		s.unavailable(ctx, "idempotency store", err)
+		return
+	}
+	var accept []*notification.Notification
+	var recs []partition.Record
+	var done []dedupe.Done
+	for i, n := range ns {
+		if claims[i].Status.ShouldSend() {
+			accept = append(accept, n)
+			recs = append(recs, s.cfg.Engine.Record(n))
+			done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
+		}
+	}
+	if len(recs) > 0 {
+		pctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := s.cfg.Engine.Accepted(pctx, recs, accept, now)
+		cancel()
+		if err != nil {
+			if rerr := s.cfg.Dedupe.Release(context.Background(), done); rerr != nil {
+				s.cfg.Logger.Warn("release of ingest claims failed", zap.Error(rerr))
+			}
+			s.unavailable(ctx, "log", err)
+			return
+		}
+		if err := s.cfg.Dedupe.Confirm(context.Background(), done); err != nil {
+			// Accepted and durable: a lost confirm only means a repeat of
+			// the key is accepted again and the engine's send dedupe stops it.
+			s.cfg.Logger.Warn("confirm of ingest claims failed", zap.Error(err))
+		}
+		for _, n := range accept {
+			s.m.accepted.WithLabelValues(n.Priority.String()).Inc()
+		}
+	}
+	s.respond(ctx, ns, claims, len(accept))
+}
+
+// respond answers 202 when anything was accepted, 200 when every item
+// repeated an earlier one; a single object gets a single object back.
+func (s *Server) respond(ctx *fasthttp.RequestCtx, ns []*notification.Notification, claims []dedupe.ClaimResult, accepted int) {
+	code := fasthttp.StatusAccepted
+	if accepted == 0 {
+		code = fasthttp.StatusOK
+	}
+	item := func(b []byte, i int) []byte {
+		if claims[i].Status.ShouldSend() {
+			b = append(b, `{"id":"`...)
+			b = append(b, ns[i].ID...)
+			return append(b, `","status":"accepted"}`...)
+		}
+		s.m.dups.Inc()
+		st := "accepting" // the first request is still writing it
+		if cur, err := s.cfg.Engine.Status(claims[i].OriginalID); err == nil {
+			st = string(cur.State)
+		}
+		b = append(b, `{"id":`...)
+		b = strconv.AppendQuote(b, claims[i].OriginalID)
+		b = append(b, `,"status":`...)
+		b = strconv.AppendQuote(b, st)
+		return append(b, `,"duplicate":true}`...)
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetStatusCode(code)
+	b := ctx.Response.Body()[:0]
+	if ctx.UserValue(singleKey) != nil {
+		b = item(b, 0)
+	} else {
+		b = append(b, `{"accepted":`...)
+		b = strconv.AppendInt(b, int64(accepted), 10)
+		b = append(b, `,"duplicates":`...)
+		b = strconv.AppendInt(b, int64(len(ns)-accepted), 10)
+		b = append(b, `,"items":[`...)
+		for i := range ns {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = item(b, i)
+		}
+		b = append(b, "]}"...)
+	}
+	ctx.Response.SetBodyRaw(append(b, '\n'))
+}
+
+const singleKey = "goutong.single"
+
+func (s *Server) unavailable(ctx *fasthttp.RequestCtx, what string, err error) {
+	s.cfg.Logger.Warn("request failed", zap.String("stage", what), zap.Error(err))
+	ctx.Response.Header.Set("Retry-After", "1")
+	writeError(ctx, fasthttp.StatusServiceUnavailable, apiError{Code: "unavailable",
+		Message: what + " unavailable; nothing of this request was accepted"})
+}
+
+// decode reads the body into notifications, validated and with the
+// caller's tenant. Any invalid item rejects the batch: the errors name the
+// item index and the field.
+func (s *Server) decode(ctx *fasthttp.RequestCtx, key Key) ([]*notification.Notification, []apiError, int) {
+	body, ok := s.body(ctx)
+	if !ok {
+		return nil, []apiError{{Code: "body_too_large", Message: "request body exceeds the limit of " + strconv.Itoa(s.cfg.MaxBodyBytes) + " bytes"}}, fasthttp.StatusRequestEntityTooLarge
+	}
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 {
+		return nil, []apiError{{Code: "invalid_body", Message: "empty body: send a JSON object, a JSON array or NDJSON"}}, fasthttp.StatusBadRequest
+	}
+	codec := s.cfg.Engine.Codec()
+	p := parserPool.Get()
+	defer parserPool.Put(p)
+	var ns []*notification.Notification
+	var errs []apiError
+	add := func(i int, v *fastjson.Value) {
+		n, err := codec.DecodeValue(v)
+		if err == nil {
+			err = s.tenant(n, key)
+		}
+		if err != nil {
+			if len(errs) < maxErrors {
+				errs = append(errs, fieldError(i, err))
+			}
+			return
+		}
+		ns = append(ns, n)
+	}
+	ct := string(ctx.Request.Header.ContentType())
+	switch {
+	case bytesContains(ct, "ndjson") || bytesContains(ct, "jsonl") || bytesContains(ct, "json-seq"):
+		i := 0
+		for line := range bytes.SplitSeq(body, []byte{'\n'}) {
+			if len(bytes.TrimSpace(line)) == 0 {
+				continue
+			}
+			if i >= s.cfg.MaxItems {
+				return nil, []apiError{tooMany(s.cfg.MaxItems)}, fasthttp.StatusRequestEntityTooLarge
+			}
+			v, err := p.ParseBytes(line)
+			if err != nil {
+				if len(errs) < maxErrors {
+					errs = append(errs, apiError{Code: "malformed_json", Index: ptr(i), Message: "malformed JSON: " + err.Error()})
+				}
+			} else {
+				add(i, v)
+			}
+			i++
+		}
+	case trimmed[0] == '[':
+		v, err := p.ParseBytes(body)
+		if err != nil {
+			return nil, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
+		}
+		arr, _ := v.Array()
+		if len(arr) > s.cfg.MaxItems {
+			return nil, []apiError{tooMany(s.cfg.MaxItems)}, fasthttp.StatusRequestEntityTooLarge
+		}
+		for i, it := range arr {
+			add(i, it)
+		}
+	case trimmed[0] == '{':
+		v, err := p.ParseBytes(body)
+		if err != nil {
+			return nil, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
+		}
+		ctx.SetUserValue(singleKey, true)
+		add(0, v)
+		if len(errs) == 1 {
+			errs[0].Index = nil
+		}
+	default:
+		return nil, []apiError{{Code: "invalid_body", Message: "the body must be a JSON object, a JSON array, or NDJSON with Content-Type application/x-ndjson"}}, fasthttp.StatusBadRequest
+	}
+	if len(errs) > 0 {
+		for _, e := range errs {
+			if e.Code == "forbidden" {
+				return nil, errs, fasthttp.StatusForbidden
+			}
+		}
+		return nil, errs, fasthttp.StatusBadRequest
+	}
+	if len(ns) == 0 {
+		return nil, []apiError{{Code: "invalid_body", Message: "no notifications in the body"}}, fasthttp.StatusBadRequest
+	}
+	return ns, nil, 0
+}
+
+var errForeignTenant = errors.New("tenant differs from the API key's tenant")
+
+// tenant binds n to the caller's tenant.
+func (s *Server) tenant(n *notification.Notification, key Key) error {
+	switch {
+	case key.Tenant == "":
+		if n.Tenant == "" {
+			n.Tenant = "default"
+		}
+	case n.Tenant == "":
+		n.Tenant = key.Tenant
+	case n.Tenant != key.Tenant:
+		return errForeignTenant
+	}
+	return nil
+}
+
+func fieldError(i int, err error) apiError {
+	if errors.Is(err, errForeignTenant) {
+		return apiError{Code: "forbidden", Index: ptr(i), Field: "tenant", Message: err.Error()}
+	}
+	var fe *notification.FieldError
+	if errors.As(err, &fe) {
+		return apiError{Code: "invalid_field", Index: ptr(i), Field: fe.Field, Message: fe.Error()}
+	}
+	return apiError{Code: "invalid", Index: ptr(i), Message: err.Error()}
+}
+
+func tooMany(n int) apiError {
+	return apiError{Code: "too_many_items", Field: "items", Message: "more than " + strconv.Itoa(n) + " notifications in one request"}
+}
+
+func bytesContains(s, sub string) bool { return bytes.Contains([]byte(s), []byte(sub)) }
+
+// body reads the request body up to MaxBodyBytes. A larger one is drained
+// (up to four times the limit, then the connection is closed) so the client
+// reads the 413 rather than a reset.
+func (s *Server) body(ctx *fasthttp.RequestCtx) ([]byte, bool) {
+	stream := ctx.Request.BodyStream()
+	if stream == nil {
+		return ctx.PostBody(), true
+	}
+	limit := int64(s.cfg.MaxBodyBytes)
+	if cl := ctx.Request.Header.ContentLength(); cl < 0 || int64(cl) <= limit {
+		b, err := io.ReadAll(io.LimitReader(stream, limit+1))
+		if err == nil && int64(len(b)) <= limit {
+			return b, true
+		}
+	}
+	_, _ = io.CopyN(io.Discard, stream, 4*limit)
+	ctx.SetConnectionClose()
+	return nil, false
+}
