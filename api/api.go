@@ -79,13 +79,13 @@ type Config struct {
 
 // Server serves the API.
 type Server struct {
-	cfg     Config
-	srv     *fasthttp.Server
-	keys    map[string]Key // by hash
-	prom    fasthttp.RequestHandler
-	limits  sync.Map // tenant -> *rate.Limiter
-	dlqMu   sync.Mutex
-	m       *apiMetrics
+	cfg    Config
+	srv    *fasthttp.Server
+	keys   map[string]Key // by hash
+	prom   fasthttp.RequestHandler
+	limits sync.Map // tenant -> *rate.Limiter
+	dlqMu  sync.Mutex
+	m      *apiMetrics
 }
 
 type apiMetrics struct {
@@ -149,9 +149,9 @@ func New(cfg Config) (*Server, error) {
 		// answer 413 after draining a bounded amount instead of resetting
 		// the connection under a client that is still writing.
 		StreamRequestBody: true,
-		ReadTimeout:        60 * time.Second,
-		WriteTimeout:       60 * time.Second,
-		IdleTimeout:        2 * time.Minute,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				writeError(ctx, fasthttp.StatusRequestEntityTooLarge, apiError{Code: "body_too_large",
