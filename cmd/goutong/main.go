@@ -28,6 +28,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newSelfcheck(), newTopics(), newMockProvider())
+	root.AddCommand(newServe(), newSelfcheck(), newTopics(), newMockProvider())
 	return root
 }

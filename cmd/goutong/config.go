@@ -1,0 +1,150 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/providers/structs"
+	"github.com/knadh/koanf/v2"
+
+	"github.com/goutong/goutong/api"
+)
+
+// Config is goutong serve's configuration: defaults, then the YAML file,
+// then environment variables (GOUTONG_ + the key path upper-cased, levels
+// joined by "__": GOUTONG_API__MAX_BACKLOG=50000,
+// GOUTONG_CHANNELS__SMS__TWILIO__AUTH_TOKEN=...), then flags. Every key is
+// documented in docs/config.md.
+type Config struct {
+	Data       string   `koanf:"data"`
+	Listen     string   `koanf:"listen"`
+	Kafka      []string `koanf:"kafka"`
+	Partitions int32    `koanf:"partitions"`
+	LogLevel   string   `koanf:"log_level"`
+	// MockProvider, when set, starts the mock provider on that address and
+	// points every channel without a provider of its own at it.
+	MockProvider string `koanf:"mock_provider"`
+
+	Engine    EngineConfig                 `koanf:"engine"`
+	Dedupe    DedupeConfig                 `koanf:"dedupe"`
+	API       APIConfig                    `koanf:"api"`
+	Channels  map[string]ChannelConf       `koanf:"channels"`
+	Templates map[string]TemplateConf      `koanf:"templates"`
+}
+
+type EngineConfig struct {
+	RingSize       int           `koanf:"ring_size"`
+	PollMax        int           `koanf:"poll_max"`
+	MaxDelayed     int           `koanf:"max_delayed"`
+	MaxAttempts    int           `koanf:"max_attempts"`
+	BackoffBase    time.Duration `koanf:"backoff_base"`
+	BackoffMax     time.Duration `koanf:"backoff_max"`
+	DrainTimeout   time.Duration `koanf:"drain_timeout"`
+	CommitInterval time.Duration `koanf:"commit_interval"`
+	StatusWindow   time.Duration `koanf:"status_window"`
+}
+
+type DedupeConfig struct {
+	Window time.Duration `koanf:"window"`
+	Lease  time.Duration `koanf:"lease"`
+	Sync   bool          `koanf:"sync"`
+}
+
+type APIConfig struct {
+	Keys         []api.Key            `koanf:"keys"`
+	Quotas       map[string]api.Quota `koanf:"quotas"`
+	DefaultQuota api.Quota            `koanf:"default_quota"`
+	MaxBacklog   int64                `koanf:"max_backlog"`
+	MaxBodyBytes int                  `koanf:"max_body_bytes"`
+	MaxItems     int                  `koanf:"max_items"`
+}
+
+// ChannelConf configures one channel and its provider.
+type ChannelConf struct {
+	Provider    string        `koanf:"provider"` // log, twilio, sendgrid, fcm, webhook
+	Rate        float64       `koanf:"rate"`
+	Burst       int           `koanf:"burst"`
+	Reserve     float64       `koanf:"reserve"`
+	Linger      time.Duration `koanf:"linger"`
+	Concurrency int           `koanf:"concurrency"`
+	Breaker     bool          `koanf:"breaker"` // circuit breaker and adaptive rate in front of the provider
+
+	BaseURL string `koanf:"base_url"` // the provider's API (tests and the mock point it elsewhere)
+	// Log provider.
+	File string `koanf:"file"` // default <data>/sends-<channel>.jsonl; "-" is stdout
+	// Twilio.
+	AccountSID     string `koanf:"account_sid"`
+	AuthToken      string `koanf:"auth_token"`
+	From           string `koanf:"from"`
+	StatusCallback string `koanf:"status_callback"`
+	// SendGrid.
+	APIKey               string `koanf:"api_key"`
+	EventVerificationKey string `koanf:"event_verification_key"`
+	// FCM.
+	ProjectID string `koanf:"project_id"`
+	Token     string `koanf:"token"`
+	// Webhook.
+	Path   string `koanf:"path"`
+	Secret string `koanf:"secret"`
+	Batch  int    `koanf:"batch"`
+}
+
+type TemplateConf struct {
+	Subject string `koanf:"subject"`
+	Body    string `koanf:"body"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		Data: "./data", Listen: "127.0.0.1:8080", Partitions: 8, LogLevel: "info",
+		Engine: EngineConfig{RingSize: 8192, PollMax: 1000, MaxDelayed: 100_000, MaxAttempts: 8,
+			BackoffBase: 500 * time.Millisecond, BackoffMax: 5 * time.Minute, DrainTimeout: 10 * time.Second,
+			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour},
+		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true},
+		API:    APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
+		Templates: map[string]TemplateConf{
+			"otp": {Subject: "Your verification code", Body: "Your verification code is {{.code}}"},
+		},
+	}
+}
+
+// loadConfig layers defaults, the file (when path is set), the environment.
+func loadConfig(path string) (Config, error) {
+	k := koanf.New(".")
+	if err := k.Load(structs.Provider(defaultConfig(), "koanf"), nil); err != nil {
+		return Config{}, err
+	}
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	err := k.Load(env.Provider(".", env.Opt{Prefix: "GOUTONG_", TransformFunc: func(key, v string) (string, any) {
+		key = strings.ToLower(strings.TrimPrefix(key, "GOUTONG_"))
+		key = strings.ReplaceAll(key, "__", ".")
+		if key == "kafka" {
+			return key, strings.Split(v, ",")
+		}
+		return key, v
+	}}), nil)
+	if err != nil {
+		return Config{}, err
+	}
+	var c Config
+	// ErrorUnused: a misspelt key fails the start instead of being ignored.
+	dc := &mapstructure.DecoderConfig{Result: &c, TagName: "koanf", ErrorUnused: true, WeaklyTypedInput: true,
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(","))}
+	if err := k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{Tag: "koanf", DecoderConfig: dc}); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/goutong/goutong/api"
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+	"github.com/goutong/goutong/providers/mockserver"
+	"github.com/goutong/goutong/wal"
+)
+
+func newServe() *cobra.Command {
+	var configPath string
+	var over Config
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a Goutong node: the log, the stores, the engine and the HTTP API",
+		Long: `serve runs one node from a YAML config (--config; every key documented in
+docs/config.md and overridable by GOUTONG_* environment variables). With no
+config it runs on defaults: data in ./data, the log provider for every channel
+(sends are written to ./data/sends-<channel>.jsonl), the API on 127.0.0.1:8080.
+--mock-provider 127.0.0.1:9090 also starts the mock provider and points every
+channel without its own provider at it. --kafka host:port,... uses Kafka
+topics instead of the embedded log, created when missing.
+
+SIGTERM or Ctrl-C: the API stops accepting and finishes requests in flight,
+the engine drains its rings within engine.drain_timeout, commits and closes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			f := cmd.Flags()
+			if f.Changed("data") {
+				cfg.Data = over.Data
+			}
+			if f.Changed("listen") {
+				cfg.Listen = over.Listen
+			}
+			if f.Changed("kafka") {
+				cfg.Kafka = over.Kafka
+			}
+			if f.Changed("mock-provider") {
+				cfg.MockProvider = over.MockProvider
+			}
+			return serve(cmd.Context(), cfg, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "YAML config file")
+	f.StringVar(&over.Data, "data", "./data", "data directory (embedded log, dedupe and status stores)")
+	f.StringVar(&over.Listen, "listen", "127.0.0.1:8080", "API address")
+	f.StringSliceVar(&over.Kafka, "kafka", nil, "Kafka seed brokers host:port,...; empty uses the embedded log")
+	f.StringVar(&over.MockProvider, "mock-provider", "", "start the mock provider on this address (e.g. 127.0.0.1:9090) and send to it")
+	return cmd
+}
+
+func newLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("config log_level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Sampling = nil
+	return zc.Build()
+}
+
+// serve runs a node until ctx ends.
+func serve(ctx context.Context, cfg Config, out io.Writer) error {
+	lg, err := newLogger(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	defer lg.Sync() //nolint:errcheck
+	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
+		return err
+	}
+	// A data directory with a log but no dedupe store lost something: fail
+	// loudly rather than forget which notifications were sent.
+	fresh := !exists(filepath.Join(cfg.Data, "log")) && !exists(filepath.Join(cfg.Data, "dedupe"))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var mock *mockserver.Server
+	if cfg.MockProvider != "" {
+		if mock, err = mockserver.Start(mockserver.Config{Addr: cfg.MockProvider}); err != nil {
+			return err
+		}
+		defer mock.Close()
+		fmt.Fprintf(out, "mock provider on %s (stats at %s/stats)\n", mock.URL(), mock.URL())
+	}
+
+	var open func(partition.ConsumerConfig) (partition.Log, error)
+	var w *wal.Log
+	if len(cfg.Kafka) > 0 {
+		open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+			return partition.NewKafka(partition.KafkaConfig{Brokers: cfg.Kafka}, cc)
+		}
+	} else {
+		if w, err = wal.Open(filepath.Join(cfg.Data, "log")); err != nil {
+			return err
+		}
+		defer w.Close()
+		open = func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
+	}
+	ddOpts := []dedupe.Option{dedupe.WithWindow(cfg.Dedupe.Window), dedupe.WithLease(cfg.Dedupe.Lease), dedupe.WithSync(cfg.Dedupe.Sync)}
+	if fresh {
+		ddOpts = append(ddOpts, dedupe.WithCreate())
+	}
+	dd, err := dedupe.Open(filepath.Join(cfg.Data, "dedupe"), ddOpts...)
+	if err != nil {
+		return err
+	}
+	defer dd.Close()
+	st, err := engine.OpenStatus(filepath.Join(cfg.Data, "status"), cfg.Engine.StatusWindow, true)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	channels, closers, err := buildChannels(cfg, mock)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}()
+	eng, err := engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st,
+		Partitions: cfg.Partitions, PollMax: cfg.Engine.PollMax, RingSize: cfg.Engine.RingSize,
+		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
+		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax},
+		CommitInterval: cfg.Engine.CommitInterval, DrainTimeout: cfg.Engine.DrainTimeout,
+		Logger: lg, Registry: reg})
+	if err != nil {
+		return err
+	}
+	srv, err := api.New(api.Config{Engine: eng, Dedupe: dd, Keys: cfg.API.Keys, Quotas: cfg.API.Quotas,
+		DefaultQuota: cfg.API.DefaultQuota, MaxBacklog: cfg.API.MaxBacklog, MaxBodyBytes: cfg.API.MaxBodyBytes,
+		MaxItems: cfg.API.MaxItems, Gatherer: reg, Registry: reg, Logger: lg,
+		OpenDLQ: func(group string) (partition.Log, error) {
+			return open(partition.ConsumerConfig{Group: group, Topics: []string{eng.Topics().DLQ}})
+		}})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	engCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEngine()
+	engDone := make(chan error, 1)
+	go func() { engDone <- eng.Run(engCtx) }()
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- srv.Serve(ln) }()
+	lg.Info("serving", zap.String("api", "http://"+ln.Addr().String()), zap.String("data", cfg.Data),
+		zap.Strings("kafka", cfg.Kafka), zap.Int("channels", len(channels)))
+	fmt.Fprintf(out, "goutong serving on http://%s (data %s)\n", ln.Addr(), cfg.Data)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-engDone:
+		engDone <- runErr
+	case runErr = <-apiDone:
+	}
+	// Stop the door first (requests in flight finish and are durable), then
+	// the engine (it drains, commits and closes the log).
+	lg.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		lg.Warn("API shutdown", zap.Error(err))
+	}
+	stopEngine()
+	if err := <-engDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	if mock != nil {
+		s := mock.Stats()
+		fmt.Fprintf(out, "mock provider: received %d, unique %d, duplicates %d\n", s.Received, s.Unique, s.Duplicates)
+	}
+	return runErr
+}
+
+// buildChannels turns the channel config into providers. Channels not
+// configured get the log provider, or the mock when one runs.
+func buildChannels(cfg Config, mock *mockserver.Server) (map[notification.Channel]engine.ChannelConfig, []io.Closer, error) {
+	srcs := map[string]providers.TemplateSource{}
+	for name, t := range cfg.Templates {
+		srcs[name] = providers.TemplateSource{Subject: t.Subject, Body: t.Body}
+	}
+	tpl, err := providers.NewTemplates(srcs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config templates: %w", err)
+	}
+	confs := map[string]ChannelConf{}
+	for _, ch := range []string{"sms", "email", "push", "webhook"} {
+		confs[ch] = ChannelConf{}
+	}
+	for name, c := range cfg.Channels {
+		confs[name] = c
+	}
+	out := map[notification.Channel]engine.ChannelConfig{}
+	var closers []io.Closer
+	names := make([]string, 0, len(confs))
+	for n := range confs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		c := confs[name]
+		if c.Provider == "" {
+			c.Provider = "log"
+			if mock != nil {
+				c.Provider, c.BaseURL = mockKind(name), mock.URL()
+				c.AccountSID, c.AuthToken, c.From = "ACmock", "mock-token", "+15005550006"
+				c.APIKey, c.ProjectID, c.Token, c.Secret, c.Path, c.Batch = "SG.mock", "goutong-mock", "mock", "mock-secret", "/webhook/"+name, 100
+				if name == "email" {
+					c.From = "noreply@goutong.example"
+				}
+			}
+		}
+		p, closer, err := buildProvider(cfg, name, c, tpl)
+		if err != nil {
+			return nil, nil, fmt.Errorf("config channels.%s: %w", name, err)
+		}
+		if closer != nil {
+			closers = append(closers, closer)
+		}
+		if c.Breaker {
+			b := providers.NewBreaker(providers.BreakerConfig{}, nil)
+			p = providers.Guard(p, b, providers.NewAdaptiveLimit(max(c.Rate, 1), max(c.Burst, 1)), nil)
+		}
+		out[notification.Channel(name)] = engine.ChannelConfig{Provider: p, Rate: c.Rate, Burst: c.Burst, Reserve: c.Reserve,
+			Linger: c.Linger, Concurrency: c.Concurrency}
+	}
+	return out, closers, nil
+}
+
+func mockKind(channel string) string {
+	switch channel {
+	case "sms":
+		return "twilio"
+	case "email":
+		return "sendgrid"
+	case "push":
+		return "fcm"
+	}
+	return "webhook"
+}
+
+func buildProvider(cfg Config, name string, c ChannelConf, tpl *providers.Templates) (providers.Provider, io.Closer, error) {
+	ep := providers.EndpointConfig{BaseURL: c.BaseURL}
+	switch c.Provider {
+	case "log":
+		if c.File == "-" {
+			return providers.NewLog("log", os.Stdout, tpl), nil, nil
+		}
+		path := c.File
+		if path == "" {
+			path = filepath.Join(cfg.Data, "sends-"+name+".jsonl")
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, nil, err
+		}
+		return providers.NewLog("log", f, tpl), f, nil
+	case "twilio":
+		p, err := providers.NewTwilio(providers.TwilioConfig{Endpoint: ep, AccountSID: c.AccountSID, AuthToken: c.AuthToken,
+			From: c.From, StatusCallback: c.StatusCallback, Concurrency: c.Concurrency, Templates: tpl})
+		return p, nil, err
+	case "sendgrid":
+		p, err := providers.NewSendGrid(providers.SendGridConfig{Endpoint: ep, APIKey: c.APIKey, From: c.From,
+			MaxBatch: c.Batch, Concurrency: c.Concurrency, EventVerificationKey: c.EventVerificationKey, Templates: tpl})
+		return p, nil, err
+	case "fcm":
+		p, err := providers.NewFCM(providers.FCMConfig{Endpoint: ep, ProjectID: c.ProjectID, Token: c.Token,
+			Concurrency: c.Concurrency, Templates: tpl})
+		return p, nil, err
+	case "webhook":
+		p, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: ep, Path: c.Path, Secret: c.Secret,
+			Batch: c.Batch, Concurrency: c.Concurrency})
+		return p, nil, err
+	}
+	return nil, nil, fmt.Errorf("provider %q: want log, twilio, sendgrid, fcm or webhook", c.Provider)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return !errors.Is(err, os.ErrNotExist)
+}
+
