@@ -367,6 +367,19 @@ func (e *Engine) commit(ctx context.Context, only []*partState) {
 	if len(offsets) == 0 {
 		return
 	}
+	if e.cfg.Status != nil {
+		// The events of the records being committed must outlive a kill -9:
+		// after the commit nothing replays them.
+		if err := e.cfg.Status.Sync(); err != nil {
+			e.cfg.Logger.Warn("status store sync failed; commit postponed", zap.Error(err))
+			for _, ps := range set {
+				ps.mu.Lock()
+				ps.dirty = true
+				ps.mu.Unlock()
+			}
+			return
+		}
+	}
 	if err := e.log.Commit(ctx, offsets); err != nil {
 		e.cfg.Logger.Warn("commit failed; will retry", zap.Error(err))
 		for _, ps := range set {
@@ -731,7 +744,15 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 			continue
 		}
 		e.m.duplicates.WithLabelValues(string(it.n.Channel)).Inc()
-		if r.OriginalID != it.n.ID {
+		if r.OriginalID == it.n.ID && r.Status == dedupe.Duplicate {
+			// Its own replay: sent and confirmed before a crash that came
+			// before the offset commit. Record the send again, in case the
+			// crash also took the status event.
+			ev := StatusEvent{EventID: notification.NewID(), ID: it.n.ID, State: StateSent, At: now, Tenant: it.n.Tenant,
+				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), Attempts: it.n.Attempts,
+				ProviderMessageID: r.Outcome, Reason: "confirmed before a restart"}
+			out.addEvent(e, ev)
+		} else if r.OriginalID != it.n.ID {
 			ev := StatusEvent{EventID: notification.NewID(), ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
 				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), DuplicateOf: r.OriginalID,
 				Reason: "idempotency key " + r.Status.String()}

@@ -118,6 +118,15 @@ func (s *StatusStore) Apply(events []StatusEvent) error {
 	return b.Commit(pebble.NoSync)
 }
 
+// syncKey is a marker outside the 's' range: writing it with Sync makes
+// every event applied before it durable (Pebble's WAL is one file).
+var syncKey = []byte("!sync")
+
+// Sync makes every applied event durable. The engine calls it before it
+// commits offsets, so an event is never lost for a record the log will not
+// replay.
+func (s *StatusStore) Sync() error { return s.db.Set(syncKey, nil, pebble.Sync) }
+
 // Get returns the status of id, or ErrNotFound.
 func (s *StatusStore) Get(id string) (Status, error) {
 	prefix := append([]byte{'s'}, id...)
