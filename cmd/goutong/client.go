@@ -75,8 +75,8 @@ func newSend() *cobra.Command {
 	var file string
 	var n struct {
 		channel, recipient, template, body, subject, priority, key, tenant string
-		vars                                                             map[string]string
-		expiresIn                                                        time.Duration
+		vars                                                               map[string]string
+		expiresIn                                                          time.Duration
 	}
 	cmd := &cobra.Command{
 		Use:   "send",

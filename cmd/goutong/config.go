@@ -31,11 +31,11 @@ type Config struct {
 	// points every channel without a provider of its own at it.
 	MockProvider string `koanf:"mock_provider"`
 
-	Engine    EngineConfig                 `koanf:"engine"`
-	Dedupe    DedupeConfig                 `koanf:"dedupe"`
-	API       APIConfig                    `koanf:"api"`
-	Channels  map[string]ChannelConf       `koanf:"channels"`
-	Templates map[string]TemplateConf      `koanf:"templates"`
+	Engine    EngineConfig            `koanf:"engine"`
+	Dedupe    DedupeConfig            `koanf:"dedupe"`
+	API       APIConfig               `koanf:"api"`
+	Channels  map[string]ChannelConf  `koanf:"channels"`
+	Templates map[string]TemplateConf `koanf:"templates"`
 }
 
 type EngineConfig struct {
