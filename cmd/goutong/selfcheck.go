@@ -12,22 +12,22 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
 	"github.com/goutong/goutong/wal"
 )
 
-// Topics of a Goutong deployment with the seed's retention plan: the buffer
-// keeps 2 h, the retry (processing) topic 1 h, dead letters 24 h. Status
-// events are for other systems to consume; nobody in Goutong commits on
-// them, so their retention does not wait for a group.
+// selfcheckTopic is where selfcheck writes its samples: never a topic the
+// engine consumes, so a later `goutong serve` on the same data directory does
+// not send them.
+const selfcheckTopic = "goutong.selfcheck"
+
+// standardTopics are a deployment's topics (engine.Topics.Specs, the seed's
+// retention plan) plus selfcheck's own.
 func standardTopics(partitions int32) []partition.TopicSpec {
-	return []partition.TopicSpec{
-		{Name: "goutong.notifications", Partitions: partitions, RetentionAge: 2 * time.Hour, Compression: "s2"},
-		{Name: "goutong.retry", Partitions: partitions, RetentionAge: time.Hour, Compression: "s2"},
-		{Name: "goutong.dlq", Partitions: 1, RetentionAge: 24 * time.Hour, Compression: "zstd"},
-		{Name: "goutong.status", Partitions: partitions, RetentionAge: 24 * time.Hour, DeleteUncommitted: true, Compression: "s2"},
-	}
+	return append(engine.DefaultTopics().Specs(partitions),
+		partition.TopicSpec{Name: selfcheckTopic, Partitions: partitions, RetentionAge: time.Hour, DeleteUncommitted: true, Compression: "s2"})
 }
 
 type selfcheckFlags struct {
@@ -79,7 +79,7 @@ func runSelfcheck(ctx context.Context, out io.Writer, f selfcheckFlags) error {
 	}
 	runID := notification.NewID()
 	group := "goutong-selfcheck"
-	l, err := openLog(f.data, f.kafka, partition.ConsumerConfig{Group: group, Topics: []string{"goutong.notifications"}})
+	l, err := openLog(f.data, f.kafka, partition.ConsumerConfig{Group: group, Topics: []string{selfcheckTopic}})
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ func runSelfcheck(ctx context.Context, out io.Writer, f selfcheckFlags) error {
 			}
 			at := len(buf)
 			buf = codec.AppendEncode(buf, &n)
-			recs = append(recs, partition.Record{Topic: "goutong.notifications", Key: []byte(n.IdempotencyKey), Value: buf[at:len(buf):len(buf)]})
+			recs = append(recs, partition.Record{Topic: selfcheckTopic, Key: []byte(n.IdempotencyKey), Value: buf[at:len(buf):len(buf)]})
 		}
 		if err := l.Produce(ctx, recs); err != nil {
 			return err
