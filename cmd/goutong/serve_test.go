@@ -316,3 +316,27 @@ func TestConfigLayers(t *testing.T) {
 		t.Fatalf("misspelt key: %v", err)
 	}
 }
+
+// The documented example config parses: docs and code do not drift apart.
+func TestDocumentedConfigParses(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n")
+	block, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("no yaml block in docs/config.md")
+	}
+	path := filepath.Join(t.TempDir(), "doc.yaml")
+	if err := os.WriteFile(path, []byte(block), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Channels["sms"].Provider != "twilio" || c.API.Quotas["acme"].PerSec != 20000 || len(c.API.Keys) != 2 {
+		t.Fatalf("parsed %+v", c)
+	}
+}
