@@ -184,19 +184,27 @@ func (s *Server) decode(ctx *fasthttp.RequestCtx, key Key) ([]*notification.Noti
 	if !ok {
 		return nil, []apiError{{Code: "body_too_large", Message: "request body exceeds the limit of " + strconv.Itoa(s.cfg.MaxBodyBytes) + " bytes"}}, fasthttp.StatusRequestEntityTooLarge
 	}
+	ns, single, errs, status := decodeBody(s.cfg.Engine.Codec(), body, string(ctx.Request.Header.ContentType()), key, s.cfg.MaxItems)
+	if single {
+		ctx.SetUserValue(singleKey, true)
+	}
+	return ns, errs, status
+}
+
+// decodeBody parses a request body of outside bytes into notifications:
+// single reports a lone JSON object; a non-zero status rejects the request
+// with errs.
+func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxItems int) (ns []*notification.Notification, single bool, errs []apiError, status int) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 {
-		return nil, []apiError{{Code: "invalid_body", Message: "empty body: send a JSON object, a JSON array or NDJSON"}}, fasthttp.StatusBadRequest
+		return nil, false, []apiError{{Code: "invalid_body", Message: "empty body: send a JSON object, a JSON array or NDJSON"}}, fasthttp.StatusBadRequest
 	}
-	codec := s.cfg.Engine.Codec()
 	p := parserPool.Get()
 	defer parserPool.Put(p)
-	var ns []*notification.Notification
-	var errs []apiError
 	add := func(i int, v *fastjson.Value) {
 		n, err := codec.DecodeValue(v)
 		if err == nil {
-			err = s.tenant(n, key)
+			err = bindTenant(n, key)
 		}
 		if err != nil {
 			if len(errs) < maxErrors {
@@ -206,7 +214,6 @@ func (s *Server) decode(ctx *fasthttp.RequestCtx, key Key) ([]*notification.Noti
 		}
 		ns = append(ns, n)
 	}
-	ct := string(ctx.Request.Header.ContentType())
 	switch {
 	case bytesContains(ct, "ndjson") || bytesContains(ct, "jsonl") || bytesContains(ct, "json-seq"):
 		i := 0
@@ -214,8 +221,8 @@ func (s *Server) decode(ctx *fasthttp.RequestCtx, key Key) ([]*notification.Noti
 			if len(bytes.TrimSpace(line)) == 0 {
 				continue
 			}
-			if i >= s.cfg.MaxItems {
-				return nil, []apiError{tooMany(s.cfg.MaxItems)}, fasthttp.StatusRequestEntityTooLarge
+			if i >= maxItems {
+				return nil, false, []apiError{tooMany(maxItems)}, fasthttp.StatusRequestEntityTooLarge
 			}
 			v, err := p.ParseBytes(line)
 			if err != nil {
@@ -230,11 +237,11 @@ func (s *Server) decode(ctx *fasthttp.RequestCtx, key Key) ([]*notification.Noti
 	case trimmed[0] == '[':
 		v, err := p.ParseBytes(body)
 		if err != nil {
-			return nil, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
+			return nil, false, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
 		}
 		arr, _ := v.Array()
-		if len(arr) > s.cfg.MaxItems {
-			return nil, []apiError{tooMany(s.cfg.MaxItems)}, fasthttp.StatusRequestEntityTooLarge
+		if len(arr) > maxItems {
+			return nil, false, []apiError{tooMany(maxItems)}, fasthttp.StatusRequestEntityTooLarge
 		}
 		for i, it := range arr {
 			add(i, it)
@@ -242,34 +249,34 @@ func (s *Server) decode(ctx *fasthttp.RequestCtx, key Key) ([]*notification.Noti
 	case trimmed[0] == '{':
 		v, err := p.ParseBytes(body)
 		if err != nil {
-			return nil, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
+			return nil, false, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
 		}
-		ctx.SetUserValue(singleKey, true)
+		single = true
 		add(0, v)
 		if len(errs) == 1 {
 			errs[0].Index = nil
 		}
 	default:
-		return nil, []apiError{{Code: "invalid_body", Message: "the body must be a JSON object, a JSON array, or NDJSON with Content-Type application/x-ndjson"}}, fasthttp.StatusBadRequest
+		return nil, false, []apiError{{Code: "invalid_body", Message: "the body must be a JSON object, a JSON array, or NDJSON with Content-Type application/x-ndjson"}}, fasthttp.StatusBadRequest
 	}
 	if len(errs) > 0 {
 		for _, e := range errs {
 			if e.Code == "forbidden" {
-				return nil, errs, fasthttp.StatusForbidden
+				return nil, false, errs, fasthttp.StatusForbidden
 			}
 		}
-		return nil, errs, fasthttp.StatusBadRequest
+		return nil, false, errs, fasthttp.StatusBadRequest
 	}
 	if len(ns) == 0 {
-		return nil, []apiError{{Code: "invalid_body", Message: "no notifications in the body"}}, fasthttp.StatusBadRequest
+		return nil, false, []apiError{{Code: "invalid_body", Message: "no notifications in the body"}}, fasthttp.StatusBadRequest
 	}
-	return ns, nil, 0
+	return ns, single, nil, 0
 }
 
 var errForeignTenant = errors.New("tenant differs from the API key's tenant")
 
 // tenant binds n to the caller's tenant.
-func (s *Server) tenant(n *notification.Notification, key Key) error {
+func bindTenant(n *notification.Notification, key Key) error {
 	switch {
 	case key.Tenant == "":
 		if n.Tenant == "" {

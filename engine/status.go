@@ -82,7 +82,7 @@ func OpenStatus(dir string, window time.Duration, create bool) (*StatusStore, er
 	if _, err := os.Stat(dir); err != nil && !create {
 		return nil, fmt.Errorf("engine: status store %s: %w", dir, err)
 	}
-	db, err := pebble.Open(dir, &pebble.Options{ErrorIfNotExists: !create})
+	db, err := pebble.Open(dir, &pebble.Options{ErrorIfNotExists: !create, Logger: quietPebble{}})
 	if err != nil {
 		return nil, fmt.Errorf("engine: open status store: %w", err)
 	}
@@ -181,4 +181,17 @@ func prefixEnd(p []byte) []byte {
 		}
 	}
 	return nil
+}
+
+// quietPebble drops Pebble's informational lines ("Found 0 WALs") and keeps
+// its errors on standard error.
+type quietPebble struct{}
+
+func (quietPebble) Infof(string, ...any) {}
+func (quietPebble) Errorf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "pebble (status): "+format+"\n", args...)
+}
+func (quietPebble) Fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "pebble (status): "+format+"\n", args...)
+	os.Exit(1)
 }

@@ -197,15 +197,20 @@ func TestServeKill9DeliversEveryAccepted(t *testing.T) {
 	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	kill := time.Now()
 	<-s.done
+	t.Logf("exited %v after kill -9", time.Since(kill))
 	close(stop)
 	wg.Wait()
+	t.Logf("posters stopped %v after kill -9", time.Since(kill))
 	if len(accepted) < 100 {
 		t.Fatalf("only %d accepted before the kill; the test proves little", len(accepted))
 	}
 	before := mock.Stats().Unique
 
+	restart := time.Now()
 	s2 := startServe(t, "--config", conf, "--data", data)
+	t.Logf("restarted and ready in %v", time.Since(restart))
 	pending := map[string]bool{}
 	for _, id := range accepted {
 		pending[id] = true
@@ -227,6 +232,7 @@ func TestServeKill9DeliversEveryAccepted(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	t.Logf("every accepted notification sent %v after the restart", time.Since(restart))
 	st := mock.Stats()
 	if st.Unique < int64(len(accepted)) {
 		t.Fatalf("provider saw %d distinct notifications, %d were accepted", st.Unique, len(accepted))
@@ -235,6 +241,8 @@ func TestServeKill9DeliversEveryAccepted(t *testing.T) {
 		len(accepted), before, st.Unique, st.Duplicates)
 
 	// SIGTERM: a clean, prompt exit.
+	term := time.Now()
+	defer func() { t.Logf("exited %v after SIGTERM", time.Since(term)) }()
 	if err := s2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
