@@ -1,8 +1,11 @@
 package engine_test
 
 import (
+	"github.com/HdrHistogram/hdrhistogram-go"
+
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,4 +85,77 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	})
+}
+
+// latencyProbe wraps a provider and records, for each critical item the
+// provider accepted, the time from acceptance to the provider's answer.
+type latencyProbe struct {
+	providers.Provider
+	mu   sync.Mutex
+	hist *hdrhistogram.Histogram // microseconds
+}
+
+func (l *latencyProbe) Send(ctx context.Context, batch []*notification.Notification, results []providers.Result) {
+	l.Provider.Send(ctx, batch, results)
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, n := range batch {
+		if n.Priority == notification.Critical && results[i].Outcome == providers.Sent {
+			_ = l.hist.RecordValue(now.Sub(n.AcceptedAt).Microseconds())
+		}
+	}
+}
+
+// BenchmarkCriticalLatencyDuringBurst preloads 200,000 bulk notifications
+// on one channel, starts the engine, and while they drain enqueues b.N
+// critical ones, 10 every 5 ms. It reports the critical notifications'
+// latency from acceptance to the provider's ack (p50, p99, max) and how
+// much of the burst was still queued when the last critical one went out.
+func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
+	const burst = 200_000
+	r := newRig(b, backends[0])
+	wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
+		Path: "/webhook/orders", Secret: "whsec", Batch: 500, Concurrency: 8})
+	if err != nil {
+		b.Fatal(err)
+	}
+	probe := &latencyProbe{Provider: wh, hist: hdrhistogram.New(1, 60_000_000, 3)}
+	ch := r.channels(false)
+	ch[notification.Webhook] = engine.ChannelConfig{Provider: probe, Rate: 1e9}
+	bulk := webhookBatch(burst, 0)
+	for _, n := range bulk {
+		n.Priority = notification.Bulk
+	}
+	r.enqueue(bulk...)
+	b.ReportAllocs()
+	b.ResetTimer()
+	_, stop := r.start(r.config(ch))
+	crit := webhookBatch(b.N, burst)
+	enqHist := hdrhistogram.New(1, 60_000_000, 3)
+	for i := 0; i < len(crit); i += 10 {
+		part := crit[i:min(i+10, len(crit))]
+		for _, n := range part {
+			n.Priority = notification.Critical
+		}
+		t0 := time.Now()
+		r.enqueue(part...)
+		_ = enqHist.RecordValue(time.Since(t0).Microseconds())
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitFor(b, 2*time.Minute, "the critical notifications", func() bool {
+		probe.mu.Lock()
+		defer probe.mu.Unlock()
+		return probe.hist.TotalCount() == int64(b.N)
+	})
+	left := burst + int64(b.N) - r.mock.Stats().Unique
+	b.StopTimer()
+	stop()
+	probe.mu.Lock()
+	defer probe.mu.Unlock()
+	b.ReportMetric(float64(probe.hist.ValueAtQuantile(50))/1000, "p50-ms")
+	b.ReportMetric(float64(probe.hist.ValueAtQuantile(99))/1000, "p99-ms")
+	b.ReportMetric(float64(probe.hist.Max())/1000, "max-ms")
+	b.ReportMetric(float64(left), "bulk-queued-at-end")
+	b.ReportMetric(float64(enqHist.ValueAtQuantile(99))/1000, "enqueue-p99-ms")
 }

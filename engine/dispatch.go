@@ -22,6 +22,7 @@ func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
 // After the poller stops (pollDone) it exits once the rings are empty;
 // stop makes it exit at once.
 func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
+	defer close(cs.urgent)
 	defer close(cs.jobs)
 	clock := e.cfg.Clock
 	batch := make([]*item, 0, cs.cfg.Batch)
@@ -64,6 +65,11 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			if !ok {
 				break
 			}
+			// A batch is all urgent or all not: an urgent batch goes out at
+			// once, small, instead of filling up with bulk.
+			if len(batch) > 0 && isUrgent(p) != urgentIn {
+				break
+			}
 			it, _ := cs.rings[p.Index()].Pop()
 			if it.ps.revoked.Load() {
 				e.abandon([]*item{it}) // the partition's new owner sends it
@@ -76,7 +82,7 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 				late.done = append(late.done, it)
 				continue
 			}
-			if p == notification.Critical || p == notification.High {
+			if isUrgent(p) {
 				tookU++
 				urgentIn = true
 			} else {
@@ -103,8 +109,12 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			}
 			lingering := !full && !urgentIn && cs.cfg.Linger > 0 && now.Sub(lingerFrom) < cs.cfg.Linger && ringsEmpty
 			if !lingering || isClosed(pollDone) {
+				jobs := cs.jobs
+				if urgentIn {
+					jobs = cs.urgent
+				}
 				select {
-				case cs.jobs <- batch:
+				case jobs <- batch:
 				case <-stop:
 					e.abandon(batch)
 					return
@@ -134,6 +144,44 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			return
 		}
 		e.waitWork(cs, idle, 50*time.Millisecond, stop)
+	}
+}
+
+func isUrgent(p notification.Priority) bool {
+	return p == notification.Critical || p == notification.High
+}
+
+// sender sends batches until both job channels are closed, urgent ones
+// first whenever both are waiting.
+func (e *Engine) sender(ctx context.Context, cs *channelState) {
+	urgent, low := cs.urgent, cs.jobs
+	for urgent != nil || low != nil {
+		if urgent != nil {
+			select {
+			case b, ok := <-urgent:
+				if !ok {
+					urgent = nil
+				} else {
+					e.send(ctx, cs, b)
+				}
+				continue
+			default:
+			}
+		}
+		select {
+		case b, ok := <-urgent:
+			if !ok {
+				urgent = nil
+				continue
+			}
+			e.send(ctx, cs, b)
+		case b, ok := <-low:
+			if !ok {
+				low = nil
+				continue
+			}
+			e.send(ctx, cs, b)
+		}
 	}
 }
 

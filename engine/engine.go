@@ -93,7 +93,8 @@ type channelState struct {
 	notify    chan struct{}
 	limit     *ChannelLimit
 	picker    *Picker
-	jobs      chan []*item
+	jobs      chan []*item // normal and bulk batches
+	urgent    chan []*item // critical and high batches: never queued behind jobs
 	provLimit *providers.AdaptiveLimit
 	paused    atomic.Bool // by the admin API
 }
@@ -117,7 +118,7 @@ func New(cfg Config) (*Engine, error) {
 			return nil, err
 		}
 		cs := &channelState{name: name, cfg: cc, notify: make(chan struct{}, 1), limit: lim, picker: picker,
-			jobs: make(chan []*item, cc.Concurrency)}
+			jobs: make(chan []*item, cc.Concurrency), urgent: make(chan []*item, cc.Concurrency)}
 		if g, ok := cc.Provider.(*providers.Guarded); ok {
 			cs.provLimit = g.Limit
 			collectors = append(collectors, breakerGauge(string(name), g))
@@ -207,13 +208,17 @@ func (e *Engine) Run(ctx context.Context) error {
 	var dispatchers, workers sync.WaitGroup
 	for _, cs := range e.chans {
 		dispatchers.Go(func() { e.dispatch(cs, pollDone, stopDispatch) })
+		// Concurrency senders take urgent batches first, then the rest; one
+		// more takes only urgent ones, so a verification code never waits
+		// for a slot held by a bulk batch.
 		for range cs.cfg.Concurrency {
-			workers.Go(func() {
-				for batch := range cs.jobs {
-					e.send(outCtx, cs, batch)
-				}
-			})
+			workers.Go(func() { e.sender(outCtx, cs) })
 		}
+		workers.Go(func() {
+			for batch := range cs.urgent {
+				e.send(outCtx, cs, batch)
+			}
+		})
 	}
 	commitStop := make(chan struct{})
 	commitDone := make(chan struct{})

@@ -205,31 +205,49 @@ func (l *WALLog) Poll(ctx context.Context, max int) ([]Record, error) {
 		n := len(l.order)
 		start := l.pollStart
 		l.pollStart = (l.pollStart + 1) % max1(n)
-		for k := 0; k < n && len(out) < max; k++ {
-			tp := l.order[(start+k)%n]
-			if l.paused[tp] {
-				continue
+		// Every partition with records gets a share of each poll, so a
+		// lightly used partition (a critical lane) is never left waiting
+		// while a deep one (a bulk backlog) fills whole polls.
+		active := make([]TopicPartition, 0, n)
+		for k := range n {
+			if tp := l.order[(start+k)%n]; !l.paused[tp] {
+				active = append(active, tp)
 			}
-			pos := l.pos[tp]
-			recs, err := l.w.Read(tp.Topic, tp.Partition, pos, max-len(out), 8<<20)
-			if errors.Is(err, wal.ErrOffsetOutOfRange) {
-				// Retention passed our position: continue from the oldest kept.
-				s, _, _ := l.w.Offsets(tp.Topic, tp.Partition)
-				if s > pos {
-					l.pos[tp] = s
+		}
+		for len(out) < max && len(active) > 0 {
+			share := (max - len(out) + len(active) - 1) / len(active)
+			next := active[:0]
+			for _, tp := range active {
+				want := min(share, max-len(out))
+				if want <= 0 {
+					break
 				}
-				continue
+				pos := l.pos[tp]
+				recs, err := l.w.Read(tp.Topic, tp.Partition, pos, want, 8<<20)
+				if errors.Is(err, wal.ErrOffsetOutOfRange) {
+					// Retention passed our position: continue from the oldest kept.
+					s, _, _ := l.w.Offsets(tp.Topic, tp.Partition)
+					if s > pos {
+						l.pos[tp] = s
+						next = append(next, tp)
+					}
+					continue
+				}
+				if err != nil {
+					l.mu.Unlock()
+					return out, err
+				}
+				for i := range recs {
+					out = append(out, fromWAL(tp, &recs[i]))
+				}
+				if len(recs) > 0 {
+					l.pos[tp] = recs[len(recs)-1].Offset + 1
+				}
+				if len(recs) == want {
+					next = append(next, tp) // may have more
+				}
 			}
-			if err != nil {
-				l.mu.Unlock()
-				return out, err
-			}
-			for i := range recs {
-				out = append(out, fromWAL(tp, &recs[i]))
-			}
-			if len(recs) > 0 {
-				l.pos[tp] = recs[len(recs)-1].Offset + 1
-			}
+			active = next
 		}
 		l.mu.Unlock()
 		if len(out) > 0 {
