@@ -25,9 +25,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
-	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
-	"github.com/goutong/goutong/partition"
 )
 
 // Key is an API key as configured: only its SHA-256 is stored.
@@ -53,10 +51,6 @@ type Quota struct {
 // Config configures a Server.
 type Config struct {
 	Engine *engine.Engine
-	Dedupe *dedupe.Store
-	// OpenDLQ opens a Log consuming the dead-letter topic in group (for
-	// listing and replaying dead letters); nil disables those endpoints.
-	OpenDLQ func(group string) (partition.Log, error)
 
 	// Keys enable authentication; with none, every request is admitted
 	// (the default on a fresh machine, listening on loopback only).
@@ -96,8 +90,8 @@ type apiMetrics struct {
 
 // New builds a Server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Engine == nil || cfg.Dedupe == nil {
-		return nil, errors.New("api: Engine and Dedupe are required")
+	if cfg.Engine == nil {
+		return nil, errors.New("api: Engine is required")
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 20

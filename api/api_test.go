@@ -100,11 +100,8 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()
-	cfg := api.Config{Engine: eng, Dedupe: dd, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog,
-		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota,
-		OpenDLQ: func(group string) (partition.Log, error) {
-			return partition.NewWAL(w, partition.ConsumerConfig{Group: group, Topics: []string{eng.Topics().DLQ}}), nil
-		}}
+	cfg := api.Config{Engine: eng, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog,
+		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota}
 	if o.auth {
 		cfg.Keys = []api.Key{{Name: "acme", SHA256: api.HashKey(tenantKey), Tenant: "acme"},
 			{Name: "globex", SHA256: api.HashKey(otherKey), Tenant: "globex"},

@@ -13,7 +13,6 @@ import (
 
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
-	"github.com/goutong/goutong/providers"
 )
 
 // apiError is the JSON error body: {"error": {...}} or {"errors": [...]}.
@@ -81,7 +80,7 @@ func (s *Server) receipts(ctx *fasthttp.RequestCtx, provider string) {
 	if ctx.IsTLS() || string(ctx.Request.Header.Peek("X-Forwarded-Proto")) == "https" {
 		scheme = "https"
 	}
-	req := providers.ReceiptRequest{
+	req := engine.ReceiptRequest{
 		URL:    scheme + "://" + string(ctx.Host()) + string(ctx.RequestURI()),
 		Header: func(k string) string { return string(ctx.Request.Header.Peek(k)) },
 		Body:   ctx.PostBody(),
@@ -89,7 +88,7 @@ func (s *Server) receipts(ctx *fasthttp.RequestCtx, provider string) {
 	}
 	rs, err := rp.ParseReceipts(req)
 	switch {
-	case errors.Is(err, providers.ErrBadSignature):
+	case errors.Is(err, engine.ErrBadSignature):
 		writeError(ctx, fasthttp.StatusUnauthorized, apiError{Code: "bad_signature", Message: err.Error()})
 		return
 	case err != nil:
@@ -166,10 +165,6 @@ func strictJSON(b []byte, v any) error {
 	return d.Decode(v)
 }
 
-// replayGroup is the consumer group whose committed offset marks what has
-// been replayed; listing reads from it without committing.
-const replayGroup = "goutong-dlq-replay"
-
 type deadLetterJSON struct {
 	Reason       string          `json:"reason"`
 	Error        string          `json:"error"`
@@ -184,10 +179,6 @@ type deadLetterJSON struct {
 }
 
 func (s *Server) dlqList(ctx *fasthttp.RequestCtx) {
-	if s.cfg.OpenDLQ == nil {
-		writeError(ctx, fasthttp.StatusNotImplemented, apiError{Code: "unavailable", Message: "dead letters are not configured"})
-		return
-	}
 	limit := 100
 	if v := ctx.QueryArgs().Peek("limit"); len(v) > 0 {
 		n, err := strconv.Atoi(string(v))
@@ -197,42 +188,27 @@ func (s *Server) dlqList(ctx *fasthttp.RequestCtx) {
 		}
 		limit = n
 	}
-	s.dlqMu.Lock()
-	defer s.dlqMu.Unlock()
-	log, err := s.cfg.OpenDLQ(replayGroup)
+	dls, err := s.cfg.Engine.DeadLetters(ctx, limit)
 	if err != nil {
-		s.unavailable(ctx, "dead-letter topic", err)
+		s.unavailable(ctx, "dead letters", err)
 		return
 	}
-	defer log.Close()
-	out := []deadLetterJSON{}
-	for len(out) < limit {
-		pctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		recs, err := log.Poll(pctx, limit-len(out))
-		cancel()
-		if len(recs) == 0 || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
-			break
+	out := make([]deadLetterJSON, 0, len(dls))
+	for _, d := range dls {
+		r := d.Record
+		j := deadLetterJSON{Reason: d.Reason, Error: d.Error, Attempts: d.Attempts, Source: d.Source, FailedAt: d.FailedAt,
+			Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+		if json.Valid(r.Value) {
+			j.Notification = r.Value
+		} else {
+			j.Raw = string(r.Value)
 		}
-		for _, r := range recs {
-			d := engine.ParseDeadLetter(r)
-			j := deadLetterJSON{Reason: d.Reason, Error: d.Error, Attempts: d.Attempts, Source: d.Source, FailedAt: d.FailedAt,
-				Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
-			if json.Valid(r.Value) {
-				j.Notification = r.Value
-			} else {
-				j.Raw = string(r.Value)
-			}
-			out = append(out, j)
-		}
+		out = append(out, j)
 	}
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"dead_letters": out, "count": len(out)})
 }
 
 func (s *Server) dlqReplay(ctx *fasthttp.RequestCtx) {
-	if s.cfg.OpenDLQ == nil {
-		writeError(ctx, fasthttp.StatusNotImplemented, apiError{Code: "unavailable", Message: "dead letters are not configured"})
-		return
-	}
 	var body struct {
 		Reason string `json:"reason"`
 	}
@@ -242,21 +218,9 @@ func (s *Server) dlqReplay(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
-	var keep func(engine.DeadLetter) bool
-	if body.Reason != "" {
-		keep = func(d engine.DeadLetter) bool { return d.Reason == body.Reason }
-	}
-	s.dlqMu.Lock()
-	defer s.dlqMu.Unlock()
-	log, err := s.cfg.OpenDLQ(replayGroup)
-	if err != nil {
-		s.unavailable(ctx, "dead-letter topic", err)
-		return
-	}
-	defer log.Close()
 	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rep, err := engine.ReplayDeadLetters(rctx, log, s.cfg.Engine.Topics(), s.cfg.Engine.Codec(), keep)
+	rep, err := s.cfg.Engine.ReplayDeadLettersOf(rctx, body.Reason)
 	if err != nil {
 		s.unavailable(ctx, "replay", err)
 		return

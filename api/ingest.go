@@ -14,15 +14,9 @@ import (
 	"github.com/valyala/fastjson"
 	"go.uber.org/zap"
 
-	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
-	"github.com/goutong/goutong/partition"
 )
-
-// ingestScope is the dedupe scope of API idempotency: separate from the
-// engine's send claims (scoped by channel), so a key answers "already
-// accepted" at the door and, independently, "already sent" at the provider.
-const ingestScope = "ingest"
 
 // maxErrors bounds the errors listed for one rejected batch.
 const maxErrors = 100
@@ -76,71 +70,41 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 			return
 		}
 	}
-	for _, n := range ns {
-		n.Prepare(now)
-	}
-	reqs := make([]dedupe.ClaimRequest, len(ns))
-	for i, n := range ns {
-		reqs[i] = dedupe.ClaimRequest{Key: "ingest\x00" + n.Tenant + "\x00" + n.IdempotencyKey, Scope: ingestScope, ID: n.ID}
-	}
-	claims := make([]dedupe.ClaimResult, len(ns))
-	if err := s.cfg.Dedupe.Claim(ctx, reqs, claims); err != nil {
-		s.unavailable(ctx, "idempotency store", err)
+	pctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	adm, accepted, err := s.cfg.Engine.Ingest(pctx, ns, now)
+	cancel()
+	if err != nil {
+		s.unavailable(ctx, "ingest", err)
 		return
 	}
-	var accept []*notification.Notification
-	var recs []partition.Record
-	var done []dedupe.Done
 	for i, n := range ns {
-		if claims[i].Status.ShouldSend() {
-			accept = append(accept, n)
-			recs = append(recs, s.cfg.Engine.Record(n))
-			done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
-		}
-	}
-	if len(recs) > 0 {
-		pctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := s.cfg.Engine.Accepted(pctx, recs, accept, now)
-		cancel()
-		if err != nil {
-			if rerr := s.cfg.Dedupe.Release(context.Background(), done); rerr != nil {
-				s.cfg.Logger.Warn("release of ingest claims failed", zap.Error(rerr))
-			}
-			s.unavailable(ctx, "log", err)
-			return
-		}
-		if err := s.cfg.Dedupe.Confirm(context.Background(), done); err != nil {
-			// Accepted and durable: a lost confirm only means a repeat of
-			// the key is accepted again and the engine's send dedupe stops it.
-			s.cfg.Logger.Warn("confirm of ingest claims failed", zap.Error(err))
-		}
-		for _, n := range accept {
+		if !adm[i].Duplicate {
 			s.m.accepted.WithLabelValues(n.Priority.String()).Inc()
 		}
 	}
-	s.respond(ctx, ns, claims, len(accept))
+	s.respond(ctx, adm, accepted)
 }
 
 // respond answers 202 when anything was accepted, 200 when every item
 // repeated an earlier one; a single object gets a single object back.
-func (s *Server) respond(ctx *fasthttp.RequestCtx, ns []*notification.Notification, claims []dedupe.ClaimResult, accepted int) {
+func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accepted int) {
 	code := fasthttp.StatusAccepted
 	if accepted == 0 {
 		code = fasthttp.StatusOK
 	}
 	item := func(b []byte, i int) []byte {
-		if claims[i].Status.ShouldSend() {
+		if !adm[i].Duplicate {
 			b = append(b, `{"id":"`...)
-			b = append(b, ns[i].ID...)
+			b = append(b, adm[i].ID...)
 			return append(b, `","status":"accepted"}`...)
 		}
 		s.m.dups.Inc()
 		st := "accepting" // the first request is still writing it
-		if cur, err := s.cfg.Engine.Status(claims[i].OriginalID); err == nil {
+		if cur, err := s.cfg.Engine.Status(adm[i].ID); err == nil {
 			st = string(cur.State)
 		}
 		b = append(b, `{"id":`...)
-		b = strconv.AppendQuote(b, claims[i].OriginalID)
+		b = strconv.AppendQuote(b, adm[i].ID)
 		b = append(b, `,"status":`...)
 		b = strconv.AppendQuote(b, st)
 		return append(b, `,"duplicate":true}`...)
@@ -154,9 +118,9 @@ func (s *Server) respond(ctx *fasthttp.RequestCtx, ns []*notification.Notificati
 		b = append(b, `{"accepted":`...)
 		b = strconv.AppendInt(b, int64(accepted), 10)
 		b = append(b, `,"duplicates":`...)
-		b = strconv.AppendInt(b, int64(len(ns)-accepted), 10)
+		b = strconv.AppendInt(b, int64(len(adm)-accepted), 10)
 		b = append(b, `,"items":[`...)
-		for i := range ns {
+		for i := range adm {
 			if i > 0 {
 				b = append(b, ',')
 			}

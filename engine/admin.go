@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
@@ -125,17 +124,6 @@ func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []provid
 		return 0, nil, err
 	}
 	return len(o.events), unknown, nil
-}
-
-// Accepted records that the API accepted ns (status event "accepted").
-// recs are the notifications' own records; they go to the log in the same
-// Produce as the events, so one group commit covers both.
-func (e *Engine) Accepted(ctx context.Context, recs []partition.Record, ns []*notification.Notification, now time.Time) error {
-	o := outcomes{recs: recs}
-	for _, n := range ns {
-		o.event(e, n, StateAccepted, now, "", "", "")
-	}
-	return e.emit(ctx, &o)
 }
 
 func (e *Engine) emit(ctx context.Context, o *outcomes) error {

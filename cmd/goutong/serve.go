@@ -157,12 +157,9 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := api.New(api.Config{Engine: eng, Dedupe: dd, Keys: cfg.API.Keys, Quotas: cfg.API.Quotas,
+	srv, err := api.New(api.Config{Engine: eng, Keys: cfg.API.Keys, Quotas: cfg.API.Quotas,
 		DefaultQuota: cfg.API.DefaultQuota, MaxBacklog: cfg.API.MaxBacklog, MaxBodyBytes: cfg.API.MaxBodyBytes,
-		MaxItems: cfg.API.MaxItems, Gatherer: reg, Registry: reg, Logger: lg,
-		OpenDLQ: func(group string) (partition.Log, error) {
-			return open(partition.ConsumerConfig{Group: group, Topics: []string{eng.Topics().DLQ}})
-		}})
+		MaxItems: cfg.API.MaxItems, Gatherer: reg, Registry: reg, Logger: lg})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,134 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+)
+
+// ingestScope is the dedupe scope of ingest idempotency: separate from the
+// send claims (scoped by channel), so a key answers "already accepted" at
+// the door and, independently, "already sent" at the provider.
+const ingestScope = "ingest"
+
+// Admission is what became of one notification handed to Ingest.
+type Admission struct {
+	ID        string // the notification's id, or the original's for a duplicate
+	Duplicate bool   // its idempotency key was already accepted; nothing was enqueued
+}
+
+// ErrUnavailable wraps failures of the stores or the log during ingest:
+// nothing of the call was accepted, and the caller may retry it whole.
+var ErrUnavailable = errors.New("engine: unavailable")
+
+// Ingest accepts notifications at the door: it prepares them (id, accepted
+// time, idempotency key), claims their keys for their tenant, and produces
+// the new ones to their lanes with their "accepted" status events, durably,
+// before it returns. A key already accepted within the dedupe window is a
+// duplicate of the first notification and is not enqueued again.
+func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, now time.Time) ([]Admission, int, error) {
+	for _, n := range ns {
+		n.Prepare(now)
+	}
+	reqs := make([]dedupe.ClaimRequest, len(ns))
+	for i, n := range ns {
+		reqs[i] = dedupe.ClaimRequest{Key: "ingest\x00" + n.Tenant + "\x00" + n.IdempotencyKey, Scope: ingestScope, ID: n.ID}
+	}
+	claims := make([]dedupe.ClaimResult, len(ns))
+	if err := e.cfg.Dedupe.Claim(ctx, reqs, claims); err != nil {
+		return nil, 0, fmt.Errorf("%w: idempotency store: %v", ErrUnavailable, err)
+	}
+	out := make([]Admission, len(ns))
+	o := outcomes{}
+	var done []dedupe.Done
+	for i, n := range ns {
+		if !claims[i].Status.ShouldSend() {
+			out[i] = Admission{ID: claims[i].OriginalID, Duplicate: true}
+			continue
+		}
+		out[i] = Admission{ID: n.ID}
+		o.recs = append(o.recs, e.Record(n))
+		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
+	}
+	if len(done) == 0 {
+		return out, 0, nil
+	}
+	for i, n := range ns {
+		if !out[i].Duplicate {
+			o.event(e, n, StateAccepted, now, "", "", "")
+		}
+	}
+	if err := e.emit(ctx, &o); err != nil {
+		if rerr := e.cfg.Dedupe.Release(context.WithoutCancel(ctx), done); rerr != nil {
+			e.cfg.Logger.Warn("release of ingest claims failed")
+		}
+		return nil, 0, fmt.Errorf("%w: log: %v", ErrUnavailable, err)
+	}
+	if err := e.cfg.Dedupe.Confirm(context.WithoutCancel(ctx), done); err != nil {
+		// Accepted and durable: a lost confirm only means a repeat of the
+		// key is accepted again, and the send claim stops the second send.
+		e.cfg.Logger.Warn("confirm of ingest claims failed")
+	}
+	return out, len(done), nil
+}
+
+// replayGroup is the consumer group whose committed offset marks what has
+// been replayed from the dead-letter topic; listing reads from it without
+// committing.
+const replayGroup = "goutong-dlq-replay"
+
+var dlqMu sync.Mutex // one dead-letter consumer at a time per process
+
+// DeadLetters lists up to limit dead letters not replayed yet, oldest first.
+func (e *Engine) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
+	dlqMu.Lock()
+	defer dlqMu.Unlock()
+	log, err := e.cfg.Open(partition.ConsumerConfig{Group: replayGroup, Topics: []string{e.cfg.Topics.DLQ}})
+	if err != nil {
+		return nil, fmt.Errorf("%w: dead-letter topic: %v", ErrUnavailable, err)
+	}
+	defer log.Close()
+	out := []DeadLetter{}
+	for len(out) < limit {
+		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		recs, err := log.Poll(pctx, limit-len(out))
+		cancel()
+		if len(recs) == 0 || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
+			break
+		}
+		for _, r := range recs {
+			out = append(out, ParseDeadLetter(r))
+		}
+	}
+	return out, nil
+}
+
+// ReplayDeadLettersOf replays the dead letters with the given reason (all
+// when empty) through the replay group; see ReplayDeadLetters.
+func (e *Engine) ReplayDeadLettersOf(ctx context.Context, reason string) (ReplayReport, error) {
+	dlqMu.Lock()
+	defer dlqMu.Unlock()
+	log, err := e.cfg.Open(partition.ConsumerConfig{Group: replayGroup, Topics: []string{e.cfg.Topics.DLQ}})
+	if err != nil {
+		return ReplayReport{}, fmt.Errorf("%w: dead-letter topic: %v", ErrUnavailable, err)
+	}
+	defer log.Close()
+	var keep func(DeadLetter) bool
+	if reason != "" {
+		keep = func(d DeadLetter) bool { return d.Reason == reason }
+	}
+	return ReplayDeadLetters(ctx, log, e.cfg.Topics, e.cfg.Codec, keep)
+}
+
+// ReceiptRequest and ErrBadSignature are the providers' receipt types, so
+// the API speaks to the engine alone.
+type ReceiptRequest = providers.ReceiptRequest
+
+var ErrBadSignature = providers.ErrBadSignature
