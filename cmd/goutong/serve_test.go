@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/goutong/goutong/providers/mockserver"
 )
@@ -346,5 +351,81 @@ func TestDocumentedConfigParses(t *testing.T) {
 	}
 	if c.Channels["sms"].Provider != "twilio" || c.API.Quotas["acme"].PerSec != 20000 || len(c.API.Keys) != 2 {
 		t.Fatalf("parsed %+v", c)
+	}
+}
+
+// serve --kafka: the topics are created on the cluster and a notification
+// goes from the API through Kafka to the provider.
+func TestServeKafka(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mock, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mock.Close()
+	cfg, err := loadConfig(writeConfig(t, mock.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Data, cfg.Listen, cfg.Kafka = t.TempDir(), "127.0.0.1:0", c.ListenAddrs()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, pw); pw.Close() }()
+	sc := bufio.NewScanner(pr)
+	var url string
+	for sc.Scan() {
+		if u, ok := strings.CutPrefix(sc.Text(), "goutong serving on "); ok {
+			url = strings.Fields(u)[0]
+			break
+		}
+	}
+	go io.Copy(io.Discard, pr)
+	if url == "" {
+		t.Fatalf("serve did not start: %v", <-done)
+	}
+	waitUntil(t, 30*time.Second, "readiness", func() bool {
+		resp, err := http.Get(url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	resp, err := http.Post(url+"/v1/notifications", "application/json",
+		strings.NewReader(`{"channel":"webhook","recipient":"https://hooks.example/k","content":{"body":"via kafka"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		ID string `json:"id"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&r)
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("ingest: %d", resp.StatusCode)
+	}
+	waitUntil(t, 30*time.Second, "the send", func() bool { return statusOf(url, r.ID) == "sent" })
+	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	topics, err := adm.ListTopics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"goutong.notifications.critical", "goutong.retry", "goutong.dlq", "goutong.status"} {
+		if !topics.Has(want) {
+			t.Fatalf("topic %s not created on the cluster: %v", want, topics.Names())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
 	}
 }
