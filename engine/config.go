@@ -73,7 +73,9 @@ func (t Topics) Specs(partitions int32) []partition.TopicSpec {
 	}
 	return append(specs,
 		partition.TopicSpec{Name: t.DLQ, Partitions: 1, RetentionAge: 24 * time.Hour, Compression: "zstd"},
-		partition.TopicSpec{Name: t.Status, Partitions: partitions, RetentionAge: 24 * time.Hour, DeleteUncommitted: true, Compression: "s2"},
+		// Status events are a record for people and other systems, not
+		// what delivery depends on: they do not wait for an fsync.
+		partition.TopicSpec{Name: t.Status, Partitions: partitions, RetentionAge: 24 * time.Hour, DeleteUncommitted: true, Compression: "s2", LazySync: true},
 	)
 }
 

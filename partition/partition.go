@@ -73,6 +73,12 @@ type TopicSpec struct {
 	RetentionBytes    int64 // per partition
 	DeleteUncommitted bool
 	Compression       string // none, s2 or zstd on the embedded log; Kafka clients pick their own
+	// LazySync: on the embedded log, Produce returns once the records are
+	// written to the OS, which fsyncs them within a second; a process kill
+	// loses nothing, a power cut at most that second. For topics whose
+	// records can be rebuilt (status events), so a produce to them does not
+	// add an fsync wait to the request path. Kafka topics ignore it.
+	LazySync bool
 }
 
 // ConsumerConfig makes a Log a member of a consumer group. With no Group

@@ -50,10 +50,14 @@ func (l *WALLog) EnsureTopics(_ context.Context, specs ...TopicSpec) error {
 		if err != nil {
 			return err
 		}
-		err = l.w.CreateTopic(s.Name, wal.TopicConfig{
+		tc := wal.TopicConfig{
 			Partitions: s.Partitions, Codec: codec, RetentionAge: s.RetentionAge,
 			RetentionBytes: s.RetentionBytes, DeleteUncommitted: s.DeleteUncommitted,
-		})
+		}
+		if s.LazySync {
+			tc.Fsync, tc.FsyncInterval = wal.FsyncInterval, time.Second
+		}
+		err = l.w.CreateTopic(s.Name, tc)
 		if err != nil {
 			return fmt.Errorf("partition: create topic %s: %w", s.Name, err)
 		}
