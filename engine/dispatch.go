@@ -58,16 +58,18 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			if tookU+tookL >= urgent {
 				break
 			}
-			if tookL >= low {
+			// A batch is all urgent or all not, decided by its first pick:
+			// an urgent batch goes to the urgent senders without waiting on
+			// bulk, and the rest fill their own batches (the next pass
+			// picks up urgent work that arrives meanwhile).
+			if tookL >= low || (len(batch) > 0 && urgentIn) {
 				lens[notification.Normal.Index()], lens[notification.Bulk.Index()] = 0, 0
+			}
+			if len(batch) > 0 && !urgentIn {
+				lens[notification.Critical.Index()], lens[notification.High.Index()] = 0, 0
 			}
 			p, ok := cs.picker.Pick(lens)
 			if !ok {
-				break
-			}
-			// A batch is all urgent or all not: an urgent batch goes out at
-			// once, small, instead of filling up with bulk.
-			if len(batch) > 0 && isUrgent(p) != urgentIn {
 				break
 			}
 			it, _ := cs.rings[p.Index()].Pop()

@@ -555,6 +555,7 @@ func recordID(r *partition.Record) string {
 type outcomes struct {
 	recs   []partition.Record
 	events []StatusEvent
+	values [][]byte // events' JSON, shared by the status topic and the store
 	done   []*item
 }
 
@@ -571,6 +572,7 @@ func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
 		return
 	}
 	o.events = append(o.events, ev)
+	o.values = append(o.values, v)
 	o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.Status, Key: []byte(ev.ID), Value: v})
 }
 
@@ -597,7 +599,7 @@ func (o *outcomes) flush(ctx context.Context, e *Engine) bool {
 		}
 	}
 	if e.cfg.Status != nil {
-		if err := e.cfg.Status.Apply(o.events); err != nil {
+		if err := e.cfg.Status.ApplyEncoded(o.events, o.values); err != nil {
 			e.cfg.Logger.Warn("status store write failed", zap.Error(err))
 		}
 	}

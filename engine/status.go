@@ -101,17 +101,29 @@ func statusKey(dst []byte, id string, at time.Time, seq uint16) []byte {
 
 // Apply writes events in one batch.
 func (s *StatusStore) Apply(events []StatusEvent) error {
-	if len(events) == 0 {
-		return nil
-	}
-	b := s.db.NewBatch()
-	defer b.Close()
+	values := make([][]byte, len(events))
 	for i := range events {
 		v, err := json.Marshal(&events[i])
 		if err != nil {
 			return err
 		}
-		if err := b.Set(statusKey(nil, events[i].ID, events[i].At, uint16(i)), v, nil); err != nil {
+		values[i] = v
+	}
+	return s.ApplyEncoded(events, values)
+}
+
+// ApplyEncoded writes events whose JSON the caller already has (the engine
+// encodes each event once, for the status topic and the store).
+func (s *StatusStore) ApplyEncoded(events []StatusEvent, values [][]byte) error {
+	if len(events) == 0 {
+		return nil
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	var key []byte
+	for i := range events {
+		key = statusKey(key[:0], events[i].ID, events[i].At, uint16(i))
+		if err := b.Set(key, values[i], nil); err != nil {
 			return err
 		}
 	}
