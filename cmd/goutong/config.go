@@ -74,6 +74,10 @@ type ChannelConf struct {
 	Linger      time.Duration `koanf:"linger"`
 	Concurrency int           `koanf:"concurrency"`
 	Breaker     bool          `koanf:"breaker"` // circuit breaker and adaptive rate in front of the provider
+	// Uncertain: what happens to a send in flight when its node died —
+	// "resend" (default: at least once, right for verification codes) or
+	// "skip" (at most once: the key is closed as uncertain, never resent).
+	Uncertain string `koanf:"uncertain"`
 
 	BaseURL string `koanf:"base_url"` // the provider's API (tests and the mock point it elsewhere)
 	// Log provider.

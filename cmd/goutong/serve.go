@@ -124,7 +124,10 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 		defer w.Close()
 		open = func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
 	}
-	ddOpts := []dedupe.Option{dedupe.WithWindow(cfg.Dedupe.Window), dedupe.WithLease(cfg.Dedupe.Lease), dedupe.WithSync(cfg.Dedupe.Sync)}
+	ddOpts, err := dedupeOptions(cfg)
+	if err != nil {
+		return err
+	}
 	if fresh {
 		ddOpts = append(ddOpts, dedupe.WithCreate())
 	}
@@ -304,6 +307,23 @@ func buildProvider(cfg Config, name string, c ChannelConf, tpl *providers.Templa
 		return p, nil, err
 	}
 	return nil, nil, fmt.Errorf("provider %q: want log, twilio, sendgrid, fcm or webhook", c.Provider)
+}
+
+// dedupeOptions maps the config to the dedupe store: the window, the lease,
+// and per channel what happens to a send whose claimant died (the send
+// claims are scoped by channel).
+func dedupeOptions(cfg Config) ([]dedupe.Option, error) {
+	opts := []dedupe.Option{dedupe.WithWindow(cfg.Dedupe.Window), dedupe.WithLease(cfg.Dedupe.Lease), dedupe.WithSync(cfg.Dedupe.Sync)}
+	for name, c := range cfg.Channels {
+		switch c.Uncertain {
+		case "", "resend":
+		case "skip":
+			opts = append(opts, dedupe.WithUncertainPolicy(name, dedupe.Skip))
+		default:
+			return nil, fmt.Errorf("config channels.%s.uncertain: %q, want resend or skip", name, c.Uncertain)
+		}
+	}
+	return opts, nil
 }
 
 func exists(path string) bool {

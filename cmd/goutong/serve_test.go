@@ -352,6 +352,13 @@ func TestDocumentedConfigParses(t *testing.T) {
 	if c.Channels["sms"].Provider != "twilio" || c.API.Quotas["acme"].PerSec != 20000 || len(c.API.Keys) != 2 {
 		t.Fatalf("parsed %+v", c)
 	}
+	if _, err := dedupeOptions(c); err != nil {
+		t.Fatal(err)
+	}
+	c.Channels["push"] = ChannelConf{Uncertain: "maybe"}
+	if _, err := dedupeOptions(c); err == nil || !strings.Contains(err.Error(), "channels.push.uncertain") {
+		t.Fatalf("bad uncertain policy: %v", err)
+	}
 }
 
 // serve --kafka: the topics are created on the cluster and a notification
