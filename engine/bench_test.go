@@ -11,6 +11,7 @@ import (
 
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
 	"github.com/goutong/goutong/providers"
 )
 
@@ -78,6 +79,50 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 		}
 		for range cap(sem) {
 			sem <- struct{}{}
+		}
+		b.StopTimer()
+		if got := r.mock.Stats().Unique; got != int64(b.N) {
+			b.Fatalf("mock got %d of %d", got, b.N)
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+	})
+	// The naive design the engine replaces: one consumer reads the log,
+	// decodes each record and sends it in its own HTTP request, committing
+	// after each poll.
+	b.Run("baseline-one-request-per-record", func(b *testing.B) {
+		r := newRig(b, backends[0])
+		wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
+			Path: "/webhook/orders", Secret: "whsec", Batch: 1, Concurrency: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.enqueue(webhookBatch(b.N, 0)...)
+		log, err := r.open(partition.ConsumerConfig{Group: "naive", Topics: r.topics.Consumed()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer log.Close()
+		b.ReportAllocs()
+		b.ResetTimer()
+		var res [1]providers.Result
+		for done := 0; done < b.N; {
+			recs, err := log.Poll(context.Background(), 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			commit := map[partition.TopicPartition]int64{}
+			for _, rec := range recs {
+				n, err := r.codec.Decode(rec.Value)
+				if err != nil {
+					b.Fatal(err)
+				}
+				wh.Send(context.Background(), []*notification.Notification{n}, res[:])
+				commit[partition.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}] = rec.Offset + 1
+			}
+			if err := log.Commit(context.Background(), commit); err != nil {
+				b.Fatal(err)
+			}
+			done += len(recs)
 		}
 		b.StopTimer()
 		if got := r.mock.Stats().Unique; got != int64(b.N) {
