@@ -54,8 +54,11 @@ type Engine struct {
 	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
-	backlog atomic.Int64 // total consumer lag at the last measurement
-	ready   atomic.Bool  // topics exist and the poller runs
+	// logReady is closed once New has set log: a Kafka group may assign
+	// partitions (onAssigned uses log) before cfg.Open has returned.
+	logReady chan struct{}
+	backlog  atomic.Int64 // total consumer lag at the last measurement
+	ready    atomic.Bool  // topics exist and the poller runs
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or
@@ -106,7 +109,8 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
 		parts: map[partition.TopicPartition]*partState{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
-		pauseRef: map[partition.TopicPartition]int{}}
+		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{})}
+	defer close(e.logReady)
 	collectors := e.m.collectors()
 	for name, cc := range cfg.Channels {
 		lim, err := NewChannelLimit(cc.Rate, cc.Burst, cc.Reserve)
@@ -264,6 +268,7 @@ func (e *Engine) Run(ctx context.Context) error {
 // ---- partitions, tracking and commits ----
 
 func (e *Engine) onAssigned(_ context.Context, tps []partition.TopicPartition) {
+	<-e.logReady
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, tp := range tps {
@@ -277,6 +282,7 @@ func (e *Engine) onAssigned(_ context.Context, tps []partition.TopicPartition) {
 // onRevoked gives the records of leaving partitions RevokeWait to finish,
 // commits what finished and forgets the rest: the new owner replays it.
 func (e *Engine) onRevoked(ctx context.Context, tps []partition.TopicPartition) {
+	<-e.logReady
 	e.mu.Lock()
 	var leaving []*partState
 	for _, tp := range tps {

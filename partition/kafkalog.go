@@ -35,6 +35,10 @@ type KafkaLog struct {
 	kcfg  KafkaConfig
 	group bool
 
+	// ready is closed once NewKafka has set cl: the group may assign
+	// partitions (and the callbacks use cl) before NewClient has returned.
+	ready chan struct{}
+
 	mu       sync.Mutex
 	assigned map[TopicPartition]bool
 	closed   bool
@@ -56,7 +60,8 @@ func NewKafka(kc KafkaConfig, cc ConsumerConfig) (*KafkaLog, error) {
 	if kc.SessionTimeout == 0 {
 		kc.SessionTimeout = 10 * time.Second
 	}
-	l := &KafkaLog{cfg: cc, kcfg: kc, group: cc.Group != "", assigned: map[TopicPartition]bool{}}
+	l := &KafkaLog{cfg: cc, kcfg: kc, group: cc.Group != "", assigned: map[TopicPartition]bool{}, ready: make(chan struct{})}
+	defer close(l.ready)
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(kc.Brokers...),
 		kgo.ProducerLinger(kc.Linger),
@@ -116,6 +121,7 @@ func fromTPs(tps []TopicPartition) map[string][]int32 {
 }
 
 func (l *KafkaLog) onAssigned(ctx context.Context, _ *kgo.Client, m map[string][]int32) {
+	<-l.ready
 	tps := toTPs(m)
 	l.mu.Lock()
 	for _, tp := range tps {
@@ -128,6 +134,7 @@ func (l *KafkaLog) onAssigned(ctx context.Context, _ *kgo.Client, m map[string][
 }
 
 func (l *KafkaLog) onRevoked(ctx context.Context, _ *kgo.Client, m map[string][]int32) {
+	<-l.ready
 	tps := toTPs(m)
 	if l.cfg.OnRevoked != nil && len(tps) > 0 {
 		l.cfg.OnRevoked(ctx, tps)
