@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
@@ -48,15 +49,7 @@ func (e *Engine) Stats() []ChannelStats {
 		}
 		out = append(out, st)
 	}
-	slices.SortFunc(out, func(a, b ChannelStats) int {
-		if a.Channel < b.Channel {
-			return -1
-		}
-		if a.Channel > b.Channel {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b ChannelStats) int { return strings.Compare(a.Channel, b.Channel) })
 	return out
 }
 
@@ -151,7 +144,7 @@ func (e *Engine) Codec() *notification.Codec { return e.cfg.Codec }
 
 // Record is a notification's record on its priority lane.
 func (e *Engine) Record(n *notification.Notification) partition.Record {
-	return partition.Record{Topic: e.cfg.Topics.Lane(n.Priority), Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n)}
+	return laneRecord(e.cfg.Topics, e.cfg.Codec, n)
 }
 
 // Ready reports whether Run has created the topics and is consuming: the

@@ -54,6 +54,7 @@ type Engine struct {
 	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
+	dlqMu   sync.Mutex   // one dead-letter consumer (list or replay) at a time
 	// logReady is closed once New has set log: a Kafka group may assign
 	// partitions (onAssigned uses log) before cfg.Open has returned.
 	logReady chan struct{}
@@ -378,26 +379,24 @@ func (e *Engine) commit(ctx context.Context, only []*partState) {
 	if len(offsets) == 0 {
 		return
 	}
-	if e.cfg.Status != nil {
-		// The events of the records being committed must outlive a kill -9:
-		// after the commit nothing replays them.
-		if err := e.cfg.Status.Sync(); err != nil {
-			e.cfg.Logger.Warn("status store sync failed; commit postponed", zap.Error(err))
-			for _, ps := range set {
-				ps.mu.Lock()
-				ps.dirty = true
-				ps.mu.Unlock()
-			}
-			return
-		}
-	}
-	if err := e.log.Commit(ctx, offsets); err != nil {
-		e.cfg.Logger.Warn("commit failed; will retry", zap.Error(err))
+	retryLater := func(msg string, err error) {
+		e.cfg.Logger.Warn(msg, zap.Error(err))
 		for _, ps := range set {
 			ps.mu.Lock()
 			ps.dirty = true
 			ps.mu.Unlock()
 		}
+	}
+	if e.cfg.Status != nil {
+		// The events of the records being committed must outlive a kill -9:
+		// after the commit nothing replays them.
+		if err := e.cfg.Status.Sync(); err != nil {
+			retryLater("status store sync failed; commit postponed", err)
+			return
+		}
+	}
+	if err := e.log.Commit(ctx, offsets); err != nil {
+		retryLater("commit failed; will retry", err)
 		return
 	}
 	e.m.commits.Inc()

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/notification"
@@ -34,11 +35,9 @@ var ErrUnavailable = errors.New("engine: unavailable")
 // before it returns. A key already accepted within the dedupe window is a
 // duplicate of the first notification and is not enqueued again.
 func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, now time.Time) ([]Admission, int, error) {
-	for _, n := range ns {
-		n.Prepare(now)
-	}
 	reqs := make([]dedupe.ClaimRequest, len(ns))
 	for i, n := range ns {
+		n.Prepare(now)
 		reqs[i] = dedupe.ClaimRequest{Key: "ingest\x00" + n.Tenant + "\x00" + n.IdempotencyKey, Scope: ingestScope, ID: n.ID}
 	}
 	claims := make([]dedupe.ClaimResult, len(ns))
@@ -54,27 +53,24 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 			continue
 		}
 		out[i] = Admission{ID: n.ID}
+		// The record first, its event after: addEvent appends to o.recs too.
 		o.recs = append(o.recs, e.Record(n))
+		o.event(e, n, StateAccepted, now, "", "", "")
 		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
 	}
 	if len(done) == 0 {
 		return out, 0, nil
 	}
-	for i, n := range ns {
-		if !out[i].Duplicate {
-			o.event(e, n, StateAccepted, now, "", "", "")
-		}
-	}
 	if err := e.emit(ctx, &o); err != nil {
 		if rerr := e.cfg.Dedupe.Release(context.WithoutCancel(ctx), done); rerr != nil {
-			e.cfg.Logger.Warn("release of ingest claims failed")
+			e.cfg.Logger.Warn("release of ingest claims failed", zap.Error(rerr))
 		}
 		return nil, 0, fmt.Errorf("%w: log: %v", ErrUnavailable, err)
 	}
 	if err := e.cfg.Dedupe.Confirm(context.WithoutCancel(ctx), done); err != nil {
 		// Accepted and durable: a lost confirm only means a repeat of the
 		// key is accepted again, and the send claim stops the second send.
-		e.cfg.Logger.Warn("confirm of ingest claims failed")
+		e.cfg.Logger.Warn("confirm of ingest claims failed", zap.Error(err))
 	}
 	return out, len(done), nil
 }
@@ -84,15 +80,23 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 // committing.
 const replayGroup = "goutong-dlq-replay"
 
-var dlqMu sync.Mutex // one dead-letter consumer at a time per process
-
-// DeadLetters lists up to limit dead letters not replayed yet, oldest first.
-func (e *Engine) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
-	dlqMu.Lock()
-	defer dlqMu.Unlock()
+// openDLQ opens a consumer of the dead-letter topic in the replay group;
+// the caller holds e.dlqMu (one such consumer at a time) and closes it.
+func (e *Engine) openDLQ() (partition.Log, error) {
 	log, err := e.cfg.Open(partition.ConsumerConfig{Group: replayGroup, Topics: []string{e.cfg.Topics.DLQ}})
 	if err != nil {
 		return nil, fmt.Errorf("%w: dead-letter topic: %v", ErrUnavailable, err)
+	}
+	return log, nil
+}
+
+// DeadLetters lists up to limit dead letters not replayed yet, oldest first.
+func (e *Engine) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
+	e.dlqMu.Lock()
+	defer e.dlqMu.Unlock()
+	log, err := e.openDLQ()
+	if err != nil {
+		return nil, err
 	}
 	defer log.Close()
 	out := []DeadLetter{}
@@ -113,11 +117,11 @@ func (e *Engine) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, erro
 // ReplayDeadLettersOf replays the dead letters with the given reason (all
 // when empty) through the replay group; see ReplayDeadLetters.
 func (e *Engine) ReplayDeadLettersOf(ctx context.Context, reason string) (ReplayReport, error) {
-	dlqMu.Lock()
-	defer dlqMu.Unlock()
-	log, err := e.cfg.Open(partition.ConsumerConfig{Group: replayGroup, Topics: []string{e.cfg.Topics.DLQ}})
+	e.dlqMu.Lock()
+	defer e.dlqMu.Unlock()
+	log, err := e.openDLQ()
 	if err != nil {
-		return ReplayReport{}, fmt.Errorf("%w: dead-letter topic: %v", ErrUnavailable, err)
+		return ReplayReport{}, err
 	}
 	defer log.Close()
 	var keep func(DeadLetter) bool

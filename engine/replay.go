@@ -22,9 +22,14 @@ func Enqueue(ctx context.Context, log partition.Log, topics Topics, codec *notif
 		if err := codec.Validate(n); err != nil {
 			return fmt.Errorf("notification %d: %w", i, err)
 		}
-		recs[i] = partition.Record{Topic: topics.Lane(n.Priority), Key: []byte(n.ID), Value: codec.Encode(n)}
+		recs[i] = laneRecord(topics, codec, n)
 	}
 	return log.Produce(ctx, recs)
+}
+
+// laneRecord is n's record on its priority lane, keyed by id.
+func laneRecord(topics Topics, codec *notification.Codec, n *notification.Notification) partition.Record {
+	return partition.Record{Topic: topics.Lane(n.Priority), Key: []byte(n.ID), Value: codec.Encode(n)}
 }
 
 // ReplayReport counts what a replay did.
@@ -128,7 +133,7 @@ func ReplayDeadLetters(ctx context.Context, dlq partition.Log, topics Topics, co
 				continue
 			}
 			n.Attempts = 0
-			out = append(out, partition.Record{Topic: topics.Lane(n.Priority), Key: []byte(n.ID), Value: codec.Encode(n)})
+			out = append(out, laneRecord(topics, codec, n))
 			rep.Replayed++
 			rep.ByReason[d.Reason]++
 		}
