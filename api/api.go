@@ -148,8 +148,7 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-				writeError(ctx, fasthttp.StatusRequestEntityTooLarge, apiError{Code: "body_too_large",
-					Message: "request body exceeds the limit of " + itoa(cfg.MaxBodyBytes) + " bytes"})
+				writeError(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge(cfg.MaxBodyBytes))
 				return
 			}
 			writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "bad_request", Message: err.Error()})

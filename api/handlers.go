@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -160,7 +161,7 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method, path string) {
 }
 
 func strictJSON(b []byte, v any) error {
-	d := json.NewDecoder(strings.NewReader(string(b)))
+	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	return d.Decode(v)
 }
@@ -212,7 +213,7 @@ func (s *Server) dlqReplay(ctx *fasthttp.RequestCtx) {
 	var body struct {
 		Reason string `json:"reason"`
 	}
-	if b := ctx.PostBody(); len(strings.TrimSpace(string(b))) > 0 {
+	if b := ctx.PostBody(); len(bytes.TrimSpace(b)) > 0 {
 		if err := strictJSON(b, &body); err != nil {
 			writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "invalid_body", Message: "want {} or {\"reason\": \"...\"}: " + err.Error()})
 			return

@@ -32,7 +32,12 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 		return
 	}
 	now := s.cfg.Now()
-	ns, errs, status := s.decode(ctx, key)
+	body, ok := s.body(ctx)
+	if !ok {
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge(s.cfg.MaxBodyBytes))
+		return
+	}
+	ns, single, errs, status := decodeBody(s.cfg.Engine.Codec(), body, string(ctx.Request.Header.ContentType()), key, s.cfg.MaxItems)
 	if status != 0 {
 		if len(errs) == 1 {
 			writeError(ctx, status, errs[0])
@@ -82,12 +87,12 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 			s.m.accepted.WithLabelValues(n.Priority.String()).Inc()
 		}
 	}
-	s.respond(ctx, adm, accepted)
+	s.respond(ctx, adm, accepted, single)
 }
 
 // respond answers 202 when anything was accepted, 200 when every item
 // repeated an earlier one; a single object gets a single object back.
-func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accepted int) {
+func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accepted int, single bool) {
 	code := fasthttp.StatusAccepted
 	if accepted == 0 {
 		code = fasthttp.StatusOK
@@ -112,7 +117,7 @@ func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accep
 	ctx.SetContentType("application/json")
 	ctx.SetStatusCode(code)
 	b := ctx.Response.Body()[:0]
-	if ctx.UserValue(singleKey) != nil {
+	if single {
 		b = item(b, 0)
 	} else {
 		b = append(b, `{"accepted":`...)
@@ -131,8 +136,6 @@ func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accep
 	ctx.Response.SetBodyRaw(append(b, '\n'))
 }
 
-const singleKey = "goutong.single"
-
 func (s *Server) unavailable(ctx *fasthttp.RequestCtx, what string, err error) {
 	s.cfg.Logger.Warn("request failed", zap.String("stage", what), zap.Error(err))
 	ctx.Response.Header.Set("Retry-After", "1")
@@ -140,24 +143,10 @@ func (s *Server) unavailable(ctx *fasthttp.RequestCtx, what string, err error) {
 		Message: what + " unavailable; nothing of this request was accepted"})
 }
 
-// decode reads the body into notifications, validated and with the
-// caller's tenant. Any invalid item rejects the batch: the errors name the
-// item index and the field.
-func (s *Server) decode(ctx *fasthttp.RequestCtx, key Key) ([]*notification.Notification, []apiError, int) {
-	body, ok := s.body(ctx)
-	if !ok {
-		return nil, []apiError{{Code: "body_too_large", Message: "request body exceeds the limit of " + strconv.Itoa(s.cfg.MaxBodyBytes) + " bytes"}}, fasthttp.StatusRequestEntityTooLarge
-	}
-	ns, single, errs, status := decodeBody(s.cfg.Engine.Codec(), body, string(ctx.Request.Header.ContentType()), key, s.cfg.MaxItems)
-	if single {
-		ctx.SetUserValue(singleKey, true)
-	}
-	return ns, errs, status
-}
-
-// decodeBody parses a request body of outside bytes into notifications:
-// single reports a lone JSON object; a non-zero status rejects the request
-// with errs.
+// decodeBody parses a request body of outside bytes into notifications,
+// validated and bound to the caller's tenant: single reports a lone JSON
+// object; a non-zero status rejects the request with errs, which name the
+// item index and the field (any invalid item rejects the batch).
 func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxItems int) (ns []*notification.Notification, single bool, errs []apiError, status int) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 {
@@ -289,4 +278,8 @@ func (s *Server) body(ctx *fasthttp.RequestCtx) ([]byte, bool) {
 	_, _ = io.CopyN(io.Discard, stream, 4*limit)
 	ctx.SetConnectionClose()
 	return nil, false
+}
+
+func bodyTooLarge(limit int) apiError {
+	return apiError{Code: "body_too_large", Message: "request body exceeds the limit of " + strconv.Itoa(limit) + " bytes"}
 }
