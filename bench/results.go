@@ -1,0 +1,204 @@
+package bench
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// ResultsVersion is the version of the results file's layout.
+const ResultsVersion = 1
+
+// Results is what `goutong bench` writes and `goutong plan` reads.
+type Results struct {
+	Version   int              `json:"version"`
+	Machine   MachineInfo      `json:"machine"`
+	Scale     float64          `json:"scale"`      // counts and rates were multiplied by this
+	TimeScale float64          `json:"time_scale"` // durations were multiplied by this
+	Scenarios []ScenarioResult `json:"scenarios"`
+}
+
+// MachineInfo describes where results were measured.
+type MachineInfo struct {
+	OS         string `json:"os"`
+	Arch       string `json:"arch"`
+	CPUs       int    `json:"cpus"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	GoVersion  string `json:"go_version"`
+	Host       string `json:"host"`
+}
+
+// ScenarioResult is one scenario's measurements.
+type ScenarioResult struct {
+	Name        string    `json:"name"`
+	Description string    `json:"description,omitempty"`
+	Backend     string    `json:"backend"` // wal or kfake
+	Scenario    Scenario  `json:"scenario"`
+	StartedAt   time.Time `json:"started_at"`
+	Seconds     float64   `json:"seconds"`      // the whole run, drain included
+	LoadSeconds float64   `json:"load_seconds"` // until the last load ended
+	// Unsettled: the drain time ran out with notifications unfinished
+	// (they are in Lost).
+	Unsettled bool `json:"unsettled"`
+
+	Accepted           int64 `json:"accepted"`            // new notifications admitted by ingest
+	Repeats            int64 `json:"repeats"`             // ingest requests answered as repeats of an accepted key
+	Delivered          int64 `json:"delivered"`           // distinct notifications the mock provider accepted
+	ProviderReceived   int64 `json:"provider_received"`   // sends the mock accepted, resends included
+	ProviderDuplicates int64 `json:"provider_duplicates"` // notifications the mock accepted more than once
+	Retries            int64 `json:"retries"`
+	DeadLetters        int64 `json:"dead_letters"`
+	Expired            int64 `json:"expired"`
+	EngineDuplicates   int64 `json:"engine_duplicates"` // replayed records the dedupe store stopped
+	// Lost: accepted but neither delivered, dead-lettered nor expired when
+	// the run ended.
+	Lost int64 `json:"lost"`
+
+	AcceptedPerSec      float64 `json:"accepted_per_sec"`  // ingest requests (repeats included) over the load time
+	DeliveredPerSec     float64 `json:"delivered_per_sec"` // from the first delivery to the last
+	PeakDeliveredPerSec float64 `json:"peak_delivered_per_sec"`
+	PeakBacklog         int64   `json:"peak_backlog"`
+
+	Latency []Latency    `json:"latency"` // per channel and priority
+	Loads   []LoadResult `json:"loads"`
+	Series  []Sample     `json:"series"`
+	Disk    Disk         `json:"disk"`
+}
+
+// Latency is a distribution of acceptance-to-provider-ack times, in ms.
+type Latency struct {
+	Name     string  `json:"name"`
+	Channel  string  `json:"channel"`
+	Priority string  `json:"priority"`
+	Count    int64   `json:"count"`
+	P50      float64 `json:"p50_ms"`
+	P90      float64 `json:"p90_ms"`
+	P99      float64 `json:"p99_ms"`
+	P999     float64 `json:"p999_ms"`
+	Max      float64 `json:"max_ms"`
+}
+
+// LoadResult is one load's share of a run.
+type LoadResult struct {
+	Name         string  `json:"name"`
+	Channel      string  `json:"channel"`
+	Priority     string  `json:"priority"`
+	Accepted     int64   `json:"accepted"`
+	Repeats      int64   `json:"repeats"`
+	IngestErrors int64   `json:"ingest_errors"`
+	Latency      Latency `json:"latency"`
+	// For a rising load: the highest rate whose step held the target, and
+	// the rate at which it broke, with why.
+	MaxGoodRate float64 `json:"max_good_rate,omitempty"`
+	BrokeAt     float64 `json:"broke_at,omitempty"`
+	BreakReason string  `json:"break_reason,omitempty"`
+}
+
+// Sample is one point of a run's time series.
+type Sample struct {
+	T               float64            `json:"t"` // seconds since the start
+	AcceptedPerSec  float64            `json:"accepted_per_sec"`
+	DeliveredPerSec float64            `json:"delivered_per_sec"`
+	Backlog         int64              `json:"backlog"` // accepted, not yet finished
+	Lag             int64              `json:"lag"`     // the engine's consumer lag
+	Queued          int64              `json:"queued"`  // in the rings
+	Retries         int64              `json:"retries"`
+	DeadLetters     int64              `json:"dead_letters"`
+	P99ms           map[string]float64 `json:"p99_ms"` // per load, of the sends acked in this interval
+}
+
+// Disk is what a run left on disk per accepted notification, in bytes.
+type Disk struct {
+	LogBytesPerNotification    float64 `json:"log_bytes_per_notification,omitempty"` // records + status events, compressed (embedded log only)
+	DedupeBytesPerNotification float64 `json:"dedupe_bytes_per_notification"`
+	StatusBytesPerNotification float64 `json:"status_bytes_per_notification"`
+}
+
+// Find returns the named scenario's result.
+func (r *Results) Find(name string) (*ScenarioResult, bool) {
+	for i := range r.Scenarios {
+		if r.Scenarios[i].Name == name {
+			return &r.Scenarios[i], true
+		}
+	}
+	return nil, false
+}
+
+// WriteJSON writes results to path.
+func (r *Results) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// ReadResults reads a results file written by WriteJSON.
+func ReadResults(path string) (*Results, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r Results
+	dec := json.NewDecoder(f)
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("%s: not a results file: %w", path, err)
+	}
+	if r.Version != ResultsVersion {
+		return nil, fmt.Errorf("%s: results version %d, this goutong reads %d", path, r.Version, ResultsVersion)
+	}
+	if len(r.Scenarios) == 0 {
+		return nil, errors.New(path + ": no scenarios in the results")
+	}
+	return &r, nil
+}
+
+// Summary prints a short text account of the results.
+func (r *Results) Summary(w io.Writer) {
+	fmt.Fprintf(w, "%s/%s, %d CPUs, %s", r.Machine.OS, r.Machine.Arch, r.Machine.CPUs, r.Machine.GoVersion)
+	if r.Scale != 1 || r.TimeScale != 1 {
+		fmt.Fprintf(w, ", scaled: counts x%g, times x%g", r.Scale, r.TimeScale)
+	}
+	fmt.Fprintln(w)
+	for _, s := range r.Scenarios {
+		fmt.Fprintf(w, "\n%s (%s, %.1fs): accepted %d, delivered %d at %.0f/s (peak %.0f/s), repeats %d, retries %d, dead letters %d, expired %d, provider duplicates %d, lost %d",
+			s.Name, s.Backend, s.Seconds, s.Accepted, s.Delivered, s.DeliveredPerSec, s.PeakDeliveredPerSec,
+			s.Repeats, s.Retries, s.DeadLetters, s.Expired, s.ProviderDuplicates, s.Lost)
+		if s.Unsettled {
+			fmt.Fprint(w, " (drain time ran out)")
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "  channel/priority\tcount\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\t")
+		for _, l := range s.Latency {
+			fmt.Fprintf(tw, "  %s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", l.Name, l.Count, l.P50, l.P90, l.P99, l.P999, l.Max)
+		}
+		tw.Flush()
+		for _, l := range s.Loads {
+			if l.MaxGoodRate > 0 || l.BrokeAt > 0 {
+				fmt.Fprintf(w, "  %s: held %.0f/s", l.Name, l.MaxGoodRate)
+				if l.BrokeAt > 0 {
+					fmt.Fprintf(w, ", broke at %.0f/s: %s", l.BrokeAt, l.BreakReason)
+				} else {
+					fmt.Fprint(w, " (never broke: raise the load)")
+				}
+				fmt.Fprintln(w)
+			}
+		}
+	}
+}
+
+// joinNames lists scenario names for messages.
+func joinNames(ss []Scenario) string {
+	names := make([]string, len(ss))
+	for i, s := range ss {
+		names[i] = s.Name
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,712 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/schollz/progressbar/v3"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+	"github.com/goutong/goutong/providers/mockserver"
+	"github.com/goutong/goutong/wal"
+)
+
+// Options are how a scenario runs, as opposed to what it runs.
+type Options struct {
+	KafkaFake bool          // kfake over loopback instead of the embedded log
+	Dir       string        // scratch space for the log and stores (default: the system's temp dir)
+	Interval  time.Duration // how often the time series is sampled (default 1s)
+	Progress  io.Writer     // a progress bar is drawn here when set
+	Logger    *zap.Logger   // the engine's logger (default: none)
+}
+
+// hdr histograms of latency in microseconds, from 1 µs to 10 minutes at 3
+// significant digits.
+func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 600_000_000, 3) }
+
+// loadState is one load's counters, shared by its generator, the provider
+// probe and the sampler.
+type loadState struct {
+	spec     Load
+	channel  notification.Channel
+	priority notification.Priority
+
+	accepted  atomic.Int64 // admitted as new by ingest
+	repeats   atomic.Int64 // answered as a repeat of an accepted key
+	delivered atomic.Int64 // provider acks (a resend counts again)
+	ingestErr atomic.Int64
+
+	mu       sync.Mutex
+	total    *hdrhistogram.Histogram
+	interval *hdrhistogram.Histogram // since the last sample
+	step     *hdrhistogram.Histogram // since the rising load's last step
+
+	// Written by the generator, read after it ends.
+	maxGoodRate float64
+	brokeAt     float64
+	breakReason string
+}
+
+// probe wraps each adapter (inside any breaker) and records, per load, the
+// latency from acceptance to the provider's ack of every item it took.
+type probe struct {
+	providers.Provider
+	loads map[string]*loadState // by tenant: each load is its own tenant
+}
+
+func (p *probe) Send(ctx context.Context, batch []*notification.Notification, results []providers.Result) {
+	p.Provider.Send(ctx, batch, results)
+	now := time.Now()
+	for i, n := range batch {
+		if results[i].Outcome != providers.Sent {
+			continue
+		}
+		ls := p.loads[n.Tenant]
+		if ls == nil {
+			continue
+		}
+		us := max(now.Sub(n.AcceptedAt).Microseconds(), 1)
+		ls.delivered.Add(1)
+		ls.mu.Lock()
+		_ = ls.total.RecordValue(us)
+		_ = ls.interval.RecordValue(us)
+		_ = ls.step.RecordValue(us)
+		ls.mu.Unlock()
+	}
+}
+
+// rig is one scenario's running system.
+type rig struct {
+	sc    Scenario
+	opt   Options
+	dir   string
+	mock  *mockserver.Server
+	eng   *engine.Engine
+	reg   *prometheus.Registry
+	loads []*loadState
+	byTen map[string]*loadState
+}
+
+// Run runs one scenario and returns what it measured. The scenario must be
+// valid (ParseScenario, Builtin and Validate make it so).
+func Run(ctx context.Context, sc Scenario, opt Options) (*ScenarioResult, error) {
+	if err := sc.Validate(); err != nil {
+		return nil, err
+	}
+	if opt.Interval <= 0 {
+		opt.Interval = time.Second
+	}
+	if opt.Logger == nil {
+		opt.Logger = zap.NewNop()
+	}
+	dir, err := os.MkdirTemp(opt.Dir, "goutong-bench-"+sc.Name+"-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	r := &rig{sc: sc, opt: opt, dir: dir, reg: prometheus.NewRegistry(), byTen: map[string]*loadState{}}
+	for _, l := range sc.Loads {
+		p, _ := notification.ParsePriority(l.Priority)
+		ls := &loadState{spec: l, channel: notification.Channel(l.Channel), priority: p,
+			total: newHist(), interval: newHist(), step: newHist()}
+		r.loads = append(r.loads, ls)
+		r.byTen[l.Name] = ls
+	}
+	if len(r.byTen) != len(r.loads) {
+		return nil, fmt.Errorf("scenario %s: load names must be unique", sc.Name)
+	}
+
+	if r.mock, err = mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", WebhookSecret: "bench-secret", Seed: 1}); err != nil {
+		return nil, err
+	}
+	defer r.mock.Close()
+
+	open, closeLog, err := r.openLog()
+	if err != nil {
+		return nil, err
+	}
+	defer closeLog()
+	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate())
+	if err != nil {
+		return nil, err
+	}
+	defer dd.Close()
+	st, err := engine.OpenStatus(filepath.Join(dir, "status"), 24*time.Hour, true)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	channels, err := r.channels()
+	if err != nil {
+		return nil, err
+	}
+	r.eng, err = engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st,
+		Partitions: int32(sc.Partitions), RingSize: sc.RingSize, MaxAttempts: sc.MaxAttempts,
+		Backoff:      engine.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		DrainTimeout: 5 * time.Second, Logger: opt.Logger, Registry: r.reg})
+	if err != nil {
+		return nil, err
+	}
+	engCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+	engDone := make(chan error, 1)
+	go func() { engDone <- r.eng.Run(engCtx) }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			stopEngine()
+			<-engDone
+		}
+	}()
+	if err := r.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	res, err := r.drive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	stopEngine()
+	stopped = true
+	if err := <-engDone; err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	r.disk(res)
+	return res, nil
+}
+
+func (r *rig) openLog() (func(partition.ConsumerConfig) (partition.Log, error), func(), error) {
+	if r.opt.KafkaFake {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			return nil, nil, err
+		}
+		return func(cc partition.ConsumerConfig) (partition.Log, error) {
+			return partition.NewKafka(partition.KafkaConfig{Brokers: c.ListenAddrs(), SessionTimeout: 6 * time.Second}, cc)
+		}, c.Close, nil
+	}
+	w, err := wal.Open(filepath.Join(r.dir, "log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil },
+		func() { w.Close() }, nil
+}
+
+// templates every generated notification uses.
+var benchTemplates = map[string]providers.TemplateSource{
+	"otp":   {Subject: "Your code", Body: "Your verification code is {{.code}}. It expires in 5 minutes."},
+	"promo": {Subject: "This week only", Body: "Hello {{.name}}, everything is 20% off until Sunday."},
+	"alert": {Subject: "Alert {{.alert}}", Body: "{{.alert}} is firing on {{.host}}"},
+}
+
+// channels builds the four adapters against the mock, each inside a probe
+// and, when the scenario asks, behind a breaker.
+func (r *rig) channels() (map[notification.Channel]engine.ChannelConfig, error) {
+	tpl, err := providers.NewTemplates(benchTemplates)
+	if err != nil {
+		return nil, err
+	}
+	ep := providers.EndpointConfig{BaseURL: r.mock.URL(), RequestTimeout: 5 * time.Second}
+	out := map[notification.Channel]engine.ChannelConfig{}
+	for _, name := range channelNames {
+		spec := r.sc.Channels[name]
+		var p providers.Provider
+		switch name {
+		case "sms":
+			p, err = providers.NewTwilio(providers.TwilioConfig{Endpoint: ep, AccountSID: "ACbench", AuthToken: "bench",
+				From: "+15005550006", Concurrency: spec.Concurrency, Templates: tpl})
+		case "email":
+			p, err = providers.NewSendGrid(providers.SendGridConfig{Endpoint: ep, APIKey: "SG.bench", From: "noreply@bench.example",
+				MaxBatch: spec.Batch, Concurrency: spec.Concurrency, Templates: tpl})
+		case "push":
+			p, err = providers.NewFCM(providers.FCMConfig{Endpoint: ep, ProjectID: "bench", Token: "bench",
+				Concurrency: spec.Concurrency, Templates: tpl})
+		case "webhook":
+			p, err = providers.NewWebhook(providers.WebhookConfig{Endpoint: ep, Path: "/webhook/bench", Secret: "bench-secret",
+				Batch: spec.Batch, Concurrency: spec.Concurrency})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("channel %s: %w", name, err)
+		}
+		p = &probe{Provider: p, loads: r.byTen}
+		if spec.Breaker {
+			b := providers.NewBreaker(providers.BreakerConfig{OpenFor: time.Second}, nil)
+			p = providers.Guard(p, b, providers.NewAdaptiveLimit(spec.Rate, max(int(spec.Rate/10), 1)), nil)
+		}
+		out[notification.Channel(name)] = engine.ChannelConfig{Provider: p, Rate: spec.Rate, Batch: spec.Batch,
+			Concurrency: spec.Concurrency}
+	}
+	return out, nil
+}
+
+func (r *rig) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for !r.eng.Ready() {
+		if time.Now().After(deadline) {
+			return errors.New("bench: the engine was not ready within 30s")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// counters reads the engine's own counters from its registry, summed over
+// their labels.
+func (r *rig) counters() map[string]float64 {
+	out := map[string]float64{}
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		return out
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if c := m.GetCounter(); c != nil {
+				out[mf.GetName()] += c.GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// snapshot is the system's state at one instant.
+type snapshot struct {
+	at                                       time.Time
+	accepted, repeats                        int64
+	unique, received, mockDup                int64
+	retries, deadLetters, expired, engineDup int64
+	finished                                 int64 // unique at the provider + dead letters + expired
+	lag, queued                              int64
+}
+
+func (r *rig) snapshot() snapshot {
+	s := snapshot{at: time.Now()}
+	for _, ls := range r.loads {
+		s.accepted += ls.accepted.Load()
+		s.repeats += ls.repeats.Load()
+	}
+	ms := r.mock.Stats()
+	s.unique, s.received, s.mockDup = ms.Unique, ms.Received, ms.Duplicates
+	c := r.counters()
+	s.retries = int64(c["goutong_retries_total"])
+	s.deadLetters = int64(c["goutong_dead_letters_total"])
+	s.expired = int64(c["goutong_expired_total"])
+	s.engineDup = int64(c["goutong_duplicates_total"])
+	s.finished = s.unique + s.deadLetters + s.expired
+	s.lag = r.eng.Backlog()
+	for _, cs := range r.eng.Stats() {
+		for _, d := range cs.Depth {
+			s.queued += int64(d)
+		}
+	}
+	return s
+}
+
+// drive starts the faults and the loads, samples until everything accepted
+// is finished (or the drain time runs out) and builds the result.
+func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.faults(ctx, start)
+	}()
+	var gens sync.WaitGroup
+	for _, ls := range r.loads {
+		gens.Add(1)
+		go func() {
+			defer gens.Done()
+			r.generate(ctx, ls, start)
+		}()
+	}
+	loadsDone := make(chan struct{})
+	go func() {
+		gens.Wait()
+		close(loadsDone)
+	}()
+
+	var expected int64
+	for _, ls := range r.loads {
+		expected += ls.spec.Expected()
+	}
+	var bar *progressbar.ProgressBar
+	if r.opt.Progress != nil {
+		bar = progressbar.NewOptions64(expected, progressbar.OptionSetWriter(r.opt.Progress),
+			progressbar.OptionSetDescription(r.sc.Name), progressbar.OptionShowCount(), progressbar.OptionShowIts(),
+			progressbar.OptionSetItsString("sends"), progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionSetPredictTime(true), progressbar.OptionFullWidth())
+	}
+
+	res := &ScenarioResult{Name: r.sc.Name, Description: r.sc.Description, Scenario: r.sc,
+		Backend: map[bool]string{false: "wal", true: "kfake"}[r.opt.KafkaFake], StartedAt: start}
+	tick := time.NewTicker(r.opt.Interval)
+	defer tick.Stop()
+	prev := snapshot{at: start}
+	var drainBy time.Time
+	settled := false
+	for !settled {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick.C:
+		}
+		s := r.snapshot()
+		res.Series = append(res.Series, r.sample(start, prev, s))
+		prev = s
+		if bar != nil {
+			if s.finished > bar.GetMax64() {
+				bar.ChangeMax64(s.finished)
+			}
+			_ = bar.Set64(s.finished)
+		}
+		select {
+		case <-loadsDone:
+			if drainBy.IsZero() {
+				drainBy = time.Now().Add(r.sc.Drain.D())
+				res.LoadSeconds = time.Since(start).Seconds()
+				if bar != nil {
+					bar.ChangeMax64(max(s.accepted, s.finished))
+				}
+			}
+			settled = s.finished >= s.accepted && s.queued == 0
+			if !settled && time.Now().After(drainBy) {
+				res.Unsettled = true
+				settled = true
+			}
+		default:
+		}
+	}
+	if bar != nil {
+		_ = bar.Finish()
+		fmt.Fprintln(r.opt.Progress)
+	}
+	cancel()
+	wg.Wait()
+	end := r.snapshot()
+	r.finish(res, start, end)
+	return res, nil
+}
+
+// faults applies the scenario's fault steps at their times.
+func (r *rig) faults(ctx context.Context, start time.Time) {
+	for _, st := range r.sc.Faults {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(start.Add(st.At.D()))):
+		}
+		r.mock.SetFaults(mockserver.Faults{ErrorRate: st.ErrorRate, ThrottleRate: st.ThrottleRate,
+			RetryAfter: mockserver.Duration(st.RetryAfter), SlowRate: st.SlowRate, SlowDelay: mockserver.Duration(st.SlowDelay),
+			LatencyMin: mockserver.Duration(st.LatencyMin), LatencyMax: mockserver.Duration(st.LatencyMax),
+			ItemFailureRate: st.ItemFailureRate, OutageFor: mockserver.Duration(st.Outage)})
+	}
+}
+
+// generate runs one load: a burst from a few concurrent ingesters (as
+// several API clients would), or a steady rate sent every 10 ms.
+func (r *rig) generate(ctx context.Context, ls *loadState, start time.Time) {
+	l := ls.spec
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(time.Until(start.Add(l.Start.D()))):
+	}
+	var seq atomic.Int64
+	if !l.Steady() {
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					from := seq.Add(int64(l.Batch)) - int64(l.Batch)
+					if from >= int64(l.Count) {
+						return
+					}
+					r.ingest(ctx, ls, from, int(min(int64(l.Batch), int64(l.Count)-from)))
+				}
+			}()
+		}
+		wg.Wait()
+		return
+	}
+	begin := time.Now()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var planned float64
+	var sent int64
+	last := begin
+	stepStart, stepSent := begin, int64(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		el := now.Sub(begin)
+		if el >= l.For.D() {
+			if l.Rising() && ls.brokeAt == 0 {
+				r.judgeStep(ls, l.RateAt(el-1), float64(sent-stepSent)/now.Sub(stepStart).Seconds())
+			}
+			return
+		}
+		if l.Rising() && now.Sub(stepStart) >= l.Step.D() {
+			rate := l.RateAt(stepStart.Sub(begin))
+			ok := r.judgeStep(ls, rate, float64(sent-stepSent)/now.Sub(stepStart).Seconds())
+			if !ok && l.StopOnBreak {
+				return
+			}
+			stepStart, stepSent = now, sent
+		}
+		planned += l.RateAt(el) * now.Sub(last).Seconds()
+		last = now
+		for due := int64(planned) - sent; due > 0 && ctx.Err() == nil; due = int64(planned) - sent {
+			n := int(min(due, int64(l.Batch)))
+			r.ingest(ctx, ls, sent, n)
+			sent += int64(n)
+		}
+	}
+}
+
+// judgeStep decides whether a rising load held its step: the step's p99
+// within the target, no more left undelivered than the target's worth of
+// sends, and ingest keeping up with the planned rate.
+func (r *rig) judgeStep(ls *loadState, rate, achieved float64) bool {
+	target := r.sc.LatencyTarget.D()
+	ls.mu.Lock()
+	p99 := time.Duration(ls.step.ValueAtQuantile(99)) * time.Microsecond
+	count := ls.step.TotalCount()
+	ls.step.Reset()
+	ls.mu.Unlock()
+	behind := ls.accepted.Load() - ls.delivered.Load()
+	var why string
+	switch {
+	case target > 0 && count > 0 && p99 > target:
+		why = fmt.Sprintf("p99 %s over the %s target", p99.Round(time.Millisecond), target)
+	case target > 0 && float64(behind) > rate*target.Seconds()+float64(ls.spec.Batch):
+		why = fmt.Sprintf("%d accepted and not yet sent, more than %s of sends", behind, target)
+	case achieved < 0.9*rate:
+		why = fmt.Sprintf("ingest took %.0f/s of the %.0f/s planned", achieved, rate)
+	}
+	if why == "" {
+		ls.maxGoodRate = rate
+		return true
+	}
+	if ls.brokeAt == 0 {
+		ls.brokeAt, ls.breakReason = rate, why
+	}
+	return false
+}
+
+// ingest hands n notifications (sequence numbers from..from+n) to the
+// engine's ingest path, retrying a call the stores refused.
+func (r *rig) ingest(ctx context.Context, ls *loadState, from int64, n int) {
+	ns := make([]*notification.Notification, n)
+	now := time.Now()
+	for i := range ns {
+		ns[i] = r.make(ls, from+int64(i), now)
+	}
+	for ctx.Err() == nil {
+		adm, _, err := r.eng.Ingest(ctx, ns, time.Now())
+		if err != nil {
+			ls.ingestErr.Add(1)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		var dup int64
+		for _, a := range adm {
+			if a.Duplicate {
+				dup++
+			}
+		}
+		ls.accepted.Add(int64(n) - dup)
+		ls.repeats.Add(dup)
+		return
+	}
+}
+
+// make builds the i-th notification of a load, as its channel would carry it.
+func (r *rig) make(ls *loadState, i int64, now time.Time) *notification.Notification {
+	l := ls.spec
+	n := &notification.Notification{Tenant: l.Name, Channel: ls.channel, Priority: ls.priority}
+	key := i
+	if l.DistinctKeys > 0 {
+		key = i % int64(l.DistinctKeys)
+	}
+	n.IdempotencyKey = l.Name + "-" + strconv.FormatInt(key, 10)
+	if l.TTL > 0 {
+		n.ExpiresAt = now.Add(l.TTL.D())
+	}
+	invalid := l.Invalid > 0 && float64(key%10_000) < l.Invalid*10_000
+	switch ls.channel {
+	case notification.SMS:
+		n.Recipient = fmt.Sprintf("+1555%07d", key%10_000_000)
+	case notification.Email:
+		n.Recipient = fmt.Sprintf("user%d@bench.example", key)
+	case notification.Push:
+		n.Recipient = fmt.Sprintf("device-token-%d", key)
+	default:
+		n.Recipient = "https://hooks.bench.example/alerts"
+	}
+	if invalid {
+		n.Recipient = "invalid-" + n.Recipient
+	}
+	switch {
+	case ls.priority <= notification.High && ls.channel == notification.Webhook:
+		n.Content = &notification.Content{Body: fmt.Sprintf(`{"alert":"disk-full-%d","host":"db-%d"}`, key, key%97)}
+	case ls.priority <= notification.High:
+		n.Template, n.Vars = "otp", map[string]string{"code": fmt.Sprintf("%06d", (key*7919)%1_000_000)}
+	case ls.channel == notification.Webhook:
+		n.Content = &notification.Content{Body: fmt.Sprintf(`{"campaign":"spring","item":%d}`, key)}
+	default:
+		n.Template, n.Vars = "promo", map[string]string{"name": "Customer " + strconv.FormatInt(key, 10)}
+	}
+	return n
+}
+
+// sample turns two snapshots into one point of the time series, and
+// empties the loads' interval histograms.
+func (r *rig) sample(start time.Time, prev, s snapshot) Sample {
+	dt := s.at.Sub(prev.at).Seconds()
+	out := Sample{T: s.at.Sub(start).Seconds(), AcceptedPerSec: float64(s.accepted-prev.accepted) / dt,
+		DeliveredPerSec: float64(s.unique-prev.unique) / dt, Backlog: max(0, s.accepted-s.finished), Lag: s.lag,
+		Queued: s.queued, Retries: s.retries, DeadLetters: s.deadLetters, P99ms: map[string]float64{}}
+	for _, ls := range r.loads {
+		ls.mu.Lock()
+		if ls.interval.TotalCount() > 0 {
+			out.P99ms[ls.spec.Name] = ms(ls.interval.ValueAtQuantile(99))
+		}
+		ls.interval.Reset()
+		ls.mu.Unlock()
+	}
+	return out
+}
+
+func ms(us int64) float64 { return math.Round(float64(us)/10) / 100 }
+
+func latencyOf(name, channel, priority string, h *hdrhistogram.Histogram) Latency {
+	return Latency{Name: name, Channel: channel, Priority: priority, Count: h.TotalCount(),
+		P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
+		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max())}
+}
+
+// finish fills the totals, the latency tables and the load results.
+func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
+	res.Seconds = time.Since(start).Seconds()
+	res.Accepted, res.Repeats = s.accepted, s.repeats
+	res.Delivered, res.ProviderReceived, res.ProviderDuplicates = s.unique, s.received, s.mockDup
+	res.Retries, res.DeadLetters, res.Expired, res.EngineDuplicates = s.retries, s.deadLetters, s.expired, s.engineDup
+	res.Lost = max(0, s.accepted-s.finished)
+	first, last := -1, -1
+	for i, p := range res.Series {
+		if p.DeliveredPerSec > 0 {
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
+		res.PeakDeliveredPerSec = max(res.PeakDeliveredPerSec, p.DeliveredPerSec)
+		res.PeakBacklog = max(res.PeakBacklog, p.Backlog)
+	}
+	if first >= 0 {
+		from := 0.0
+		if first > 0 {
+			from = res.Series[first-1].T
+		}
+		if span := res.Series[last].T - from; span > 0 {
+			res.DeliveredPerSec = float64(res.Delivered) / span
+		}
+	}
+	if res.LoadSeconds > 0 {
+		res.AcceptedPerSec = float64(res.Accepted+res.Repeats) / res.LoadSeconds
+	}
+	merged := map[[2]string]*hdrhistogram.Histogram{}
+	var keys [][2]string
+	for _, ls := range r.loads {
+		ls.mu.Lock()
+		lr := LoadResult{Name: ls.spec.Name, Channel: string(ls.channel), Priority: ls.priority.String(),
+			Accepted: ls.accepted.Load(), Repeats: ls.repeats.Load(), IngestErrors: ls.ingestErr.Load(),
+			Latency: latencyOf(ls.spec.Name, string(ls.channel), ls.priority.String(), ls.total)}
+		if ls.spec.Rising() {
+			lr.MaxGoodRate, lr.BrokeAt, lr.BreakReason = ls.maxGoodRate, ls.brokeAt, ls.breakReason
+		}
+		k := [2]string{string(ls.channel), ls.priority.String()}
+		if merged[k] == nil {
+			merged[k] = newHist()
+			keys = append(keys, k)
+		}
+		merged[k].Merge(ls.total)
+		ls.mu.Unlock()
+		res.Loads = append(res.Loads, lr)
+	}
+	slices.SortFunc(keys, func(a, b [2]string) int {
+		pa, _ := notification.ParsePriority(a[1])
+		pb, _ := notification.ParsePriority(b[1])
+		if a[0] != b[0] {
+			return map[bool]int{true: -1, false: 1}[a[0] < b[0]]
+		}
+		return int(pa) - int(pb)
+	})
+	for _, k := range keys {
+		res.Latency = append(res.Latency, latencyOf(k[0]+"/"+k[1], k[0], k[1], merged[k]))
+	}
+}
+
+// disk records what the run left on disk per notification: the log
+// (records and status events, compressed), the dedupe and status stores.
+func (r *rig) disk(res *ScenarioResult) {
+	if res.Accepted == 0 {
+		return
+	}
+	per := func(sub string) float64 {
+		var n int64
+		_ = filepath.WalkDir(filepath.Join(r.dir, sub), func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if fi, err := d.Info(); err == nil {
+					n += fi.Size()
+				}
+			}
+			return nil
+		})
+		return math.Round(float64(n)/float64(res.Accepted)*10) / 10
+	}
+	if !r.opt.KafkaFake {
+		res.Disk.LogBytesPerNotification = per("log")
+	}
+	res.Disk.DedupeBytesPerNotification = per("dedupe")
+	res.Disk.StatusBytesPerNotification = per("status")
+}
+
+// Machine describes where results were measured.
+func Machine() MachineInfo {
+	host, _ := os.Hostname()
+	return MachineInfo{OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		GoVersion: runtime.Version(), Host: host}
+}
