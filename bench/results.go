@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -64,10 +63,19 @@ type ScenarioResult struct {
 	PeakDeliveredPerSec float64 `json:"peak_delivered_per_sec"`
 	PeakBacklog         int64   `json:"peak_backlog"`
 
-	Latency []Latency    `json:"latency"` // per channel and priority
-	Loads   []LoadResult `json:"loads"`
-	Series  []Sample     `json:"series"`
-	Disk    Disk         `json:"disk"`
+	Channels map[string]ChannelInfo `json:"channels"`
+	Latency  []Latency              `json:"latency"` // per channel and priority
+	Loads    []LoadResult           `json:"loads"`
+	Series   []Sample               `json:"series"`
+	Disk     Disk                   `json:"disk"`
+}
+
+// ChannelInfo is a channel as the run configured it.
+type ChannelInfo struct {
+	Provider    string  `json:"provider"`
+	Rate        float64 `json:"rate"`        // token bucket, sends/s
+	Batch       int     `json:"batch"`       // notifications per provider call
+	Concurrency int     `json:"concurrency"` // provider calls in flight
 }
 
 // Latency is a distribution of acceptance-to-provider-ack times, in ms.
@@ -112,11 +120,15 @@ type Sample struct {
 	P99ms           map[string]float64 `json:"p99_ms"` // per load, of the sends acked in this interval
 }
 
-// Disk is what a run left on disk per accepted notification, in bytes.
+// Disk is what a run left on disk, in bytes per accepted notification
+// (per dead letter for DeadLetterBytes). The log's figures are of the
+// embedded log, compressed as it stores them; a kfake run has none.
 type Disk struct {
-	LogBytesPerNotification    float64 `json:"log_bytes_per_notification,omitempty"` // records + status events, compressed (embedded log only)
-	DedupeBytesPerNotification float64 `json:"dedupe_bytes_per_notification"`
-	StatusBytesPerNotification float64 `json:"status_bytes_per_notification"`
+	BufferBytesPerNotification      float64 `json:"buffer_bytes_per_notification,omitempty"`       // lane and retry topics
+	StatusEventBytesPerNotification float64 `json:"status_event_bytes_per_notification,omitempty"` // status topic
+	DeadLetterBytes                 float64 `json:"dead_letter_bytes,omitempty"`                   // dead-letter topic, per dead letter
+	DedupeBytesPerNotification      float64 `json:"dedupe_bytes_per_notification"`
+	StatusBytesPerNotification      float64 `json:"status_bytes_per_notification"`
 }
 
 // Find returns the named scenario's result.
@@ -192,13 +204,4 @@ func (r *Results) Summary(w io.Writer) {
 			}
 		}
 	}
-}
-
-// joinNames lists scenario names for messages.
-func joinNames(ss []Scenario) string {
-	names := make([]string, len(ss))
-	for i, s := range ss {
-		names[i] = s.Name
-	}
-	return strings.Join(names, ", ")
 }

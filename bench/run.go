@@ -105,6 +105,7 @@ type rig struct {
 	reg   *prometheus.Registry
 	loads []*loadState
 	byTen map[string]*loadState
+	chans map[string]ChannelInfo
 }
 
 // Run runs one scenario and returns what it measured. The scenario must be
@@ -124,16 +125,14 @@ func Run(ctx context.Context, sc Scenario, opt Options) (*ScenarioResult, error)
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	r := &rig{sc: sc, opt: opt, dir: dir, reg: prometheus.NewRegistry(), byTen: map[string]*loadState{}}
+	r := &rig{sc: sc, opt: opt, dir: dir, reg: prometheus.NewRegistry(), byTen: map[string]*loadState{},
+		chans: map[string]ChannelInfo{}}
 	for _, l := range sc.Loads {
 		p, _ := notification.ParsePriority(l.Priority)
 		ls := &loadState{spec: l, channel: notification.Channel(l.Channel), priority: p,
 			total: newHist(), interval: newHist(), step: newHist()}
 		r.loads = append(r.loads, ls)
 		r.byTen[l.Name] = ls
-	}
-	if len(r.byTen) != len(r.loads) {
-		return nil, fmt.Errorf("scenario %s: load names must be unique", sc.Name)
 	}
 
 	if r.mock, err = mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", WebhookSecret: "bench-secret", Seed: 1}); err != nil {
@@ -247,6 +246,14 @@ func (r *rig) channels() (map[notification.Channel]engine.ChannelConfig, error) 
 		if err != nil {
 			return nil, fmt.Errorf("channel %s: %w", name, err)
 		}
+		info := ChannelInfo{Provider: p.Name(), Rate: spec.Rate, Batch: spec.Batch, Concurrency: spec.Concurrency}
+		if info.Batch == 0 {
+			info.Batch = max(1, p.MaxBatch())
+		}
+		if info.Concurrency == 0 {
+			info.Concurrency = max(1, p.Concurrency())
+		}
+		r.chans[name] = info
 		p = &probe{Provider: p, loads: r.byTen}
 		if spec.Breaker {
 			b := providers.NewBreaker(providers.BreakerConfig{OpenFor: time.Second}, nil)
@@ -472,8 +479,14 @@ func (r *rig) generate(ctx context.Context, ls *loadState, start time.Time) {
 		now := time.Now()
 		el := now.Sub(begin)
 		if el >= l.For.D() {
+			// The last tick's share: a load sends exactly what it planned.
+			for total := l.Expected(); sent < total && ctx.Err() == nil; {
+				n := int(min(total-sent, int64(l.Batch)))
+				r.ingest(ctx, ls, sent, n)
+				sent += int64(n)
+			}
 			if l.Rising() && ls.brokeAt == 0 {
-				r.judgeStep(ls, l.RateAt(el-1), float64(sent-stepSent)/now.Sub(stepStart).Seconds())
+				r.judgeStep(ls, l.RateAt(l.For.D()-1), float64(sent-stepSent)/time.Since(stepStart).Seconds())
 			}
 			return
 		}
@@ -620,6 +633,7 @@ func latencyOf(name, channel, priority string, h *hdrhistogram.Histogram) Latenc
 // finish fills the totals, the latency tables and the load results.
 func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
 	res.Seconds = time.Since(start).Seconds()
+	res.Channels = r.chans
 	res.Accepted, res.Repeats = s.accepted, s.repeats
 	res.Delivered, res.ProviderReceived, res.ProviderDuplicates = s.unique, s.received, s.mockDup
 	res.Retries, res.DeadLetters, res.Expired, res.EngineDuplicates = s.retries, s.deadLetters, s.expired, s.engineDup
@@ -679,29 +693,42 @@ func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
 	}
 }
 
-// disk records what the run left on disk per notification: the log
-// (records and status events, compressed), the dedupe and status stores.
+// disk records what the run left on disk per accepted notification: the
+// log's lane and retry topics (the buffer), its status topic, the dedupe
+// and status stores.
 func (r *rig) disk(res *ScenarioResult) {
 	if res.Accepted == 0 {
 		return
 	}
-	per := func(sub string) float64 {
+	size := func(dir string, keep func(string) bool) int64 {
 		var n int64
-		_ = filepath.WalkDir(filepath.Join(r.dir, sub), func(_ string, d fs.DirEntry, err error) error {
-			if err == nil && !d.IsDir() {
+		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && keep(p) {
 				if fi, err := d.Info(); err == nil {
 					n += fi.Size()
 				}
 			}
 			return nil
 		})
-		return math.Round(float64(n)/float64(res.Accepted)*10) / 10
+		return n
 	}
+	all := func(string) bool { return true }
+	per := func(n, of int64) float64 { return math.Round(float64(n)/float64(of)*10) / 10 }
+	topics := engine.DefaultTopics()
+	topicDir := func(t string) string { return filepath.Join(r.dir, "log", "topics", t) }
 	if !r.opt.KafkaFake {
-		res.Disk.LogBytesPerNotification = per("log")
+		var buf int64
+		for _, t := range topics.Consumed() {
+			buf += size(topicDir(t), all)
+		}
+		res.Disk.BufferBytesPerNotification = per(buf, res.Accepted)
+		res.Disk.StatusEventBytesPerNotification = per(size(topicDir(topics.Status), all), res.Accepted)
+		if res.DeadLetters > 0 {
+			res.Disk.DeadLetterBytes = per(size(topicDir(topics.DLQ), all), res.DeadLetters)
+		}
 	}
-	res.Disk.DedupeBytesPerNotification = per("dedupe")
-	res.Disk.StatusBytesPerNotification = per("status")
+	res.Disk.DedupeBytesPerNotification = per(size(filepath.Join(r.dir, "dedupe"), all), res.Accepted)
+	res.Disk.StatusBytesPerNotification = per(size(filepath.Join(r.dir, "status"), all), res.Accepted)
 }
 
 // Machine describes where results were measured.

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -146,6 +147,10 @@ func (l Load) Expected() int64 {
 	return int64(n)
 }
 
+// nameRE limits scenario and load names to what is safe in file names,
+// tenants and the report's markup.
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
 var channelNames = []string{"sms", "email", "push", "webhook"}
 
 // ParseScenario reads a scenario in YAML. Unknown keys are errors, and
@@ -169,8 +174,8 @@ func ParseScenario(r io.Reader) (Scenario, error) {
 
 // Validate checks a scenario and fills its defaults.
 func (sc *Scenario) Validate() error {
-	if sc.Name == "" {
-		return errors.New("scenario: name is required")
+	if !nameRE.MatchString(sc.Name) {
+		return fmt.Errorf("scenario: name %q: want lower-case letters, digits, '.', '_' or '-'", sc.Name)
 	}
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("scenario %s: %s: %s", sc.Name, field, fmt.Sprintf(format, args...))
@@ -201,6 +206,14 @@ func (sc *Scenario) Validate() error {
 		f := fmt.Sprintf("loads[%d]", i)
 		if l.Name == "" {
 			l.Name = fmt.Sprintf("%s-%s-%d", l.Channel, l.Priority, i)
+		}
+		if !nameRE.MatchString(l.Name) {
+			return bad(f+".name", "%q: want lower-case letters, digits, '.', '_' or '-'", l.Name)
+		}
+		for _, o := range sc.Loads[:i] {
+			if o.Name == l.Name {
+				return bad(f+".name", "%q is the name of another load", l.Name)
+			}
 		}
 		if !slices.Contains(channelNames, l.Channel) {
 			return bad(f+".channel", "%q, want one of %s", l.Channel, strings.Join(channelNames, ", "))
