@@ -28,11 +28,14 @@ type Topics struct {
 	Retry   string
 	DLQ     string
 	Status  string
+	// StatusDLQ holds status events tenants' webhooks did not take.
+	StatusDLQ string
 }
 
 // DefaultTopics are the names the CLI and the API use.
 func DefaultTopics() Topics {
-	t := Topics{Ingress: "goutong.notifications", Retry: "goutong.retry", DLQ: "goutong.dlq", Status: "goutong.status"}
+	t := Topics{Ingress: "goutong.notifications", Retry: "goutong.retry", DLQ: "goutong.dlq", Status: "goutong.status",
+		StatusDLQ: "goutong.status.dlq"}
 	for i := range t.Lanes {
 		t.Lanes[i] = "goutong.notifications." + notification.Priority(i+1).String()
 	}
@@ -70,6 +73,9 @@ func (t Topics) Specs(partitions int32) []partition.TopicSpec {
 			age = time.Hour
 		}
 		specs = append(specs, partition.TopicSpec{Name: name, Partitions: partitions, RetentionAge: age, Compression: "s2"})
+	}
+	if t.StatusDLQ != "" {
+		specs = append(specs, partition.TopicSpec{Name: t.StatusDLQ, Partitions: 1, RetentionAge: 24 * time.Hour, Compression: "zstd"})
 	}
 	return append(specs,
 		partition.TopicSpec{Name: t.DLQ, Partitions: 1, RetentionAge: 24 * time.Hour, Compression: "zstd"},
@@ -153,6 +159,9 @@ type Config struct {
 	// RevokeWait bounds how long a rebalance waits for the in-flight records
 	// of partitions leaving this node before committing them.
 	RevokeWait time.Duration // default 5 s
+
+	// StatusWebhooks send each tenant's status events to its endpoint.
+	StatusWebhooks map[string]StatusWebhook
 
 	Clock    Clock
 	Logger   *zap.Logger

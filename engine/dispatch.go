@@ -109,7 +109,16 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			if lingerFrom.IsZero() {
 				lingerFrom = now
 			}
-			lingering := !full && !urgentIn && cs.cfg.Linger > 0 && now.Sub(lingerFrom) < cs.cfg.Linger && ringsEmpty
+			// A normal or bulk batch waits to fill while the rings are
+			// empty (Linger) and while the bucket is what stops it (up to
+			// budgetLinger): a rate-limited burst then goes out in full
+			// batches, not one request per token. Urgent work waiting
+			// ends the wait.
+			since := now.Sub(lingerFrom)
+			budgetBound := !ringsEmpty && (tookU+tookL >= urgent || tookL >= low)
+			urgentWaiting := cs.rings[notification.Critical.Index()].Len()+cs.rings[notification.High.Index()].Len() > 0
+			lingering := !full && !urgentIn && !urgentWaiting && cs.cfg.Linger > 0 &&
+				((ringsEmpty && since < cs.cfg.Linger) || (budgetBound && since < budgetLinger))
 			if !lingering || isClosed(pollDone) {
 				jobs := cs.jobs
 				if urgentIn {
@@ -124,7 +133,11 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 				batch, urgentIn, lingerFrom = make([]*item, 0, cs.cfg.Batch), false, time.Time{}
 				continue
 			}
-			e.waitWork(cs, idle, cs.cfg.Linger-now.Sub(lingerFrom), stop)
+			d := cs.cfg.Linger - since
+			if budgetBound {
+				d = max(min(cs.limit.LowTimeFor(now, cs.cfg.Batch-len(batch)), budgetLinger-since), time.Millisecond)
+			}
+			e.waitWork(cs, idle, d, stop)
 			continue
 		}
 		if !ringsEmpty {
@@ -148,6 +161,10 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 		e.waitWork(cs, idle, 50*time.Millisecond, stop)
 	}
 }
+
+// budgetLinger bounds how long a normal or bulk batch waits for the tokens
+// to fill it.
+const budgetLinger = 100 * time.Millisecond
 
 func isUrgent(p notification.Priority) bool {
 	return p == notification.Critical || p == notification.High

@@ -31,6 +31,7 @@ const (
 	HeaderAttempts  = "goutong-attempts"  // dead letter: send attempts made
 	HeaderSource    = "goutong-source"    // dead letter: topic/partition@offset it came from
 	HeaderFailedAt  = "goutong-failed-at" // dead letter: RFC 3339
+	HeaderTenant    = "goutong-tenant"    // status-webhook dead letter: whose endpoint refused it
 	reasonDecode    = "decode"
 	reasonNoChannel = "no-provider"
 	reasonPermanent = "permanent"
@@ -58,8 +59,9 @@ type Engine struct {
 	// logReady is closed once New has set log: a Kafka group may assign
 	// partitions (onAssigned uses log) before cfg.Open has returned.
 	logReady chan struct{}
-	backlog  atomic.Int64 // total consumer lag at the last measurement
-	ready    atomic.Bool  // topics exist and the poller runs
+	hooks    *hookForwarder // nil without status webhooks
+	backlog  atomic.Int64   // total consumer lag at the last measurement
+	ready    atomic.Bool    // topics exist and the poller runs
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or
@@ -113,6 +115,14 @@ func New(cfg Config) (*Engine, error) {
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{})}
 	defer close(e.logReady)
 	collectors := e.m.collectors()
+	if len(cfg.StatusWebhooks) > 0 {
+		hooks, err := newHookForwarder(e)
+		if err != nil {
+			return nil, err
+		}
+		e.hooks = hooks
+		collectors = append(collectors, hooks.sends)
+	}
 	for name, cc := range cfg.Channels {
 		lim, err := NewChannelLimit(cc.Rate, cc.Burst, cc.Reserve)
 		if err != nil {
@@ -231,8 +241,21 @@ func (e *Engine) Run(ctx context.Context) error {
 		defer close(commitDone)
 		e.commitLoop(commitStop)
 	}()
+	hooksCtx, stopHooks := context.WithCancel(ctx)
+	defer stopHooks()
+	hooksDone := make(chan struct{})
+	go func() {
+		defer close(hooksDone)
+		if e.hooks == nil {
+			return
+		}
+		if err := e.hooks.run(hooksCtx, e.cfg.DrainTimeout); err != nil {
+			e.cfg.Logger.Error("status webhooks stopped", zap.Error(err))
+		}
+	}()
 
 	<-pollDone
+	stopHooks()
 	if pollErr != nil {
 		e.cfg.Logger.Error("poller stopped", zap.Error(pollErr))
 	}
@@ -259,6 +282,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	close(commitStop)
 	<-commitDone
+	// The forwarder's dead letters go through e.log: it stops first.
+	<-hooksDone
 	err := e.log.Close()
 	if pollErr != nil {
 		return pollErr

@@ -549,6 +549,29 @@ func TestEngineRateLimitFakeClock(t *testing.T) {
 	}
 }
 
+// A rate-limited bulk backlog goes out in full batches: the dispatcher
+// waits for the tokens of a whole batch instead of sending one request per
+// token as the bucket refills.
+func TestEngineBatchesUnderRateLimit(t *testing.T) {
+	r := newRig(t, backends[0])
+	ns := webhookBatch(3000, 0)
+	for _, n := range ns {
+		n.Priority = notification.Bulk
+	}
+	r.enqueue(ns...)
+	ch := r.channels(false)
+	wh := ch[notification.Webhook] // batches of 50
+	wh.Rate = 6000
+	ch[notification.Webhook] = wh
+	_, stop := r.start(r.config(ch))
+	waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+	stop()
+	// 60 full batches; allow some partial ones at the start and the end.
+	if st := r.mock.Stats(); st.Requests > 90 {
+		t.Fatalf("%d requests for %d notifications in batches of 50: batches are not filled while the bucket refills", st.Requests, len(ns))
+	}
+}
+
 // A backlog many times the ring size, all in the log before the engine
 // starts, pauses every partition; the rings draining must resume them even
 // though no new record arrives to wake the poller.

@@ -108,6 +108,21 @@ func (c *ChannelLimit) Take(now time.Time, urgent, low int) {
 	}
 }
 
+// LowTimeFor is how long until n sends of normal or bulk may go (forever,
+// in effect, when n exceeds the bucket: callers cap the wait).
+func (c *ChannelLimit) LowTimeFor(now time.Time, n int) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	need := func(l *rate.Limiter) time.Duration {
+		t := l.TokensAt(now)
+		if t >= float64(n) {
+			return 0
+		}
+		return time.Duration((float64(n) - t) / float64(l.Limit()) * float64(time.Second))
+	}
+	return max(need(c.all), need(c.low))
+}
+
 // NextToken is how long until one send of priority p may go.
 func (c *ChannelLimit) NextToken(now time.Time, p notification.Priority) time.Duration {
 	c.mu.Lock()

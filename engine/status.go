@@ -30,6 +30,9 @@ const (
 	StateDeadLettered State = "dead-lettered"
 )
 
+// States lists every state.
+var States = []State{StateAccepted, StateSent, StateRetrying, StateDelivered, StateFailed, StateExpired, StateDuplicate, StateDeadLettered}
+
 // StatusEvent is one state change. It is the value of the status store and
 // of the records on the status topic (keyed by notification id, so events
 // of one notification stay in order); EventID lets consumers drop repeats

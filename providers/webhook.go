@@ -189,3 +189,29 @@ func (w *Webhook) sendBatch(ctx context.Context, batch []*notification.Notificat
 		}
 	}
 }
+
+// PostSigned POSTs a JSON body to url through the endpoint's pooled client,
+// signed as webhooks are (TimestampHeader, SignatureHeader), and classifies
+// the answer as a provider's: 2xx sent; 408, 425, 429, 5xx and transport
+// errors retriable (with Retry-After); other 4xx permanent. Outbound status
+// webhooks use it.
+func (e *Endpoint) PostSigned(ctx context.Context, url string, secret, body []byte, now time.Time) Result {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	ts := strconv.FormatInt(now.Unix(), 10)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI(url)
+	req.Header.SetContentType("application/json")
+	req.Header.Set(TimestampHeader, ts)
+	req.Header.Set(SignatureHeader, Sign(secret, ts, body))
+	req.SetBodyRaw(body)
+	if err := e.Do(ctx, req, resp); err != nil {
+		return transportResult(err)
+	}
+	r := httpResult(resp, "")
+	if r.Outcome != Sent {
+		r.Reason = truncate(r.Reason+": "+strings.TrimSpace(string(resp.Body())), 200)
+	}
+	return r
+}

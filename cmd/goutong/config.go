@@ -36,6 +36,18 @@ type Config struct {
 	API       APIConfig               `koanf:"api"`
 	Channels  map[string]ChannelConf  `koanf:"channels"`
 	Templates map[string]TemplateConf `koanf:"templates"`
+	// StatusWebhooks: per tenant, where its status events are POSTed.
+	StatusWebhooks map[string]StatusWebhookConf `koanf:"status_webhooks"`
+}
+
+// StatusWebhookConf is one tenant's outbound status webhook.
+type StatusWebhookConf struct {
+	URL         string        `koanf:"url"`
+	Secret      string        `koanf:"secret"`
+	States      []string      `koanf:"states"` // default: every state
+	Batch       int           `koanf:"batch"`
+	MaxAttempts int           `koanf:"max_attempts"`
+	Timeout     time.Duration `koanf:"timeout"`
 }
 
 type EngineConfig struct {

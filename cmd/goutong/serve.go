@@ -151,7 +151,11 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 			c.Close()
 		}
 	}()
-	eng, err := engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st,
+	hooks, err := statusWebhooks(cfg)
+	if err != nil {
+		return err
+	}
+	eng, err := engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st, StatusWebhooks: hooks,
 		Partitions: cfg.Partitions, PollMax: cfg.Engine.PollMax, RingSize: cfg.Engine.RingSize,
 		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
 		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax},
@@ -324,6 +328,26 @@ func dedupeOptions(cfg Config) ([]dedupe.Option, error) {
 		}
 	}
 	return opts, nil
+}
+
+// statusWebhooks maps the config's per-tenant webhooks to the engine's.
+func statusWebhooks(cfg Config) (map[string]engine.StatusWebhook, error) {
+	out := map[string]engine.StatusWebhook{}
+	for tenant, c := range cfg.StatusWebhooks {
+		h := engine.StatusWebhook{URL: c.URL, Secret: c.Secret, Batch: c.Batch, MaxAttempts: c.MaxAttempts, Timeout: c.Timeout}
+		for _, s := range c.States {
+			st := engine.State(s)
+			if !slices.Contains(engine.States, st) {
+				return nil, fmt.Errorf("config status_webhooks.%s.states: %q, want one of %v", tenant, s, engine.States)
+			}
+			h.States = append(h.States, st)
+		}
+		if c.URL == "" || c.Secret == "" {
+			return nil, fmt.Errorf("config status_webhooks.%s: url and secret are required", tenant)
+		}
+		out[tenant] = h
+	}
+	return out, nil
 }
 
 func exists(path string) bool {

@@ -1,0 +1,165 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
+)
+
+// hookReceiver is a tenant's endpoint: it checks signatures, fails the
+// first failFirst requests with 503, and keeps the events it took.
+type hookReceiver struct {
+	secret    string
+	status    int // answer after the failures (0: 200)
+	mu        sync.Mutex
+	failFirst int
+	requests  int
+	events    []engine.StatusEvent
+	badSig    int
+}
+
+func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.requests++
+	if err := providers.VerifySignature([]byte(h.secret), r.Header.Get(providers.TimestampHeader),
+		r.Header.Get(providers.SignatureHeader), body, time.Now(), time.Minute); err != nil {
+		h.badSig++
+		w.WriteHeader(401)
+		return
+	}
+	if h.failFirst > 0 {
+		h.failFirst--
+		w.Header().Set("Retry-After", "0")
+		w.WriteHeader(503)
+		return
+	}
+	if h.status != 0 {
+		w.WriteHeader(h.status)
+		return
+	}
+	var evs []engine.StatusEvent
+	if err := json.Unmarshal(body, &evs); err != nil {
+		w.WriteHeader(400)
+		return
+	}
+	h.events = append(h.events, evs...)
+}
+
+func (h *hookReceiver) snapshot() ([]engine.StatusEvent, int, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]engine.StatusEvent(nil), h.events...), h.requests, h.badSig
+}
+
+// Status webhooks: acme's endpoint fails its first requests, then takes
+// every acme event, in order per notification, signed; globex's refuses
+// them (400), so they land in the status dead letters with the reason;
+// initech has no webhook and nobody is called for it.
+func TestStatusWebhooks(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			acme := &hookReceiver{secret: "acme-secret", failFirst: 3}
+			globex := &hookReceiver{secret: "globex-secret", status: 400}
+			sa, sg := httptest.NewServer(acme), httptest.NewServer(globex)
+			defer sa.Close()
+			defer sg.Close()
+			var ns []*notification.Notification
+			for i, tenant := range []string{"acme", "globex", "initech"} {
+				batch := webhookBatch(60, i*100)
+				for _, n := range batch {
+					n.Tenant = tenant
+				}
+				ns = append(ns, batch...)
+			}
+			cfg := r.config(r.channels(false))
+			cfg.StatusWebhooks = map[string]engine.StatusWebhook{
+				"acme":   {URL: sa.URL + "/goutong/events", Secret: "acme-secret", Batch: 25},
+				"globex": {URL: sg.URL, Secret: "globex-secret", MaxAttempts: 3},
+			}
+			e, stop := r.start(cfg)
+			waitFor(t, 10*time.Second, "the engine", e.Ready)
+			if _, _, err := e.Ingest(context.Background(), ns, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 60*time.Second, "acme's sent events", func() bool {
+				evs, _, _ := acme.snapshot()
+				sent := 0
+				for _, e := range evs {
+					if e.State == engine.StateSent {
+						sent++
+					}
+				}
+				return sent >= 60
+			})
+			stop()
+			evs, requests, bad := acme.snapshot()
+			if bad != 0 || requests < 3+60/25 {
+				t.Fatalf("acme: %d requests, %d with bad signatures", requests, bad)
+			}
+			// Every acme notification's "accepted" arrives before its "sent".
+			seen := map[string][]engine.State{}
+			for _, e := range evs {
+				if e.Tenant != "acme" {
+					t.Fatalf("acme got an event of tenant %q", e.Tenant)
+				}
+				seen[e.ID] = append(seen[e.ID], e.State)
+			}
+			if len(seen) != 60 {
+				t.Fatalf("acme got events of %d notifications, want 60", len(seen))
+			}
+			for id, states := range seen {
+				if len(states) < 2 || states[0] != engine.StateAccepted || states[len(states)-1] != engine.StateSent {
+					t.Fatalf("acme's events of %s arrived as %v", id, states)
+				}
+			}
+			if _, _, bad := globex.snapshot(); bad != 0 {
+				t.Fatalf("globex: %d bad signatures", bad)
+			}
+			// globex's events are in the status dead letters, refused for good.
+			l, err := r.open(partition.ConsumerConfig{Group: "status-dlq-check", Topics: []string{engine.DefaultTopics().StatusDLQ}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			ids := map[string]bool{}
+			deadline := time.Now().Add(10 * time.Second)
+			for len(ids) < 60 && time.Now().Before(deadline) { // 60 accepted and 60 sent events
+				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				recs, _ := l.Poll(ctx, 1000)
+				cancel()
+				for _, rec := range recs {
+					h := map[string]string{}
+					for _, hd := range rec.Headers {
+						h[hd.Key] = string(hd.Value)
+					}
+					var e engine.StatusEvent
+					if err := json.Unmarshal(rec.Value, &e); err != nil || e.Tenant != "globex" ||
+						h[engine.HeaderTenant] != "globex" || h[engine.HeaderReason] != "permanent" || !strings.Contains(h[engine.HeaderError], "400") {
+						t.Fatalf("status dead letter %s with headers %v: %v", rec.Value, h, err)
+					}
+					ids[e.ID] = true
+				}
+			}
+			if len(ids) != 60 {
+				t.Fatalf("%d of globex's 60 notifications in the status dead letters", len(ids))
+			}
+			if got := counterSum(t, r.reg, "goutong_status_webhook_events_total"); got < 240 {
+				t.Fatalf("status webhook counter %v", got)
+			}
+		})
+	}
+}
