@@ -93,7 +93,8 @@ func newNode(t testing.TB, o nodeOpts) *node {
 			notification.SMS:     {Provider: tw, Rate: 50_000},
 		},
 		MaxAttempts: 3, Backoff: engine.Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond},
-		CommitInterval: 50 * time.Millisecond, DrainTimeout: 2 * time.Second})
+		CommitInterval: 50 * time.Millisecond, DrainTimeout: 2 * time.Second,
+		KeepPayloads: true, ReconcileDir: filepath.Join(dir, "reconcile")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,6 +468,61 @@ func TestAdminRatePauseAndDeadLetters(t *testing.T) {
 		ls, _ := l.body["dead_letters"].([]any)
 		return len(ls) == 1 && ls[0].(map[string]any)["offset"] != letters[0].(map[string]any)["offset"]
 	})
+}
+
+func TestAdminReconcile(t *testing.T) {
+	n := newNode(t, nodeOpts{auth: true})
+	from := time.Now().Add(-time.Minute).UTC()
+	r := n.do("POST", "/v1/notifications", tenantKey, "application/json", webhookJSON(1, ""))
+	if r.code != 202 {
+		t.Fatalf("ingest: %d %s", r.code, r.raw)
+	}
+	// A receipt for an id nobody knows: the one difference to find.
+	if _, unknown, err := n.eng.ApplyReceipts(context.Background(), "twilio", []providers.Receipt{
+		{ID: "01JNOSUCHNOTIFICATION00000", Delivered: true, Final: true, At: time.Now()}}); err != nil || len(unknown) != 1 {
+		t.Fatalf("receipt: %v %v", unknown, err)
+	}
+	window := fmt.Sprintf(`{"from": %q, "to": %q}`, from.Format(time.RFC3339), time.Now().Add(time.Minute).UTC().Format(time.RFC3339))
+	if r := n.do("POST", "/v1/admin/reconcile", tenantKey, "application/json", window); r.code != 403 {
+		t.Fatalf("a tenant key ran a reconciliation: %d", r.code)
+	}
+	r = n.do("POST", "/v1/admin/reconcile", adminKey, "application/json", window)
+	if r.code != 200 {
+		t.Fatalf("reconcile: %d %s", r.code, r.raw)
+	}
+	id, _ := r.body["id"].(string)
+	rep, _ := r.body["report"].(map[string]any)
+	diffs, _ := rep["differences"].(map[string]any)
+	if id == "" || rep["notifications"] != 1.0 || diffs["unknown-receipt"] != 1.0 || len(diffs) != 1 {
+		t.Fatalf("run: %s", r.raw)
+	}
+	d := n.do("GET", "/v1/admin/reconcile/"+id+"/differences", adminKey, "", "")
+	if d.code != 200 || !strings.HasPrefix(d.header.Get("Content-Type"), "application/x-ndjson") ||
+		strings.Count(d.raw, "\n") != 1 || !strings.Contains(d.raw, `"kind":"unknown-receipt"`) {
+		t.Fatalf("differences: %d %q", d.code, d.raw)
+	}
+	if l := n.do("GET", "/v1/admin/reconcile", adminKey, "", ""); l.code != 200 || !strings.Contains(l.raw, id) {
+		t.Fatalf("runs: %d %s", l.code, l.raw)
+	}
+	for _, c := range []struct {
+		method, path, body string
+		code               int
+		field              string
+	}{
+		{"POST", "/v1/admin/reconcile", `{"from": "yesterday"}`, 400, ""},
+		{"POST", "/v1/admin/reconcile", `{"window": 1}`, 400, ""},
+		{"POST", "/v1/admin/reconcile", `{"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}`, 400, "to"},
+		{"POST", "/v1/admin/reconcile", `{"redrive": ["everything"]}`, 400, "redrive"},
+		{"GET", "/v1/admin/reconcile/01JNOSUCHRUN0000000000000/differences", "", 404, "id"},
+		{"GET", "/v1/admin/reconcile/../../etc/differences", "", 404, ""},
+		{"PUT", "/v1/admin/reconcile", "", 405, ""},
+	} {
+		r := n.do(c.method, c.path, adminKey, "application/json", c.body)
+		code, field, _ := r.errField()
+		if r.code != c.code || code == "" || (c.field != "" && field != c.field) {
+			t.Errorf("%s %s %s: %d %s, want %d naming %q", c.method, c.path, c.body, r.code, r.raw, c.code, c.field)
+		}
+	}
 }
 
 func TestMetricsAndHealth(t *testing.T) {

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -155,6 +157,24 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method, path string) {
 		if allow(ctx, method, "POST") {
 			s.dlqReplay(ctx)
 		}
+	case path == "reconcile":
+		switch method {
+		case "GET":
+			runs, err := s.cfg.Engine.ReconcileRuns()
+			if err != nil {
+				s.unavailable(ctx, "reconciliation runs", err)
+				return
+			}
+			writeJSON(ctx, fasthttp.StatusOK, map[string]any{"runs": runs})
+		case "POST":
+			s.reconcile(ctx)
+		default:
+			allow(ctx, method, "GET, POST")
+		}
+	case len(parts) == 3 && parts[0] == "reconcile" && parts[2] == "differences":
+		if allow(ctx, method, "GET") {
+			s.reconcileDifferences(ctx, parts[1])
+		}
 	default:
 		writeError(ctx, fasthttp.StatusNotFound, apiError{Code: "not_found", Message: "no admin route " + path})
 	}
@@ -207,6 +227,72 @@ func (s *Server) dlqList(ctx *fasthttp.RequestCtx) {
 		out = append(out, j)
 	}
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"dead_letters": out, "count": len(out)})
+}
+
+// reconcile runs a reconciliation now: POST /v1/admin/reconcile
+// {"from": RFC 3339, "to": RFC 3339, "redrive": ["missing-receipt"]};
+// without from and to it takes yesterday (UTC).
+func (s *Server) reconcile(ctx *fasthttp.RequestCtx) {
+	var body struct {
+		From    *time.Time `json:"from"`
+		To      *time.Time `json:"to"`
+		Redrive []string   `json:"redrive"`
+	}
+	if b := ctx.PostBody(); len(bytes.TrimSpace(b)) > 0 {
+		if err := strictJSON(b, &body); err != nil {
+			writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "invalid_body",
+				Message: `want {"from": "2026-11-24T00:00:00Z", "to": "...", "redrive": ["missing-receipt"]}: ` + err.Error()})
+			return
+		}
+	}
+	opts := engine.Yesterday(time.Now())
+	if body.From != nil {
+		opts.From = *body.From
+	}
+	if body.To != nil {
+		opts.To = *body.To
+	}
+	if !opts.To.After(opts.From) {
+		writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "invalid_field", Field: "to", Message: "to must be after from"})
+		return
+	}
+	for _, k := range body.Redrive {
+		if !slices.Contains(engine.RedriveKinds, k) {
+			writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "invalid_field", Field: "redrive",
+				Message: fmt.Sprintf("%q cannot be redriven; want some of %v", k, engine.RedriveKinds)})
+			return
+		}
+	}
+	opts.Redrive = body.Redrive
+	rctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	run, err := s.cfg.Engine.RunReconcile(rctx, opts, "api")
+	switch {
+	case errors.Is(err, engine.ErrReconcileBusy):
+		writeError(ctx, fasthttp.StatusConflict, apiError{Code: "busy", Message: err.Error()})
+	case errors.Is(err, engine.ErrNoStatusStore):
+		writeError(ctx, fasthttp.StatusNotImplemented, apiError{Code: "no_status_store", Message: err.Error()})
+	case err != nil:
+		s.unavailable(ctx, "reconciliation", err)
+	default:
+		writeJSON(ctx, fasthttp.StatusOK, run)
+	}
+}
+
+func (s *Server) reconcileDifferences(ctx *fasthttp.RequestCtx, id string) {
+	rc, err := s.cfg.Engine.ReconcileDifferences(id)
+	if errors.Is(err, engine.ErrUnknownRun) {
+		writeError(ctx, fasthttp.StatusNotFound, apiError{Code: "not_found", Field: "id", Message: "no reconciliation run " + id})
+		return
+	}
+	if err != nil {
+		s.unavailable(ctx, "reconciliation differences", err)
+		return
+	}
+	ctx.SetContentType("application/x-ndjson")
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	// fasthttp streams the file and closes it when the response is sent.
+	ctx.SetBodyStream(rc, -1)
 }
 
 func (s *Server) dlqReplay(ctx *fasthttp.RequestCtx) {

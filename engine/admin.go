@@ -91,6 +91,7 @@ func (e *Engine) ReceiptParser(name string) (providers.ReceiptParser, bool) {
 // business), not errors.
 func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []providers.Receipt) (applied int, unknown []string, err error) {
 	var o outcomes
+	var orphans []UnknownReceipt
 	for _, r := range rs {
 		if !r.Final {
 			continue
@@ -104,6 +105,8 @@ func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []provid
 			cur, gerr := e.cfg.Status.Get(r.ID)
 			if errors.Is(gerr, ErrNotFound) {
 				unknown = append(unknown, r.ID)
+				orphans = append(orphans, UnknownReceipt{Provider: provider, ID: r.ID, ProviderMessageID: r.ProviderMessageID,
+					State: ev.State, At: r.At, ReceivedAt: e.cfg.Clock.Now()})
 				continue
 			}
 			if gerr != nil {
@@ -115,6 +118,12 @@ func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []provid
 	}
 	if err := e.emit(ctx, &o); err != nil {
 		return 0, nil, err
+	}
+	// Kept for reconciliation: a receipt for an id Goutong never recorded.
+	if e.cfg.Status != nil {
+		if err := e.cfg.Status.AddUnknownReceipts(orphans); err != nil {
+			return 0, nil, err
+		}
 	}
 	return len(o.events), unknown, nil
 }

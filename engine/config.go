@@ -143,6 +143,15 @@ type Config struct {
 	Codec    *notification.Codec // default NewCodec() with the configured channels
 	Dedupe   *dedupe.Store       // required; the caller opens and closes it
 	Status   *StatusStore        // optional; the caller opens and closes it
+	// KeepPayloads keeps each sent notification in the status store for its
+	// window, so reconciliation can resend one whose receipt never came.
+	KeepPayloads bool
+	// ReconcileDir keeps reconciliation runs (RunReconcile).
+	ReconcileDir string
+	// ReceiptDeadlines: per channel, how long its provider has to send a
+	// receipt (default DefaultReceiptDeadlines; a channel not listed expects
+	// none).
+	ReceiptDeadlines map[string]time.Duration
 
 	Partitions  int32   // of topics the engine creates (default 8)
 	PollMax     int     // records per poll (default 1000)

@@ -56,6 +56,7 @@ type Engine struct {
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
 	dlqMu   sync.Mutex   // one dead-letter consumer (list or replay) at a time
+	reconMu sync.Mutex   // one reconciliation at a time
 	// logReady is closed once New has set log: a Kafka group may assign
 	// partitions (onAssigned uses log) before cfg.Open has returned.
 	logReady chan struct{}
@@ -586,6 +587,7 @@ type outcomes struct {
 	recs   []partition.Record
 	events []StatusEvent
 	values [][]byte // events' JSON, shared by the status topic and the store
+	keep   []payload
 	done   []*item
 }
 
@@ -594,6 +596,9 @@ func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at t
 		Channel: string(n.Channel), Priority: n.Priority.String(), Attempts: n.Attempts, Provider: provider,
 		ProviderMessageID: msgID, Reason: reason}
 	o.addEvent(e, ev)
+	if st == StateSent && e.cfg.KeepPayloads && e.cfg.Status != nil {
+		o.keep = append(o.keep, payload{id: n.ID, value: e.cfg.Codec.AppendEncode(nil, n)})
+	}
 }
 
 func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
@@ -629,7 +634,7 @@ func (o *outcomes) flush(ctx context.Context, e *Engine) bool {
 		}
 	}
 	if e.cfg.Status != nil {
-		if err := e.cfg.Status.ApplyEncoded(o.events, o.values); err != nil {
+		if err := e.cfg.Status.apply(o.events, o.values, o.keep); err != nil {
 			e.cfg.Logger.Warn("status store write failed", zap.Error(err))
 		}
 	}

@@ -118,7 +118,18 @@ func (s *StatusStore) Apply(events []StatusEvent) error {
 // ApplyEncoded writes events whose JSON the caller already has (the engine
 // encodes each event once, for the status topic and the store).
 func (s *StatusStore) ApplyEncoded(events []StatusEvent, values [][]byte) error {
-	if len(events) == 0 {
+	return s.apply(events, values, nil)
+}
+
+// payload is a sent notification's encoded record, kept so that
+// reconciliation can resend it.
+type payload struct {
+	id    string
+	value []byte
+}
+
+func (s *StatusStore) apply(events []StatusEvent, values [][]byte, payloads []payload) error {
+	if len(events) == 0 && len(payloads) == 0 {
 		return nil
 	}
 	b := s.db.NewBatch()
@@ -130,7 +141,135 @@ func (s *StatusStore) ApplyEncoded(events []StatusEvent, values [][]byte) error 
 			return err
 		}
 	}
+	for _, p := range payloads {
+		if err := b.Set(append([]byte{'p'}, p.id...), p.value, nil); err != nil {
+			return err
+		}
+	}
 	return b.Commit(pebble.NoSync)
+}
+
+// Payload returns the encoded notification kept for id (see
+// Config.KeepPayloads), or ErrNotFound.
+func (s *StatusStore) Payload(id string) ([]byte, error) {
+	v, closer, err := s.db.Get(append([]byte{'p'}, id...))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
+}
+
+// UnknownReceipt is a provider receipt for an id the store did not know
+// when it arrived.
+type UnknownReceipt struct {
+	Provider          string    `json:"provider"`
+	ID                string    `json:"id"`
+	ProviderMessageID string    `json:"provider_message_id,omitempty"`
+	State             State     `json:"state"`
+	At                time.Time `json:"at"`
+	ReceivedAt        time.Time `json:"received_at"`
+}
+
+// AddUnknownReceipts records receipts for unknown ids, keyed by arrival.
+func (s *StatusStore) AddUnknownReceipts(rs []UnknownReceipt) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for i, r := range rs {
+		v, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		key := binary.BigEndian.AppendUint64([]byte{'u'}, uint64(r.ReceivedAt.UnixNano()))
+		key = binary.BigEndian.AppendUint16(key, uint16(i))
+		if err := b.Set(append(key, r.ID...), v, nil); err != nil {
+			return err
+		}
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+// UnknownReceipts calls fn for each unknown receipt that arrived in
+// [from, to), oldest first.
+func (s *StatusStore) UnknownReceipts(from, to time.Time, fn func(UnknownReceipt) error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(from.UnixNano(), 0))),
+		UpperBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(to.UnixNano(), 0)))})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		var r UnknownReceipt
+		if err := json.Unmarshal(it.Value(), &r); err != nil {
+			return fmt.Errorf("engine: unknown receipt %q: %w", it.Key(), err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ulidFloor is the smallest ULID string of time t.
+func ulidFloor(t time.Time) (string, error) {
+	var id ulid.ULID
+	if t.Before(time.UnixMilli(0)) {
+		t = time.UnixMilli(0)
+	}
+	if err := id.SetTime(ulid.Timestamp(t)); err != nil {
+		return "", err
+	}
+	return id.String(), nil
+}
+
+// Scan calls fn with the history of every notification created (by its
+// ULID's time) in [from, to), in id order.
+func (s *StatusStore) Scan(from, to time.Time, fn func(id string, history []StatusEvent) error) error {
+	lo, err := ulidFloor(from)
+	if err != nil {
+		return err
+	}
+	hi, err := ulidFloor(to)
+	if err != nil {
+		return err
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: append([]byte{'s'}, lo...), UpperBound: append([]byte{'s'}, hi...)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	var id string
+	var hist []StatusEvent
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) < 11 {
+			continue
+		}
+		kid := string(k[1 : len(k)-10])
+		if kid != id && len(hist) > 0 {
+			if err := fn(id, hist); err != nil {
+				return err
+			}
+			hist = hist[:0]
+		}
+		id = kid
+		var e StatusEvent
+		if err := json.Unmarshal(it.Value(), &e); err != nil {
+			return fmt.Errorf("engine: status of %s: %w", kid, err)
+		}
+		hist = append(hist, e)
+	}
+	if len(hist) > 0 {
+		return fn(id, hist)
+	}
+	return nil
 }
 
 // syncKey is a marker outside the 's' range: writing it with Sync makes
@@ -170,21 +309,30 @@ func (s *StatusStore) Get(id string) (Status, error) {
 	return st, nil
 }
 
-// Reclaim drops the events of notifications created before now - window.
+// Reclaim drops the events and payloads of notifications created before
+// now - window, and the unknown receipts that arrived before it.
 func (s *StatusStore) Reclaim(now time.Time) error {
 	cut := now.Add(-s.window)
 	if cut.Before(time.UnixMilli(0)) {
 		return nil
 	}
-	var id ulid.ULID
-	if err := id.SetTime(ulid.Timestamp(cut)); err != nil {
+	floor, err := ulidFloor(cut)
+	if err != nil {
 		return err
 	}
-	end := append([]byte{'s'}, id.String()...)
-	if err := s.db.DeleteRange([]byte{'s'}, end, pebble.NoSync); err != nil {
-		return err
+	for _, r := range [][2][]byte{
+		{{'p'}, append([]byte{'p'}, floor...)},
+		{{'s'}, append([]byte{'s'}, floor...)},
+		{{'u'}, binary.BigEndian.AppendUint64([]byte{'u'}, uint64(cut.UnixNano()))},
+	} {
+		if err := s.db.DeleteRange(r[0], r[1], pebble.NoSync); err != nil {
+			return err
+		}
+		if err := s.db.Compact(context.Background(), r[0], r[1], false); err != nil {
+			return err
+		}
 	}
-	return s.db.Compact(context.Background(), []byte{'s'}, end, false)
+	return nil
 }
 
 func prefixEnd(p []byte) []byte {

@@ -34,15 +34,15 @@ func envOr(k, def string) string {
 	return def
 }
 
-// do sends a request and prints the JSON answer; a non-2xx answer is an
-// error carrying the server's message.
-func (c *client) do(out io.Writer, method, path, contentType string, body io.Reader) error {
+// request sends a request and returns the answer's body; a non-2xx answer
+// is an error carrying the server's message.
+func (c *client) request(method, path, contentType string, body io.Reader) ([]byte, error) {
 	if c.http == nil {
-		c.http = &http.Client{Timeout: 10 * time.Minute}
+		c.http = &http.Client{Timeout: 30 * time.Minute}
 	}
 	req, err := http.NewRequest(method, strings.TrimRight(c.server, "/")+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
@@ -52,19 +52,28 @@ func (c *client) do(out io.Writer, method, path, contentType string, body io.Rea
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))
+	}
+	return raw, nil
+}
+
+// do sends a request and prints the JSON answer, indented.
+func (c *client) do(out io.Writer, method, path, contentType string, body io.Reader) error {
+	raw, err := c.request(method, path, contentType, body)
 	if err != nil {
 		return err
 	}
 	var pretty bytes.Buffer
 	if json.Indent(&pretty, raw, "", "  ") == nil {
 		raw = pretty.Bytes()
-	}
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))
 	}
 	_, err = fmt.Fprintln(out, strings.TrimSpace(string(raw)))
 	return err

@@ -36,8 +36,18 @@ type Config struct {
 	API       APIConfig               `koanf:"api"`
 	Channels  map[string]ChannelConf  `koanf:"channels"`
 	Templates map[string]TemplateConf `koanf:"templates"`
+	Reconcile ReconcileConf           `koanf:"reconcile"`
 	// StatusWebhooks: per tenant, where its status events are POSTed.
 	StatusWebhooks map[string]StatusWebhookConf `koanf:"status_webhooks"`
+}
+
+// ReconcileConf schedules reconciliation inside serve.
+type ReconcileConf struct {
+	// Schedule is a cron expression in UTC ("0 3 * * *": 03:00 every day);
+	// each run takes the previous UTC day. Empty: on demand only.
+	Schedule  string                   `koanf:"schedule"`
+	Redrive   []string                 `koanf:"redrive"`   // kinds the scheduled runs redrive
+	Deadlines map[string]time.Duration `koanf:"deadlines"` // per channel; a channel not listed expects no receipts
 }
 
 // StatusWebhookConf is one tenant's outbound status webhook.
@@ -60,6 +70,9 @@ type EngineConfig struct {
 	DrainTimeout   time.Duration `koanf:"drain_timeout"`
 	CommitInterval time.Duration `koanf:"commit_interval"`
 	StatusWindow   time.Duration `koanf:"status_window"`
+	// KeepPayloads keeps sent notifications in the status store for its
+	// window, so reconciliation can redrive them.
+	KeepPayloads bool `koanf:"keep_payloads"`
 }
 
 type DedupeConfig struct {
@@ -121,9 +134,10 @@ func defaultConfig() Config {
 		Data: "./data", Listen: "127.0.0.1:8080", Partitions: 8, LogLevel: "info",
 		Engine: EngineConfig{RingSize: 8192, PollMax: 1000, MaxDelayed: 100_000, MaxAttempts: 8,
 			BackoffBase: 500 * time.Millisecond, BackoffMax: 5 * time.Minute, DrainTimeout: 10 * time.Second,
-			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour},
-		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true},
-		API:    APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
+			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, KeepPayloads: true},
+		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
+		Dedupe:    DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true},
+		API:       APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
 		Templates: map[string]TemplateConf{
 			"otp": {Subject: "Your verification code", Body: "Your verification code is {{.code}}"},
 		},

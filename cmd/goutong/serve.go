@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -155,7 +156,13 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, k := range cfg.Reconcile.Redrive {
+		if !slices.Contains(engine.RedriveKinds, k) {
+			return fmt.Errorf("config reconcile.redrive: %q, want some of %v", k, engine.RedriveKinds)
+		}
+	}
 	eng, err := engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st, StatusWebhooks: hooks,
+		KeepPayloads: cfg.Engine.KeepPayloads, ReconcileDir: filepath.Join(cfg.Data, "reconcile"), ReceiptDeadlines: cfg.Reconcile.Deadlines,
 		Partitions: cfg.Partitions, PollMax: cfg.Engine.PollMax, RingSize: cfg.Engine.RingSize,
 		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
 		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax},
@@ -176,6 +183,11 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	engCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopEngine()
+	// Scheduled runs stop with ctx (SIGTERM), before the engine does.
+	sched, err := scheduleReconcile(ctx, cfg.Reconcile, eng, lg)
+	if err != nil {
+		return err
+	}
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
 	apiDone := make(chan error, 1)
@@ -198,6 +210,9 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		lg.Warn("API shutdown", zap.Error(err))
+	}
+	if sched != nil {
+		<-sched.Stop().Done()
 	}
 	stopEngine()
 	if err := <-engDone; err != nil && runErr == nil {
@@ -328,6 +343,27 @@ func dedupeOptions(cfg Config) ([]dedupe.Option, error) {
 		}
 	}
 	return opts, nil
+}
+
+// scheduleReconcile starts the cron schedule of reconciliation runs, each
+// over the previous UTC day; nil when no schedule is set.
+func scheduleReconcile(ctx context.Context, rc ReconcileConf, eng *engine.Engine, lg *zap.Logger) (*cron.Cron, error) {
+	if rc.Schedule == "" {
+		return nil, nil
+	}
+	c := cron.New(cron.WithLocation(time.UTC))
+	_, err := c.AddFunc(rc.Schedule, func() {
+		opts := engine.Yesterday(time.Now())
+		opts.Redrive = rc.Redrive
+		if _, err := eng.RunReconcile(ctx, opts, "schedule"); err != nil {
+			lg.Error("scheduled reconciliation", zap.Error(err))
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config reconcile.schedule %q: %w", rc.Schedule, err)
+	}
+	c.Start()
+	return c, nil
 }
 
 // statusWebhooks maps the config's per-tenant webhooks to the engine's.
