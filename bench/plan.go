@@ -150,7 +150,7 @@ type measured struct {
 	bufferB, statusEvB float64 // bytes per notification in the log
 	dlqB               float64
 	dedupeB, statusB   float64
-	batch              map[string]int
+	batch              map[string]int // notifications per HTTP request
 	isolationP99       float64 // critical p99 under a bulk burst, ms (0: not measured)
 	backend            string
 }
@@ -160,7 +160,11 @@ func measure(r *Results, t Target) (measured, []string) {
 	var missing []string
 	for _, s := range r.Scenarios {
 		for name, c := range s.Channels {
-			m.batch[name] = max(m.batch[name], c.Batch)
+			per := c.PerRequest
+			if per == 0 {
+				per = c.Batch
+			}
+			m.batch[name] = max(m.batch[name], per)
 		}
 		m.backend = s.Backend
 		for _, l := range s.Loads {

@@ -14,7 +14,7 @@ func knownResults() *Results {
 		StatusBytesPerNotification: 500}
 	return &Results{Version: ResultsVersion, Scale: 1, TimeScale: 1, Scenarios: []ScenarioResult{
 		{Name: "otp-flood", Backend: "wal", Scenario: Scenario{LatencyTarget: Duration(250 * time.Millisecond)},
-			Channels: map[string]ChannelInfo{"sms": {Provider: "twilio", Rate: 1e6, Batch: 1}},
+			Channels: map[string]ChannelInfo{"sms": {Provider: "twilio", Rate: 1e6, Batch: 16, PerRequest: 1}},
 			Loads:    []LoadResult{{Name: "otp", Channel: "sms", Priority: "critical", MaxGoodRate: 10_000, BrokeAt: 12_000, BreakReason: "p99"}},
 			Disk:     disk},
 		{Name: "marketing-burst", Backend: "wal", DeliveredPerSec: 40_000,

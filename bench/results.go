@@ -55,7 +55,7 @@ type ScenarioResult struct {
 	Expired            int64 `json:"expired"`
 	EngineDuplicates   int64 `json:"engine_duplicates"` // replayed records the dedupe store stopped
 	// Lost: accepted but neither delivered, dead-lettered nor expired when
-	// the run ended.
+	// the run ended; when Unsettled, these may still have been on their way.
 	Lost int64 `json:"lost"`
 
 	AcceptedPerSec      float64 `json:"accepted_per_sec"`  // ingest requests (repeats included) over the load time
@@ -74,8 +74,9 @@ type ScenarioResult struct {
 type ChannelInfo struct {
 	Provider    string  `json:"provider"`
 	Rate        float64 `json:"rate"`        // token bucket, sends/s
-	Batch       int     `json:"batch"`       // notifications per provider call
+	Batch       int     `json:"batch"`       // notifications per provider call (Send)
 	Concurrency int     `json:"concurrency"` // provider calls in flight
+	PerRequest  int     `json:"per_request"` // notifications per HTTP request (1: the API takes one message a request)
 }
 
 // Latency is a distribution of acceptance-to-provider-ack times, in ms.
@@ -179,11 +180,13 @@ func (r *Results) Summary(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	for _, s := range r.Scenarios {
-		fmt.Fprintf(w, "\n%s (%s, %.1fs): accepted %d, delivered %d at %.0f/s (peak %.0f/s), repeats %d, retries %d, dead letters %d, expired %d, provider duplicates %d, lost %d",
+		fmt.Fprintf(w, "\n%s (%s, %.1fs): accepted %d, delivered %d at %.0f/s (peak %.0f/s), repeats %d, retries %d, dead letters %d, expired %d, provider duplicates %d",
 			s.Name, s.Backend, s.Seconds, s.Accepted, s.Delivered, s.DeliveredPerSec, s.PeakDeliveredPerSec,
-			s.Repeats, s.Retries, s.DeadLetters, s.Expired, s.ProviderDuplicates, s.Lost)
+			s.Repeats, s.Retries, s.DeadLetters, s.Expired, s.ProviderDuplicates)
 		if s.Unsettled {
-			fmt.Fprint(w, " (drain time ran out)")
+			fmt.Fprintf(w, ", unfinished %d when the drain time ran out", s.Lost)
+		} else {
+			fmt.Fprintf(w, ", lost %d", s.Lost)
 		}
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -212,7 +212,7 @@ func (r *rig) openLog() (func(partition.ConsumerConfig) (partition.Log, error), 
 
 // templates every generated notification uses.
 var benchTemplates = map[string]providers.TemplateSource{
-	"otp":   {Subject: "Your code", Body: "Your verification code is {{.code}}. It expires in 5 minutes."},
+	"otp": {Subject: "Your code", Body: "Your verification code is {{.code}}. It expires in 5 minutes."},
 	// One content for every recipient, as a campaign has: the SendGrid
 	// adapter puts recipients sharing a content in one request.
 	"promo": {Subject: "This week only", Body: "Everything is 20% off until Sunday."},
@@ -254,6 +254,10 @@ func (r *rig) channels() (map[notification.Channel]engine.ChannelConfig, error) 
 		}
 		if info.Concurrency == 0 {
 			info.Concurrency = max(1, p.Concurrency())
+		}
+		info.PerRequest = info.Batch
+		if name == "sms" || name == "push" { // Twilio and FCM: one message a request
+			info.PerRequest = 1
 		}
 		r.chans[name] = info
 		p = &probe{Provider: p, loads: r.byTen}

@@ -66,6 +66,15 @@ func claimConfirm(b *testing.B, s *Store, keys []string, reqs []ClaimRequest, ou
 	}
 }
 
+// keyBytes is the key bytes of one batch, for b.SetBytes.
+func keyBytes(keys []string) int64 {
+	var n int64
+	for _, k := range keys {
+		n += int64(len(k))
+	}
+	return n
+}
+
 // BenchmarkClaimConfirmNew claims and confirms new keys in batches of
 // 1,000 on top of 1,000,000 keys already stored.
 func BenchmarkClaimConfirmNew(b *testing.B) {
@@ -75,6 +84,7 @@ func BenchmarkClaimConfirmNew(b *testing.B) {
 			defer s.Close()
 			reqs, out, done := preload(b, s)
 			fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
+			b.SetBytes(keyBytes(fresh[:benchBatch]))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
@@ -94,6 +104,7 @@ func BenchmarkLookupExisting(b *testing.B) {
 	keys := benchKeys(1_000_000, 1)
 	r := rand.New(rand.NewPCG(3, 3))
 	batch := make([]string, benchBatch)
+	b.SetBytes(keyBytes(keys[:benchBatch]))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {

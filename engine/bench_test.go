@@ -46,6 +46,7 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 			ns := webhookBatch(b.N, 0)
 			r.enqueue(ns...)
 			cfg := r.config(ch)
+			b.SetBytes(int64(len(r.codec.AppendEncode(nil, ns[0])))) // one notification's record
 			b.ReportAllocs()
 			b.ResetTimer()
 			_, stop := r.start(cfg)

@@ -131,4 +131,5 @@ func BenchmarkPicker(b *testing.B) {
 	for b.Loop() {
 		p.Pick(q)
 	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "picks/s")
 }

@@ -53,12 +53,13 @@ func NewFCM(cfg FCMConfig) (*FCM, error) {
 }
 
 func (f *FCM) Name() string     { return f.cfg.Name }
-func (f *FCM) MaxBatch() int    { return 1 }
-func (f *FCM) Concurrency() int { return f.cfg.Concurrency }
+func (f *FCM) MaxBatch() int    { b, _ := perItemShape(f.cfg.Concurrency); return b }
+func (f *FCM) Concurrency() int { _, c := perItemShape(f.cfg.Concurrency); return c }
 
 // Send implements Provider.
 func (f *FCM) Send(ctx context.Context, batch []*notification.Notification, results []Result) {
-	eachItem(ctx, batch, results, f.cfg.Concurrency, f.sendOne)
+	fan, _ := perItemShape(f.cfg.Concurrency)
+	eachItem(ctx, batch, results, fan, f.sendOne)
 	for i := range results {
 		results[i].Provider = f.cfg.Name
 	}

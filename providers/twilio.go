@@ -64,13 +64,14 @@ func NewTwilio(cfg TwilioConfig) (*Twilio, error) {
 }
 
 func (t *Twilio) Name() string     { return t.cfg.Name }
-func (t *Twilio) MaxBatch() int    { return 1 }
-func (t *Twilio) Concurrency() int { return t.cfg.Concurrency }
+func (t *Twilio) MaxBatch() int    { b, _ := perItemShape(t.cfg.Concurrency); return b }
+func (t *Twilio) Concurrency() int { _, c := perItemShape(t.cfg.Concurrency); return c }
 
 // Send sends each item as its own request, concurrently when given more
 // than one.
 func (t *Twilio) Send(ctx context.Context, batch []*notification.Notification, results []Result) {
-	eachItem(ctx, batch, results, t.cfg.Concurrency, t.sendOne)
+	fan, _ := perItemShape(t.cfg.Concurrency)
+	eachItem(ctx, batch, results, fan, t.sendOne)
 	for i := range results {
 		results[i].Provider = t.cfg.Name
 	}
@@ -137,6 +138,20 @@ func (t *Twilio) sendOne(ctx context.Context, n *notification.Notification) Resu
 const IDHeader = "X-Goutong-Notification-Id"
 
 // eachItem runs send for every item, at most conc at once.
+// perItemCalls is how many Send calls an adapter whose API takes one
+// message per request runs at once; each call fans its batch out over
+// Concurrency/perItemCalls requests. The engine then hands it batches (one
+// dedupe confirm and one status write per batch, not per message) while at
+// most Concurrency requests are in flight.
+const perItemCalls = 4
+
+// perItemShape is such an adapter's MaxBatch (= its fan-out per call) and
+// Concurrency (calls at once) for conc requests in flight.
+func perItemShape(conc int) (batch, calls int) {
+	calls = max(1, min(perItemCalls, conc))
+	return max(1, conc/calls), calls
+}
+
 func eachItem(ctx context.Context, batch []*notification.Notification, results []Result, conc int,
 	send func(context.Context, *notification.Notification) Result) {
 	if len(batch) == 1 || conc <= 1 {

@@ -87,7 +87,10 @@ It writes <out>/results.json (the input of goutong plan) and <out>/report.html
 			res.Summary(w)
 			fmt.Fprintf(w, "\nresults: %s\nreport:  %s\n", jsonPath, htmlPath)
 			for _, s := range res.Scenarios {
-				if s.Lost > 0 || s.ProviderDuplicates > 0 {
+				switch {
+				case s.Unsettled:
+					return fmt.Errorf("scenario %s: %d notifications unfinished when its drain time (%s) ran out", s.Name, s.Lost, s.Scenario.Drain.D())
+				case s.Lost > 0 || s.ProviderDuplicates > 0:
 					return fmt.Errorf("scenario %s: %d lost, %d sent more than once", s.Name, s.Lost, s.ProviderDuplicates)
 				}
 			}
