@@ -151,7 +151,7 @@ type measured struct {
 	dlqB               float64
 	dedupeB, statusB   float64
 	batch              map[string]int // notifications per HTTP request
-	isolationP99       float64 // critical p99 under a bulk burst, ms (0: not measured)
+	isolationP99       float64        // critical p99 under a bulk burst, ms (0: not measured)
 	backend            string
 }
 
