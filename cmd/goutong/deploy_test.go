@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -91,6 +92,28 @@ func checkSeries(t *testing.T, where, expr string, known map[string]bool) {
 		}
 		if !known[base] {
 			t.Errorf("%s uses %s, which no node exports", where, s)
+		}
+	}
+}
+
+// TestAlertRulesPromtool checks the rules with Prometheus's own promtool
+// (Debian's prometheus package; .ci/run installs it) and runs their unit
+// tests: each alert fires on the series it is meant for and not on others.
+func TestAlertRulesPromtool(t *testing.T) {
+	bin, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI needs promtool (.ci/run installs Debian's prometheus package)")
+		}
+		t.Skip("no promtool: apt-get install prometheus")
+	}
+	for _, args := range [][]string{
+		{"check", "rules", "../../deploy/prometheus/goutong-alerts.yml"},
+		{"test", "rules", "../../deploy/prometheus/goutong-alerts_test.yml"},
+	} {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "SUCCESS") {
+			t.Fatalf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 }
