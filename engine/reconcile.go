@@ -116,6 +116,22 @@ func (e *Engine) Reconcile(ctx context.Context, opts ReconcileOptions, emit func
 	rep := ReconcileReport{From: opts.From, To: opts.To, RanAt: now, Differences: map[string]int{}}
 	var redrive []*notification.Notification
 	var marks outcomes
+	// Redrives go out a thousand at a time, so memory follows the chunk,
+	// not the day's differences.
+	flush := func() error {
+		if len(redrive) == 0 {
+			return nil
+		}
+		if _, _, err := e.Ingest(ctx, redrive, now); err != nil {
+			return fmt.Errorf("engine: redrive: %w", err)
+		}
+		if err := e.emit(ctx, &marks); err != nil {
+			return err
+		}
+		rep.Redriven += len(redrive)
+		redrive, marks = redrive[:0], outcomes{}
+		return nil
+	}
 	report := func(d Difference) error {
 		rep.Differences[d.Kind]++
 		if slices.Contains(opts.Redrive, d.Kind) && (d.Kind != DiffStateMismatch || d.ReceiptState == StateFailed) {
@@ -130,7 +146,13 @@ func (e *Engine) Reconcile(ctx context.Context, opts ReconcileOptions, emit func
 				d.NotRedriven = why
 			}
 		}
-		return emit(d)
+		if err := emit(d); err != nil {
+			return err
+		}
+		if len(redrive) >= 1000 {
+			return flush()
+		}
+		return nil
 	}
 	err := st.Scan(opts.From, opts.To, func(id string, hist []StatusEvent) error {
 		if err := ctx.Err(); err != nil {
@@ -149,19 +171,9 @@ func (e *Engine) Reconcile(ctx context.Context, opts ReconcileOptions, emit func
 	if err != nil {
 		return rep, err
 	}
-	if len(redrive) > 0 {
-		// Ingest gives them ids, keys, lanes and accepted events as the API would.
-		for i := 0; i < len(redrive); i += 1000 {
-			if _, _, err := e.Ingest(ctx, redrive[i:min(i+1000, len(redrive))], now); err != nil {
-				return rep, fmt.Errorf("engine: redrive: %w", err)
-			}
-		}
-		if err := e.emit(ctx, &marks); err != nil {
-			return rep, err
-		}
-		rep.Redriven = len(redrive)
-	}
-	return rep, nil
+	// Ingest gives the resends ids, keys, lanes and accepted events as the
+	// API would.
+	return rep, flush()
 }
 
 // classifyHistory finds the differences in one notification's history.
