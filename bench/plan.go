@@ -188,7 +188,9 @@ func measure(r *Results, t Target) (measured, []string) {
 			// critical and high (0.2 by default).
 			m.bulkLimited = s.DeliveredPerSec >= 0.9*0.8*limit
 		}
-		if critical && bulk {
+		// Isolation is read off a burst without provider faults: under an
+		// outage every lane waits.
+		if critical && bulk && len(s.Scenario.Faults) == 0 {
 			for _, lat := range s.Latency {
 				if lat.Priority == "critical" {
 					m.isolationP99 = max(m.isolationP99, lat.P99)

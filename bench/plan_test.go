@@ -121,6 +121,25 @@ func TestPlanWarnsPastTheMeasurement(t *testing.T) {
 	}
 }
 
+func TestPlanIsolationIgnoresFaultScenarios(t *testing.T) {
+	r := knownResults()
+	slow := ScenarioResult{Name: "provider-faults", Backend: "wal", Scenario: Scenario{Faults: []FaultStep{{ErrorRate: 0.2}}},
+		Loads:   []LoadResult{{Name: "otp", Priority: "critical"}, {Name: "news", Priority: "bulk"}},
+		Latency: []Latency{{Name: "sms/critical", Priority: "critical", P99: 30_000}}}
+	calm := ScenarioResult{Name: "otp-during-burst", Backend: "wal",
+		Loads:   []LoadResult{{Name: "otp", Priority: "critical"}, {Name: "campaign", Priority: "bulk"}},
+		Latency: []Latency{{Name: "sms/critical", Priority: "critical", P99: 1500}}}
+	r.Scenarios = append(r.Scenarios, slow, calm)
+	p, err := MakePlan(r, Target{OTPRate: 1000, OTPP99: Duration(time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := strings.Join(p.Warnings, "\n")
+	if !strings.Contains(w, "critical p99 was 1500 ms") || strings.Contains(w, "30000") {
+		t.Fatalf("isolation warning should come from the burst without faults:\n%s", w)
+	}
+}
+
 func TestPlanNeedsTheRightScenarios(t *testing.T) {
 	r := knownResults()
 	r.Scenarios = r.Scenarios[1:] // no otp-flood
