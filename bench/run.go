@@ -394,10 +394,12 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 		res.Series = append(res.Series, r.sample(start, prev, s))
 		prev = s
 		if bar != nil {
-			if s.finished > bar.GetMax64() {
-				bar.ChangeMax64(s.finished)
+			// Progress counts requests: a repeat is finished when answered.
+			done := s.finished + s.repeats
+			if done > bar.GetMax64() {
+				bar.ChangeMax64(done)
 			}
-			_ = bar.Set64(s.finished)
+			_ = bar.Set64(done)
 		}
 		select {
 		case <-loadsDone:
@@ -405,7 +407,7 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 				drainBy = time.Now().Add(r.sc.Drain.D())
 				res.LoadSeconds = time.Since(start).Seconds()
 				if bar != nil {
-					bar.ChangeMax64(max(s.accepted, s.finished))
+					bar.ChangeMax64(max(s.accepted, s.finished) + s.repeats)
 				}
 			}
 			settled = s.finished >= s.accepted && s.queued == 0

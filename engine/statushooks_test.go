@@ -74,11 +74,13 @@ func TestStatusWebhooks(t *testing.T) {
 			r := newRig(t, b)
 			acme := &hookReceiver{secret: "acme-secret", failFirst: 3}
 			globex := &hookReceiver{secret: "globex-secret", status: 400}
-			sa, sg := httptest.NewServer(acme), httptest.NewServer(globex)
+			umbrella := &hookReceiver{secret: "umbrella-secret", failFirst: 1 << 30} // always 503
+			sa, sg, su := httptest.NewServer(acme), httptest.NewServer(globex), httptest.NewServer(umbrella)
 			defer sa.Close()
 			defer sg.Close()
+			defer su.Close()
 			var ns []*notification.Notification
-			for i, tenant := range []string{"acme", "globex", "initech"} {
+			for i, tenant := range []string{"acme", "globex", "initech", "umbrella"} {
 				batch := webhookBatch(60, i*100)
 				for _, n := range batch {
 					n.Tenant = tenant
@@ -88,7 +90,8 @@ func TestStatusWebhooks(t *testing.T) {
 			cfg := r.config(r.channels(false))
 			cfg.StatusWebhooks = map[string]engine.StatusWebhook{
 				"acme":   {URL: sa.URL + "/goutong/events", Secret: "acme-secret", Batch: 25},
-				"globex": {URL: sg.URL, Secret: "globex-secret", MaxAttempts: 3},
+				"globex":   {URL: sg.URL, Secret: "globex-secret", MaxAttempts: 3},
+				"umbrella": {URL: su.URL, Secret: "umbrella-secret", MaxAttempts: 2},
 			}
 			e, stop := r.start(cfg)
 			waitFor(t, 10*time.Second, "the engine", e.Ready)
@@ -129,15 +132,17 @@ func TestStatusWebhooks(t *testing.T) {
 			if _, _, bad := globex.snapshot(); bad != 0 {
 				t.Fatalf("globex: %d bad signatures", bad)
 			}
-			// globex's events are in the status dead letters, refused for good.
+			// globex's events are in the status dead letters, refused for good;
+			// umbrella's too, after its two attempts.
 			l, err := r.open(partition.ConsumerConfig{Group: "status-dlq-check", Topics: []string{engine.DefaultTopics().StatusDLQ}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer l.Close()
-			ids := map[string]bool{}
-			deadline := time.Now().Add(10 * time.Second)
-			for len(ids) < 60 && time.Now().Before(deadline) { // 60 accepted and 60 sent events
+			ids := map[string]map[string]bool{"globex": {}, "umbrella": {}}
+			want := map[string]string{"globex": "permanent", "umbrella": "retries-exhausted"}
+			deadline := time.Now().Add(20 * time.Second)
+			for (len(ids["globex"]) < 60 || len(ids["umbrella"]) < 60) && time.Now().Before(deadline) {
 				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 				recs, _ := l.Poll(ctx, 1000)
 				cancel()
@@ -147,17 +152,23 @@ func TestStatusWebhooks(t *testing.T) {
 						h[hd.Key] = string(hd.Value)
 					}
 					var e engine.StatusEvent
-					if err := json.Unmarshal(rec.Value, &e); err != nil || e.Tenant != "globex" ||
-						h[engine.HeaderTenant] != "globex" || h[engine.HeaderReason] != "permanent" || !strings.Contains(h[engine.HeaderError], "400") {
+					if err := json.Unmarshal(rec.Value, &e); err != nil || ids[e.Tenant] == nil || h[engine.HeaderTenant] != e.Tenant ||
+						h[engine.HeaderReason] != want[e.Tenant] || h[engine.HeaderError] == "" {
 						t.Fatalf("status dead letter %s with headers %v: %v", rec.Value, h, err)
 					}
-					ids[e.ID] = true
+					if e.Tenant == "globex" && !strings.Contains(h[engine.HeaderError], "400") {
+						t.Fatalf("globex's dead letter error %q", h[engine.HeaderError])
+					}
+					ids[e.Tenant][e.ID] = true
 				}
 			}
-			if len(ids) != 60 {
-				t.Fatalf("%d of globex's 60 notifications in the status dead letters", len(ids))
+			if len(ids["globex"]) != 60 || len(ids["umbrella"]) != 60 {
+				t.Fatalf("status dead letters: %d of globex's and %d of umbrella's 60 notifications", len(ids["globex"]), len(ids["umbrella"]))
 			}
-			if got := counterSum(t, r.reg, "goutong_status_webhook_events_total"); got < 240 {
+			if _, requests, _ := umbrella.snapshot(); requests < 2 {
+				t.Fatalf("umbrella was tried %d times", requests)
+			}
+			if got := counterSum(t, r.reg, "goutong_status_webhook_events_total"); got < 360 {
 				t.Fatalf("status webhook counter %v", got)
 			}
 		})
