@@ -89,7 +89,7 @@ func TestStatusWebhooks(t *testing.T) {
 			}
 			cfg := r.config(r.channels(false))
 			cfg.StatusWebhooks = map[string]engine.StatusWebhook{
-				"acme":   {URL: sa.URL + "/goutong/events", Secret: "acme-secret", Batch: 25},
+				"acme":     {URL: sa.URL + "/goutong/events", Secret: "acme-secret", Batch: 25},
 				"globex":   {URL: sg.URL, Secret: "globex-secret", MaxAttempts: 3},
 				"umbrella": {URL: su.URL, Secret: "umbrella-secret", MaxAttempts: 2},
 			}
