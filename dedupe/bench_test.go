@@ -76,50 +76,67 @@ func keyBytes(keys []string) int64 {
 }
 
 // BenchmarkClaimConfirmNew claims and confirms new keys in batches of
-// 1,000 on top of 1,000,000 keys already stored.
+// 1,000 on top of 1,000,000 keys already stored, with the per-bucket
+// filters (the default) and without them (the baseline they are measured
+// against).
 func BenchmarkClaimConfirmNew(b *testing.B) {
-	for _, sync := range []bool{true, false} {
-		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) {
-			s := open(b, b.TempDir(), newClock(), WithSync(sync))
-			defer s.Close()
-			reqs, out, done := preload(b, s)
-			fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
-			b.SetBytes(keyBytes(fresh[:benchBatch]))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := range b.N {
-				claimConfirm(b, s, fresh[i*benchBatch:(i+1)*benchBatch], reqs, out, done)
-			}
-			b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "keys/s")
-		})
+	for _, filter := range []bool{true, false} {
+		for _, sync := range []bool{true, false} {
+			b.Run(fmt.Sprintf("filter=%v/sync=%v", filter, sync), func(b *testing.B) {
+				opts := []Option{WithSync(sync)}
+				if !filter {
+					opts = append(opts, WithFilter(0))
+				}
+				s := open(b, b.TempDir(), newClock(), opts...)
+				defer s.Close()
+				reqs, out, done := preload(b, s)
+				fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
+				b.SetBytes(keyBytes(fresh[:benchBatch]))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := range b.N {
+					claimConfirm(b, s, fresh[i*benchBatch:(i+1)*benchBatch], reqs, out, done)
+				}
+				b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "keys/s")
+			})
+		}
 	}
 }
 
 // BenchmarkLookupExisting looks up stored keys in batches of 1,000 out of
-// 1,000,000.
+// 1,000,000, with and without the filters (which only cost here: every key
+// exists).
 func BenchmarkLookupExisting(b *testing.B) {
-	s := open(b, b.TempDir(), newClock())
-	defer s.Close()
-	preload(b, s)
-	keys := benchKeys(1_000_000, 1)
-	r := rand.New(rand.NewPCG(3, 3))
-	batch := make([]string, benchBatch)
-	b.SetBytes(keyBytes(keys[:benchBatch]))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		for i := range batch {
-			batch[i] = keys[r.IntN(len(keys))]
-		}
-		res, err := s.Lookup(batch, "")
-		if err != nil {
-			b.Fatal(err)
-		}
-		if !res[0].Found {
-			b.Fatal("stored key not found")
-		}
+	for _, filter := range []bool{true, false} {
+		b.Run(fmt.Sprintf("filter=%v", filter), func(b *testing.B) {
+			var opts []Option
+			if !filter {
+				opts = append(opts, WithFilter(0))
+			}
+			s := open(b, b.TempDir(), newClock(), opts...)
+			defer s.Close()
+			preload(b, s)
+			keys := benchKeys(1_000_000, 1)
+			r := rand.New(rand.NewPCG(3, 3))
+			batch := make([]string, benchBatch)
+			b.SetBytes(keyBytes(keys[:benchBatch]))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				for i := range batch {
+					batch[i] = keys[r.IntN(len(keys))]
+				}
+				res, err := s.Lookup(batch, "")
+				if err != nil {
+					b.Fatal(err)
+				}
+				if !res[0].Found {
+					b.Fatal("stored key not found")
+				}
+			}
+			b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "lookups/s")
+		})
 	}
-	b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "lookups/s")
 }
 
 // BenchmarkBaselinePerKey is the baseline the batched store is compared

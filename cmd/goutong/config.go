@@ -79,6 +79,9 @@ type DedupeConfig struct {
 	Window time.Duration `koanf:"window"`
 	Lease  time.Duration `koanf:"lease"`
 	Sync   bool          `koanf:"sync"`
+	// FilterKeys sizes the in-memory filter of each time bucket (window/4):
+	// new keys skip the disk probe. 0 turns the filters off.
+	FilterKeys uint `koanf:"filter_keys"`
 }
 
 type APIConfig struct {

@@ -332,7 +332,8 @@ func buildProvider(cfg Config, name string, c ChannelConf, tpl *providers.Templa
 // and per channel what happens to a send whose claimant died (the send
 // claims are scoped by channel).
 func dedupeOptions(cfg Config) ([]dedupe.Option, error) {
-	opts := []dedupe.Option{dedupe.WithWindow(cfg.Dedupe.Window), dedupe.WithLease(cfg.Dedupe.Lease), dedupe.WithSync(cfg.Dedupe.Sync)}
+	opts := []dedupe.Option{dedupe.WithWindow(cfg.Dedupe.Window), dedupe.WithLease(cfg.Dedupe.Lease), dedupe.WithSync(cfg.Dedupe.Sync),
+		dedupe.WithFilter(cfg.Dedupe.FilterKeys)}
 	for name, c := range cfg.Channels {
 		switch c.Uncertain {
 		case "", "resend":

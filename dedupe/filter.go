@@ -1,0 +1,100 @@
+package dedupe
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+
+	"github.com/bits-and-blooms/bloom/v3"
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// filters holds one Bloom filter per time bucket, of every key written
+// into that bucket. A key that no bucket's filter may hold is new, and its
+// claim skips the Pebble probe (a memtable skiplist descent and an sstable
+// seek per bucket: most of a new key's cost). Filters are built at open
+// from the keys on disk and fed before every write, so they never miss a
+// stored key; a released key stays in its filter (a false positive costs a
+// probe, nothing else). A bucket's filter goes with the bucket.
+type filters struct {
+	mu   sync.RWMutex
+	m    map[uint32]*bloom.BloomFilter
+	size uint // keys per bucket the filters are sized for (1 % false positives)
+	k    uint
+}
+
+func newFilters(keysPerBucket uint) *filters {
+	_, k := bloom.EstimateParameters(keysPerBucket, 0.01)
+	return &filters{m: map[uint32]*bloom.BloomFilter{}, size: keysPerBucket, k: k}
+}
+
+// locations hashes a key once for every bucket's filter.
+func (f *filters) locations(key string) []uint64 { return bloom.Locations([]byte(key), f.k) }
+
+// candidates appends to out the indexes order[j] (those open says are
+// still unresolved) whose key bucket b may hold; a bucket with no filter
+// has never been written. One read lock per bucket and batch.
+func (f *filters) candidates(b uint32, order []int, locs [][]uint64, open func(int) bool, out *[]int) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	bf := f.m[b]
+	if bf == nil {
+		return
+	}
+	for j, i := range order {
+		if open(i) && bf.TestLocations(locs[j]) {
+			*out = append(*out, i)
+		}
+	}
+}
+
+// add records keys about to be written (encoded entry keys).
+func (f *filters) add(ops []writeOp) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, op := range ops {
+		if op.del || len(op.key) < 5 || op.key[0] != 'b' {
+			continue
+		}
+		f.addLocked(binary.BigEndian.Uint32(op.key[1:5]), op.key[5:])
+	}
+}
+
+func (f *filters) addLocked(b uint32, key []byte) {
+	bf := f.m[b]
+	if bf == nil {
+		bf = bloom.NewWithEstimates(f.size, 0.01)
+		f.m[b] = bf
+	}
+	bf.Add(key)
+}
+
+// dropBelow forgets the filters of reclaimed buckets.
+func (f *filters) dropBelow(floor uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for b := range f.m {
+		if b < floor {
+			delete(f.m, b)
+		}
+	}
+}
+
+// load builds the filters from every entry key on disk.
+func (f *filters) load(db *pebble.DB) error {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{'b'}, UpperBound: []byte{'c'}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) < 5 {
+			return fmt.Errorf("dedupe: malformed entry key %q", k)
+		}
+		f.addLocked(binary.BigEndian.Uint32(k[1:5]), k[5:])
+	}
+	return it.Error()
+}
