@@ -265,6 +265,11 @@ func classifyHistory(id string, hist []StatusEvent, deadlines map[string]time.Du
 
 // redriveOf builds the resend of a difference, or says why there is none.
 func (e *Engine) redriveOf(d Difference, now time.Time) (*notification.Notification, string) {
+	if d.State == StateRetrying {
+		// After a send, only reconciliation writes "retrying": an earlier
+		// run redrove it already.
+		return nil, "already redriven"
+	}
 	raw, err := e.cfg.Status.Payload(d.ID)
 	if err != nil {
 		return nil, "payload not kept (engine.keep_payloads) or past the status window"

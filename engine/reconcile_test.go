@@ -108,6 +108,25 @@ func TestReconcilePlantedDifferences(t *testing.T) {
 		t.Fatalf("redriven notification: %+v %v", nst, err)
 	}
 
+	// A second run finds 8 still without a receipt but does not redrive it
+	// again (its window ends before the resend was created).
+	diffs = nil
+	rep, err = e.Reconcile(context.Background(), engine.ReconcileOptions{From: start.Add(-time.Second), To: start.Add(300 * time.Millisecond),
+		Deadlines: map[string]time.Duration{"sms": 300 * time.Millisecond}, Redrive: []string{engine.DiffMissingReceipt}},
+		func(d engine.Difference) error { diffs = append(diffs, d); return nil })
+	if err != nil || rep.Redriven != 0 {
+		t.Fatalf("second run: %+v %v", rep, err)
+	}
+	again := false
+	for _, d := range diffs {
+		if d.ID == ns[8].ID && d.Kind == engine.DiffMissingReceipt {
+			again = d.NotRedriven == "already redriven" && d.RedrivenAs == ""
+		}
+	}
+	if !again {
+		t.Fatalf("second run's differences: %+v", diffs)
+	}
+
 	// A window before any of it finds nothing.
 	rep, err = e.Reconcile(context.Background(), engine.ReconcileOptions{From: start.Add(-time.Hour), To: start.Add(-time.Minute)},
 		func(engine.Difference) error { t.Fatal("a difference outside the window"); return nil })
