@@ -140,6 +140,21 @@ func TestPlanIsolationIgnoresFaultScenarios(t *testing.T) {
 	}
 }
 
+// Disk per notification is read off the largest run, not the worst one: a
+// small run is mostly the stores' fixed overhead.
+func TestPlanDiskFromTheLargestRun(t *testing.T) {
+	r := knownResults()
+	r.Scenarios[0].Accepted, r.Scenarios[1].Accepted = 2_500, 1_000_000
+	r.Scenarios[0].Disk.StatusBytesPerNotification = 5_000 // the small run's overhead
+	p, err := MakePlan(r, Target{OTPRate: 50_000, OTPP99: Duration(time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := stepValue(t, p, "status store"); !strings.Contains(p.Steps[len(p.Steps)-2].Math, "x 500 B") {
+		t.Fatalf("status store %s from %q, want the large run's 500 B", v, p.Steps[len(p.Steps)-2].Math)
+	}
+}
+
 func TestPlanNeedsTheRightScenarios(t *testing.T) {
 	r := knownResults()
 	r.Scenarios = r.Scenarios[1:] // no otp-flood
