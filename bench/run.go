@@ -390,6 +390,15 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 			return nil, ctx.Err()
 		case <-tick.C:
 		}
+		// Whether the loads are done is read before the snapshot: a
+		// snapshot taken before the last ingest call returned would count
+		// one notification short and call the run settled.
+		loadsOver := false
+		select {
+		case <-loadsDone:
+			loadsOver = true
+		default:
+		}
 		s := r.snapshot()
 		res.Series = append(res.Series, r.sample(start, prev, s))
 		prev = s
@@ -401,8 +410,7 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 			}
 			_ = bar.Set64(done)
 		}
-		select {
-		case <-loadsDone:
+		if loadsOver {
 			if drainBy.IsZero() {
 				drainBy = time.Now().Add(r.sc.Drain.D())
 				res.LoadSeconds = time.Since(start).Seconds()
@@ -415,7 +423,6 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 				res.Unsettled = true
 				settled = true
 			}
-		default:
 		}
 	}
 	if bar != nil {
