@@ -17,8 +17,8 @@ import (
 // stored key; a released key stays in its filter (a false positive costs a
 // probe, nothing else). A bucket's filter goes with the bucket.
 type filters struct {
-	mu   sync.RWMutex
-	m    map[uint32]*bloom.BloomFilter
+	mu sync.RWMutex
+	m  map[uint32]*bloom.BloomFilter
 	// size is the keys per bucket the filters are sized for, at 5 % false
 	// positives: five hashes (cache misses) a key instead of seven at 1 %,
 	// and a false positive only costs the probe the filter would have saved.
