@@ -312,6 +312,7 @@ type snapshot struct {
 	unique, received, mockDup                int64
 	retries, deadLetters, expired, engineDup int64
 	finished                                 int64 // unique at the provider + dead letters + expired
+	acked                                    int64 // provider acks the probes saw (resends included)
 	lag, queued                              int64
 }
 
@@ -320,6 +321,9 @@ func (r *rig) snapshot() snapshot {
 	for _, ls := range r.loads {
 		s.accepted += ls.accepted.Load()
 		s.repeats += ls.repeats.Load()
+		// Read before the mock's count: an ack comes after the mock
+		// counted its request, so acked >= unique means none is in flight.
+		s.acked += ls.delivered.Load()
 	}
 	ms := r.mock.Stats()
 	s.unique, s.received, s.mockDup = ms.Unique, ms.Received, ms.Duplicates
@@ -384,6 +388,8 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 	prev := snapshot{at: start}
 	var drainBy time.Time
 	settled := false
+	var lastAcked int64
+	stalled := 0
 	for !settled {
 		select {
 		case <-ctx.Done():
@@ -418,7 +424,19 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 					bar.ChangeMax64(max(s.accepted, s.finished) + s.repeats)
 				}
 			}
-			settled = s.finished >= s.accepted && s.queued == 0
+			// Settled: everything accepted is finished, the rings are empty,
+			// and every send the mock took has been answered (its latency
+			// recorded) — or no answer came for three intervals (a send the
+			// mock took but whose answer timed out, then dead-lettered,
+			// never is).
+			done := s.finished >= s.accepted && s.queued == 0
+			if done && s.acked < s.unique && s.acked == lastAcked {
+				stalled++
+			} else {
+				stalled = 0
+			}
+			lastAcked = s.acked
+			settled = done && (s.acked >= s.unique || stalled >= 3)
 			if !settled && time.Now().After(drainBy) {
 				res.Unsettled = true
 				settled = true
