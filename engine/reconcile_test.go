@@ -28,7 +28,7 @@ func TestReconcilePlantedDifferences(t *testing.T) {
 		ns[i] = &notification.Notification{Channel: notification.SMS, Priority: notification.High, Tenant: "acme",
 			Recipient: recipient(notification.SMS, i), Template: "otp", Vars: map[string]string{"code": "123456"}}
 	}
-	ns[9].ExpiresAt = start.Add(400 * time.Millisecond) // a code: expired by the time it is reconciled
+	ns[9].ExpiresAt = start.Add(2 * time.Second) // a code: expired by the time it is reconciled
 	ns[10].Recipient = "invalid-number"                 // refused for good: dead-lettered
 	if _, _, err := e.Ingest(context.Background(), ns, start); err != nil {
 		t.Fatal(err)
@@ -63,7 +63,8 @@ func TestReconcilePlantedDifferences(t *testing.T) {
 	if err != nil || len(unknown) != 1 {
 		t.Fatalf("receipts: unknown %v, %v", unknown, err)
 	}
-	time.Sleep(500 * time.Millisecond) // past 8's and 9's receipt deadline, and 9's expiry
+	// Past 8's and 9's receipt deadline (300 ms), and 9's expiry.
+	time.Sleep(max(500*time.Millisecond, time.Until(ns[9].ExpiresAt.Add(100*time.Millisecond))))
 	var diffs []engine.Difference
 	rep, err := e.Reconcile(context.Background(), engine.ReconcileOptions{From: start.Add(-time.Second), To: time.Now().Add(time.Second),
 		Deadlines: map[string]time.Duration{"sms": 300 * time.Millisecond}, Redrive: []string{engine.DiffMissingReceipt}},
