@@ -159,6 +159,7 @@ func measure(r *Results, t Target) (measured, []string) {
 	m := measured{batch: map[string]int{}}
 	var missing []string
 	diskFrom, dlqFrom := int64(-1), int64(-1)
+	brokeFirst := ""
 	for _, s := range r.Scenarios {
 		for name, c := range s.Channels {
 			per := c.PerRequest
@@ -169,7 +170,13 @@ func measure(r *Results, t Target) (measured, []string) {
 		}
 		m.backend = s.Backend
 		for _, l := range s.Loads {
-			if l.Priority == "critical" && l.Channel == t.OTPChannel && (l.MaxGoodRate > 0 || l.BrokeAt > 0) && l.MaxGoodRate >= m.otpCap {
+			if l.Priority != "critical" || l.Channel != t.OTPChannel || (l.MaxGoodRate == 0 && l.BrokeAt == 0) {
+				continue
+			}
+			if l.MaxGoodRate == 0 {
+				brokeFirst = fmt.Sprintf("%s broke at its first step (%.0f/s: %s): lower its starting rate", s.Name, l.BrokeAt, l.BreakReason)
+			}
+			if l.MaxGoodRate > m.otpCap {
 				m.otpCap, m.otpTarget, m.otpNeverBroke = l.MaxGoodRate, float64(s.Scenario.LatencyTarget.D().Milliseconds()), l.BrokeAt == 0
 			}
 		}
@@ -209,7 +216,10 @@ func measure(r *Results, t Target) (measured, []string) {
 			dlqFrom, m.dlqB = s.DeadLetters, s.Disk.DeadLetterBytes
 		}
 	}
-	if t.OTPRate > 0 && m.otpCap == 0 {
+	switch {
+	case t.OTPRate > 0 && m.otpCap == 0 && brokeFirst != "":
+		missing = append(missing, "an OTP capacity: "+brokeFirst)
+	case t.OTPRate > 0 && m.otpCap == 0:
 		missing = append(missing, "a rising critical load on "+t.OTPChannel+" (run the otp-flood scenario)")
 	}
 	if t.CampaignSize > 0 && m.bulkCap == 0 {

@@ -162,6 +162,12 @@ func TestPlanNeedsTheRightScenarios(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "otp-flood") {
 		t.Fatalf("error %v, want one naming otp-flood", err)
 	}
+	r = knownResults()
+	r.Scenarios[0].Loads[0].MaxGoodRate = 0 // broke at its first step
+	_, err = MakePlan(r, Target{OTPRate: 1000, OTPP99: Duration(time.Second)})
+	if err == nil || !strings.Contains(err.Error(), "broke at its first step (12000/s") {
+		t.Fatalf("error %v, want one saying the flood broke at its first step", err)
+	}
 	for _, bad := range []Target{{}, {CampaignSize: 10}, {OTPRate: 10}, {OTPRate: 10, OTPP99: 1, Headroom: 1}} {
 		if _, err := MakePlan(knownResults(), bad); err == nil {
 			t.Errorf("target %+v accepted", bad)

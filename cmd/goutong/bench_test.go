@@ -23,16 +23,18 @@ func TestBenchThenPlan(t *testing.T) {
 	if err != nil || !strings.Contains(string(html), `id="otp-flood"`) {
 		t.Fatalf("report: %v", err)
 	}
+	// The campaign alone: a scaled otp-flood on a loaded CI machine may break
+	// at its first step, which plan rightly refuses to size codes from
+	// (bench's TestPlan* cover the codes' arithmetic).
 	results := filepath.Join(dir, "results.json")
-	plan := runCmd(t, "plan", "--results", results, "--otp-rate", "50000", "--otp-p99", "1s",
-		"--campaign-size", "10000000", "--campaign-within", "30m")
+	plan := runCmd(t, "plan", "--results", results, "--campaign-size", "10000000", "--campaign-within", "30m")
 	for _, want := range []string{"nodes", "partitions per lane topic", "engine.ring_size", "disk, whole fleet", "scaled run"} {
 		if !strings.Contains(plan, want) {
 			t.Fatalf("plan lacks %q:\n%s", want, plan)
 		}
 	}
 	target := filepath.Join(dir, "target.yaml")
-	os.WriteFile(target, []byte("otp_rate: 1000\notp_p99: 2s\n"), 0o644)
+	os.WriteFile(target, []byte("campaign_size: 1000000\ncampaign_within: 1h\n"), 0o644)
 	var p struct {
 		Nodes int `json:"nodes"`
 	}
