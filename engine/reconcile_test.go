@@ -29,7 +29,7 @@ func TestReconcilePlantedDifferences(t *testing.T) {
 			Recipient: recipient(notification.SMS, i), Template: "otp", Vars: map[string]string{"code": "123456"}}
 	}
 	ns[9].ExpiresAt = start.Add(2 * time.Second) // a code: expired by the time it is reconciled
-	ns[10].Recipient = "invalid-number"                 // refused for good: dead-lettered
+	ns[10].Recipient = "invalid-number"          // refused for good: dead-lettered
 	if _, _, err := e.Ingest(context.Background(), ns, start); err != nil {
 		t.Fatal(err)
 	}
