@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -290,7 +291,7 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	p.Nodes = max(1, int(math.Ceil(load/(1-t.Headroom)-1e-9)))
 	p.step("nodes", fmt.Sprint(p.Nodes),
 		"ceil((%s) / (1 - %.2f headroom)) = ceil(%.2f); one node measured %s codes/s at p99 <= %.0f ms and %s bulk/s",
-		joinPlus(terms), t.Headroom, load/(1-t.Headroom), si(m.otpCap), m.otpTarget, si(m.bulkCap))
+		strings.Join(terms, " + "), t.Headroom, load/(1-t.Headroom), si(m.otpCap), m.otpTarget, si(m.bulkCap))
 
 	// Partitions.
 	p.Partitions = max(8, 2*p.Nodes)
@@ -389,17 +390,6 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	}
 	p.warn("measured against the mock provider, which answers at once; provider latency is taken as %s", t.ProviderLatency.D())
 	return p, nil
-}
-
-func joinPlus(terms []string) string {
-	out := ""
-	for i, s := range terms {
-		if i > 0 {
-			out += " + "
-		}
-		out += s
-	}
-	return out
 }
 
 func joinAnd(items []string) string {

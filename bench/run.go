@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -217,7 +219,6 @@ var benchTemplates = map[string]providers.TemplateSource{
 	// One content for every recipient, as a campaign has: the SendGrid
 	// adapter puts recipients sharing a content in one request.
 	"promo": {Subject: "This week only", Body: "Everything is 20% off until Sunday."},
-	"alert": {Subject: "Alert {{.alert}}", Body: "{{.alert}} is firing on {{.host}}"},
 }
 
 // channels builds the four adapters against the mock, each inside a probe
@@ -346,22 +347,17 @@ func (r *rig) snapshot() snapshot {
 // is finished (or the drain time runs out) and builds the result.
 func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	start := time.Now()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		r.faults(ctx, start)
+	var faults, gens sync.WaitGroup
+	// Every goroutine started here ends before drive returns, on any path.
+	defer func() {
+		cancel()
+		faults.Wait()
+		gens.Wait()
 	}()
-	var gens sync.WaitGroup
+	faults.Go(func() { r.faults(ctx, start) })
 	for _, ls := range r.loads {
-		gens.Add(1)
-		go func() {
-			defer gens.Done()
-			r.generate(ctx, ls, start)
-		}()
+		gens.Go(func() { r.generate(ctx, ls, start) })
 	}
 	loadsDone := make(chan struct{})
 	go func() {
@@ -410,11 +406,11 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 		prev = s
 		if bar != nil {
 			// Progress counts requests: a repeat is finished when answered.
-			done := s.finished + s.repeats
-			if done > bar.GetMax64() {
-				bar.ChangeMax64(done)
+			answered := s.finished + s.repeats
+			if answered > bar.GetMax64() {
+				bar.ChangeMax64(answered)
 			}
-			_ = bar.Set64(done)
+			_ = bar.Set64(answered)
 		}
 		if loadsOver {
 			if drainBy.IsZero() {
@@ -447,8 +443,6 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 		_ = bar.Finish()
 		fmt.Fprintln(r.opt.Progress)
 	}
-	cancel()
-	wg.Wait()
 	end := r.snapshot()
 	r.finish(res, start, end)
 	return res, nil
@@ -482,9 +476,7 @@ func (r *rig) generate(ctx context.Context, ls *loadState, start time.Time) {
 	if !l.Steady() {
 		var wg sync.WaitGroup
 		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for ctx.Err() == nil {
 					from := seq.Add(int64(l.Batch)) - int64(l.Batch)
 					if from >= int64(l.Count) {
@@ -492,7 +484,7 @@ func (r *rig) generate(ctx context.Context, ls *loadState, start time.Time) {
 					}
 					r.ingest(ctx, ls, from, int(min(int64(l.Batch), int64(l.Count)-from)))
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		return
@@ -502,6 +494,14 @@ func (r *rig) generate(ctx context.Context, ls *loadState, start time.Time) {
 	defer tick.Stop()
 	var planned float64
 	var sent int64
+	// sendUpTo ingests, in calls of at most Batch, until total are sent.
+	sendUpTo := func(total int64) {
+		for sent < total && ctx.Err() == nil {
+			n := int(min(total-sent, int64(l.Batch)))
+			r.ingest(ctx, ls, sent, n)
+			sent += int64(n)
+		}
+	}
 	last := begin
 	stepStart, stepSent := begin, int64(0)
 	for {
@@ -514,11 +514,7 @@ func (r *rig) generate(ctx context.Context, ls *loadState, start time.Time) {
 		el := now.Sub(begin)
 		if el >= l.For.D() {
 			// The last tick's share: a load sends exactly what it planned.
-			for total := l.Expected(); sent < total && ctx.Err() == nil; {
-				n := int(min(total-sent, int64(l.Batch)))
-				r.ingest(ctx, ls, sent, n)
-				sent += int64(n)
-			}
+			sendUpTo(l.Expected())
 			if l.Rising() && ls.brokeAt == 0 {
 				r.judgeStep(ls, l.RateAt(l.For.D()-1), sent-stepSent, time.Since(stepStart))
 			}
@@ -534,11 +530,7 @@ func (r *rig) generate(ctx context.Context, ls *loadState, start time.Time) {
 		}
 		planned += l.RateAt(el) * now.Sub(last).Seconds()
 		last = now
-		for due := int64(planned) - sent; due > 0 && ctx.Err() == nil; due = int64(planned) - sent {
-			n := int(min(due, int64(l.Batch)))
-			r.ingest(ctx, ls, sent, n)
-			sent += int64(n)
-		}
+		sendUpTo(int64(planned))
 	}
 }
 
@@ -697,8 +689,12 @@ func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
 	if res.LoadSeconds > 0 {
 		res.AcceptedPerSec = float64(res.Accepted+res.Repeats) / res.LoadSeconds
 	}
-	merged := map[[2]string]*hdrhistogram.Histogram{}
-	var keys [][2]string
+	type lane struct {
+		ch notification.Channel
+		p  notification.Priority
+	}
+	merged := map[lane]*hdrhistogram.Histogram{}
+	var keys []lane
 	for _, ls := range r.loads {
 		ls.mu.Lock()
 		lr := LoadResult{Name: ls.spec.Name, Channel: string(ls.channel), Priority: ls.priority.String(),
@@ -707,7 +703,7 @@ func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
 		if ls.spec.Rising() {
 			lr.MaxGoodRate, lr.BrokeAt, lr.BreakReason = ls.maxGoodRate, ls.brokeAt, ls.breakReason
 		}
-		k := [2]string{string(ls.channel), ls.priority.String()}
+		k := lane{ls.channel, ls.priority}
 		if merged[k] == nil {
 			merged[k] = newHist()
 			keys = append(keys, k)
@@ -716,16 +712,10 @@ func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
 		ls.mu.Unlock()
 		res.Loads = append(res.Loads, lr)
 	}
-	slices.SortFunc(keys, func(a, b [2]string) int {
-		pa, _ := notification.ParsePriority(a[1])
-		pb, _ := notification.ParsePriority(b[1])
-		if a[0] != b[0] {
-			return map[bool]int{true: -1, false: 1}[a[0] < b[0]]
-		}
-		return int(pa) - int(pb)
-	})
+	slices.SortFunc(keys, func(a, b lane) int { return cmp.Or(strings.Compare(string(a.ch), string(b.ch)), cmp.Compare(a.p, b.p)) })
 	for _, k := range keys {
-		res.Latency = append(res.Latency, latencyOf(k[0]+"/"+k[1], k[0], k[1], merged[k]))
+		ch, p := string(k.ch), k.p.String()
+		res.Latency = append(res.Latency, latencyOf(ch+"/"+p, ch, p, merged[k]))
 	}
 }
 
@@ -736,10 +726,10 @@ func (r *rig) disk(res *ScenarioResult) {
 	if res.Accepted == 0 {
 		return
 	}
-	size := func(dir string, keep func(string) bool) int64 {
+	size := func(dir string) int64 {
 		var n int64
-		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && !d.IsDir() && keep(p) {
+		_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
 				if fi, err := d.Info(); err == nil {
 					n += fi.Size()
 				}
@@ -748,23 +738,22 @@ func (r *rig) disk(res *ScenarioResult) {
 		})
 		return n
 	}
-	all := func(string) bool { return true }
 	per := func(n, of int64) float64 { return math.Round(float64(n)/float64(of)*10) / 10 }
 	topics := engine.DefaultTopics()
 	topicDir := func(t string) string { return filepath.Join(r.dir, "log", "topics", t) }
 	if !r.opt.KafkaFake {
 		var buf int64
 		for _, t := range topics.Consumed() {
-			buf += size(topicDir(t), all)
+			buf += size(topicDir(t))
 		}
 		res.Disk.BufferBytesPerNotification = per(buf, res.Accepted)
-		res.Disk.StatusEventBytesPerNotification = per(size(topicDir(topics.Status), all), res.Accepted)
+		res.Disk.StatusEventBytesPerNotification = per(size(topicDir(topics.Status)), res.Accepted)
 		if res.DeadLetters > 0 {
-			res.Disk.DeadLetterBytes = per(size(topicDir(topics.DLQ), all), res.DeadLetters)
+			res.Disk.DeadLetterBytes = per(size(topicDir(topics.DLQ)), res.DeadLetters)
 		}
 	}
-	res.Disk.DedupeBytesPerNotification = per(size(filepath.Join(r.dir, "dedupe"), all), res.Accepted)
-	res.Disk.StatusBytesPerNotification = per(size(filepath.Join(r.dir, "status"), all), res.Accepted)
+	res.Disk.DedupeBytesPerNotification = per(size(filepath.Join(r.dir, "dedupe")), res.Accepted)
+	res.Disk.StatusBytesPerNotification = per(size(filepath.Join(r.dir, "status")), res.Accepted)
 }
 
 // Machine describes where results were measured.
