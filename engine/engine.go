@@ -613,13 +613,19 @@ func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
 
 func (o *outcomes) deadLetter(e *Engine, key, value []byte, reason, errText string, attempts int, src string, at time.Time) {
 	e.m.deadLetter.WithLabelValues(reason).Inc()
-	o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.DLQ, Key: key, Value: value, Headers: []partition.Header{
+	o.recs = append(o.recs, deadLetterRecord(e.cfg.Topics.DLQ, key, value, reason, errText, attempts, src, at))
+}
+
+// deadLetterRecord is a record for a dead-letter topic, with the headers
+// ParseDeadLetter reads.
+func deadLetterRecord(topic string, key, value []byte, reason, errText string, attempts int, src string, at time.Time) partition.Record {
+	return partition.Record{Topic: topic, Key: key, Value: value, Headers: []partition.Header{
 		{Key: HeaderReason, Value: []byte(reason)},
 		{Key: HeaderError, Value: []byte(errText)},
 		{Key: HeaderAttempts, Value: []byte(strconv.Itoa(attempts))},
 		{Key: HeaderSource, Value: []byte(src)},
 		{Key: HeaderFailedAt, Value: []byte(at.UTC().Format(time.RFC3339Nano))},
-	}})
+	}}
 }
 
 // flush produces the outcomes, then applies the status events and

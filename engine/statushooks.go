@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -45,6 +44,7 @@ const hookQueue = 4096
 type hookItem struct {
 	tp  partition.TopicPartition
 	off int64
+	src string // topic/partition@offset, for a dead letter
 	raw []byte
 	ev  StatusEvent
 }
@@ -171,7 +171,7 @@ func (f *hookForwarder) poll(ctx context.Context) error {
 			_ = wm.Track(r.Offset)
 			f.mu.Unlock()
 			var ev StatusEvent
-			t := (*hookTenant)(nil)
+			var t *hookTenant
 			if json.Unmarshal(r.Value, &ev) == nil {
 				t = f.tenants[ev.Tenant]
 			}
@@ -180,7 +180,7 @@ func (f *hookForwarder) poll(ctx context.Context) error {
 				continue
 			}
 			select {
-			case t.queue <- hookItem{tp: tp, off: r.Offset, raw: r.Value, ev: ev}:
+			case t.queue <- hookItem{tp: tp, off: r.Offset, src: source(&r), raw: r.Value, ev: ev}:
 			case <-ctx.Done():
 				return nil
 			}
@@ -268,14 +268,11 @@ func (f *hookForwarder) deliver(ctx context.Context, t *hookTenant, batch []hook
 	if last.Outcome == providers.Permanent {
 		reason = reasonPermanent
 	}
-	now := f.e.cfg.Clock.Now().UTC().Format(time.RFC3339)
+	now := f.e.cfg.Clock.Now()
 	recs := make([]partition.Record, len(batch))
 	for i, it := range batch {
-		recs[i] = partition.Record{Topic: f.e.cfg.Topics.StatusDLQ, Key: []byte(it.ev.ID), Value: it.raw,
-			Headers: []partition.Header{{Key: HeaderReason, Value: []byte(reason)}, {Key: HeaderError, Value: []byte(last.Reason)},
-				{Key: HeaderAttempts, Value: []byte(strconv.Itoa(attempt))}, {Key: HeaderTenant, Value: []byte(t.name)},
-				{Key: HeaderSource, Value: []byte(fmt.Sprintf("%s/%d@%d", it.tp.Topic, it.tp.Partition, it.off))},
-				{Key: HeaderFailedAt, Value: []byte(now)}}}
+		recs[i] = deadLetterRecord(f.e.cfg.Topics.StatusDLQ, []byte(it.ev.ID), it.raw, reason, last.Reason, attempt, it.src, now)
+		recs[i].Headers = append(recs[i].Headers, partition.Header{Key: HeaderTenant, Value: []byte(t.name)})
 	}
 	for {
 		err := f.e.log.Produce(ctx, recs)
