@@ -131,12 +131,18 @@ func (w *Webhook) buildRequest(batch []*notification.Notification, req *fasthttp
 	} else {
 		body = w.codec.AppendEncode(body, batch[0])
 	}
-	ts := strconv.FormatInt(w.now().Unix(), 10)
+	signedPost(req, w.url, []byte(w.cfg.Secret), body, w.now())
+}
+
+// signedPost makes req a JSON POST of body to url, signed with secret at
+// now (TimestampHeader, SignatureHeader).
+func signedPost(req *fasthttp.Request, url string, secret, body []byte, now time.Time) {
+	ts := strconv.FormatInt(now.Unix(), 10)
 	req.Header.SetMethod(fasthttp.MethodPost)
-	req.SetRequestURI(w.url)
+	req.SetRequestURI(url)
 	req.Header.SetContentType("application/json")
 	req.Header.Set(TimestampHeader, ts)
-	req.Header.Set(SignatureHeader, Sign([]byte(w.cfg.Secret), ts, body))
+	req.Header.Set(SignatureHeader, Sign(secret, ts, body))
 	req.SetBodyRaw(body)
 }
 
@@ -152,13 +158,7 @@ func (w *Webhook) sendBatch(ctx context.Context, batch []*notification.Notificat
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	w.buildRequest(batch, req)
-	if err := w.ep.Do(ctx, req, resp); err != nil {
-		fillAll(results, transportResult(err))
-		return
-	}
-	r := httpResult(resp, "")
-	if r.Outcome != Sent {
-		r.Reason = truncate(r.Reason+": "+strings.TrimSpace(string(resp.Body())), 200)
+	if r := w.ep.exchange(ctx, req, resp); r.Outcome != Sent {
 		fillAll(results, r)
 		return
 	}
@@ -199,13 +199,13 @@ func (e *Endpoint) PostSigned(ctx context.Context, url string, secret, body []by
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
-	ts := strconv.FormatInt(now.Unix(), 10)
-	req.Header.SetMethod(fasthttp.MethodPost)
-	req.SetRequestURI(url)
-	req.Header.SetContentType("application/json")
-	req.Header.Set(TimestampHeader, ts)
-	req.Header.Set(SignatureHeader, Sign(secret, ts, body))
-	req.SetBodyRaw(body)
+	signedPost(req, url, secret, body, now)
+	return e.exchange(ctx, req, resp)
+}
+
+// exchange sends req and classifies the whole answer; a failure's reason
+// carries the start of the body the endpoint sent.
+func (e *Endpoint) exchange(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response) Result {
 	if err := e.Do(ctx, req, resp); err != nil {
 		return transportResult(err)
 	}
