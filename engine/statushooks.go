@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -65,12 +66,15 @@ type hookForwarder struct {
 
 	mu    sync.Mutex
 	marks map[partition.TopicPartition]*Watermark
+	// committed is the last offset committed per partition (commit only).
+	committed map[partition.TopicPartition]int64
 
 	sends *prometheus.CounterVec // per tenant and outcome: delivered, retried, dead_lettered
 }
 
 func newHookForwarder(e *Engine) (*hookForwarder, error) {
 	f := &hookForwarder{e: e, tenants: map[string]*hookTenant{}, marks: map[partition.TopicPartition]*Watermark{},
+		committed: map[partition.TopicPartition]int64{},
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_status_webhook_events_total",
 			Help: "Status events sent to tenants' webhooks, by tenant and outcome (delivered, retried, dead_lettered)."},
 			[]string{"tenant", "outcome"})}
@@ -195,16 +199,27 @@ func (f *hookForwarder) done(tp partition.TopicPartition, off int64) {
 	f.marks[tp].Done(off)
 }
 
+// commit commits the partitions whose watermark moved since the last
+// commit: an idle forwarder writes nothing.
 func (f *hookForwarder) commit() {
 	f.mu.Lock()
 	offs := map[partition.TopicPartition]int64{}
 	for tp, wm := range f.marks {
-		offs[tp] = wm.Committable()
+		if c := wm.Committable(); c != f.committed[tp] {
+			offs[tp] = c
+		}
 	}
 	f.mu.Unlock()
+	if len(offs) == 0 {
+		return
+	}
 	if err := f.log.Commit(context.Background(), offs); err != nil {
 		f.e.cfg.Logger.Warn("status webhooks: commit", zap.Error(err))
+		return
 	}
+	f.mu.Lock()
+	maps.Copy(f.committed, offs)
+	f.mu.Unlock()
 }
 
 // send delivers one tenant's queue in batches, retrying a batch until it
