@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/valyala/fastjson"
@@ -63,10 +64,40 @@ func (c *Codec) Decode(data []byte) (*Notification, error) {
 
 // DecodeValue decodes an already parsed JSON value (an element of a JSON
 // array or an NDJSON line) and validates it.
+//
+// Decoding is on the engine's hot path (every record, once per poll), so
+// it allocates the Notification and its Content together and copies every
+// string of the record into one buffer: two allocations for a record
+// without vars or metadata, instead of one per field.
 func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) {
-	n := &Notification{}
-	if err := c.fromValue(v, n); err != nil {
-		return nil, err
+	obj, err := v.Object()
+	if err != nil {
+		return nil, fieldErr("", "want a JSON object, got %s", v.Type())
+	}
+	var size int
+	var hasContent bool
+	obj.Visit(func(key []byte, fv *fastjson.Value) {
+		size += stringBytes(fv)
+		hasContent = hasContent || (string(key) == "content" && fv.Type() == fastjson.TypeObject)
+	})
+	var n *Notification
+	if hasContent {
+		nc := &struct {
+			n Notification
+			c Content
+		}{}
+		n, nc.n.Content = &nc.n, &nc.c
+	} else {
+		n = &Notification{}
+	}
+	d := decoder{c: c, n: n, arena: make([]byte, 0, size)}
+	obj.Visit(func(key []byte, fv *fastjson.Value) {
+		if d.err == nil {
+			d.err = d.field(key, fv)
+		}
+	})
+	if d.err != nil {
+		return nil, d.err
 	}
 	if err := c.Validate(n); err != nil {
 		return nil, err
@@ -74,96 +105,153 @@ func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) {
 	return n, nil
 }
 
-func (c *Codec) fromValue(v *fastjson.Value, n *Notification) error {
-	obj, err := v.Object()
-	if err != nil {
-		return fieldErr("", "want a JSON object, got %s", v.Type())
+// stringBytes is how many bytes of strings v holds (its own, or its keys'
+// and values' for an object), so one buffer can take them all.
+func stringBytes(v *fastjson.Value) int {
+	switch v.Type() {
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		return len(b)
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		size := 0
+		o.Visit(func(k []byte, ev *fastjson.Value) {
+			size += len(k) + stringBytes(ev)
+			if t := ev.Type(); t == fastjson.TypeNumber || t == fastjson.TypeTrue || t == fastjson.TypeFalse {
+				size += 8
+			}
+		})
+		return size
 	}
-	var ferr error
-	obj.Visit(func(key []byte, fv *fastjson.Value) {
-		if ferr != nil {
-			return
-		}
-		ferr = c.field(string(key), fv, n)
-	})
-	return ferr
+	return 0
 }
 
-func (c *Codec) field(key string, v *fastjson.Value, n *Notification) error {
+// decoder fills one Notification; its strings point into arena.
+type decoder struct {
+	c     *Codec
+	n     *Notification
+	arena []byte
+	err   error
+}
+
+// intern copies b into the arena and returns it as a string. Should the
+// arena be outgrown, append moves on to a new array and the strings already
+// made keep the old one alive: correct either way, the size is only a hint.
+func (d *decoder) intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	start := len(d.arena)
+	d.arena = append(d.arena, b...)
+	return unsafe.String(&d.arena[start], len(b))
+}
+
+// str checks a string field (null is empty) and returns its bytes, which
+// live in the parser until it is reused.
+func str(field string, v *fastjson.Value, max int) ([]byte, error) {
+	if v.Type() == fastjson.TypeNull {
+		return nil, nil
+	}
+	b, err := v.StringBytes()
+	if err != nil {
+		return nil, fieldErr(field, "want a string, got %s", v.Type())
+	}
+	if len(b) > max {
+		return nil, fieldErr(field, "longer than %d bytes", max)
+	}
+	if !utf8.Valid(b) {
+		return nil, fieldErr(field, "not valid UTF-8")
+	}
+	return b, nil
+}
+
+// view is b as a string for a call that does not keep it.
+func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+func (d *decoder) field(key []byte, v *fastjson.Value) error {
+	n := d.n
+	var b []byte
 	var err error
-	switch key {
+	switch string(key) {
 	case "id":
-		n.ID, err = str(key, v, 26)
-		if err == nil && n.ID != "" {
-			if _, perr := ulid.ParseStrict(n.ID); perr != nil {
-				return fieldErr(key, "not a ULID: %v", perr)
+		if b, err = str("id", v, 26); err == nil && len(b) > 0 {
+			if _, perr := ulid.ParseStrict(view(b)); perr != nil {
+				return fieldErr("id", "not a ULID: %v", perr)
 			}
+			n.ID = d.intern(b)
 		}
 	case "idempotency_key":
-		n.IdempotencyKey, err = str(key, v, MaxKeyLen)
+		b, err = str("idempotency_key", v, MaxKeyLen)
+		n.IdempotencyKey = d.intern(b)
 	case "tenant":
-		n.Tenant, err = str(key, v, MaxKeyLen)
+		b, err = str("tenant", v, MaxKeyLen)
+		n.Tenant = d.intern(b)
 	case "channel":
-		var s string
-		s, err = str(key, v, MaxKeyLen)
-		n.Channel = Channel(s)
+		if b, err = str("channel", v, MaxKeyLen); err == nil {
+			n.Channel = d.channel(b)
+		}
 	case "priority":
-		var s string
-		if s, err = str(key, v, 16); err == nil {
-			p, ok := ParsePriority(s)
+		if b, err = str("priority", v, 16); err == nil && len(b) > 0 {
+			p, ok := ParsePriority(view(b))
 			if !ok {
-				return fieldErr(key, "unknown priority %q (want critical, high, normal or bulk)", s)
+				return fieldErr("priority", "unknown priority %q (want critical, high, normal or bulk)", b)
 			}
 			n.Priority = p
 		}
 	case "recipient":
-		n.Recipient, err = str(key, v, MaxRecipientLen)
+		b, err = str("recipient", v, MaxRecipientLen)
+		n.Recipient = d.intern(b)
 	case "template":
-		n.Template, err = str(key, v, MaxKeyLen)
+		b, err = str("template", v, MaxKeyLen)
+		n.Template = d.intern(b)
 	case "vars":
-		n.Vars, err = stringMap(key, v, MaxVars)
+		n.Vars, err = d.stringMap("vars", v, MaxVars)
 	case "content":
-		n.Content, err = content(v)
+		err = d.content(v)
 	case "not_before":
-		n.NotBefore, err = timestamp(key, v)
+		n.NotBefore, err = timestamp("not_before", v)
 	case "expires_at":
-		n.ExpiresAt, err = timestamp(key, v)
+		n.ExpiresAt, err = timestamp("expires_at", v)
 	case "accepted_at":
-		n.AcceptedAt, err = timestamp(key, v)
+		n.AcceptedAt, err = timestamp("accepted_at", v)
 	case "attempts":
-		var a int
-		if a, err = v.Int(); err != nil || a < 0 {
-			return fieldErr(key, "want a non-negative integer")
+		a, aerr := v.Int()
+		if aerr != nil || a < 0 {
+			return fieldErr("attempts", "want a non-negative integer")
 		}
 		n.Attempts = a
 	case "metadata":
-		n.Metadata, err = stringMap(key, v, MaxMetadata)
+		n.Metadata, err = d.stringMap("metadata", v, MaxMetadata)
 	default:
-		return fieldErr(key, "unknown field")
+		return fieldErr(string(key), "unknown field")
 	}
 	return err
 }
 
-func str(field string, v *fastjson.Value, max int) (string, error) {
-	if v.Type() == fastjson.TypeNull {
-		return "", nil
+// channel returns a known channel's own name, so a record's channel costs
+// no copy; an unknown one is copied and refused by Validate.
+func (d *decoder) channel(b []byte) Channel {
+	switch Channel(view(b)) {
+	case SMS:
+		return SMS
+	case Email:
+		return Email
+	case Push:
+		return Push
+	case Webhook:
+		return Webhook
 	}
-	b, err := v.StringBytes()
-	if err != nil {
-		return "", fieldErr(field, "want a string, got %s", v.Type())
+	for _, ch := range d.c.extra {
+		if string(ch) == string(b) {
+			return ch
+		}
 	}
-	if len(b) > max {
-		return "", fieldErr(field, "longer than %d bytes", max)
-	}
-	if !utf8.Valid(b) {
-		return "", fieldErr(field, "not valid UTF-8")
-	}
-	return string(b), nil
+	return Channel(d.intern(b))
 }
 
 // stringMap accepts string, number and boolean values; numbers and booleans
 // keep their JSON spelling so "5" and 5 render the same in a template.
-func stringMap(field string, v *fastjson.Value, max int) (map[string]string, error) {
+func (d *decoder) stringMap(field string, v *fastjson.Value, max int) (map[string]string, error) {
 	if v.Type() == fastjson.TypeNull {
 		return nil, nil
 	}
@@ -180,56 +268,65 @@ func stringMap(field string, v *fastjson.Value, max int) (map[string]string, err
 		if ferr != nil {
 			return
 		}
-		name := field + "." + string(k)
-		var s string
-		switch ev.Type() {
-		case fastjson.TypeString:
-			if s, ferr = str(name, ev, MaxValueLen); ferr != nil {
-				return
-			}
-		case fastjson.TypeNumber, fastjson.TypeTrue, fastjson.TypeFalse:
-			s = ev.String()
-		default:
-			ferr = fieldErr(name, "want a string, number or boolean, got %s", ev.Type())
-			return
-		}
-		if len(s) > MaxValueLen {
-			ferr = fieldErr(name, "longer than %d bytes", MaxValueLen)
-			return
-		}
 		if !utf8.Valid(k) {
 			ferr = fieldErr(field, "key not valid UTF-8")
 			return
 		}
-		m[string(k)] = s
+		var s string
+		switch ev.Type() {
+		case fastjson.TypeString:
+			b, _ := ev.StringBytes()
+			if len(b) > MaxValueLen || !utf8.Valid(b) {
+				// The dotted name is built only for the error.
+				_, ferr = str(field+"."+string(k), ev, MaxValueLen)
+				return
+			}
+			s = d.intern(b)
+		case fastjson.TypeNumber, fastjson.TypeTrue, fastjson.TypeFalse:
+			start := len(d.arena)
+			d.arena = ev.MarshalTo(d.arena)
+			if len(d.arena)-start > MaxValueLen {
+				ferr = fieldErr(field+"."+string(k), "longer than %d bytes", MaxValueLen)
+				return
+			}
+			s = unsafe.String(&d.arena[start], len(d.arena)-start)
+		default:
+			ferr = fieldErr(field+"."+string(k), "want a string, number or boolean, got %s", ev.Type())
+			return
+		}
+		m[d.intern(k)] = s
 	})
 	return m, ferr
 }
 
-func content(v *fastjson.Value) (*Content, error) {
+func (d *decoder) content(v *fastjson.Value) error {
 	if v.Type() == fastjson.TypeNull {
-		return nil, nil
+		d.n.Content = nil
+		return nil
 	}
 	obj, err := v.Object()
 	if err != nil {
-		return nil, fieldErr("content", "want an object, got %s", v.Type())
+		return fieldErr("content", "want an object, got %s", v.Type())
 	}
-	c := &Content{}
+	c := d.n.Content
 	var ferr error
 	obj.Visit(func(k []byte, ev *fastjson.Value) {
 		if ferr != nil {
 			return
 		}
+		var b []byte
 		switch string(k) {
 		case "subject":
-			c.Subject, ferr = str("content.subject", ev, MaxKeyLen*4)
+			b, ferr = str("content.subject", ev, MaxKeyLen*4)
+			c.Subject = d.intern(b)
 		case "body":
-			c.Body, ferr = str("content.body", ev, MaxBodyLen)
+			b, ferr = str("content.body", ev, MaxBodyLen)
+			c.Body = d.intern(b)
 		default:
 			ferr = fieldErr("content."+string(k), "unknown field")
 		}
 	})
-	return c, ferr
+	return ferr
 }
 
 func timestamp(field string, v *fastjson.Value) (time.Time, error) {
@@ -240,7 +337,8 @@ func timestamp(field string, v *fastjson.Value) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fieldErr(field, "want an RFC 3339 timestamp string, got %s", v.Type())
 	}
-	t, err := time.Parse(time.RFC3339Nano, string(b))
+	// time.Parse keeps its input only in the error, which is dropped here.
+	t, err := time.Parse(time.RFC3339Nano, view(b))
 	if err != nil {
 		return time.Time{}, fieldErr(field, "not an RFC 3339 timestamp: %q", b)
 	}
@@ -299,11 +397,18 @@ type wire struct {
 	Template       string            `json:"template,omitempty"`
 	Vars           map[string]string `json:"vars,omitempty"`
 	Content        *wireContent      `json:"content,omitempty"`
-	NotBefore      time.Time         `json:"not_before,omitzero"`
-	ExpiresAt      time.Time         `json:"expires_at,omitzero"`
-	AcceptedAt     time.Time         `json:"accepted_at,omitzero"`
-	Attempts       int               `json:"attempts,omitempty"`
-	Metadata       map[string]string `json:"metadata,omitempty"`
+	// Times are pointers (nil when zero) rather than omitzero values: the
+	// same JSON, without the reflection goccy/go-json spends on every
+	// omitzero check of a time.Time.
+	NotBefore  *time.Time        `json:"not_before,omitempty"`
+	ExpiresAt  *time.Time        `json:"expires_at,omitempty"`
+	AcceptedAt *time.Time        `json:"accepted_at,omitempty"`
+	Attempts   int               `json:"attempts,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+
+	// What the pointers point at, so filling a wire allocates nothing.
+	content                          wireContent
+	notBefore, expiresAt, acceptedAt time.Time
 }
 
 type wireContent struct {
@@ -313,29 +418,45 @@ type wireContent struct {
 
 // AppendEncode appends the wire form of n to dst.
 func (c *Codec) AppendEncode(dst []byte, n *Notification) []byte {
-	w := wireOf(n)
-	b, err := gojson.Marshal(&w)
+	var w wire
+	w.fill(n)
+	b, err := gojson.MarshalNoEscape(&w)
 	if err != nil {
 		// Only strings and string maps: Marshal cannot fail on this shape.
 		panic(fmt.Sprintf("notification: encode: %v", err))
 	}
+	if dst == nil {
+		return b
+	}
 	return append(dst, b...)
 }
 
-func wireOf(n *Notification) wire {
-	w := wire{
+// fill sets w to n's wire form; w's pointers point into w itself.
+func (w *wire) fill(n *Notification) {
+	*w = wire{
 		ID: n.ID, IdempotencyKey: n.IdempotencyKey, Tenant: n.Tenant, Channel: n.Channel,
 		Recipient: n.Recipient, Template: n.Template, Vars: n.Vars,
-		NotBefore: n.NotBefore.UTC(), ExpiresAt: n.ExpiresAt.UTC(), AcceptedAt: n.AcceptedAt.UTC(),
 		Attempts: n.Attempts, Metadata: n.Metadata,
 	}
 	if n.Priority.Valid() {
 		w.Priority = n.Priority.String()
 	}
 	if n.Content != nil {
-		w.Content = &wireContent{Subject: n.Content.Subject, Body: n.Content.Body}
+		w.content = wireContent{Subject: n.Content.Subject, Body: n.Content.Body}
+		w.Content = &w.content
 	}
-	return w
+	w.NotBefore = timeRef(&w.notBefore, n.NotBefore)
+	w.ExpiresAt = timeRef(&w.expiresAt, n.ExpiresAt)
+	w.AcceptedAt = timeRef(&w.acceptedAt, n.AcceptedAt)
+}
+
+// timeRef stores t in UTC at slot and returns slot, or nil for the zero time.
+func timeRef(slot *time.Time, t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	*slot = t.UTC()
+	return slot
 }
 
 // Encode returns the wire form of n.
