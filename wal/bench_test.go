@@ -162,3 +162,42 @@ func BenchmarkRead(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadSmallSteps reads frames of 4,000 records 100 at a time, as
+// a consumer sharing its polls among many partitions does, with the frame
+// cache (the default) and without it (each read decodes the frame again).
+func BenchmarkReadSmallSteps(b *testing.B) {
+	for _, cache := range []int64{64 << 20, 0} {
+		b.Run(fmt.Sprintf("cache=%v", cache > 0), func(b *testing.B) {
+			l := mustOpen(b, b.TempDir(), WithFrameCache(cache))
+			defer l.Close()
+			l.CreateTopic("t", TopicConfig{Partitions: 1, Codec: CodecS2, Fsync: FsyncNever})
+			recs := make([]Record, 4000)
+			for i := range recs {
+				recs[i].Value = record300(i)
+			}
+			for range 50 {
+				if _, err := l.Append(context.Background(), "t", 0, recs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.SetBytes(300)
+			b.ReportAllocs()
+			b.ResetTimer()
+			var off int64
+			for read := 0; read < b.N; {
+				got, err := l.Read("t", 0, off, 100, 8<<20)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(got) == 0 {
+					off = 0
+					continue
+				}
+				read += len(got)
+				off = got[len(got)-1].Offset + 1
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+		})
+	}
+}

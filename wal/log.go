@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -124,6 +125,7 @@ type options struct {
 	retentionInterval time.Duration
 	queueDepth        int
 	maxGroupBytes     int
+	frameCacheBytes   int64
 }
 
 // WithClock sets the clock used for timestamps, segment ages and retention.
@@ -139,6 +141,12 @@ func WithRetentionInterval(d time.Duration) Option {
 // WithQueueDepth bounds the appends waiting for each partition's writer;
 // appenders block (backpressure) beyond it. Default 4096.
 func WithQueueDepth(n int) Option { return func(o *options) { o.queueDepth = n } }
+
+// WithFrameCache bounds the decoded frames kept across the log for reads
+// that stopped inside a frame (default 64 MiB; 0 keeps none). A consumer
+// reading a frame of thousands of records a hundred at a time otherwise
+// reads, checks and decompresses the whole frame for every hundred.
+func WithFrameCache(bytes int64) Option { return func(o *options) { o.frameCacheBytes = bytes } }
 
 // WithMaxGroupBytes bounds the uncompressed bytes framed into one batch.
 // Default 4 MiB.
@@ -158,6 +166,8 @@ type Log struct {
 
 	offsets *offsetStore
 
+	frameCache atomic.Int64 // bytes of decoded frames kept by partitions
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -172,7 +182,8 @@ var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
 
 // Open opens or creates the log in dir, recovering every partition.
 func Open(dir string, opts ...Option) (*Log, error) {
-	o := options{now: time.Now, retentionInterval: 30 * time.Second, queueDepth: 4096, maxGroupBytes: 4 << 20}
+	o := options{now: time.Now, retentionInterval: 30 * time.Second, queueDepth: 4096, maxGroupBytes: 4 << 20,
+		frameCacheBytes: 64 << 20}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -358,7 +369,9 @@ func (l *Log) Append(ctx context.Context, topic string, part int32, recs []Recor
 
 // Read returns up to maxRecords records (and roughly maxBytes of values)
 // from offset on. It returns no records, and no error, at the end of the
-// partition; ErrOffsetOutOfRange below the start or past the end.
+// partition; ErrOffsetOutOfRange below the start or past the end. The
+// records' keys, values and headers may be shared with other reads: the
+// caller must not modify them.
 func (l *Log) Read(topic string, part int32, offset int64, maxRecords, maxBytes int) ([]Record, error) {
 	p, err := l.partition(topic, part)
 	if err != nil {

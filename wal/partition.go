@@ -43,6 +43,11 @@ type partition struct {
 	endPos int64 // byte size of the active segment up to end
 	failed error // a write error that left the tail unknown; appends fail until reopen
 
+	// last is the decoded frame a read last stopped inside: the next read
+	// of the partition starts there.
+	lastMu sync.Mutex
+	last   *decodedFrame
+
 	// writer-only state
 	buf      []byte
 	raw      []byte
@@ -685,23 +690,19 @@ func (p *partition) readSegment(s *segment, index []indexEntry, limit, offset in
 			pos += h.length
 			continue
 		}
-		// Records alias the frame only when it is not compressed; otherwise
-		// they alias the decompressed copy and the frame can be reused.
-		if h.codec == CodecNone || int64(cap(scratch)) < h.length {
-			scratch = make([]byte, h.length)
-		}
-		frame := scratch[:h.length]
-		if h.codec == CodecNone {
-			scratch = nil
-		}
-		if _, err := s.f.ReadAt(frame, pos); err != nil {
-			return out, bytes, err
-		}
 		n := len(out)
-		want := min(int64(h.count), h.next()-offset, int64(maxRecords-n))
-		out = slices.Grow(out, int(want))
-		if out, err = p.log.comp.decodeFrame(out, frame, offset, n+int(want)); err != nil {
-			return out[:n], bytes, err
+		from := max(offset, h.base)
+		want := min(h.next()-from, int64(maxRecords-n))
+		midFrame := want < h.next()-from // this read stops inside the frame
+		if recs := p.cachedFrame(s, pos); recs != nil {
+			out = append(out, recs[from-h.base:][:want]...)
+		} else {
+			if out, scratch, err = p.decodeAt(s, pos, h, out, scratch, from, want, midFrame); err != nil {
+				return out[:n], bytes, err
+			}
+		}
+		if !midFrame {
+			p.dropFrame(s, pos)
 		}
 		for i := n; i < len(out); i++ {
 			bytes += len(out[i].Value) + len(out[i].Key)
@@ -709,4 +710,81 @@ func (p *partition) readSegment(s *segment, index []indexEntry, limit, offset in
 		pos += h.length
 	}
 	return out, bytes, nil
+}
+
+// decodeAt reads and decodes the frame at pos, appending want records from
+// offset from to out. When the read stops inside the frame (midFrame), the whole
+// frame is decoded and kept for the next read, within the log's budget.
+func (p *partition) decodeAt(s *segment, pos int64, h batchHeader, out []Record, scratch []byte, from, want int64, midFrame bool) ([]Record, []byte, error) {
+	// Records alias the frame only when it is not compressed; otherwise
+	// they alias the decompressed copy and the frame can be reused.
+	if h.codec == CodecNone || int64(cap(scratch)) < h.length {
+		scratch = make([]byte, h.length)
+	}
+	frame := scratch[:h.length]
+	if h.codec == CodecNone {
+		scratch = nil
+	}
+	if _, err := s.f.ReadAt(frame, pos); err != nil {
+		return out, scratch, err
+	}
+	if midFrame && p.log.opts.frameCacheBytes > 0 {
+		all, err := p.log.comp.decodeFrame(make([]Record, 0, h.count), frame, h.base, h.count)
+		if err != nil {
+			return out, scratch, err
+		}
+		p.keepFrame(s, pos, all)
+		return append(out, all[from-h.base:][:want]...), scratch, nil
+	}
+	n := len(out)
+	out = slices.Grow(out, int(want))
+	out, err := p.log.comp.decodeFrame(out, frame, from, n+int(want))
+	return out, scratch, err
+}
+
+// decodedFrame is every record of one frame, decoded.
+type decodedFrame struct {
+	seg  *segment
+	pos  int64
+	recs []Record
+	size int64
+}
+
+func (p *partition) cachedFrame(s *segment, pos int64) []Record {
+	p.lastMu.Lock()
+	defer p.lastMu.Unlock()
+	if p.last != nil && p.last.seg == s && p.last.pos == pos {
+		return p.last.recs
+	}
+	return nil
+}
+
+// keepFrame makes recs the partition's kept frame if the log's budget
+// allows, replacing the one it had.
+func (p *partition) keepFrame(s *segment, pos int64, recs []Record) {
+	var size int64
+	for i := range recs {
+		size += int64(len(recs[i].Key)+len(recs[i].Value)) + 64
+	}
+	p.lastMu.Lock()
+	defer p.lastMu.Unlock()
+	if p.last != nil {
+		p.log.frameCache.Add(-p.last.size)
+		p.last = nil
+	}
+	if p.log.frameCache.Add(size) > p.log.opts.frameCacheBytes {
+		p.log.frameCache.Add(-size)
+		return
+	}
+	p.last = &decodedFrame{seg: s, pos: pos, recs: recs, size: size}
+}
+
+// dropFrame forgets the kept frame once a read has passed its end.
+func (p *partition) dropFrame(s *segment, pos int64) {
+	p.lastMu.Lock()
+	defer p.lastMu.Unlock()
+	if p.last != nil && p.last.seg == s && p.last.pos == pos {
+		p.log.frameCache.Add(-p.last.size)
+		p.last = nil
+	}
 }

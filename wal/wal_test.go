@@ -313,3 +313,61 @@ func TestSealedIndexRebuilt(t *testing.T) {
 	checkSeq(t, readAll(t, l, "t", 0, 0), 0, 500)
 	checkSeq(t, readAll(t, l, "t", 0, 250), 250, 250)
 }
+
+// TestFrameCache reads big frames in small steps from two readers, with the
+// cache, with a budget too small for one frame and without it: every way
+// returns the same records, a frame is kept only while a read is inside it,
+// and the budget holds.
+func TestFrameCache(t *testing.T) {
+	for _, budget := range []int64{64 << 20, 4 << 10, 0} {
+		t.Run(fmt.Sprint(budget), func(t *testing.T) {
+			l := mustOpen(t, t.TempDir(), WithFrameCache(budget))
+			defer l.Close()
+			if err := l.CreateTopic("t", TopicConfig{Partitions: 2, Codec: CodecS2, SegmentBytes: 64 << 10}); err != nil {
+				t.Fatal(err)
+			}
+			appendN(t, l, "t", 0, 0, 3000, 700)
+			appendN(t, l, "t", 1, 0, 3000, 700)
+			var got [2][]Record
+			var off [2]int64
+			for step := 0; ; step++ {
+				more := false
+				for p := range int32(2) {
+					recs, err := l.Read("t", p, off[p], 1+step%97, 1<<20)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(recs) > 0 {
+						more = true
+						got[p] = append(got[p], recs...)
+						off[p] = recs[len(recs)-1].Offset + 1
+					}
+					if c := l.frameCache.Load(); c > max(budget, 0) {
+						t.Fatalf("frame cache holds %d bytes, budget %d", c, budget)
+					}
+				}
+				if !more {
+					break
+				}
+			}
+			checkSeq(t, got[0], 0, 3000)
+			checkSeq(t, got[1], 0, 3000)
+			if c := l.frameCache.Load(); c != 0 {
+				t.Fatalf("%d bytes of frames kept after every read passed them", c)
+			}
+			// A read that stops inside a frame keeps it (when it fits).
+			if _, err := l.Read("t", 0, 10, 5, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			if kept := l.frameCache.Load() > 0; kept != (budget >= 64<<10) {
+				t.Fatalf("frame kept = %v with budget %d", kept, budget)
+			}
+			// The kept frame serves a later read from inside it.
+			recs, err := l.Read("t", 0, 15, 1000, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkSeq(t, recs, 15, 1000)
+		})
+	}
+}
