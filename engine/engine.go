@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,6 +56,7 @@ type Engine struct {
 	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
+	ids     *idSource    // status event ids
 	dlqMu   sync.Mutex   // one dead-letter consumer (list or replay) at a time
 	reconMu sync.Mutex   // one reconciliation at a time
 	// logReady is closed once New has set log: a Kafka group may assign
@@ -85,6 +87,8 @@ type partState struct {
 
 type item struct {
 	n     *notification.Notification
+	raw   []byte // the record's value, kept as the payload once sent
+	key   string // the dedupe key (tenant, idempotency key)
 	ps    *partState
 	off   int64
 	due   time.Time
@@ -113,7 +117,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
 		parts: map[partition.TopicPartition]*partState{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
-		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{})}
+		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource()}
 	defer close(e.logReady)
 	collectors := e.m.collectors()
 	if len(cfg.StatusWebhooks) > 0 {
@@ -589,26 +593,40 @@ type outcomes struct {
 	values [][]byte // events' JSON, shared by the status topic and the store
 	keep   []payload
 	done   []*item
+	enc    eventEncoder // the events' ids, keys and JSON
 }
 
 func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at time.Time, provider, msgID, reason string) {
-	ev := StatusEvent{EventID: notification.NewID(), ID: n.ID, State: st, At: at, Tenant: n.Tenant,
+	o.addEvent(e, StatusEvent{ID: n.ID, State: st, At: at, Tenant: n.Tenant,
 		Channel: string(n.Channel), Priority: n.Priority.String(), Attempts: n.Attempts, Provider: provider,
-		ProviderMessageID: msgID, Reason: reason}
-	o.addEvent(e, ev)
-	if st == StateSent && e.cfg.KeepPayloads && e.cfg.Status != nil {
-		o.keep = append(o.keep, payload{id: n.ID, value: e.cfg.Codec.AppendEncode(nil, n)})
+		ProviderMessageID: msgID, Reason: reason})
+}
+
+// keepPayload keeps a sent item's record for reconciliation to resend.
+func (o *outcomes) keepPayload(e *Engine, it *item) {
+	if e.cfg.KeepPayloads && e.cfg.Status != nil {
+		v := it.raw
+		if v == nil {
+			v = e.cfg.Codec.Encode(it.n)
+		}
+		o.keep = append(o.keep, payload{id: it.n.ID, value: v})
 	}
 }
 
+// addEvent encodes ev (giving it an event id when it has none) for the
+// status topic and the store.
 func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
-	v, err := jsonMarshal(&ev)
-	if err != nil {
-		return
+	if ev.EventID == "" {
+		ev.EventID = o.enc.id(e.ids)
 	}
 	o.events = append(o.events, ev)
+	v, err := o.enc.encode(&o.events[len(o.events)-1])
+	if err != nil {
+		o.events = o.events[:len(o.events)-1]
+		return
+	}
 	o.values = append(o.values, v)
-	o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.Status, Key: []byte(ev.ID), Value: v})
+	o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.Status, Key: o.enc.bytes(ev.ID), Value: v})
 }
 
 func (o *outcomes) deadLetter(e *Engine, key, value []byte, reason, errText string, attempts int, src string, at time.Time) {
@@ -657,6 +675,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 	var out outcomes
 	var ready []*item
 	var ps *partState
+	slab := make([]item, len(recs)) // one allocation for the poll's items
 	for i := range recs {
 		r := &recs[i]
 		if ps == nil || ps.tp.Topic != r.Topic || ps.tp.Partition != r.Partition {
@@ -672,7 +691,8 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			continue // a repeat of a record already in flight
 		}
 		ps.inflight.Add(1)
-		it := &item{ps: ps, off: r.Offset, retry: r.Topic == e.cfg.Topics.Retry}
+		it := &slab[i]
+		*it = item{ps: ps, off: r.Offset, retry: r.Topic == e.cfg.Topics.Retry}
 		n, err := e.cfg.Codec.Decode(r.Value)
 		if err != nil {
 			out.deadLetter(e, r.Key, r.Value, reasonDecode, err.Error(), 0, source(r), now)
@@ -680,6 +700,9 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			continue
 		}
 		it.n = n
+		if e.cfg.KeepPayloads {
+			it.raw = r.Value
+		}
 		if n.ID == "" {
 			n.ID = recordID(r)
 		}
@@ -710,7 +733,11 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			}
 		}
 		if it.due.After(now) {
-			e.delay(it)
+			// It may wait for hours: on its own, so that it holds neither
+			// the poll's other items nor the log's buffer its record is in.
+			own := *it
+			own.raw = bytes.Clone(it.raw)
+			e.delay(&own)
 			continue
 		}
 		ready = append(ready, it)
@@ -772,8 +799,21 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 	}
 	reqs := make([]dedupe.ClaimRequest, len(items))
 	res := make([]dedupe.ClaimResult, len(items))
+	// The batch's keys share one buffer (they live as long as the claims).
+	size := 0
+	for _, it := range items {
+		if it.key == "" {
+			size += len(it.n.Tenant) + 1 + len(it.n.IdempotencyKey)
+		}
+	}
+	kbuf := make([]byte, 0, size)
 	for i, it := range items {
-		reqs[i] = dedupe.ClaimRequest{Key: it.n.Tenant + "\x00" + it.n.IdempotencyKey, Scope: string(it.n.Channel), ID: it.n.ID}
+		if it.key == "" {
+			start := len(kbuf)
+			kbuf = append(append(append(kbuf, it.n.Tenant...), 0), it.n.IdempotencyKey...)
+			it.key = unsafe.String(&kbuf[start], len(kbuf)-start)
+		}
+		reqs[i] = dedupe.ClaimRequest{Key: it.key, Scope: string(it.n.Channel), ID: it.n.ID}
 	}
 	if err := e.cfg.Dedupe.Claim(ctx, reqs, res); err != nil {
 		e.cfg.Logger.Warn("dedupe claim failed; holding the batch", zap.Error(err))
@@ -796,12 +836,12 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 			// Its own replay: sent and confirmed before a crash that came
 			// before the offset commit. Record the send again, in case the
 			// crash also took the status event.
-			ev := StatusEvent{EventID: notification.NewID(), ID: it.n.ID, State: StateSent, At: now, Tenant: it.n.Tenant,
+			ev := StatusEvent{ID: it.n.ID, State: StateSent, At: now, Tenant: it.n.Tenant,
 				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), Attempts: it.n.Attempts,
 				ProviderMessageID: r.Outcome, Reason: "confirmed before a restart"}
 			out.addEvent(e, ev)
 		} else if r.OriginalID != it.n.ID {
-			ev := StatusEvent{EventID: notification.NewID(), ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
+			ev := StatusEvent{ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
 				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), DuplicateOf: r.OriginalID,
 				Reason: "idempotency key " + r.Status.String()}
 			out.addEvent(e, ev)

@@ -281,7 +281,7 @@ func (e *Engine) redriveOf(d Difference, now time.Time) (*notification.Notificat
 	if n.Expired(now) {
 		return nil, "expired at " + n.ExpiresAt.UTC().Format(time.RFC3339)
 	}
-	orig := n.ID
+	orig := d.ID // a record produced without an id has none in its payload
 	n.ID, n.AcceptedAt, n.Attempts = notification.NewID(), time.Time{}, 0
 	n.IdempotencyKey = "redrive:" + orig // the original key is spent
 	if n.Metadata == nil {
