@@ -675,7 +675,14 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 	var out outcomes
 	var ready []*item
 	var ps *partState
-	slab := make([]item, len(recs)) // one allocation for the poll's items
+	// The poll's items and notifications come from two slabs and its
+	// strings from one buffer, not several allocations a record.
+	slab := make([]item, len(recs))
+	size := 0
+	for i := range recs {
+		size += len(recs[i].Value)
+	}
+	arena := notification.NewArena(len(recs), size)
 	for i := range recs {
 		r := &recs[i]
 		if ps == nil || ps.tp.Topic != r.Topic || ps.tp.Partition != r.Partition {
@@ -693,7 +700,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		ps.inflight.Add(1)
 		it := &slab[i]
 		*it = item{ps: ps, off: r.Offset, retry: r.Topic == e.cfg.Topics.Retry}
-		n, err := e.cfg.Codec.Decode(r.Value)
+		n, err := e.cfg.Codec.DecodeIn(arena, r.Value)
 		if err != nil {
 			out.deadLetter(e, r.Key, r.Value, reasonDecode, err.Error(), 0, source(r), now)
 			out.done = append(out.done, it)
@@ -736,7 +743,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			// It may wait for hours: on its own, so that it holds neither
 			// the poll's other items nor the log's buffer its record is in.
 			own := *it
-			own.raw = bytes.Clone(it.raw)
+			own.n, own.raw = it.n.Clone(), bytes.Clone(it.raw)
 			e.delay(&own)
 			continue
 		}

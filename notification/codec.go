@@ -69,7 +69,62 @@ func (c *Codec) Decode(data []byte) (*Notification, error) {
 // it allocates the Notification and its Content together and copies every
 // string of the record into one buffer: two allocations for a record
 // without vars or metadata, instead of one per field.
-func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) {
+func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) { return c.decodeValue(v, nil) }
+
+// DecodeIn is Decode with the Notification and its strings taken from a:
+// no allocation of its own for a record without vars or metadata.
+func (c *Codec) DecodeIn(a *Arena, data []byte) (*Notification, error) {
+	p := c.parsers.Get()
+	defer c.parsers.Put(p)
+	v, err := p.ParseBytes(data)
+	if err != nil {
+		return nil, fieldErr("", "malformed JSON: %v", err)
+	}
+	return c.decodeValue(v, a)
+}
+
+// withContent is a Notification allocated together with its Content.
+type withContent struct {
+	n Notification
+	c Content
+}
+
+// Arena holds the notifications decoded by DecodeIn (a poll's worth) in a
+// few large allocations. What is decoded into it stays in memory while any
+// of it is referenced: Clone a notification that must outlive the others.
+type Arena struct {
+	ns  []withContent
+	buf []byte
+}
+
+// NewArena sizes an arena for about n notifications whose records total
+// bytes; it grows past that in chunks of the same size.
+func NewArena(n, bytes int) *Arena {
+	return &Arena{ns: make([]withContent, 0, max(n, 1)), buf: make([]byte, 0, max(bytes, 64))}
+}
+
+// alloc returns a zeroed Notification (with a Content when asked) and an
+// empty buffer of capacity size for its strings.
+func (a *Arena) alloc(size int, content bool) (*Notification, []byte) {
+	if len(a.ns) == cap(a.ns) {
+		a.ns = make([]withContent, 0, cap(a.ns))
+	}
+	a.ns = a.ns[:len(a.ns)+1]
+	nc := &a.ns[len(a.ns)-1]
+	if content {
+		nc.n.Content = &nc.c
+	}
+	if cap(a.buf)-len(a.buf) < size {
+		a.buf = make([]byte, 0, max(cap(a.buf), size))
+	}
+	start := len(a.buf)
+	a.buf = a.buf[:start+size]
+	// A full slice expression: outgrowing the hint reallocates rather than
+	// writing over the next notification's strings.
+	return &nc.n, a.buf[start : start : start+size]
+}
+
+func (c *Codec) decodeValue(v *fastjson.Value, a *Arena) (*Notification, error) {
 	obj, err := v.Object()
 	if err != nil {
 		return nil, fieldErr("", "want a JSON object, got %s", v.Type())
@@ -81,16 +136,18 @@ func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) {
 		hasContent = hasContent || (string(key) == "content" && fv.Type() == fastjson.TypeObject)
 	})
 	var n *Notification
-	if hasContent {
-		nc := &struct {
-			n Notification
-			c Content
-		}{}
+	var buf []byte
+	switch {
+	case a != nil:
+		n, buf = a.alloc(size, hasContent)
+	case hasContent:
+		nc := &withContent{}
 		n, nc.n.Content = &nc.n, &nc.c
-	} else {
-		n = &Notification{}
+		buf = make([]byte, 0, size)
+	default:
+		n, buf = &Notification{}, make([]byte, 0, size)
 	}
-	d := decoder{c: c, n: n, arena: make([]byte, 0, size)}
+	d := decoder{c: c, n: n, arena: buf}
 	obj.Visit(func(key []byte, fv *fastjson.Value) {
 		if d.err == nil {
 			d.err = d.field(key, fv)

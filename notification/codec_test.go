@@ -3,10 +3,12 @@ package notification
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 const otpJSON = `{"id":"01JD3ZQ8X4K2M9N7P5R3T1V0WY","idempotency_key":"login-42-7731","tenant":"acme",` +
@@ -151,5 +153,48 @@ func TestPrepare(t *testing.T) {
 	n.Prepare(now.Add(time.Hour))
 	if n.ID != id || !n.AcceptedAt.Equal(now) {
 		t.Fatal("Prepare overwrote assigned fields")
+	}
+}
+
+// TestDecodeInArena decodes many different records into one arena smaller
+// than their total: each must equal its plain Decode after all are done
+// (no record's strings written over by the next), and a Clone shares no
+// memory with its original.
+func TestDecodeInArena(t *testing.T) {
+	c := NewCodec()
+	a := NewArena(3, 100)
+	var want, got []*Notification
+	for i := range 200 {
+		rec := fmt.Sprintf(`{"tenant":"t%d","channel":"sms","recipient":"+86138%08d","template":"otp",`+
+			`"vars":{"code":"%06d","n":1234567890.123456789e-3,"ok":true},"metadata":{"k%d":"v"}}`, i, i, i, i)
+		if i%3 == 0 {
+			rec = fmt.Sprintf(`{"channel":"email","recipient":"u%d@example.com","content":{"subject":"s%d","body":"%s"}}`,
+				i, i, strings.Repeat("b", i+1))
+		}
+		w, err := c.Decode([]byte(rec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := c.DecodeIn(a, []byte(rec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, got = append(want, w), append(got, g)
+	}
+	for i := range want {
+		if !reflect.DeepEqual(want[i], got[i]) {
+			t.Fatalf("record %d:\n got %+v\nwant %+v", i, got[i], want[i])
+		}
+	}
+	n := got[1]
+	cl := n.Clone()
+	if !reflect.DeepEqual(n, cl) {
+		t.Fatalf("clone differs: %+v", cl)
+	}
+	if unsafe.StringData(cl.Recipient) == unsafe.StringData(n.Recipient) || unsafe.StringData(cl.Vars["code"]) == unsafe.StringData(n.Vars["code"]) {
+		t.Fatal("clone shares strings with the original")
+	}
+	if e := got[0].Clone(); e.Content == got[0].Content || *e.Content != *got[0].Content {
+		t.Fatal("clone shares or changes the content")
 	}
 }

@@ -3,6 +3,7 @@ package notification
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -14,8 +15,18 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`[]`))
 	f.Add([]byte(`{"vars":null,"content":null}`))
 	c := NewCodec("custom")
+	// One small arena across all inputs: decoding into it must give what
+	// Decode gives, whatever was decoded into it before.
+	arena := NewArena(2, 16)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		n, err := c.Decode(data)
+		na, aerr := c.DecodeIn(arena, data)
+		if (err == nil) != (aerr == nil) || (err != nil && err.Error() != aerr.Error()) {
+			t.Fatalf("Decode: %v, DecodeIn: %v", err, aerr)
+		}
+		if err == nil && !reflect.DeepEqual(n, na) {
+			t.Fatalf("DecodeIn differs from Decode:\n%+v\n%+v", na, n)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("error does not wrap ErrInvalid: %v", err)

@@ -11,6 +11,7 @@ package notification
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -120,6 +121,31 @@ func fieldErr(field, format string, args ...any) error {
 // NewID returns a fresh ULID string. ulid.Make is safe for concurrent use
 // and monotonic within a millisecond.
 func NewID() string { return ulid.Make().String() }
+
+// Clone returns a deep copy of n that shares no memory with it.
+func (n *Notification) Clone() *Notification {
+	c := *n
+	for _, s := range []*string{&c.ID, &c.IdempotencyKey, &c.Tenant, &c.Recipient, &c.Template} {
+		*s = strings.Clone(*s)
+	}
+	c.Channel = Channel(strings.Clone(string(c.Channel)))
+	c.Vars, c.Metadata = cloneMap(c.Vars), cloneMap(c.Metadata)
+	if n.Content != nil {
+		c.Content = &Content{Subject: strings.Clone(n.Content.Subject), Body: strings.Clone(n.Content.Body)}
+	}
+	return &c
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[strings.Clone(k)] = strings.Clone(v)
+	}
+	return out
+}
 
 // Expired reports whether n must no longer be sent at now.
 func (n *Notification) Expired(now time.Time) bool {
