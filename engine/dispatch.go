@@ -149,16 +149,8 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			if !ok {
 				break
 			}
-			it, _ := cs.rings[p.Index()].Pop()
-			if it.ps.revoked.Load() {
-				e.abandon([]*item{it}) // the partition's new owner sends it
-				continue
-			}
-			if it.n.Expired(now) {
-				// A code that expired while queued is never sent.
-				e.m.expired.WithLabelValues(string(cs.name)).Inc()
-				late.event(e, it.n, StateExpired, now, "", "", "expired while queued")
-				late.done = append(late.done, it)
+			it := e.popLane(cs, p, now, &late)
+			if it == nil {
 				continue
 			}
 			if isUrgent(p) {
@@ -197,14 +189,7 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			lingering := !full && !urgentIn && !urgentWaiting && cs.cfg.Linger > 0 &&
 				((ringsEmpty && since < cs.cfg.Linger) || (budgetBound && since < budgetLinger))
 			if !lingering || isClosed(pollDone) {
-				jobs := cs.jobs
-				if urgentIn {
-					jobs = cs.urgent
-				}
-				select {
-				case jobs <- batch:
-				case <-stop:
-					e.abandon(batch)
+				if !e.handOff(cs, batch, urgentIn, stop) {
 					return
 				}
 				batch, urgentIn, lingerFrom = make([]*item, 0, cs.cfg.Batch), false, time.Time{}
@@ -239,6 +224,96 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 	}
 }
 
+// handOff gives a batch to the senders; false when stop came first. While
+// a normal or bulk batch waits for a free sender, urgent work that arrives
+// goes out past it, so a code never waits for a bulk batch's turn.
+func (e *Engine) handOff(cs *channelState, batch []*item, urgent bool, stop <-chan struct{}) bool {
+	if urgent {
+		cs.gate.enterUrgent()
+		select {
+		case cs.urgent <- batch:
+			return true
+		case <-stop:
+			cs.gate.exitUrgent()
+			e.abandon(batch)
+			return false
+		}
+	}
+	for {
+		select {
+		case cs.jobs <- batch:
+			return true
+		case <-stop:
+			e.abandon(batch)
+			return false
+		case <-cs.notify:
+			if !e.dispatchUrgent(cs, stop) {
+				e.abandon(batch)
+				return false
+			}
+		}
+	}
+}
+
+// dispatchUrgent sends what the critical and high lanes hold, within the
+// channel's tokens, in batches to the urgent senders; false when stop came
+// first.
+func (e *Engine) dispatchUrgent(cs *channelState, stop <-chan struct{}) bool {
+	for {
+		now := e.cfg.Clock.Now()
+		budget, _ := cs.limit.Budget(now)
+		batch := make([]*item, 0, min(cs.cfg.Batch, max(budget, 0)))
+		var late outcomes
+		var lens [notification.NumPriorities]int
+		for len(batch) < cap(batch) {
+			lens[notification.Critical.Index()] = cs.rings[notification.Critical.Index()].Len()
+			lens[notification.High.Index()] = cs.rings[notification.High.Index()].Len()
+			p, ok := cs.picker.Pick(lens)
+			if !ok {
+				break
+			}
+			if it := e.popLane(cs, p, now, &late); it != nil {
+				batch = append(batch, it)
+			}
+		}
+		cs.limit.Take(now, len(batch), 0)
+		if len(late.done) > 0 {
+			e.releaseClaims(late.done)
+			late.flush(e.outCtx, e)
+		}
+		if len(batch) == 0 {
+			return true
+		}
+		cs.gate.enterUrgent()
+		select {
+		case cs.urgent <- batch:
+		case <-stop:
+			cs.gate.exitUrgent()
+			e.abandon(batch)
+			return false
+		}
+	}
+}
+
+// popLane takes the next item of lane p, or nil when that item is not to
+// be sent here: its partition was revoked (the new owner sends it) or it
+// expired while queued (finished through late, never sent).
+func (e *Engine) popLane(cs *channelState, p notification.Priority, now time.Time, late *outcomes) *item {
+	it, _ := cs.rings[p.Index()].Pop()
+	if it.ps.revoked.Load() {
+		e.abandon([]*item{it})
+		return nil
+	}
+	if it.n.Expired(now) {
+		// A code that expired while queued is never sent.
+		e.m.expired.WithLabelValues(string(cs.name)).Inc()
+		late.event(e, it.n, StateExpired, now, "", "", "expired while queued")
+		late.done = append(late.done, it)
+		return nil
+	}
+	return it
+}
+
 // budgetLinger bounds how long a normal or bulk batch waits for the tokens
 // to fill it.
 const budgetLinger = 100 * time.Millisecond
@@ -258,7 +333,7 @@ func (e *Engine) sender(ctx context.Context, cs *channelState) {
 				if !ok {
 					urgent = nil
 				} else {
-					e.send(ctx, cs, b)
+					e.sendUrgent(ctx, cs, b)
 				}
 				continue
 			default:
@@ -270,14 +345,72 @@ func (e *Engine) sender(ctx context.Context, cs *channelState) {
 				urgent = nil
 				continue
 			}
-			e.send(ctx, cs, b)
+			e.sendUrgent(ctx, cs, b)
 		case b, ok := <-low:
 			if !ok {
 				low = nil
 				continue
 			}
+			cs.gate.enterLow()
 			e.send(ctx, cs, b)
+			cs.gate.exitLow()
 		}
+	}
+}
+
+func (e *Engine) sendUrgent(ctx context.Context, cs *channelState, batch []*item) {
+	defer cs.gate.exitUrgent()
+	e.send(ctx, cs, batch)
+}
+
+// lowGate holds normal and bulk sends to a quarter of a channel's senders
+// while critical or high batches are queued or in flight. On a saturated
+// machine (or provider) every send in flight slows the others; a code then
+// competes with two bulk batches, not eight. Bulk takes the whole width
+// again as soon as no urgent batch is left.
+type lowGate struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	urgent int // urgent batches handed off and not yet sent
+	low    int // normal and bulk sends in flight
+	max    int // low sends allowed while urgent > 0
+}
+
+func newLowGate(concurrency int) *lowGate {
+	g := &lowGate{max: max(1, concurrency/4)}
+	g.cond.L = &g.mu
+	return g
+}
+
+func (g *lowGate) enterLow() {
+	g.mu.Lock()
+	for g.urgent > 0 && g.low >= g.max {
+		g.cond.Wait()
+	}
+	g.low++
+	g.mu.Unlock()
+}
+
+func (g *lowGate) exitLow() {
+	g.mu.Lock()
+	g.low--
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}
+
+func (g *lowGate) enterUrgent() {
+	g.mu.Lock()
+	g.urgent++
+	g.mu.Unlock()
+}
+
+func (g *lowGate) exitUrgent() {
+	g.mu.Lock()
+	g.urgent--
+	done := g.urgent == 0
+	g.mu.Unlock()
+	if done {
+		g.cond.Broadcast()
 	}
 }
 

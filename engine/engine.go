@@ -106,6 +106,7 @@ type channelState struct {
 	picker    *Picker
 	jobs      chan []*item // normal and bulk batches
 	urgent    chan []*item // critical and high batches: never queued behind jobs
+	gate      *lowGate
 	provLimit *providers.AdaptiveLimit
 	paused    atomic.Bool // by the admin API
 }
@@ -138,7 +139,8 @@ func New(cfg Config) (*Engine, error) {
 			return nil, err
 		}
 		cs := &channelState{name: name, cfg: cc, notify: make(chan struct{}, 1), limit: lim, picker: picker,
-			jobs: make(chan []*item, cc.Concurrency), urgent: make(chan []*item, cc.Concurrency)}
+			jobs: make(chan []*item, cc.Concurrency), urgent: make(chan []*item, cc.Concurrency),
+			gate: newLowGate(cc.Concurrency)}
 		if g, ok := cc.Provider.(*providers.Guarded); ok {
 			cs.provLimit = g.Limit
 			collectors = append(collectors, breakerGauge(string(name), g))
@@ -236,7 +238,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		workers.Go(func() {
 			for batch := range cs.urgent {
-				e.send(outCtx, cs, batch)
+				e.sendUrgent(outCtx, cs, batch)
 			}
 		})
 	}
@@ -749,11 +751,28 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		}
 		ready = append(ready, it)
 	}
-	ready = e.claim(ctx, ready, &out, now)
-	if !out.flush(e.outCtx, e) {
-		return
+	// Critical and high items are claimed and routed first, so a code in
+	// a poll full of bulk does not wait for the bulk's claims.
+	var urgent []*item
+	rest := ready[:0]
+	for _, it := range ready {
+		if isUrgent(it.n.Priority) {
+			urgent = append(urgent, it)
+		} else {
+			rest = append(rest, it)
+		}
 	}
-	e.route(ready)
+	for _, part := range [][]*item{urgent, rest} {
+		if len(part) == 0 && len(out.recs)+len(out.done) == 0 {
+			continue
+		}
+		part = e.claim(ctx, part, &out, now)
+		if !out.flush(e.outCtx, e) {
+			return
+		}
+		e.route(part)
+		out = outcomes{}
+	}
 }
 
 func (e *Engine) delay(it *item) {
