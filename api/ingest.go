@@ -154,8 +154,10 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 	}
 	p := parserPool.Get()
 	defer parserPool.Put(p)
+	// The request's notifications live until it is answered: one arena.
+	arena := notification.NewArena(bytes.Count(body, []byte{'\n'})+1, len(body))
 	add := func(i int, v *fastjson.Value) {
-		n, err := codec.DecodeValue(v)
+		n, err := codec.DecodeValueIn(arena, v)
 		if err == nil {
 			err = bindTenant(n, key)
 		}

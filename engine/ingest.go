@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unsafe"
 
+	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 
 	"github.com/goutong/goutong/dedupe"
@@ -36,9 +38,25 @@ var ErrUnavailable = errors.New("engine: unavailable")
 // duplicate of the first notification and is not enqueued again.
 func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, now time.Time) ([]Admission, int, error) {
 	reqs := make([]dedupe.ClaimRequest, len(ns))
+	// The ids, default keys and claim keys of the batch share one buffer;
+	// strings made in an array the buffer outgrows stay valid.
+	buf := make([]byte, 0, len(ns)*(ulid.EncodedSize+2*notification.DefaultKeyLen+16))
+	str := func(start int) string { return unsafe.String(&buf[start], len(buf)-start) }
 	for i, n := range ns {
-		n.Prepare(now)
-		reqs[i] = dedupe.ClaimRequest{Key: "ingest\x00" + n.Tenant + "\x00" + n.IdempotencyKey, Scope: ingestScope, ID: n.ID}
+		if n.ID == "" {
+			start := len(buf)
+			buf = e.ids.append(buf)
+			n.ID = str(start)
+		}
+		if n.IdempotencyKey == "" {
+			start := len(buf)
+			buf = notification.AppendDefaultIdempotencyKey(buf, n)
+			n.IdempotencyKey = str(start)
+		}
+		n.Prepare(now) // the accepted time
+		start := len(buf)
+		buf = append(append(append(append(buf, "ingest\x00"...), n.Tenant...), 0), n.IdempotencyKey...)
+		reqs[i] = dedupe.ClaimRequest{Key: str(start), Scope: ingestScope, ID: n.ID}
 	}
 	claims := make([]dedupe.ClaimResult, len(ns))
 	if err := e.cfg.Dedupe.Claim(ctx, reqs, claims); err != nil {
@@ -54,7 +72,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		}
 		out[i] = Admission{ID: n.ID}
 		// The record first, its event after: addEvent appends to o.recs too.
-		o.recs = append(o.recs, e.Record(n))
+		o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.Lane(n.Priority), Key: o.enc.bytes(n.ID), Value: e.cfg.Codec.Encode(n)})
 		o.event(e, n, StateAccepted, now, "", "", "")
 		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
 	}

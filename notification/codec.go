@@ -71,6 +71,11 @@ func (c *Codec) Decode(data []byte) (*Notification, error) {
 // without vars or metadata, instead of one per field.
 func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) { return c.decodeValue(v, nil) }
 
+// DecodeValueIn is DecodeValue into an Arena (see DecodeIn).
+func (c *Codec) DecodeValueIn(a *Arena, v *fastjson.Value) (*Notification, error) {
+	return c.decodeValue(v, a)
+}
+
 // DecodeIn is Decode with the Notification and its strings taken from a:
 // no allocation of its own for a record without vars or metadata.
 func (c *Codec) DecodeIn(a *Arena, data []byte) (*Notification, error) {

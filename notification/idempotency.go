@@ -18,6 +18,15 @@ import (
 // template and vars: two tenants sending the same code to the same number
 // are two sends, not one.
 func DefaultIdempotencyKey(n *Notification) string {
+	var buf [DefaultKeyLen]byte
+	return string(AppendDefaultIdempotencyKey(buf[:0], n))
+}
+
+// DefaultKeyLen is the length of a DefaultIdempotencyKey.
+const DefaultKeyLen = len("k1-") + 32
+
+// AppendDefaultIdempotencyKey appends DefaultIdempotencyKey(n) to dst.
+func AppendDefaultIdempotencyKey(dst []byte, n *Notification) []byte {
 	h := sha256.New()
 	var buf [binary.MaxVarintLen64]byte
 	put := func(s string) {
@@ -46,5 +55,5 @@ func DefaultIdempotencyKey(n *Notification) string {
 	var sum [sha256.Size]byte
 	// 128 bits is ample against accidental collisions and halves key size
 	// in the dedupe store.
-	return "k1-" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+	return hex.AppendEncode(append(dst, "k1-"...), h.Sum(sum[:0])[:16])
 }
