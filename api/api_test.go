@@ -48,6 +48,7 @@ type nodeOpts struct {
 	maxBacklog int64
 	maxBody    int
 	maxItems   int
+	syncDedupe bool // as goutong serve does (dedupe.sync: true)
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -63,7 +64,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	}
 	t.Cleanup(func() { w.Close() })
 	open := func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
-	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate(), dedupe.WithSync(false))
+	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate(), dedupe.WithSync(o.syncDedupe))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -556,10 +557,11 @@ func postAccepted(b *testing.B, c *http.Client, url, contentType string, body []
 }
 
 // BenchmarkIngest measures accepted notifications/s over loopback HTTP:
-// single-object requests from 64 clients, and NDJSON batches of 1,000.
+// single-object requests from 64 clients, and NDJSON batches of 1,000, on
+// serve's durability settings (every produce and dedupe claim synced).
 func BenchmarkIngest(b *testing.B) {
 	b.Run("single", func(b *testing.B) {
-		n := newNode(b, nodeOpts{})
+		n := newNode(b, nodeOpts{syncDedupe: true})
 		_ = n.eng.PauseChannel(notification.Webhook, true) // measure ingest, not delivery
 		var seq atomic.Int64
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -577,7 +579,7 @@ func BenchmarkIngest(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "notifications/s")
 	})
 	b.Run("ndjson-1000", func(b *testing.B) {
-		n := newNode(b, nodeOpts{})
+		n := newNode(b, nodeOpts{syncDedupe: true})
 		_ = n.eng.PauseChannel(notification.Webhook, true)
 		var seq atomic.Int64
 		batch := func() []byte {

@@ -617,15 +617,23 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 // Confirm records the outcome of sends, in one batch. A key whose entry is
 // gone (released, reclaimed) is written anew so it still deduplicates.
 func (s *Store) Confirm(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, true)
+	return s.finish(ctx, done, true, s.wo)
+}
+
+// ConfirmNoSync is Confirm without waiting for the disk, whatever the
+// store's sync policy: for callers to whom a confirm lost in a crash costs
+// nothing but a later duplicate answer (the next synced write makes it
+// durable too).
+func (s *Store) ConfirmNoSync(ctx context.Context, done []Done) error {
+	return s.finish(ctx, done, true, pebble.NoSync)
 }
 
 // Release drops claims after permanent failures, in one batch.
 func (s *Store) Release(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, false)
+	return s.finish(ctx, done, false, s.wo)
 }
 
-func (s *Store) finish(ctx context.Context, done []Done, confirm bool) error {
+func (s *Store) finish(ctx context.Context, done []Done, confirm bool, wo *pebble.WriteOptions) error {
 	if len(done) == 0 {
 		return nil
 	}
@@ -647,7 +655,7 @@ func (s *Store) finish(ctx context.Context, done []Done, confirm bool) error {
 		w.set(d.Token, d.Key, &e)
 	}
 	s.remember(&w)
-	if err := w.commit(s.db, s.wo); err != nil {
+	if err := w.commit(s.db, wo); err != nil {
 		return fmt.Errorf("dedupe: commit: %w", err)
 	}
 	for _, d := range done {

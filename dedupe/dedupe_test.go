@@ -203,6 +203,27 @@ func TestSurvivesRestart(t *testing.T) {
 	}
 }
 
+// TestConfirmNoSync: an unsynced confirm deduplicates like a synced one,
+// and survives a clean restart.
+func TestConfirmNoSync(t *testing.T) {
+	dir := t.TempDir()
+	clk := newClock()
+	s := open(t, dir, clk)
+	r := claim1(t, s, "k", "", "orig")
+	if err := s.ConfirmNoSync(ctx, []Done{{Key: "k", Token: r.Token, ID: "orig", Outcome: "accepted"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := claim1(t, s, "k", "", "again"); r.Status != Duplicate || r.OriginalID != "orig" || r.Outcome != "accepted" {
+		t.Fatalf("after ConfirmNoSync: %+v", r)
+	}
+	s.Close()
+	s = open(t, dir, clk)
+	defer s.Close()
+	if r := claim1(t, s, "k", "", "new"); r.Status != Duplicate || r.OriginalID != "orig" {
+		t.Fatalf("after restart: %+v", r)
+	}
+}
+
 func TestMissingOrCorruptFailsLoudly(t *testing.T) {
 	clk := newClock()
 	gone := filepath.Join(t.TempDir(), "dedupe")
