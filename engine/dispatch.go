@@ -259,7 +259,7 @@ func (e *Engine) handOff(cs *channelState, batch []*item, urgent bool, stop <-ch
 // channel's tokens, in batches to the urgent senders; false when stop came
 // first.
 func (e *Engine) dispatchUrgent(cs *channelState, stop <-chan struct{}) bool {
-	for {
+	for !cs.paused.Load() {
 		now := e.cfg.Clock.Now()
 		budget, _ := cs.limit.Budget(now)
 		batch := make([]*item, 0, min(cs.cfg.Batch, max(budget, 0)))
@@ -293,6 +293,7 @@ func (e *Engine) dispatchUrgent(cs *channelState, stop <-chan struct{}) bool {
 			return false
 		}
 	}
+	return true
 }
 
 // popLane takes the next item of lane p, or nil when that item is not to

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -638,5 +639,64 @@ func TestEnginePauseChannel(t *testing.T) {
 	stop()
 	if st := r.mock.Stats(); st.Received != int64(len(ns)) {
 		t.Fatalf("received %d, want %d", st.Received, len(ns))
+	}
+}
+
+// gatedProvider holds every normal and bulk batch until release is closed
+// and sends critical and high ones at once.
+type gatedProvider struct {
+	release     chan struct{}
+	lowInFlight atomic.Int64
+	lowMax      atomic.Int64
+	urgentSent  atomic.Int64
+}
+
+func (*gatedProvider) Name() string     { return "gated" }
+func (*gatedProvider) MaxBatch() int    { return 10 }
+func (*gatedProvider) Concurrency() int { return 8 }
+func (p *gatedProvider) Send(_ context.Context, batch []*notification.Notification, results []providers.Result) {
+	if pr := batch[0].Priority; pr == notification.Normal || pr == notification.Bulk {
+		n := p.lowInFlight.Add(1)
+		for m := p.lowMax.Load(); n > m && !p.lowMax.CompareAndSwap(m, n); m = p.lowMax.Load() {
+		}
+		<-p.release
+		p.lowInFlight.Add(-1)
+	} else {
+		p.urgentSent.Add(int64(len(batch)))
+	}
+	for i := range batch {
+		results[i] = providers.Result{Outcome: providers.Sent, Provider: "gated"}
+	}
+}
+
+// TestEngineCodesPassBlockedBulk: with every sender stuck in a bulk send and
+// the dispatcher holding the next bulk batch, codes still go out; the bulk
+// goes once released, never more than the channel's senders at once.
+func TestEngineCodesPassBlockedBulk(t *testing.T) {
+	r := newRig(t, backends[0])
+	p := &gatedProvider{release: make(chan struct{})}
+	ch := r.channels(false)
+	ch[notification.Webhook] = engine.ChannelConfig{Provider: p, Rate: 1e9}
+	bulk := webhookBatch(2000, 0)
+	for _, n := range bulk {
+		n.Priority = notification.Bulk
+	}
+	r.enqueue(bulk...)
+	_, stop := r.start(r.config(ch))
+	defer stop()
+	var once sync.Once
+	release := func() { once.Do(func() { close(p.release) }) }
+	defer release() // before stop, so a failing test does not hang in it
+	waitFor(t, 30*time.Second, "every sender busy with bulk", func() bool { return p.lowInFlight.Load() == 8 })
+	codes := webhookBatch(50, 2000)
+	for _, n := range codes {
+		n.Priority = notification.Critical
+	}
+	r.enqueue(codes...)
+	waitFor(t, 30*time.Second, "the codes, past the blocked bulk", func() bool { return p.urgentSent.Load() == 50 })
+	release()
+	waitFor(t, 60*time.Second, "the bulk", func() bool { return p.urgentSent.Load() == 50 && p.lowInFlight.Load() == 0 })
+	if m := p.lowMax.Load(); m > 8 {
+		t.Fatalf("%d bulk sends at once, over the channel's 8", m)
 	}
 }
