@@ -476,7 +476,8 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 	now := clock.Now()
 
 	var out outcomes
-	var confirm []dedupe.Done
+	out.reserve(len(batch))
+	confirm := make([]dedupe.Done, 0, len(batch))
 	var release []*item
 	for i, it := range batch {
 		n, r := it.n, results[i]

@@ -598,6 +598,20 @@ type outcomes struct {
 	enc    eventEncoder // the events' ids, keys and JSON
 }
 
+// reserve sizes o for n items' outcomes (an event and a record each), so
+// a batch does not grow its slices step by step.
+func (o *outcomes) reserve(n int) {
+	o.recs = make([]partition.Record, 0, n)
+	o.events = make([]StatusEvent, 0, n)
+	o.values = make([][]byte, 0, n)
+	o.done = make([]*item, 0, n)
+	o.keep = make([]payload, 0, n)
+	o.enc.buf = make([]byte, 0, n*eventSizeHint)
+}
+
+// eventSizeHint is an encoded status event with its id and key.
+const eventSizeHint = 384
+
 func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at time.Time, provider, msgID, reason string) {
 	o.addEvent(e, StatusEvent{ID: n.ID, State: st, At: at, Tenant: n.Tenant,
 		Channel: string(n.Channel), Priority: n.Priority.String(), Attempts: n.Attempts, Provider: provider,

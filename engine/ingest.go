@@ -63,7 +63,8 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		return nil, 0, fmt.Errorf("%w: idempotency store: %v", ErrUnavailable, err)
 	}
 	out := make([]Admission, len(ns))
-	o := outcomes{}
+	var o outcomes
+	o.reserve(2 * len(ns)) // a record and an event each
 	var done []dedupe.Done
 	for i, n := range ns {
 		if !claims[i].Status.ShouldSend() {
