@@ -28,7 +28,7 @@ func BenchmarkBuildRequest(b *testing.B) {
 		req := fasthttp.AcquireRequest()
 		b.ReportAllocs()
 		for b.Loop() {
-			_ = f.buildRequest(n, "t", "body", req)
+			_ = f.buildRequest(n, "t", "body", f.auth, req)
 		}
 	})
 	b.Run("webhook", func(b *testing.B) {

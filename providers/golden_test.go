@@ -117,7 +117,7 @@ func TestGoldenFCM(t *testing.T) {
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
 	title, body, _ := f.cfg.Templates.Render(n)
-	if err := f.buildRequest(n, title, body, req); err != nil {
+	if err := f.buildRequest(n, title, body, f.auth, req); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "fcm", dump(req))

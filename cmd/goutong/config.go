@@ -118,9 +118,11 @@ type ChannelConf struct {
 	// SendGrid.
 	APIKey               string `koanf:"api_key"`
 	EventVerificationKey string `koanf:"event_verification_key"`
-	// FCM.
-	ProjectID string `koanf:"project_id"`
-	Token     string `koanf:"token"`
+	// FCM: a service-account key file (tokens minted and renewed from it)
+	// or a fixed access token.
+	CredentialsFile string `koanf:"credentials_file"`
+	ProjectID       string `koanf:"project_id"`
+	Token           string `koanf:"token"`
 	// Webhook.
 	Path   string `koanf:"path"`
 	Secret string `koanf:"secret"`

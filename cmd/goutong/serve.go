@@ -317,7 +317,14 @@ func buildProvider(cfg Config, name string, c ChannelConf, tpl *providers.Templa
 			MaxBatch: c.Batch, Concurrency: c.Concurrency, EventVerificationKey: c.EventVerificationKey, Templates: tpl})
 		return p, nil, err
 	case "fcm":
-		p, err := providers.NewFCM(providers.FCMConfig{Endpoint: ep, ProjectID: c.ProjectID, Token: c.Token,
+		var key []byte
+		if c.CredentialsFile != "" {
+			var err error
+			if key, err = os.ReadFile(c.CredentialsFile); err != nil {
+				return nil, nil, fmt.Errorf("fcm credentials_file: %w", err)
+			}
+		}
+		p, err := providers.NewFCM(providers.FCMConfig{Endpoint: ep, ProjectID: c.ProjectID, ServiceAccount: key, Token: c.Token,
 			Concurrency: c.Concurrency, Templates: tpl})
 		return p, nil, err
 	case "webhook":

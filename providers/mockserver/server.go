@@ -11,17 +11,20 @@ package mockserver
 
 import (
 	"context"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	gojson "github.com/goccy/go-json"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
 
@@ -66,6 +69,12 @@ type Config struct {
 	WebhookSecret string // when set, webhook signatures are verified
 	Faults        Faults
 	Seed          uint64 // fault randomness; 0 picks one
+	// GoogleKey, when set, makes the mock Google's OAuth2 server too:
+	// POST /token grants access tokens for JWT assertions signed with the
+	// matching private key (RS256, audience {URL}/token, the FCM scope),
+	// and the FCM endpoint accepts only those tokens, until they expire.
+	GoogleKey *rsa.PublicKey
+	TokenTTL  time.Duration // of the tokens granted (default 1 h)
 }
 
 // Stats is what GET /stats returns.
@@ -76,6 +85,7 @@ type Stats struct {
 	Requests   int64            `json:"requests"`
 	Faulted    int64            `json:"faulted"`  // requests answered with an injected 5xx, 429, outage
 	Rejected   int64            `json:"rejected"` // items refused (injected per-item failures, malformed input)
+	Tokens     int64            `json:"tokens"`   // OAuth2 access tokens granted (with Config.GoogleKey)
 	ByChannel  map[string]int64 `json:"by_channel"`
 }
 
@@ -94,6 +104,7 @@ type Server struct {
 	seq     uint64
 	codec   *notification.Codec
 	parsers fastjson.ParserPool
+	tokens  map[string]time.Time // granted access tokens and their expiry
 }
 
 // Start listens on cfg.Addr and serves until Close.
@@ -110,7 +121,7 @@ func Start(cfg Config) (*Server, error) {
 		seed = uint64(time.Now().UnixNano())
 	}
 	s := &Server{cfg: cfg, ln: ln, faults: cfg.Faults, rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
-		seen: map[string]uint32{}, codec: notification.NewCodec()}
+		seen: map[string]uint32{}, codec: notification.NewCodec(), tokens: map[string]time.Time{}}
 	s.stats.ByChannel = map[string]int64{}
 	s.setOutage(&s.faults, time.Now())
 	s.srv = &fasthttp.Server{Handler: s.handle, Name: "goutong-mock-provider", ReadTimeout: 30 * time.Second,
@@ -308,6 +319,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case path == "/healthz":
 		ctx.SetStatusCode(200)
 		return
+	case path == "/token" && method == "POST" && s.cfg.GoogleKey != nil:
+		s.grantToken(ctx)
+		return
 	}
 	if method != "POST" {
 		writeJSON(ctx, 405, map[string]string{"error": "method not allowed"})
@@ -424,9 +438,69 @@ func (s *Server) sendgrid(ctx *fasthttp.RequestCtx, d decision) {
 	ctx.SetStatusCode(202)
 }
 
+// grantToken is Google's OAuth2 token endpoint for service accounts: the
+// JWT bearer grant (RFC 7523) with an RS256 assertion.
+func (s *Server) grantToken(ctx *fasthttp.RequestCtx) {
+	refuse := func(why string) {
+		writeJSON(ctx, 400, map[string]string{"error": "invalid_grant", "error_description": why})
+	}
+	if string(ctx.PostArgs().Peek("grant_type")) != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+		refuse("grant_type must be urn:ietf:params:oauth:grant-type:jwt-bearer")
+		return
+	}
+	var claims struct {
+		jwt.RegisteredClaims
+		Scope string `json:"scope"`
+	}
+	_, err := jwt.ParseWithClaims(string(ctx.PostArgs().Peek("assertion")), &claims,
+		func(*jwt.Token) (any, error) { return s.cfg.GoogleKey, nil },
+		jwt.WithValidMethods([]string{"RS256"}), jwt.WithAudience(s.URL()+"/token"), jwt.WithExpirationRequired(), jwt.WithIssuedAt())
+	if err != nil {
+		refuse("assertion: " + err.Error())
+		return
+	}
+	if !slices.Contains(strings.Fields(claims.Scope), providers.FCMScope) || claims.Issuer == "" {
+		refuse("the assertion needs an issuer and the scope " + providers.FCMScope)
+		return
+	}
+	ttl := s.cfg.TokenTTL
+	if ttl <= 0 {
+		ttl = time.Hour
+	}
+	tok := fmt.Sprintf("ya29.mock-%016x", s.nextID())
+	s.mu.Lock()
+	now := time.Now()
+	for t, exp := range s.tokens {
+		if now.After(exp) {
+			delete(s.tokens, t)
+		}
+	}
+	s.tokens[tok] = now.Add(ttl)
+	s.stats.Tokens++
+	s.mu.Unlock()
+	writeJSON(ctx, 200, map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": int(ttl.Seconds())})
+}
+
+// authorized checks an FCM request's bearer token: any with no GoogleKey
+// configured, else one the mock granted that has not expired.
+func (s *Server) authorized(ctx *fasthttp.RequestCtx) bool {
+	tok, ok := strings.CutPrefix(string(ctx.Request.Header.Peek("Authorization")), "Bearer ")
+	if !ok || tok == "" {
+		return false
+	}
+	if s.cfg.GoogleKey == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	exp, ok := s.tokens[tok]
+	return ok && time.Now().Before(exp)
+}
+
 func (s *Server) fcm(ctx *fasthttp.RequestCtx, d decision) {
-	if !strings.HasPrefix(string(ctx.Request.Header.Peek("Authorization")), "Bearer ") {
-		writeJSON(ctx, 401, map[string]any{"error": map[string]any{"code": 401, "status": "UNAUTHENTICATED", "message": "missing credentials"}})
+	if !s.authorized(ctx) {
+		writeJSON(ctx, 401, map[string]any{"error": map[string]any{"code": 401, "status": "UNAUTHENTICATED",
+			"message": "Request had invalid authentication credentials. Expected OAuth 2 access token."}})
 		return
 	}
 	var req struct {
