@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -30,12 +33,34 @@ type Topics struct {
 	Status  string
 	// StatusDLQ holds status events tenants' webhooks did not take.
 	StatusDLQ string
+	// StatusHooks prefixes each webhook tenant's own topic of events to
+	// send, so one tenant's failing endpoint never holds up another's.
+	StatusHooks string
+}
+
+// StatusHooksTopic is tenant's topic of status events for its webhook: the
+// tenant's name where it is a valid topic name, else its valid characters
+// and a hash that keeps two such names apart.
+func (t Topics) StatusHooksTopic(tenant string) string {
+	safe := []byte(tenant)
+	changed := len(safe) == 0 || len(safe) > 120
+	for i, c := range safe {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			safe[i], changed = '_', true
+		}
+	}
+	name := string(safe[:min(len(safe), 120)])
+	if changed {
+		sum := sha256.Sum256([]byte(tenant))
+		name += "-" + hex.EncodeToString(sum[:4])
+	}
+	return cmp.Or(t.StatusHooks, "goutong.status.hooks.") + name
 }
 
 // DefaultTopics are the names the CLI and the API use.
 func DefaultTopics() Topics {
 	t := Topics{Ingress: "goutong.notifications", Retry: "goutong.retry", DLQ: "goutong.dlq", Status: "goutong.status",
-		StatusDLQ: "goutong.status.dlq"}
+		StatusDLQ: "goutong.status.dlq", StatusHooks: "goutong.status.hooks."}
 	for i := range t.Lanes {
 		t.Lanes[i] = "goutong.notifications." + notification.Priority(i+1).String()
 	}

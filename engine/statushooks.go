@@ -35,46 +35,47 @@ type StatusWebhook struct {
 	Timeout     time.Duration // per request (default 10s)
 }
 
-// statusHooksGroup is the consumer group of the status-webhook forwarder.
+// statusHooksGroup is the consumer group of the status-webhook forwarder;
+// each tenant's sender reads its own topic in the group of this name plus
+// the topic.
 const statusHooksGroup = "goutong-status-webhooks"
 
-// hookQueue bounds the events waiting for one tenant's endpoint: a full
-// queue blocks the forwarder's poller (backpressure) rather than growing.
-const hookQueue = 4096
+// hookRetention is how long a tenant's topic keeps events its endpoint has
+// not taken, as the status topic keeps them (the status store keeps them
+// for its own window either way).
+const hookRetention = 24 * time.Hour
 
 type hookItem struct {
-	tp  partition.TopicPartition
-	off int64
-	src string // topic/partition@offset, for a dead letter
-	raw []byte
-	ev  StatusEvent
+	key []byte // the notification's id
+	raw []byte // the event's JSON
+	src string // the status record it came from (topic/partition@offset)
 }
 
 type hookTenant struct {
 	name   string
+	topic  string
 	cfg    StatusWebhook
 	ep     *providers.Endpoint
 	states map[State]bool
-	queue  chan hookItem
 }
 
-// hookForwarder consumes the status topic and feeds each tenant's sender.
+// hookForwarder consumes the status topic and copies each webhook tenant's
+// events into the tenant's own topic; one sender per tenant reads that
+// topic and posts to the tenant's endpoint at its pace. A tenant whose
+// endpoint is down or slow falls behind in its own topic, and nobody
+// else's events wait for it.
 type hookForwarder struct {
 	e       *Engine
-	log     partition.Log
 	tenants map[string]*hookTenant
 
-	mu    sync.Mutex
-	marks map[partition.TopicPartition]*Watermark
-	// committed is the last offset committed per partition (commit only).
-	committed map[partition.TopicPartition]int64
+	mu      sync.Mutex
+	offsets map[partition.TopicPartition]int64 // of the status topic, copied and ready to commit
 
 	sends *prometheus.CounterVec // per tenant and outcome: delivered, retried, dead_lettered
 }
 
 func newHookForwarder(e *Engine) (*hookForwarder, error) {
-	f := &hookForwarder{e: e, tenants: map[string]*hookTenant{}, marks: map[partition.TopicPartition]*Watermark{},
-		committed: map[partition.TopicPartition]int64{},
+	f := &hookForwarder{e: e, tenants: map[string]*hookTenant{}, offsets: map[partition.TopicPartition]int64{},
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_status_webhook_events_total",
 			Help: "Status events sent to tenants' webhooks, by tenant and outcome (delivered, retried, dead_lettered)."},
 			[]string{"tenant", "outcome"})}
@@ -95,7 +96,7 @@ func newHookForwarder(e *Engine) (*hookForwarder, error) {
 		if err != nil {
 			return nil, fmt.Errorf("engine: status webhook of tenant %q: %w", tenant, err)
 		}
-		t := &hookTenant{name: tenant, cfg: c, ep: ep, queue: make(chan hookItem, hookQueue)}
+		t := &hookTenant{name: tenant, topic: e.cfg.Topics.StatusHooksTopic(tenant), cfg: c, ep: ep}
 		if len(c.States) > 0 {
 			t.states = map[State]bool{}
 			for _, s := range c.States {
@@ -107,21 +108,28 @@ func newHookForwarder(e *Engine) (*hookForwarder, error) {
 	return f, nil
 }
 
-// run forwards until ctx ends, then gives the queued events drain to go
-// out, commits what was sent or dead-lettered and closes its consumer.
-// What was not finished is replayed by the next run.
+// run forwards and sends until ctx ends; a batch being posted then gets
+// drain to finish. What was not finished is replayed by the next run.
 func (f *hookForwarder) run(ctx context.Context, drain time.Duration) error {
+	specs := make([]partition.TopicSpec, 0, len(f.tenants))
+	for _, t := range f.tenants {
+		specs = append(specs, partition.TopicSpec{Name: t.topic, Partitions: 1, RetentionAge: hookRetention,
+			DeleteUncommitted: true, Compression: "s2"})
+	}
+	if err := f.e.log.EnsureTopics(ctx, specs...); err != nil {
+		return fmt.Errorf("engine: status webhook topics: %w", err)
+	}
 	log, err := f.e.cfg.Open(partition.ConsumerConfig{Group: statusHooksGroup, Topics: []string{f.e.cfg.Topics.Status}})
 	if err != nil {
 		return fmt.Errorf("engine: status webhooks: %w", err)
 	}
-	f.log = log
 	defer log.Close()
+	// Senders stop taking batches when ctx ends; one in flight gets drain.
 	sendCtx, stopSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSend()
 	var senders sync.WaitGroup
 	for _, t := range f.tenants {
-		senders.Go(func() { f.send(sendCtx, t) })
+		senders.Go(func() { f.send(ctx, sendCtx, t) })
 	}
 	commitStop := make(chan struct{})
 	var committer sync.WaitGroup
@@ -131,16 +139,16 @@ func (f *hookForwarder) run(ctx context.Context, drain time.Duration) error {
 		for {
 			select {
 			case <-tick.C:
-				f.commit()
+				f.commit(log)
 			case <-commitStop:
 				return
 			}
 		}
 	})
-	pollErr := f.poll(ctx)
-	for _, t := range f.tenants {
-		close(t.queue)
-	}
+	pollErr := f.forward(ctx, log)
+	close(commitStop)
+	committer.Wait()
+	f.commit(log)
 	done := make(chan struct{})
 	go func() { senders.Wait(); close(done) }()
 	select {
@@ -149,99 +157,119 @@ func (f *hookForwarder) run(ctx context.Context, drain time.Duration) error {
 		stopSend()
 		<-done
 	}
-	close(commitStop)
-	committer.Wait()
-	f.commit()
 	return pollErr
 }
 
-func (f *hookForwarder) poll(ctx context.Context) error {
+// forward copies each poll's webhook events to their tenants' topics in
+// one produce; then the whole poll is done.
+func (f *hookForwarder) forward(ctx context.Context, log partition.Log) error {
 	for ctx.Err() == nil {
-		recs, err := f.log.Poll(ctx, 500)
+		recs, err := log.Poll(ctx, 500)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		for _, r := range recs {
-			tp := partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}
-			f.mu.Lock()
-			wm := f.marks[tp]
-			if wm == nil {
-				wm = NewWatermark(r.Offset)
-				f.marks[tp] = wm
+		var out []partition.Record
+		next := map[partition.TopicPartition]int64{}
+		for i := range recs {
+			r := &recs[i]
+			next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
+			var ev struct {
+				Tenant string `json:"tenant"`
+				State  State  `json:"state"`
 			}
-			_ = wm.Track(r.Offset)
-			f.mu.Unlock()
-			var ev StatusEvent
-			var t *hookTenant
-			if json.Unmarshal(r.Value, &ev) == nil {
-				t = f.tenants[ev.Tenant]
-			}
-			if t == nil || (t.states != nil && !t.states[ev.State]) {
-				f.done(tp, r.Offset)
+			if json.Unmarshal(r.Value, &ev) != nil {
 				continue
 			}
-			select {
-			case t.queue <- hookItem{tp: tp, off: r.Offset, src: source(&r), raw: r.Value, ev: ev}:
-			case <-ctx.Done():
+			t := f.tenants[ev.Tenant]
+			if t == nil || (t.states != nil && !t.states[ev.State]) {
+				continue
+			}
+			out = append(out, partition.Record{Topic: t.topic, Key: r.Key, Value: r.Value,
+				Headers: []partition.Header{{Key: HeaderSource, Value: []byte(source(r))}}})
+		}
+		for len(out) > 0 {
+			err := f.e.log.Produce(ctx, out)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return nil // not committed: copied again by the next run
+			}
+			f.e.cfg.Logger.Warn("status webhooks: copy to tenant topics", zap.Error(err))
+			if f.e.cfg.Clock.Sleep(ctx, time.Second) != nil {
 				return nil
 			}
 		}
+		f.mu.Lock()
+		maps.Copy(f.offsets, next)
+		f.mu.Unlock()
 	}
 	return nil
 }
 
-func (f *hookForwarder) done(tp partition.TopicPartition, off int64) {
+// commit commits the status topic's offsets copied since the last commit:
+// an idle forwarder writes nothing.
+func (f *hookForwarder) commit(log partition.Log) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.marks[tp].Done(off)
-}
-
-// commit commits the partitions whose watermark moved since the last
-// commit: an idle forwarder writes nothing.
-func (f *hookForwarder) commit() {
-	f.mu.Lock()
-	offs := map[partition.TopicPartition]int64{}
-	for tp, wm := range f.marks {
-		if c := wm.Committable(); c != f.committed[tp] {
-			offs[tp] = c
-		}
-	}
+	offs := f.offsets
+	f.offsets = map[partition.TopicPartition]int64{}
 	f.mu.Unlock()
 	if len(offs) == 0 {
 		return
 	}
-	if err := f.log.Commit(context.Background(), offs); err != nil {
+	if err := log.Commit(context.Background(), offs); err != nil {
 		f.e.cfg.Logger.Warn("status webhooks: commit", zap.Error(err))
-		return
-	}
-	f.mu.Lock()
-	maps.Copy(f.committed, offs)
-	f.mu.Unlock()
-}
-
-// send delivers one tenant's queue in batches, retrying a batch until it
-// is sent, refused, or out of attempts (then dead letters).
-func (f *hookForwarder) send(ctx context.Context, t *hookTenant) {
-	batch := make([]hookItem, 0, t.cfg.Batch)
-	for it := range t.queue {
-		batch = append(batch[:0], it)
-	fill:
-		for len(batch) < t.cfg.Batch {
-			select {
-			case more, ok := <-t.queue:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, more)
-			default:
-				break fill
+		f.mu.Lock()
+		for tp, o := range offs {
+			if _, newer := f.offsets[tp]; !newer {
+				f.offsets[tp] = o
 			}
 		}
-		if !f.deliver(ctx, t, batch) {
-			return // stopped: what is left is replayed
+		f.mu.Unlock()
+	}
+}
+
+// send reads one tenant's topic in batches and delivers each, retrying it
+// until it is sent, refused, or out of attempts (then dead letters), and
+// commits it; it takes no new batch once ctx ends.
+func (f *hookForwarder) send(ctx, sendCtx context.Context, t *hookTenant) {
+	log, err := f.e.cfg.Open(partition.ConsumerConfig{Group: statusHooksGroup + "." + t.topic, Topics: []string{t.topic}})
+	if err != nil {
+		f.e.cfg.Logger.Error("status webhooks: tenant topic", zap.String("tenant", t.name), zap.Error(err))
+		return
+	}
+	defer log.Close()
+	for ctx.Err() == nil {
+		recs, err := log.Poll(ctx, t.cfg.Batch)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			f.e.cfg.Logger.Warn("status webhooks: read tenant topic", zap.String("tenant", t.name), zap.Error(err))
+			if f.e.cfg.Clock.Sleep(ctx, time.Second) != nil {
+				return
+			}
+			continue
+		}
+		if len(recs) == 0 {
+			continue
+		}
+		batch := make([]hookItem, len(recs))
+		next := map[partition.TopicPartition]int64{}
+		for i := range recs {
+			r := &recs[i]
+			src, _ := r.HeaderValue(HeaderSource)
+			batch[i] = hookItem{key: r.Key, raw: r.Value, src: string(src)}
+			next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
+		}
+		if !f.deliver(sendCtx, t, batch) {
+			return // stopped: replayed by the next run
+		}
+		if err := log.Commit(context.WithoutCancel(sendCtx), next); err != nil {
+			f.e.cfg.Logger.Warn("status webhooks: commit tenant topic", zap.String("tenant", t.name), zap.Error(err))
 		}
 	}
 }
@@ -263,7 +291,6 @@ func (f *hookForwarder) deliver(ctx context.Context, t *hookTenant, batch []hook
 		last = t.ep.PostSigned(ctx, t.cfg.URL, []byte(t.cfg.Secret), body.Bytes(), f.e.cfg.Clock.Now())
 		if last.Outcome == providers.Sent {
 			f.sends.WithLabelValues(t.name, "delivered").Add(float64(len(batch)))
-			f.finish(batch)
 			return true
 		}
 		if ctx.Err() != nil {
@@ -286,7 +313,7 @@ func (f *hookForwarder) deliver(ctx context.Context, t *hookTenant, batch []hook
 	now := f.e.cfg.Clock.Now()
 	recs := make([]partition.Record, len(batch))
 	for i, it := range batch {
-		recs[i] = deadLetterRecord(f.e.cfg.Topics.StatusDLQ, []byte(it.ev.ID), it.raw, reason, last.Reason, attempt, it.src, now)
+		recs[i] = deadLetterRecord(f.e.cfg.Topics.StatusDLQ, it.key, it.raw, reason, last.Reason, attempt, it.src, now)
 		recs[i].Headers = append(recs[i].Headers, partition.Header{Key: HeaderTenant, Value: []byte(t.name)})
 	}
 	for {
@@ -305,14 +332,5 @@ func (f *hookForwarder) deliver(ctx context.Context, t *hookTenant, batch []hook
 	f.e.cfg.Logger.Warn("status webhook events dead-lettered", zap.String("tenant", t.name), zap.Int("events", len(batch)),
 		zap.String("reason", reason), zap.String("error", last.Reason))
 	f.sends.WithLabelValues(t.name, "dead_lettered").Add(float64(len(batch)))
-	f.finish(batch)
 	return true
-}
-
-func (f *hookForwarder) finish(batch []hookItem) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, it := range batch {
-		f.marks[it.tp].Done(it.off)
-	}
 }

@@ -174,3 +174,41 @@ func TestStatusWebhooks(t *testing.T) {
 		})
 	}
 }
+
+// A tenant whose endpoint keeps failing holds more events than any queue
+// (5,000: accepted and sent of 2,500 notifications) while its sends are
+// retried; another tenant's events still all arrive.
+func TestStatusWebhooksTenantIsolation(t *testing.T) {
+	r := newRig(t, backends[0])
+	slow := &hookReceiver{secret: "slow-secret", failFirst: 1 << 30}
+	fast := &hookReceiver{secret: "fast-secret"}
+	ss, sf := httptest.NewServer(slow), httptest.NewServer(fast)
+	defer ss.Close()
+	defer sf.Close()
+	var ns []*notification.Notification
+	for i, tenant := range []string{"slow", "fast"} {
+		batch := webhookBatch(map[string]int{"slow": 2500, "fast": 50}[tenant], i*10_000)
+		for _, n := range batch {
+			n.Tenant = tenant
+		}
+		ns = append(ns, batch...)
+	}
+	cfg := r.config(r.channels(false))
+	cfg.StatusWebhooks = map[string]engine.StatusWebhook{
+		"slow": {URL: ss.URL, Secret: "slow-secret", MaxAttempts: 1 << 20},
+		"fast": {URL: sf.URL, Secret: "fast-secret"},
+	}
+	e, stop := r.start(cfg)
+	defer stop()
+	waitFor(t, 10*time.Second, "the engine", e.Ready)
+	if _, _, err := e.Ingest(context.Background(), ns, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "every event of the fast tenant", func() bool {
+		evs, _, _ := fast.snapshot()
+		return len(evs) >= 100
+	})
+	if _, requests, _ := slow.snapshot(); requests == 0 {
+		t.Fatal("the slow tenant was never tried")
+	}
+}
