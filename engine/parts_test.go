@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -132,4 +133,22 @@ func BenchmarkPicker(b *testing.B) {
 		p.Pick(q)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "picks/s")
+}
+
+func TestStatusHooksTopicNames(t *testing.T) {
+	tp := DefaultTopics()
+	if got := tp.StatusHooksTopic("acme-eu.1"); got != "goutong.status.hooks.acme-eu.1" {
+		t.Fatalf("plain tenant: %q", got)
+	}
+	names := map[string]string{}
+	for _, tenant := range []string{"a b", "a/b", "a_b", "", strings.Repeat("x", 300), strings.Repeat("x", 301), "客户"} {
+		got := tp.StatusHooksTopic(tenant)
+		if !regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`).MatchString(got) {
+			t.Fatalf("tenant %q: topic %q is not a valid name", tenant, got)
+		}
+		if other, ok := names[got]; ok {
+			t.Fatalf("tenants %q and %q share the topic %q", other, tenant, got)
+		}
+		names[got] = tenant
+	}
 }
