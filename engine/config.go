@@ -171,6 +171,12 @@ type Config struct {
 	// KeepPayloads keeps each sent notification in the status store for its
 	// window, so reconciliation can resend one whose receipt never came.
 	KeepPayloads bool
+	// NodeID names this node among several sharing a Kafka cluster. When
+	// set, the status store also follows the whole status topic (in the
+	// consumer group goutong-status-store.<NodeID>), so every node answers
+	// for every notification and matches every receipt, whichever node
+	// accepted or sent it. Each node needs its own, kept across restarts.
+	NodeID string
 	// ReconcileDir keeps reconciliation runs (RunReconcile).
 	ReconcileDir string
 	// ReceiptDeadlines: per channel, how long its provider has to send a

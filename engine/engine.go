@@ -261,8 +261,20 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}()
 
+	replicaDone := make(chan struct{})
+	go func() {
+		defer close(replicaDone)
+		if e.cfg.NodeID == "" || e.cfg.Status == nil {
+			return
+		}
+		if err := e.followStatus(hooksCtx, time.Second); err != nil {
+			e.cfg.Logger.Error("status replica stopped", zap.Error(err))
+		}
+	}()
+
 	<-pollDone
 	stopHooks()
+	<-replicaDone
 	if pollErr != nil {
 		e.cfg.Logger.Error("poller stopped", zap.Error(pollErr))
 	}

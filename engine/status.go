@@ -7,11 +7,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	gojson "github.com/goccy/go-json"
 	"github.com/oklog/ulid/v2"
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/partition"
 )
 
 // State is where a notification stands.
@@ -100,6 +105,18 @@ func OpenStatus(dir string, window time.Duration, create bool) (*StatusStore, er
 // Close closes the store.
 func (s *StatusStore) Close() error { return s.db.Close() }
 
+// eventSeq tells apart events of one notification at the same instant. It
+// comes from the event's id, so an event applied twice (written here, then
+// read back from the status topic by the replica) lands on the same key.
+func eventSeq(ev *StatusEvent, i int) uint16 {
+	if ev.EventID == "" {
+		return uint16(i)
+	}
+	h := fnv.New32a()
+	h.Write([]byte(ev.EventID))
+	return uint16(h.Sum32())
+}
+
 func statusKey(dst []byte, id string, at time.Time, seq uint16) []byte {
 	dst = append(dst, 's')
 	dst = append(dst, id...)
@@ -141,7 +158,7 @@ func (s *StatusStore) apply(events []StatusEvent, values [][]byte, payloads []pa
 	defer b.Close()
 	var key []byte
 	for i := range events {
-		key = statusKey(key[:0], events[i].ID, events[i].At, uint16(i))
+		key = statusKey(key[:0], events[i].ID, events[i].At, eventSeq(&events[i], i))
 		if err := b.Set(key, values[i], nil); err != nil {
 			return err
 		}
@@ -362,4 +379,73 @@ func (quietPebble) Errorf(format string, args ...any) {
 func (quietPebble) Fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "pebble (status): "+format+"\n", args...)
 	os.Exit(1)
+}
+
+// statusStoreGroup prefixes the consumer group of a node's status replica.
+const statusStoreGroup = "goutong-status-store."
+
+// followStatus applies the status topic to the status store until ctx ends:
+// the events other nodes produced, and this node's own again (the same
+// keys, see eventSeq). It commits what it applied every interval, after a
+// sync of the store, so a crash replays and loses nothing.
+func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error {
+	log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusStoreGroup + e.cfg.NodeID, Topics: []string{e.cfg.Topics.Status}})
+	if err != nil {
+		return fmt.Errorf("engine: status replica: %w", err)
+	}
+	defer log.Close()
+	next := map[partition.TopicPartition]int64{}
+	last := time.Now()
+	commit := func() {
+		if len(next) == 0 {
+			return
+		}
+		if err := e.cfg.Status.Sync(); err != nil {
+			e.cfg.Logger.Warn("status replica: sync", zap.Error(err))
+			return
+		}
+		if err := log.Commit(context.WithoutCancel(ctx), next); err != nil {
+			e.cfg.Logger.Warn("status replica: commit", zap.Error(err))
+			return
+		}
+		next = map[partition.TopicPartition]int64{}
+	}
+	defer commit()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		recs, err := log.Poll(pctx, 1000)
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("engine: status replica: %w", err)
+		}
+		events := make([]StatusEvent, 0, len(recs))
+		values := make([][]byte, 0, len(recs))
+		for i := range recs {
+			r := &recs[i]
+			next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
+			var ev StatusEvent
+			if err := gojson.Unmarshal(r.Value, &ev); err != nil || ev.ID == "" {
+				continue // not an event of ours: nothing to keep
+			}
+			events = append(events, ev)
+			values = append(values, r.Value)
+		}
+		for {
+			err := e.cfg.Status.ApplyEncoded(events, values)
+			if err == nil {
+				break
+			}
+			e.cfg.Logger.Warn("status replica: apply", zap.Error(err))
+			if e.cfg.Clock.Sleep(ctx, time.Second) != nil {
+				return nil // not committed: replayed by the next run
+			}
+		}
+		if time.Since(last) >= interval {
+			commit()
+			last = time.Now()
+		}
+	}
 }

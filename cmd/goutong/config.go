@@ -22,11 +22,15 @@ import (
 // GOUTONG_CHANNELS__SMS__TWILIO__AUTH_TOKEN=...), then flags. Every key is
 // documented in docs/config.md.
 type Config struct {
-	Data       string   `koanf:"data"`
-	Listen     string   `koanf:"listen"`
-	Kafka      []string `koanf:"kafka"`
-	Partitions int32    `koanf:"partitions"`
-	LogLevel   string   `koanf:"log_level"`
+	Data   string   `koanf:"data"`
+	Listen string   `koanf:"listen"`
+	Kafka  []string `koanf:"kafka"`
+	// NodeID names this node in a Kafka cluster (default: one generated
+	// and kept in <data>/node-id); its status store follows the whole
+	// status topic under it.
+	NodeID     string `koanf:"node_id"`
+	Partitions int32  `koanf:"partitions"`
+	LogLevel   string `koanf:"log_level"`
 	// MockProvider, when set, starts the mock provider on that address and
 	// points every channel without a provider of its own at it.
 	MockProvider string `koanf:"mock_provider"`

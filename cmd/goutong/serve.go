@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -114,9 +116,13 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 
 	var open func(partition.ConsumerConfig) (partition.Log, error)
 	var w *wal.Log
+	nodeID := ""
 	if len(cfg.Kafka) > 0 {
 		open = func(cc partition.ConsumerConfig) (partition.Log, error) {
 			return partition.NewKafka(partition.KafkaConfig{Brokers: cfg.Kafka}, cc)
+		}
+		if nodeID, err = nodeIDOf(cfg); err != nil {
+			return err
 		}
 	} else {
 		if w, err = wal.Open(filepath.Join(cfg.Data, "log")); err != nil {
@@ -162,7 +168,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 		}
 	}
 	eng, err := engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st, StatusWebhooks: hooks,
-		KeepPayloads: cfg.Engine.KeepPayloads, ReconcileDir: filepath.Join(cfg.Data, "reconcile"), ReceiptDeadlines: cfg.Reconcile.Deadlines,
+		KeepPayloads: cfg.Engine.KeepPayloads, NodeID: nodeID, ReconcileDir: filepath.Join(cfg.Data, "reconcile"), ReceiptDeadlines: cfg.Reconcile.Deadlines,
 		Partitions: cfg.Partitions, PollMax: cfg.Engine.PollMax, RingSize: cfg.Engine.RingSize,
 		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
 		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax},
@@ -397,4 +403,30 @@ func statusWebhooks(cfg Config) (map[string]engine.StatusWebhook, error) {
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return !errors.Is(err, os.ErrNotExist)
+}
+
+// nodeIDOf is the configured node id, or the one kept in <data>/node-id
+// (generated on the first start), so a node keeps its name, and its status
+// replica's offsets, across restarts.
+func nodeIDOf(cfg Config) (string, error) {
+	if cfg.NodeID != "" {
+		return cfg.NodeID, nil
+	}
+	path := filepath.Join(cfg.Data, "node-id")
+	if b, err := os.ReadFile(path); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	host, _ := os.Hostname()
+	id := strings.ToLower(cmp.Or(host, "node")) + "-" + strings.ToLower(notification.NewID()[20:])
+	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	return id, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -431,6 +432,16 @@ func TestServeKafka(t *testing.T) {
 			t.Fatalf("topic %s not created on the cluster: %v", want, topics.Names())
 		}
 	}
+	// The node named itself once, and its status store follows the status
+	// topic in a group of that name.
+	id, err := os.ReadFile(filepath.Join(cfg.Data, "node-id"))
+	if err != nil || strings.TrimSpace(string(id)) == "" {
+		t.Fatalf("node id: %q, %v", id, err)
+	}
+	waitUntil(t, 30*time.Second, "the status replica's group", func() bool {
+		groups, err := adm.ListGroups(context.Background())
+		return err == nil && slices.Contains(groups.Groups(), "goutong-status-store."+strings.TrimSpace(string(id)))
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("serve: %v", err)
