@@ -630,9 +630,11 @@ func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at t
 		ProviderMessageID: msgID, Reason: reason})
 }
 
-// keepPayload keeps a sent item's record for reconciliation to resend.
+// keepPayload keeps a sent item's record for reconciliation to resend:
+// only on channels that expect receipts, since a redrive answers a missing
+// or failed receipt and nothing else.
 func (o *outcomes) keepPayload(e *Engine, it *item) {
-	if e.cfg.KeepPayloads && e.cfg.Status != nil {
+	if e.cfg.KeepPayloads && e.cfg.Status != nil && e.receiptDeadlines()[string(it.n.Channel)] > 0 {
 		v := it.raw
 		if v == nil {
 			v = e.cfg.Codec.Encode(it.n)

@@ -55,6 +55,14 @@ func Yesterday(now time.Time) ReconcileOptions {
 	return ReconcileOptions{From: to.Add(-24 * time.Hour), To: to}
 }
 
+// receiptDeadlines are the configured deadlines, or the defaults.
+func (e *Engine) receiptDeadlines() map[string]time.Duration {
+	if e.cfg.ReceiptDeadlines != nil {
+		return e.cfg.ReceiptDeadlines
+	}
+	return DefaultReceiptDeadlines
+}
+
 // DefaultReceiptDeadlines: SMS and e-mail providers send receipts within
 // minutes to an hour; webhooks that acknowledge synchronously send none.
 var DefaultReceiptDeadlines = map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}
@@ -107,10 +115,7 @@ func (e *Engine) Reconcile(ctx context.Context, opts ReconcileOptions, emit func
 		return ReconcileReport{}, fmt.Errorf("engine: reconcile window %s..%s is empty", opts.From, opts.To)
 	}
 	if opts.Deadlines == nil {
-		opts.Deadlines = e.cfg.ReceiptDeadlines
-	}
-	if opts.Deadlines == nil {
-		opts.Deadlines = DefaultReceiptDeadlines
+		opts.Deadlines = e.receiptDeadlines()
 	}
 	now := e.cfg.Clock.Now()
 	rep := ReconcileReport{From: opts.From, To: opts.To, RanAt: now, Differences: map[string]int{}}

@@ -135,3 +135,31 @@ func TestReconcilePlantedDifferences(t *testing.T) {
 		t.Fatalf("empty window: %+v %v", rep, err)
 	}
 }
+
+// Payloads are kept where a redrive can use them: on channels that expect
+// receipts (sms here), not on those that do not (webhook).
+func TestPayloadsKeptWhereReceiptsAreExpected(t *testing.T) {
+	r := newRig(t, backends[0])
+	cfg := r.config(r.channels(false))
+	cfg.KeepPayloads = true
+	e, stop := r.start(cfg)
+	defer stop()
+	waitFor(t, 10*time.Second, "the engine", e.Ready)
+	sms := &notification.Notification{Channel: notification.SMS, Tenant: "acme", Recipient: recipient(notification.SMS, 1),
+		Template: "otp", Vars: map[string]string{"code": "123456"}}
+	hook := webhookBatch(1, 0)[0]
+	if _, _, err := e.Ingest(context.Background(), []*notification.Notification{sms, hook}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "both sends", func() bool {
+		a, errA := e.Status(sms.ID)
+		b, errB := e.Status(hook.ID)
+		return errA == nil && errB == nil && a.State == engine.StateSent && b.State == engine.StateSent
+	})
+	if p, err := r.status.Payload(sms.ID); err != nil || len(p) == 0 {
+		t.Fatalf("sms payload: %q, %v", p, err)
+	}
+	if _, err := r.status.Payload(hook.ID); err != engine.ErrNotFound {
+		t.Fatalf("webhook payload kept (%v): no receipt can ever ask for it", err)
+	}
+}
