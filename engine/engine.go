@@ -127,7 +127,7 @@ func New(cfg Config) (*Engine, error) {
 			return nil, err
 		}
 		e.hooks = hooks
-		collectors = append(collectors, hooks.sends)
+		collectors = append(collectors, hooks.sends, hooks.backlog)
 	}
 	for name, cc := range cfg.Channels {
 		lim, err := NewChannelLimit(cc.Rate, cc.Burst, cc.Reserve)

@@ -71,14 +71,17 @@ type hookForwarder struct {
 	mu      sync.Mutex
 	offsets map[partition.TopicPartition]int64 // of the status topic, copied and ready to commit
 
-	sends *prometheus.CounterVec // per tenant and outcome: delivered, retried, dead_lettered
+	sends   *prometheus.CounterVec // per tenant and outcome: delivered, retried, dead_lettered
+	backlog *prometheus.GaugeVec   // per tenant: events in its topic not yet delivered or dead-lettered
 }
 
 func newHookForwarder(e *Engine) (*hookForwarder, error) {
 	f := &hookForwarder{e: e, tenants: map[string]*hookTenant{}, offsets: map[partition.TopicPartition]int64{},
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_status_webhook_events_total",
 			Help: "Status events sent to tenants' webhooks, by tenant and outcome (delivered, retried, dead_lettered)."},
-			[]string{"tenant", "outcome"})}
+			[]string{"tenant", "outcome"}),
+		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "goutong_status_webhook_backlog",
+			Help: "Status events waiting in a tenant's webhook topic (on the node whose sender reads it)."}, []string{"tenant"})}
 	for tenant, c := range e.cfg.StatusWebhooks {
 		if c.URL == "" || c.Secret == "" {
 			return nil, fmt.Errorf("engine: status webhook of tenant %q needs a URL and a secret", tenant)
@@ -242,6 +245,34 @@ func (f *hookForwarder) send(ctx, sendCtx context.Context, t *hookTenant) {
 		return
 	}
 	defer log.Close()
+	backlog := func() {
+		if lag, err := log.Lag(context.WithoutCancel(sendCtx)); err == nil {
+			var n int64
+			for _, l := range lag {
+				n += l
+			}
+			f.backlog.WithLabelValues(t.name).Set(float64(n))
+		}
+	}
+	backlog()
+	// Also while a batch is being retried: a failing endpoint's backlog
+	// must show growing, not frozen at its last success.
+	ticking := make(chan struct{})
+	var ticker sync.WaitGroup
+	ticker.Go(func() {
+		tick := time.NewTicker(5 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				backlog()
+			case <-ticking:
+				return
+			}
+		}
+	})
+	defer ticker.Wait()
+	defer close(ticking)
 	for ctx.Err() == nil {
 		recs, err := log.Poll(ctx, t.cfg.Batch)
 		if err != nil {
@@ -271,6 +302,7 @@ func (f *hookForwarder) send(ctx, sendCtx context.Context, t *hookTenant) {
 		if err := log.Commit(context.WithoutCancel(sendCtx), next); err != nil {
 			f.e.cfg.Logger.Warn("status webhooks: commit tenant topic", zap.String("tenant", t.name), zap.Error(err))
 		}
+		backlog()
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
@@ -211,4 +213,32 @@ func TestStatusWebhooksTenantIsolation(t *testing.T) {
 	if _, requests, _ := slow.snapshot(); requests == 0 {
 		t.Fatal("the slow tenant was never tried")
 	}
+	// The backlog gauge shows the failing tenant's events waiting (while
+	// its first batch is still being retried) and none for the other.
+	waitFor(t, 20*time.Second, "the slow tenant's backlog", func() bool {
+		return gaugeOf(t, r.reg, "goutong_status_webhook_backlog", "tenant", "slow") >= 4000 &&
+			gaugeOf(t, r.reg, "goutong_status_webhook_backlog", "tenant", "fast") == 0
+	})
+}
+
+// gaugeOf is the value of the gauge name with the label key=value.
+func gaugeOf(t testing.TB, reg *prometheus.Registry, name, key, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == key && l.GetValue() == value {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
 }
