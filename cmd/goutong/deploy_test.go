@@ -43,7 +43,8 @@ func (r *recordingRegisterer) MustRegister(cs ...prometheus.Collector) {
 func (r *recordingRegisterer) Unregister(prometheus.Collector) bool { return true }
 
 // exportedSeries builds a node (engine and API, every channel behind a
-// breaker) and returns the names of the series it registers.
+// breaker, a tenant's status webhook) and returns the names of the series it
+// registers.
 func exportedSeries(t *testing.T) map[string]bool {
 	dir := t.TempDir()
 	w, err := wal.Open(filepath.Join(dir, "log"))
@@ -68,7 +69,8 @@ func exportedSeries(t *testing.T) map[string]bool {
 	}
 	reg := &recordingRegisterer{names: map[string]bool{}}
 	eng, err := engine.New(engine.Config{Open: func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil },
-		Channels: chans, Dedupe: dd, Registry: reg, DrainTimeout: time.Second})
+		Channels: chans, Dedupe: dd, Registry: reg, DrainTimeout: time.Second,
+		StatusWebhooks: map[string]engine.StatusWebhook{"acme": {URL: "http://127.0.0.1:1/events", Secret: "s"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
