@@ -520,17 +520,20 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.claimMu.Lock()
-	defer s.claimMu.Unlock()
-	if len(s.live)+len(reqs) > s.o.maxLive {
-		return fmt.Errorf("%w: %d claims open", ErrTooManyClaims, len(s.live))
-	}
 	now := s.o.now()
 	nowNs := now.UnixNano()
 	keys := make([]string, len(reqs))
 	for i := range reqs {
 		keys[i] = reqs[i].Key
 	}
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	if len(s.live)+len(reqs) > s.o.maxLive {
+		return fmt.Errorf("%w: %d claims open", ErrTooManyClaims, len(s.live))
+	}
+	// The lookup runs under the lock: a finish drops its claims from live
+	// under it only after its write, so a key is either still live here
+	// (InFlight) or its write is visible to this lookup.
 	fs, err := s.lookup(keys, now)
 	if err != nil {
 		return err
@@ -640,8 +643,6 @@ func (s *Store) finish(ctx context.Context, done []Done, confirm bool, wo *pebbl
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.claimMu.Lock()
-	defer s.claimMu.Unlock()
 	w := sortedWriter{buf: make([]byte, 0, len(done)*entrySizeHint)}
 	now := s.o.now()
 	for _, d := range done {
@@ -654,13 +655,20 @@ func (s *Store) finish(ctx context.Context, done []Done, confirm bool, wo *pebbl
 		e := entry{state: stateConfirmed, claimedAt: now.UnixNano(), id: d.ID, outcome: d.Outcome}
 		w.set(d.Token, d.Key, &e)
 	}
+	// The write goes out without the claim lock, which only guards the
+	// claims in memory: a claim of one of these keys meanwhile still finds
+	// it live (InFlight), and once the claim is dropped below, finds the
+	// write. Holding the lock through the commit serialised every poll's
+	// claims behind every batch's confirm.
 	s.remember(&w)
 	if err := w.commit(s.db, wo); err != nil {
 		return fmt.Errorf("dedupe: commit: %w", err)
 	}
+	s.claimMu.Lock()
 	for _, d := range done {
 		delete(s.live, d.Key)
 	}
+	s.claimMu.Unlock()
 	if confirm {
 		s.m.confirms.Add(int64(len(done)))
 	} else {

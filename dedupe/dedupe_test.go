@@ -370,3 +370,73 @@ func TestOpenClaimsBounded(t *testing.T) {
 		t.Fatalf("%+v", r)
 	}
 }
+
+// TestClaimRacingConfirm: while one claimant confirms keys, another keeps
+// claiming them. The second must only ever see InFlight and then
+// Duplicate, never a claim of its own, however its disk lookup and the
+// confirm's write interleave (the lookup runs outside the claim lock).
+func TestClaimRacingConfirm(t *testing.T) {
+	s := open(t, t.TempDir(), newClock(), WithSync(false))
+	defer s.Close()
+	const n = 3000
+	claimed := make(chan string, n)
+	errs := make(chan error, 2)
+	quit := make(chan struct{})
+	stopped := func() bool {
+		select {
+		case <-quit:
+			return true
+		default:
+			return false
+		}
+	}
+	go func() {
+		defer close(claimed)
+		for i := range n {
+			if stopped() {
+				break
+			}
+			k := fmt.Sprintf("race-%d", i)
+			var out [1]ClaimResult
+			if err := s.Claim(ctx, []ClaimRequest{{Key: k, ID: "first"}}, out[:]); err != nil || out[0].Status != Claimed {
+				errs <- fmt.Errorf("first claim of %s: %v %v", k, out[0].Status, err)
+				return
+			}
+			claimed <- k
+			if err := s.Confirm(ctx, []Done{{Key: k, Token: out[0].Token, ID: "first", Outcome: "sent"}}); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	go func() {
+		for k := range claimed {
+			for !stopped() {
+				var out [1]ClaimResult
+				if err := s.Claim(ctx, []ClaimRequest{{Key: k, ID: "second"}}, out[:]); err != nil {
+					errs <- err
+					return
+				}
+				if out[0].Status.ShouldSend() {
+					errs <- fmt.Errorf("%s claimed twice (%v) while its first claim was being confirmed", k, out[0].Status)
+					return
+				}
+				if out[0].Status == Duplicate {
+					break
+				}
+			}
+		}
+		errs <- nil
+	}()
+	var first error
+	for range 2 {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			close(quit) // the other goroutine stops before the store closes
+		}
+	}
+	if first != nil {
+		t.Fatal(first)
+	}
+}
