@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
@@ -106,7 +109,7 @@ func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []provid
 			if errors.Is(gerr, ErrNotFound) {
 				unknown = append(unknown, r.ID)
 				orphans = append(orphans, UnknownReceipt{Provider: provider, ID: r.ID, ProviderMessageID: r.ProviderMessageID,
-					State: ev.State, At: r.At, ReceivedAt: e.cfg.Clock.Now()})
+					State: ev.State, Reason: r.Reason, At: r.At, ReceivedAt: e.cfg.Clock.Now()})
 				continue
 			}
 			if gerr != nil {
@@ -126,6 +129,45 @@ func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []provid
 		}
 	}
 	return len(o.events), unknown, nil
+}
+
+// unknownReceiptRetry is how long a receipt for an unknown id is tried
+// again: its notification's events may still be on their way (another
+// node's, through the status topic, or this node's own send an instant
+// before the receipt).
+const unknownReceiptRetry = 15 * time.Minute
+
+// retryUnknownReceipts applies, every interval until ctx ends, the recent
+// receipts whose notification has become known since they arrived; the
+// rest stay for reconciliation.
+func (e *Engine) retryUnknownReceipts(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := e.cfg.Clock.Now()
+		var o outcomes
+		err := e.cfg.Status.ResolveUnknownReceipts(now.Add(-unknownReceiptRetry), now.Add(time.Nanosecond), func(r UnknownReceipt) (bool, error) {
+			cur, err := e.cfg.Status.Get(r.ID)
+			if errors.Is(err, ErrNotFound) {
+				return false, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			o.addEvent(e, StatusEvent{ID: r.ID, State: r.State, At: r.At, Provider: r.Provider, ProviderMessageID: r.ProviderMessageID,
+				Reason: r.Reason, Tenant: cur.Current.Tenant, Channel: cur.Current.Channel, Priority: cur.Current.Priority,
+				Attempts: cur.Current.Attempts})
+			return true, nil
+		}, func() error { return e.emit(ctx, &o) })
+		if err != nil && ctx.Err() == nil {
+			e.cfg.Logger.Warn("retrying unknown receipts", zap.Error(err))
+		}
+	}
 }
 
 func (e *Engine) emit(ctx context.Context, o *outcomes) error {

@@ -183,6 +183,9 @@ type Config struct {
 	// receipt (default DefaultReceiptDeadlines; a channel not listed expects
 	// none).
 	ReceiptDeadlines map[string]time.Duration
+	// ReceiptRetryInterval: how often receipts that arrived for ids not
+	// known yet are tried again, for 15 minutes (default 5 s).
+	ReceiptRetryInterval time.Duration
 
 	Partitions  int32   // of topics the engine creates (default 8)
 	PollMax     int     // records per poll (default 1000)
@@ -266,6 +269,9 @@ func (c *Config) defaults() error {
 	}
 	if c.RingSize <= 0 {
 		c.RingSize = 8192
+	}
+	if c.ReceiptRetryInterval <= 0 {
+		c.ReceiptRetryInterval = 5 * time.Second
 	}
 	if c.MaxDelayed <= 0 {
 		c.MaxDelayed = 100_000

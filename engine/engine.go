@@ -272,9 +272,18 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}()
 
+	receiptsDone := make(chan struct{})
+	go func() {
+		defer close(receiptsDone)
+		if e.cfg.Status != nil {
+			e.retryUnknownReceipts(hooksCtx, e.cfg.ReceiptRetryInterval)
+		}
+	}()
+
 	<-pollDone
 	stopHooks()
 	<-replicaDone
+	<-receiptsDone
 	if pollErr != nil {
 		e.cfg.Logger.Error("poller stopped", zap.Error(pollErr))
 	}

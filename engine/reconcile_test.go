@@ -163,3 +163,41 @@ func TestPayloadsKeptWhereReceiptsAreExpected(t *testing.T) {
 		t.Fatalf("webhook payload kept (%v): no receipt can ever ask for it", err)
 	}
 }
+
+// A receipt that arrives before its notification is known (another node's
+// send still on its way through the status topic, or this node's an
+// instant before) is applied once the notification is known, and is then
+// no "unknown receipt" for reconciliation.
+func TestEarlyReceiptIsApplied(t *testing.T) {
+	r := newRig(t, backends[0])
+	cfg := r.config(r.channels(false))
+	cfg.ReceiptRetryInterval = 50 * time.Millisecond
+	e, stop := r.start(cfg)
+	defer stop()
+	waitFor(t, 10*time.Second, "the engine", e.Ready)
+	start := time.Now()
+	n := webhookBatch(1, 0)[0]
+	n.ID = notification.NewID()
+	_, unknown, err := e.ApplyReceipts(context.Background(), "webhook",
+		[]providers.Receipt{{ID: n.ID, ProviderMessageID: "wh-1", Delivered: true, Final: true, At: start.Add(2 * time.Second)}})
+	if err != nil || len(unknown) != 1 {
+		t.Fatalf("early receipt: unknown %v, %v", unknown, err)
+	}
+	if _, _, err := e.Ingest(context.Background(), []*notification.Notification{n}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the early receipt applied", func() bool {
+		st, err := e.Status(n.ID)
+		return err == nil && st.State == engine.StateDelivered && st.Current.ProviderMessageID == "wh-1"
+	})
+	var diffs []engine.Difference
+	if _, err := e.Reconcile(context.Background(), engine.ReconcileOptions{From: start.Add(-time.Minute), To: time.Now().Add(time.Minute)},
+		func(d engine.Difference) error { diffs = append(diffs, d); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range diffs {
+		if d.ID == n.ID {
+			t.Fatalf("reconciliation still reports %+v", d)
+		}
+	}
+}

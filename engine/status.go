@@ -192,6 +192,7 @@ type UnknownReceipt struct {
 	ID                string    `json:"id"`
 	ProviderMessageID string    `json:"provider_message_id,omitempty"`
 	State             State     `json:"state"`
+	Reason            string    `json:"reason,omitempty"`
 	At                time.Time `json:"at"`
 	ReceivedAt        time.Time `json:"received_at"`
 }
@@ -213,6 +214,43 @@ func (s *StatusStore) AddUnknownReceipts(rs []UnknownReceipt) error {
 		if err := b.Set(append(key, r.ID...), v, nil); err != nil {
 			return err
 		}
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+// ResolveUnknownReceipts calls resolve for each unknown receipt that
+// arrived in [from, to), oldest first; when any resolved, it calls apply
+// and, if that succeeds, forgets them (so none is forgotten unapplied).
+func (s *StatusStore) ResolveUnknownReceipts(from, to time.Time, resolve func(UnknownReceipt) (bool, error), apply func() error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(from.UnixNano(), 0))),
+		UpperBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(to.UnixNano(), 0)))})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	b := s.db.NewBatch()
+	defer b.Close()
+	for it.First(); it.Valid(); it.Next() {
+		var r UnknownReceipt
+		if err := json.Unmarshal(it.Value(), &r); err != nil {
+			return fmt.Errorf("engine: unknown receipt %q: %w", it.Key(), err)
+		}
+		done, err := resolve(r)
+		if err != nil {
+			return err
+		}
+		if done {
+			if err := b.Delete(it.Key(), nil); err != nil {
+				return err
+			}
+		}
+	}
+	if b.Empty() {
+		return nil
+	}
+	if err := apply(); err != nil {
+		return err
 	}
 	return b.Commit(pebble.NoSync)
 }
