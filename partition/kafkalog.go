@@ -66,7 +66,9 @@ func NewKafka(kc KafkaConfig, cc ConsumerConfig) (*KafkaLog, error) {
 		kgo.SeedBrokers(kc.Brokers...),
 		kgo.ProducerLinger(kc.Linger),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
-		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.SnappyCompression(), kgo.NoCompression()),
+		// lz4: zstd's encoding took a tenth of a node's CPU end to end
+		// (62-69K -> 78-88K records/s over kfake); JSON still shrinks well.
+		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.SnappyCompression(), kgo.NoCompression()),
 	}
 	if l.group {
 		opts = append(opts,

@@ -72,7 +72,7 @@ type TopicSpec struct {
 	RetentionAge      time.Duration
 	RetentionBytes    int64 // per partition
 	DeleteUncommitted bool
-	Compression       string // none, s2 or zstd on the embedded log; Kafka clients pick their own
+	Compression       string // none, s2 or zstd on the embedded log; on Kafka the producer compresses with lz4
 	// LazySync: on the embedded log, Produce returns once the records are
 	// written to the OS, which fsyncs them within a second; a process kill
 	// loses nothing, a power cut at most that second. For topics whose
