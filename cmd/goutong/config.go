@@ -125,6 +125,7 @@ type ChannelConf struct {
 	// FCM: a service-account key file (tokens minted and renewed from it)
 	// or a fixed access token.
 	CredentialsFile string `koanf:"credentials_file"`
+	TokenURL        string `koanf:"token_url"` // overrides the key's token_uri (a mock, a private endpoint)
 	ProjectID       string `koanf:"project_id"`
 	Token           string `koanf:"token"`
 	// Webhook.

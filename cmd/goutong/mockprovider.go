@@ -1,7 +1,13 @@
 package main
 
 import (
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -12,6 +18,7 @@ import (
 func newMockProvider() *cobra.Command {
 	var cfg mockserver.Config
 	var latMin, latMax, retryAfter, slowDelay, outage time.Duration
+	var googleKey string
 	cmd := &cobra.Command{
 		Use:   "mock-provider",
 		Short: "Run the mock provider: Twilio, SendGrid, FCM and webhook endpoints on one port, with fault injection and /stats",
@@ -27,6 +34,7 @@ POST /faults, for example:
 Endpoints: POST /2010-04-01/Accounts/{sid}/Messages.json (Twilio),
 POST /v3/mail/send (SendGrid), POST /v1/projects/{id}/messages:send (FCM),
 POST /webhook/... (signed webhooks; checked when --webhook-secret is set),
+POST /token (Google's OAuth2 token endpoint, with --google-key),
 GET /stats, GET|POST /faults, POST /reset, GET /healthz.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -41,6 +49,13 @@ GET /stats, GET|POST /faults, POST /reset, GET /healthz.`,
 				if r < 0 || r > 1 {
 					return fmt.Errorf("--%s must be within 0..1, got %v", name, r)
 				}
+			}
+			if googleKey != "" {
+				key, err := readGooglePublicKey(googleKey)
+				if err != nil {
+					return fmt.Errorf("--google-key: %w", err)
+				}
+				cfg.GoogleKey = key
 			}
 			s, err := mockserver.Start(cfg)
 			if err != nil {
@@ -67,5 +82,47 @@ GET /stats, GET|POST /faults, POST /reset, GET /healthz.`,
 	f.Float64Var(&cfg.Faults.SlowRate, "slow-rate", 0, "share of requests held for --slow-delay")
 	f.DurationVar(&slowDelay, "slow-delay", 30*time.Second, "how long slow requests are held (past the client timeout)")
 	f.DurationVar(&outage, "outage", 0, "answer 503 to everything for this long from start")
+	f.StringVar(&googleKey, "google-key", "", "a Google service-account key file (or its PEM public key): serve POST /token for it, "+
+		"as Google's OAuth2 server, and accept only the tokens granted there at the FCM endpoint")
 	return cmd
+}
+
+// readGooglePublicKey reads the public half of a service-account key file,
+// or a PEM public key.
+func readGooglePublicKey(path string) (*rsa.PublicKey, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var sa struct {
+		PrivateKey string `json:"private_key"`
+	}
+	if json.Unmarshal(raw, &sa) == nil && sa.PrivateKey != "" {
+		raw = []byte(sa.PrivateKey)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil {
+		return nil, errors.New("neither a service-account key file nor a PEM key")
+	}
+	var key any
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "PUBLIC KEY":
+		key, err = x509.ParsePKIXPublicKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("PEM block %q: want a private or public RSA key", block.Type)
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return &k.PublicKey, nil
+	case *rsa.PublicKey:
+		return k, nil
+	}
+	return nil, errors.New("not an RSA key")
 }

@@ -330,7 +330,7 @@ func buildProvider(cfg Config, name string, c ChannelConf, tpl *providers.Templa
 				return nil, nil, fmt.Errorf("fcm credentials_file: %w", err)
 			}
 		}
-		p, err := providers.NewFCM(providers.FCMConfig{Endpoint: ep, ProjectID: c.ProjectID, ServiceAccount: key, Token: c.Token,
+		p, err := providers.NewFCM(providers.FCMConfig{Endpoint: ep, ProjectID: c.ProjectID, ServiceAccount: key, TokenURL: c.TokenURL, Token: c.Token,
 			Concurrency: c.Concurrency, Templates: tpl})
 		return p, nil, err
 	case "webhook":
