@@ -32,7 +32,7 @@ func TestServeFCMServiceAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 	sa, _ := json.Marshal(map[string]string{"type": "service_account", "project_id": "acme-push",
-		"private_key": string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
+		"private_key":  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
 		"client_email": "goutong@acme-push.iam.gserviceaccount.com", "token_uri": "https://oauth2.googleapis.com/token"})
 	dir := t.TempDir()
 	saPath := filepath.Join(dir, "sa.json")
