@@ -12,6 +12,11 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/wal"
 )
 
 // Target is what a fleet must carry, as `goutong plan` reads it.
@@ -126,12 +131,14 @@ type Step struct {
 
 // Plan is what a fleet needs for a target, from measured results.
 type Plan struct {
-	Nodes      int      `json:"nodes"`
-	Partitions int      `json:"partitions"`
-	RingSize   int      `json:"ring_size"`
-	DiskBytes  float64  `json:"disk_bytes"` // the whole fleet, replication included
-	Steps      []Step   `json:"steps"`
-	Warnings   []string `json:"warnings"`
+	Nodes      int     `json:"nodes"`
+	Partitions int     `json:"partitions"`
+	RingSize   int     `json:"ring_size"`
+	DiskBytes  float64 `json:"disk_bytes"` // the whole fleet, replication included
+	// MemoryBytes is what to give each node: twice its working set.
+	MemoryBytes float64  `json:"memory_bytes"`
+	Steps       []Step   `json:"steps"`
+	Warnings    []string `json:"warnings"`
 }
 
 func (p *Plan) step(what, value, format string, args ...any) {
@@ -339,6 +346,19 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	p.step("engine.ring_size", fmt.Sprint(p.RingSize),
 		"next power of two >= 2 x %.0f/s (busiest lane per node) x %.2f s (provider latency, at least 100 ms), at least 1024", busiest, cover)
 
+	// Memory: the stores' fixed share, and the rings full.
+	rings := float64(max(len(chans), 1)*notification.NumPriorities*p.RingSize) * queuedBytes
+	statusMem := float64(engine.StatusMemTables*engine.StatusMemTableSize + engine.StatusCacheSize)
+	dedupeMem := float64(dedupe.MemTables*dedupe.DefaultMemTableSize+dedupe.DefaultCacheSize) +
+		float64(dedupe.FilterBuckets*dedupe.FilterBytes(dedupe.DefaultFilterKeys))
+	frames := float64(wal.DefaultFrameCacheBytes)
+	working := rings + statusMem + dedupeMem + frames
+	p.MemoryBytes = 2 * working
+	p.step("memory per node", bytesIEC(p.MemoryBytes),
+		"2 x (rings %d channel(s) x %d lanes x %d slots x %.0f B = %s + status store %s + dedupe store and filters %s + log frame cache %s = %s): the Go heap's headroom",
+		max(len(chans), 1), notification.NumPriorities, p.RingSize, queuedBytes, bytesIEC(rings), bytesIEC(statusMem),
+		bytesIEC(dedupeMem), bytesIEC(frames), bytesIEC(working))
+
 	// Disk.
 	daily := t.OTPRate*3600*t.PeakHoursPerDay + float64(t.CampaignSize)*t.CampaignsPerDay
 	p.step("notifications a day", si(daily), "%s/s x 3600 x %.0f peak hours + %s x %.0f campaigns", si(t.OTPRate), t.PeakHoursPerDay, si(float64(t.CampaignSize)), t.CampaignsPerDay)
@@ -391,6 +411,10 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	p.warn("measured against the mock provider, which answers at once; provider latency is taken as %s", t.ProviderLatency.D())
 	return p, nil
 }
+
+// queuedBytes is a notification waiting in a ring: its item, the
+// Notification and its strings (a code or a campaign message).
+const queuedBytes = 1024.0
 
 func joinAnd(items []string) string {
 	out := ""

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/goutong/goutong/dedupe"
 )
 
 // knownResults are results with round numbers, as if measured: one node
@@ -78,6 +80,15 @@ func TestPlanArithmetic(t *testing.T) {
 	want := log*3 + daily*150 + daily*500
 	if d := p.DiskBytes - want; d > 1 || d < -1 {
 		t.Errorf("disk %.0f, want %.0f", p.DiskBytes, want)
+	}
+	// Memory: twice the rings (2 channels x 4 lanes x 4,096 slots x 1 KiB =
+	// 32 MiB) and the stores' and log's fixed share.
+	fixed := float64(4*64<<20+8<<20) + float64(2*8<<20+256<<20) + 5*float64(dedupe.FilterBytes(4<<20)) + 64<<20
+	if want := 2 * (32<<20 + fixed); p.MemoryBytes != want {
+		t.Errorf("memory %.0f, want %.0f", p.MemoryBytes, want)
+	}
+	if v := stepValue(t, p, "memory per node"); v != bytesIEC(p.MemoryBytes) {
+		t.Errorf("memory step %q", v)
 	}
 	if v := stepValue(t, p, "log: buffer"); v != "34.5 GiB" {
 		t.Errorf("buffer %q", v)

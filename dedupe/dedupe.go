@@ -255,11 +255,24 @@ type Store struct {
 	wg   sync.WaitGroup
 }
 
+// Defaults that size a store's memory (the capacity planner adds them up).
+const (
+	DefaultMemTableSize = 8 << 20   // see WithMemTableSize
+	DefaultCacheSize    = 256 << 20 // see WithCacheSize
+	DefaultFilterKeys   = 4 << 20   // see WithFilter
+	// MemTables is how many memtables Pebble keeps before it stalls writes
+	// (one filling, one flushing).
+	MemTables = 2
+	// FilterBuckets is how many time buckets hold keys at once: a window is
+	// four buckets, and the current one is partly filled.
+	FilterBuckets = 5
+)
+
 // Open opens the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
 	o := options{now: time.Now, window: 24 * time.Hour, scopes: map[string]time.Duration{},
-		policies: map[string]UncertainPolicy{}, lease: 30 * time.Second, sync: true, memtable: 8 << 20,
-		cache: 256 << 20, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: 4 << 20}
+		policies: map[string]UncertainPolicy{}, lease: 30 * time.Second, sync: true, memtable: DefaultMemTableSize,
+		cache: DefaultCacheSize, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: DefaultFilterKeys}
 	for _, opt := range opts {
 		opt(&o)
 	}

@@ -26,8 +26,17 @@ type filters struct {
 	k    uint
 }
 
+// FilterBytes is the memory of one bucket's Bloom filter sized for keys.
+func FilterBytes(keys uint) int {
+	m, _ := bloom.EstimateParameters(keys, filterFPR)
+	return int(m / 8)
+}
+
+// filterFPR is the filters' false-positive rate.
+const filterFPR = 0.05
+
 func newFilters(keysPerBucket uint) *filters {
-	_, k := bloom.EstimateParameters(keysPerBucket, 0.05)
+	_, k := bloom.EstimateParameters(keysPerBucket, filterFPR)
 	return &filters{m: map[uint32]*bloom.BloomFilter{}, size: keysPerBucket, k: k}
 }
 
@@ -66,7 +75,7 @@ func (f *filters) add(ops []writeOp) {
 func (f *filters) addLocked(b uint32, key []byte) {
 	bf := f.m[b]
 	if bf == nil {
-		bf = bloom.NewWithEstimates(f.size, 0.05)
+		bf = bloom.NewWithEstimates(f.size, filterFPR)
 		f.m[b] = bf
 	}
 	bf.Add(key)

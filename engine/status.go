@@ -94,13 +94,24 @@ func OpenStatus(dir string, window time.Duration, create bool) (*StatusStore, er
 	// hundred bytes each: with Pebble's 4 MiB default memtable a burst
 	// flushes every few thousand sends and L0 compactions take a fifth of
 	// the engine's CPU. A 64 MiB memtable flushes sixteen times less often.
+	cache := pebble.NewCache(StatusCacheSize)
+	defer cache.Unref() // the DB holds its own reference
 	db, err := pebble.Open(dir, &pebble.Options{ErrorIfNotExists: !create, Logger: quietPebble{},
-		MemTableSize: 64 << 20, MemTableStopWritesThreshold: 4})
+		MemTableSize: StatusMemTableSize, MemTableStopWritesThreshold: StatusMemTables, Cache: cache})
 	if err != nil {
 		return nil, fmt.Errorf("engine: open status store: %w", err)
 	}
 	return &StatusStore{db: db, window: window}, nil
 }
+
+// Memory of a status store (the capacity planner adds it up): memtables,
+// up to StatusMemTables of them queued for flush in a burst, and the block
+// cache.
+const (
+	StatusMemTableSize = 64 << 20
+	StatusMemTables    = 4
+	StatusCacheSize    = 8 << 20
+)
 
 // Close closes the store.
 func (s *StatusStore) Close() error { return s.db.Close() }

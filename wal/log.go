@@ -142,6 +142,9 @@ func WithRetentionInterval(d time.Duration) Option {
 // appenders block (backpressure) beyond it. Default 4096.
 func WithQueueDepth(n int) Option { return func(o *options) { o.queueDepth = n } }
 
+// DefaultFrameCacheBytes is WithFrameCache's default.
+const DefaultFrameCacheBytes = 64 << 20
+
 // WithFrameCache bounds the decoded frames kept across the log for reads
 // that stopped inside a frame (default 64 MiB; 0 keeps none). A consumer
 // reading a frame of thousands of records a hundred at a time otherwise
@@ -183,7 +186,7 @@ var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
 // Open opens or creates the log in dir, recovering every partition.
 func Open(dir string, opts ...Option) (*Log, error) {
 	o := options{now: time.Now, retentionInterval: 30 * time.Second, queueDepth: 4096, maxGroupBytes: 4 << 20,
-		frameCacheBytes: 64 << 20}
+		frameCacheBytes: DefaultFrameCacheBytes}
 	for _, opt := range opts {
 		opt(&o)
 	}

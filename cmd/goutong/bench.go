@@ -149,10 +149,10 @@ func newPlan() *cobra.Command {
 	var otpP99, within, bufRet, dlqRet, provLat time.Duration
 	cmd := &cobra.Command{
 		Use:   "plan --results results.json [--target target.yaml] [flags]",
-		Short: "Size a fleet (nodes, partitions, ring sizes, rate limits, disk) from bench results and a target",
+		Short: "Size a fleet (nodes, partitions, ring sizes, rate limits, memory, disk) from bench results and a target",
 		Long: `plan reads the results of goutong bench and a target (a YAML file, flags, or
 both; flags win) and prints the nodes, partitions, ring size, per-node rate
-limits and provider concurrency, and disk the target needs, each with its
+limits and provider concurrency, memory per node and disk the target needs, each with its
 arithmetic, and warns where the target goes past what was measured.
 
 The target's keys: otp_rate, otp_p99, otp_channel, campaign_size,
