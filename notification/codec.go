@@ -52,15 +52,7 @@ func (c *Codec) KnownChannel(ch Channel) bool {
 
 // Decode parses one wire-format notification and validates it. The
 // returned Notification owns its memory; data may be reused afterwards.
-func (c *Codec) Decode(data []byte) (*Notification, error) {
-	p := c.parsers.Get()
-	defer c.parsers.Put(p)
-	v, err := p.ParseBytes(data)
-	if err != nil {
-		return nil, fieldErr("", "malformed JSON: %v", err)
-	}
-	return c.DecodeValue(v)
-}
+func (c *Codec) Decode(data []byte) (*Notification, error) { return c.DecodeIn(nil, data) }
 
 // DecodeValue decodes an already parsed JSON value (an element of a JSON
 // array or an NDJSON line) and validates it.
@@ -76,8 +68,9 @@ func (c *Codec) DecodeValueIn(a *Arena, v *fastjson.Value) (*Notification, error
 	return c.decodeValue(v, a)
 }
 
-// DecodeIn is Decode with the Notification and its strings taken from a:
-// no allocation of its own for a record without vars or metadata.
+// DecodeIn is Decode with the Notification and its strings taken from a
+// (none: allocated on their own): no allocation of its own for a record
+// without vars or metadata.
 func (c *Codec) DecodeIn(a *Arena, data []byte) (*Notification, error) {
 	p := c.parsers.Get()
 	defer c.parsers.Put(p)
