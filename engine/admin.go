@@ -11,7 +11,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/goutong/goutong/notification"
-	"github.com/goutong/goutong/partition"
 	"github.com/goutong/goutong/providers"
 )
 
@@ -192,11 +191,6 @@ func (e *Engine) Status(id string) (Status, error) {
 
 // Codec is the engine's codec (it knows the configured channels).
 func (e *Engine) Codec() *notification.Codec { return e.cfg.Codec }
-
-// Record is a notification's record on its priority lane.
-func (e *Engine) Record(n *notification.Notification) partition.Record {
-	return laneRecord(e.cfg.Topics, e.cfg.Codec, n)
-}
 
 // Ready reports whether Run has created the topics and is consuming: the
 // API accepts nothing before, and /readyz says so.

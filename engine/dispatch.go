@@ -47,6 +47,13 @@ func (w *eventEncoder) encode(ev *StatusEvent) ([]byte, error) {
 	return w.buf[start:end:end], nil
 }
 
+// bytes appends s to the buffer and returns its copy there.
+func (w *eventEncoder) bytes(s string) []byte {
+	start := len(w.buf)
+	w.buf = append(w.buf, s...)
+	return w.buf[start:len(w.buf):len(w.buf)]
+}
+
 // id appends a new ULID to the buffer and returns it.
 func (w *eventEncoder) id(src *idSource) string {
 	start := len(w.buf)
@@ -82,13 +89,6 @@ func (s *idSource) append(dst []byte) []byte {
 	dst = slices.Grow(dst, ulid.EncodedSize)[:start+ulid.EncodedSize]
 	_ = id.MarshalTextTo(dst[start:])
 	return dst
-}
-
-// bytes appends s to the buffer and returns its copy there.
-func (w *eventEncoder) bytes(s string) []byte {
-	start := len(w.buf)
-	w.buf = append(w.buf, s...)
-	return w.buf[start:len(w.buf):len(w.buf)]
 }
 
 // dispatch is a channel's dispatcher: it gathers batches from the priority
@@ -162,11 +162,7 @@ func (e *Engine) dispatch(cs *channelState, pollDone, stop <-chan struct{}) {
 			batch = append(batch, it)
 		}
 		cs.limit.Take(now, tookU, tookL)
-		if len(late.done) > 0 {
-			e.releaseClaims(late.done)
-			late.flush(e.outCtx, e)
-			late = outcomes{}
-		}
+		e.finishLate(&late)
 		ringsEmpty := true
 		for _, r := range cs.rings {
 			if r.Len() > 0 {
@@ -277,23 +273,25 @@ func (e *Engine) dispatchUrgent(cs *channelState, stop <-chan struct{}) bool {
 			}
 		}
 		cs.limit.Take(now, len(batch), 0)
-		if len(late.done) > 0 {
-			e.releaseClaims(late.done)
-			late.flush(e.outCtx, e)
-		}
+		e.finishLate(&late)
 		if len(batch) == 0 {
 			return true
 		}
-		cs.gate.enterUrgent()
-		select {
-		case cs.urgent <- batch:
-		case <-stop:
-			cs.gate.exitUrgent()
-			e.abandon(batch)
+		if !e.handOff(cs, batch, true, stop) {
 			return false
 		}
 	}
 	return true
+}
+
+// finishLate finishes the items popLane found expired (their claims
+// released, their events produced) and empties late.
+func (e *Engine) finishLate(late *outcomes) {
+	if len(late.done) > 0 {
+		e.releaseClaims(late.done)
+		late.flush(e.outCtx, e)
+		*late = outcomes{}
+	}
 }
 
 // popLane takes the next item of lane p, or nil when that item is not to

@@ -261,29 +261,22 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}()
 
-	replicaDone := make(chan struct{})
-	go func() {
-		defer close(replicaDone)
-		if e.cfg.NodeID == "" || e.cfg.Status == nil {
-			return
+	// The status store's helpers stop with the webhooks, before the drain.
+	var statusAux sync.WaitGroup
+	if e.cfg.Status != nil {
+		if e.cfg.NodeID != "" {
+			statusAux.Go(func() {
+				if err := e.followStatus(hooksCtx, time.Second); err != nil {
+					e.cfg.Logger.Error("status replica stopped", zap.Error(err))
+				}
+			})
 		}
-		if err := e.followStatus(hooksCtx, time.Second); err != nil {
-			e.cfg.Logger.Error("status replica stopped", zap.Error(err))
-		}
-	}()
-
-	receiptsDone := make(chan struct{})
-	go func() {
-		defer close(receiptsDone)
-		if e.cfg.Status != nil {
-			e.retryUnknownReceipts(hooksCtx, e.cfg.ReceiptRetryInterval)
-		}
-	}()
+		statusAux.Go(func() { e.retryUnknownReceipts(hooksCtx, e.cfg.ReceiptRetryInterval) })
+	}
 
 	<-pollDone
 	stopHooks()
-	<-replicaDone
-	<-receiptsDone
+	statusAux.Wait()
 	if pollErr != nil {
 		e.cfg.Logger.Error("poller stopped", zap.Error(pollErr))
 	}

@@ -73,7 +73,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		}
 		out[i] = Admission{ID: n.ID}
 		// The record first, its event after: addEvent appends to o.recs too.
-		o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.Lane(n.Priority), Key: o.enc.bytes(n.ID), Value: e.cfg.Codec.Encode(n)})
+		o.recs = append(o.recs, laneRecord(e.cfg.Topics, e.cfg.Codec, n, o.enc.bytes(n.ID)))
 		o.event(e, n, StateAccepted, now, "", "", "")
 		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
 	}

@@ -22,14 +22,18 @@ func Enqueue(ctx context.Context, log partition.Log, topics Topics, codec *notif
 		if err := codec.Validate(n); err != nil {
 			return fmt.Errorf("notification %d: %w", i, err)
 		}
-		recs[i] = laneRecord(topics, codec, n)
+		recs[i] = laneRecord(topics, codec, n, nil)
 	}
 	return log.Produce(ctx, recs)
 }
 
-// laneRecord is n's record on its priority lane, keyed by id.
-func laneRecord(topics Topics, codec *notification.Codec, n *notification.Notification) partition.Record {
-	return partition.Record{Topic: topics.Lane(n.Priority), Key: []byte(n.ID), Value: codec.Encode(n)}
+// laneRecord is n's record on its priority lane, keyed by id (key holds
+// it, or nil for a copy of n.ID).
+func laneRecord(topics Topics, codec *notification.Codec, n *notification.Notification, key []byte) partition.Record {
+	if key == nil {
+		key = []byte(n.ID)
+	}
+	return partition.Record{Topic: topics.Lane(n.Priority), Key: key, Value: codec.Encode(n)}
 }
 
 // ReplayReport counts what a replay did.
@@ -133,7 +137,7 @@ func ReplayDeadLetters(ctx context.Context, dlq partition.Log, topics Topics, co
 				continue
 			}
 			n.Attempts = 0
-			out = append(out, laneRecord(topics, codec, n))
+			out = append(out, laneRecord(topics, codec, n, nil))
 			rep.Replayed++
 			rep.ByReason[d.Reason]++
 		}

@@ -233,32 +233,17 @@ func (s *StatusStore) AddUnknownReceipts(rs []UnknownReceipt) error {
 // arrived in [from, to), oldest first; when any resolved, it calls apply
 // and, if that succeeds, forgets them (so none is forgotten unapplied).
 func (s *StatusStore) ResolveUnknownReceipts(from, to time.Time, resolve func(UnknownReceipt) (bool, error), apply func() error) error {
-	it, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(from.UnixNano(), 0))),
-		UpperBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(to.UnixNano(), 0)))})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
 	b := s.db.NewBatch()
 	defer b.Close()
-	for it.First(); it.Valid(); it.Next() {
-		var r UnknownReceipt
-		if err := json.Unmarshal(it.Value(), &r); err != nil {
-			return fmt.Errorf("engine: unknown receipt %q: %w", it.Key(), err)
-		}
+	err := s.eachUnknownReceipt(from, to, func(key []byte, r UnknownReceipt) error {
 		done, err := resolve(r)
-		if err != nil {
+		if err != nil || !done {
 			return err
 		}
-		if done {
-			if err := b.Delete(it.Key(), nil); err != nil {
-				return err
-			}
-		}
-	}
-	if b.Empty() {
-		return nil
+		return b.Delete(key, nil)
+	})
+	if err != nil || b.Empty() {
+		return err
 	}
 	if err := apply(); err != nil {
 		return err
@@ -269,6 +254,12 @@ func (s *StatusStore) ResolveUnknownReceipts(from, to time.Time, resolve func(Un
 // UnknownReceipts calls fn for each unknown receipt that arrived in
 // [from, to), oldest first.
 func (s *StatusStore) UnknownReceipts(from, to time.Time, fn func(UnknownReceipt) error) error {
+	return s.eachUnknownReceipt(from, to, func(_ []byte, r UnknownReceipt) error { return fn(r) })
+}
+
+// eachUnknownReceipt calls fn with the key and the receipt of each unknown
+// receipt that arrived in [from, to), oldest first.
+func (s *StatusStore) eachUnknownReceipt(from, to time.Time, fn func(key []byte, r UnknownReceipt) error) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{
 		LowerBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(from.UnixNano(), 0))),
 		UpperBound: binary.BigEndian.AppendUint64([]byte{'u'}, uint64(max(to.UnixNano(), 0)))})
@@ -281,7 +272,7 @@ func (s *StatusStore) UnknownReceipts(from, to time.Time, fn func(UnknownReceipt
 		if err := json.Unmarshal(it.Value(), &r); err != nil {
 			return fmt.Errorf("engine: unknown receipt %q: %w", it.Key(), err)
 		}
-		if err := fn(r); err != nil {
+		if err := fn(it.Key(), r); err != nil {
 			return err
 		}
 	}
