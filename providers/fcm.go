@@ -83,7 +83,7 @@ func NewFCM(cfg FCMConfig) (*FCM, error) {
 		tokenURL := cmp.Or(cfg.TokenURL, sa.TokenURI, "https://oauth2.googleapis.com/token")
 		jc := &jwt.Config{Email: sa.ClientEmail, PrivateKey: []byte(sa.PrivateKey), Scopes: []string{FCMScope}, TokenURL: tokenURL}
 		// Check the key now: a bad key fails at start, not at the first send.
-		if err := checkRSAKey(sa.PrivateKey); err != nil {
+		if _, err := ParseRSAPrivateKey(sa.PrivateKey); err != nil {
 			return nil, fmt.Errorf("providers: fcm service account: %w", err)
 		}
 		ctx := context.WithValue(context.Background(), oauth2.HTTPClient, &http.Client{Timeout: fcmTokenTimeout})
@@ -114,23 +114,25 @@ func NewFCM(cfg FCMConfig) (*FCM, error) {
 	return f, nil
 }
 
-// checkRSAKey reports whether pemKey holds an RSA private key (PKCS #8, as
-// Google writes them, or PKCS #1).
-func checkRSAKey(pemKey string) error {
+// ParseRSAPrivateKey reads an RSA private key from PEM: PKCS #8, as Google
+// writes service-account keys, or PKCS #1.
+func ParseRSAPrivateKey(pemKey string) (*rsa.PrivateKey, error) {
 	block, _ := pem.Decode([]byte(pemKey))
 	if block == nil {
-		return errors.New("private_key is not PEM")
+		return nil, errors.New("private_key is not PEM")
 	}
 	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
-		if _, ok := k.(*rsa.PrivateKey); !ok {
-			return errors.New("private_key is not an RSA key")
+		rk, ok := k.(*rsa.PrivateKey)
+		if !ok {
+			return nil, errors.New("private_key is not an RSA key")
 		}
-		return nil
+		return rk, nil
 	}
-	if _, err := x509.ParsePKCS1PrivateKey(block.Bytes); err != nil {
-		return fmt.Errorf("private_key: %w", err)
+	k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("private_key: %w", err)
 	}
-	return nil
+	return k, nil
 }
 
 // authorization is the Authorization header for the next request.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/goutong/goutong/providers"
 	"github.com/goutong/goutong/providers/mockserver"
 )
 
@@ -104,25 +105,20 @@ func readGooglePublicKey(path string) (*rsa.PublicKey, error) {
 	if block == nil {
 		return nil, errors.New("neither a service-account key file nor a PEM key")
 	}
-	var key any
-	switch block.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	case "PUBLIC KEY":
-		key, err = x509.ParsePKIXPublicKey(block.Bytes)
-	default:
-		return nil, fmt.Errorf("PEM block %q: want a private or public RSA key", block.Type)
+	if block.Type != "PUBLIC KEY" {
+		k, err := providers.ParseRSAPrivateKey(string(raw))
+		if err != nil {
+			return nil, err
+		}
+		return &k.PublicKey, nil
 	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
 	if err != nil {
 		return nil, err
 	}
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		return &k.PublicKey, nil
-	case *rsa.PublicKey:
-		return k, nil
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok {
+		return nil, errors.New("not an RSA key")
 	}
-	return nil, errors.New("not an RSA key")
+	return rk, nil
 }
