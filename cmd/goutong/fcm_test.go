@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -48,15 +47,7 @@ func TestServeFCMServiceAccount(t *testing.T) {
 	root.SetArgs([]string{"mock-provider", "--listen", "127.0.0.1:0", "--google-key", saPath})
 	mockDone := make(chan error, 1)
 	go func() { mockDone <- root.ExecuteContext(mctx); pw.Close() }()
-	sc := bufio.NewScanner(pr)
-	var mockURL string
-	for sc.Scan() {
-		if u, ok := strings.CutPrefix(sc.Text(), "mock provider listening on "); ok {
-			mockURL = strings.Fields(u)[0]
-			break
-		}
-	}
-	go io.Copy(io.Discard, pr)
+	mockURL := urlAfter(pr, "mock provider listening on ")
 	if mockURL == "" {
 		t.Fatalf("mock-provider did not start: %v", <-mockDone)
 	}
@@ -83,44 +74,9 @@ channels:
 		t.Fatal(err)
 	}
 	cfg.Data, cfg.Listen = filepath.Join(dir, "data"), "127.0.0.1:0"
-	ctx, cancel := context.WithCancel(context.Background())
-	spr, spw := io.Pipe()
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, spw); spw.Close() }()
-	ssc := bufio.NewScanner(spr)
-	var url string
-	for ssc.Scan() {
-		if u, ok := strings.CutPrefix(ssc.Text(), "goutong serving on "); ok {
-			url = strings.Fields(u)[0]
-			break
-		}
-	}
-	go io.Copy(io.Discard, spr)
-	if url == "" {
-		t.Fatalf("serve did not start: %v", <-done)
-	}
-	waitUntil(t, 30*time.Second, "readiness", func() bool {
-		resp, err := http.Get(url + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	resp, err := http.Post(url+"/v1/notifications", "application/json",
-		strings.NewReader(`{"channel":"push","recipient":"fcm-device-token-1","content":{"subject":"Hi","body":"via a service account"}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r struct {
-		ID string `json:"id"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&r)
-	resp.Body.Close()
-	if resp.StatusCode != 202 {
-		t.Fatalf("ingest: %d", resp.StatusCode)
-	}
-	waitUntil(t, 30*time.Second, "the push sent", func() bool { return statusOf(url, r.ID) == "sent" })
+	url, stop := serveInProcess(t, cfg)
+	id := postOne(t, url, `{"channel":"push","recipient":"fcm-device-token-1","content":{"subject":"Hi","body":"via a service account"}}`)
+	waitUntil(t, 30*time.Second, "the push sent", func() bool { return statusOf(url, id) == "sent" })
 	st, err := http.Get(mockURL + "/stats")
 	if err != nil {
 		t.Fatal(err)
@@ -134,10 +90,7 @@ channels:
 	if stats.Tokens != 1 || stats.By["push"] != 1 {
 		t.Fatalf("mock stats %+v: want one token granted and one push", stats)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("serve: %v", err)
-	}
+	stop()
 	stopMock()
 	if err := <-mockDone; err != nil {
 		t.Fatal(err)

@@ -97,15 +97,74 @@ func startServe(t *testing.T, args ...string) *served {
 	case <-time.After(60 * time.Second):
 		t.Fatal("serve did not start")
 	}
+	waitReady(t, s.url)
+	return s
+}
+
+// waitReady waits for a node's /readyz to answer 200.
+func waitReady(t *testing.T, url string) {
+	t.Helper()
 	waitUntil(t, 30*time.Second, "readiness", func() bool {
-		resp, err := http.Get(s.url + "/readyz")
+		resp, err := http.Get(url + "/readyz")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return s
+}
+
+// urlAfter reads r up to the first line starting with prefix and returns
+// the URL that follows it ("" if r ends first); the rest of r is drained.
+func urlAfter(r io.Reader, prefix string) string {
+	sc := bufio.NewScanner(r)
+	defer func() { go io.Copy(io.Discard, r) }()
+	for sc.Scan() {
+		if u, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			return strings.Fields(u)[0]
+		}
+	}
+	return ""
+}
+
+// serveInProcess runs serve with cfg in this process until ready; stop
+// ends it and fails the test unless it ended cleanly.
+func serveInProcess(t *testing.T, cfg Config) (url string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, pw); pw.Close() }()
+	if url = urlAfter(pr, "goutong serving on "); url == "" {
+		cancel()
+		t.Fatalf("serve did not start: %v", <-done)
+	}
+	waitReady(t, url)
+	return url, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	}
+}
+
+// postOne posts one notification and returns its id; anything but 202
+// fails the test.
+func postOne(t *testing.T, url, body string) string {
+	t.Helper()
+	resp, err := http.Post(url+"/v1/notifications", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		ID string `json:"id"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&r)
+	if resp.StatusCode != 202 {
+		t.Fatalf("ingest: %d", resp.StatusCode)
+	}
+	return r.ID
 }
 
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -380,44 +439,9 @@ func TestServeKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Data, cfg.Listen, cfg.Kafka = t.TempDir(), "127.0.0.1:0", c.ListenAddrs()
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, pw); pw.Close() }()
-	sc := bufio.NewScanner(pr)
-	var url string
-	for sc.Scan() {
-		if u, ok := strings.CutPrefix(sc.Text(), "goutong serving on "); ok {
-			url = strings.Fields(u)[0]
-			break
-		}
-	}
-	go io.Copy(io.Discard, pr)
-	if url == "" {
-		t.Fatalf("serve did not start: %v", <-done)
-	}
-	waitUntil(t, 30*time.Second, "readiness", func() bool {
-		resp, err := http.Get(url + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	resp, err := http.Post(url+"/v1/notifications", "application/json",
-		strings.NewReader(`{"channel":"webhook","recipient":"https://hooks.example/k","content":{"body":"via kafka"}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r struct {
-		ID string `json:"id"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&r)
-	resp.Body.Close()
-	if resp.StatusCode != 202 {
-		t.Fatalf("ingest: %d", resp.StatusCode)
-	}
-	waitUntil(t, 30*time.Second, "the send", func() bool { return statusOf(url, r.ID) == "sent" })
+	url, stop := serveInProcess(t, cfg)
+	id := postOne(t, url, `{"channel":"webhook","recipient":"https://hooks.example/k","content":{"body":"via kafka"}}`)
+	waitUntil(t, 30*time.Second, "the send", func() bool { return statusOf(url, id) == "sent" })
 	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
 	if err != nil {
 		t.Fatal(err)
@@ -434,16 +458,13 @@ func TestServeKafka(t *testing.T) {
 	}
 	// The node named itself once, and its status store follows the status
 	// topic in a group of that name.
-	id, err := os.ReadFile(filepath.Join(cfg.Data, "node-id"))
-	if err != nil || strings.TrimSpace(string(id)) == "" {
-		t.Fatalf("node id: %q, %v", id, err)
+	nodeID, err := os.ReadFile(filepath.Join(cfg.Data, "node-id"))
+	if err != nil || strings.TrimSpace(string(nodeID)) == "" {
+		t.Fatalf("node id: %q, %v", nodeID, err)
 	}
 	waitUntil(t, 30*time.Second, "the status replica's group", func() bool {
 		groups, err := adm.ListGroups(context.Background())
-		return err == nil && slices.Contains(groups.Groups(), "goutong-status-store."+strings.TrimSpace(string(id)))
+		return err == nil && slices.Contains(groups.Groups(), "goutong-status-store."+strings.TrimSpace(string(nodeID)))
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("serve: %v", err)
-	}
+	stop()
 }
