@@ -98,7 +98,12 @@ func (s *Server) receipts(ctx *fasthttp.RequestCtx, provider string) {
 		writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "invalid_receipt", Message: err.Error()})
 		return
 	}
-	applied, unknown, err := s.cfg.Engine.ApplyReceipts(ctx, provider, rs)
+	// Not the RequestCtx as the parent: fasthttp reuses it once the handler
+	// returns, while a timer of a context derived from it may still read it
+	// (a data race the race detector caught in the dead-letter listing).
+	rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	applied, unknown, err := s.cfg.Engine.ApplyReceipts(rctx, provider, rs)
 	if err != nil {
 		s.unavailable(ctx, "status", err)
 		return
@@ -209,7 +214,10 @@ func (s *Server) dlqList(ctx *fasthttp.RequestCtx) {
 		}
 		limit = n
 	}
-	dls, err := s.cfg.Engine.DeadLetters(ctx, limit)
+	// A context of its own, not the RequestCtx (see receipts).
+	rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dls, err := s.cfg.Engine.DeadLetters(rctx, limit)
 	if err != nil {
 		s.unavailable(ctx, "dead letters", err)
 		return
