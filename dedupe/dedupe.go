@@ -475,26 +475,18 @@ const minKeysPerWorker = 128
 func (s *Store) probe(keys []string, order []int, res []found, newest, oldest uint32) error {
 	pending := len(order)
 	var kbuf []byte
-	// locs[j] are the filter locations of keys[order[j]], hashed once.
-	var locs [][]uint64
-	if s.filt != nil {
-		locs = make([][]uint64, len(order))
-		for j, i := range order {
-			locs[j] = s.filt.locations(keys[i])
-		}
-	}
 	cand := make([]int, 0, len(order))
 	for b := int64(newest); b >= int64(oldest) && pending > 0; b-- {
 		bu := uint32(b)
 		cand = cand[:0]
-		if locs == nil {
+		if s.filt == nil {
 			for _, i := range order {
 				if !res[i].ok {
 					cand = append(cand, i)
 				}
 			}
 		} else {
-			s.filt.candidates(bu, order, locs, func(i int) bool { return !res[i].ok }, &cand)
+			s.filt.candidates(bu, keys, order, func(i int) bool { return !res[i].ok }, &cand)
 		}
 		if len(cand) == 0 {
 			continue // no key of the batch can be in this bucket

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"unsafe"
 
 	"github.com/bits-and-blooms/bloom/v3"
 	"github.com/cockroachdb/pebble/v2"
@@ -23,7 +24,6 @@ type filters struct {
 	// positives: five hashes (cache misses) a key instead of seven at 1 %,
 	// and a false positive only costs the probe the filter would have saved.
 	size uint
-	k    uint
 }
 
 // FilterBytes is the memory of one bucket's Bloom filter sized for keys.
@@ -36,25 +36,24 @@ func FilterBytes(keys uint) int {
 const filterFPR = 0.05
 
 func newFilters(keysPerBucket uint) *filters {
-	_, k := bloom.EstimateParameters(keysPerBucket, filterFPR)
-	return &filters{m: map[uint32]*bloom.BloomFilter{}, size: keysPerBucket, k: k}
+	return &filters{m: map[uint32]*bloom.BloomFilter{}, size: keysPerBucket}
 }
 
-// locations hashes a key once for every bucket's filter.
-func (f *filters) locations(key string) []uint64 { return bloom.Locations([]byte(key), f.k) }
-
-// candidates appends to out the indexes order[j] (those open says are
-// still unresolved) whose key bucket b may hold; a bucket with no filter
-// has never been written. One read lock per bucket and batch.
-func (f *filters) candidates(b uint32, order []int, locs [][]uint64, open func(int) bool, out *[]int) {
+// candidates appends to out the indexes i in order (those open says are
+// still unresolved) whose keys[i] bucket b may hold; a bucket with no
+// filter has never been written. One read lock per bucket and batch. A key
+// is hashed again for each bucket that has a filter (a few at most):
+// hashing once meant bloom.Locations' slice, an allocation per key.
+func (f *filters) candidates(b uint32, keys []string, order []int, open func(int) bool, out *[]int) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	bf := f.m[b]
 	if bf == nil {
 		return
 	}
-	for j, i := range order {
-		if open(i) && bf.TestLocations(locs[j]) {
+	for _, i := range order {
+		// The filter only hashes the key's bytes; it does not keep them.
+		if open(i) && bf.Test(unsafe.Slice(unsafe.StringData(keys[i]), len(keys[i]))) {
 			*out = append(*out, i)
 		}
 	}

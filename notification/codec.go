@@ -5,6 +5,7 @@ import (
 	gojson "github.com/goccy/go-json"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -473,17 +474,40 @@ type wireContent struct {
 
 // AppendEncode appends the wire form of n to dst.
 func (c *Codec) AppendEncode(dst []byte, n *Notification) []byte {
-	var w wire
-	w.fill(n)
-	b, err := gojson.MarshalNoEscape(&w)
-	if err != nil {
-		// Only strings and string maps: Marshal cannot fail on this shape.
+	st := encoders.Get().(*encodeState)
+	st.w.fill(n)
+	st.out.b = dst
+	// The same flags as Marshal (HTML escaping, UTF-8 normalising), written
+	// straight into dst: Marshal copies its result into a new slice, and the
+	// wire it is handed escapes to the heap, two allocations a record.
+	if err := st.enc.Encode(&st.w); err != nil {
+		// Only strings and string maps: Encode cannot fail on this shape.
 		panic(fmt.Sprintf("notification: encode: %v", err))
 	}
-	if dst == nil {
-		return b
-	}
-	return append(dst, b...)
+	dst = st.out.b[:len(st.out.b)-1] // Encode's trailing newline
+	st.out.b, st.w = nil, wire{}     // hold nothing of the caller's
+	encoders.Put(st)
+	return dst
+}
+
+// encodeState is a wire and an encoder writing into the caller's buffer.
+type encodeState struct {
+	w   wire
+	out appendWriter
+	enc *gojson.Encoder
+}
+
+var encoders = sync.Pool{New: func() any {
+	st := &encodeState{}
+	st.enc = gojson.NewEncoder(&st.out)
+	return st
+}}
+
+type appendWriter struct{ b []byte }
+
+func (a *appendWriter) Write(p []byte) (int, error) {
+	a.b = append(a.b, p...)
+	return len(p), nil
 }
 
 // fill sets w to n's wire form; w's pointers point into w itself.

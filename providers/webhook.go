@@ -5,14 +5,15 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
 
 	"github.com/goutong/goutong/notification"
 )
@@ -162,33 +163,60 @@ func (w *Webhook) sendBatch(ctx context.Context, batch []*notification.Notificat
 		fillAll(results, r)
 		return
 	}
-	var out struct {
-		Results []WebhookItemResult `json:"results"`
+	readWebhookAnswer(resp.Body(), batch, results)
+}
+
+// readWebhookAnswer sets results from a 2xx answer's body: per item when
+// it carries {"results":[{"id","status","error"}]}, else all sent.
+func readWebhookAnswer(body []byte, batch []*notification.Notification, results []Result) {
+	p := answerParsers.Get()
+	defer answerParsers.Put(p)
+	v, err := p.ParseBytes(body)
+	var items []*fastjson.Value
+	if err == nil {
+		items = v.GetArray("results")
 	}
-	if json.Unmarshal(resp.Body(), &out) != nil || len(out.Results) == 0 {
+	if len(items) == 0 { // no per-item answer: the 2xx covers the batch
 		for i, n := range batch {
 			results[i] = Result{Outcome: Sent, MessageID: n.ID}
 		}
 		return
 	}
-	byID := make(map[string]WebhookItemResult, len(out.Results))
-	for _, ir := range out.Results {
-		byID[ir.ID] = ir
-	}
+	// Endpoints answer in the batch's order; only one that does not pays
+	// for a map. Its keys point into the parser, alive until we return.
+	var byID map[string]*fastjson.Value
 	for i, n := range batch {
-		ir, ok := byID[n.ID]
-		switch {
-		case !ok:
+		var it *fastjson.Value
+		if i < len(items) && string(items[i].GetStringBytes("id")) == n.ID {
+			it = items[i]
+		} else {
+			if byID == nil {
+				byID = make(map[string]*fastjson.Value, len(items))
+				for _, it := range items {
+					id := it.GetStringBytes("id")
+					byID[unsafe.String(unsafe.SliceData(id), len(id))] = it
+				}
+			}
+			it = byID[n.ID]
+		}
+		if it == nil {
 			results[i] = Result{Outcome: Retriable, Reason: "webhook: no result for this item"}
-		case ir.Status == "ok":
+			continue
+		}
+		switch status := string(it.GetStringBytes("status")); status {
+		case "ok":
 			results[i] = Result{Outcome: Sent, MessageID: n.ID}
-		case ir.Status == "retry":
-			results[i] = Result{Outcome: Retriable, Reason: truncate("webhook: "+ir.Error, 200)}
+		case "retry":
+			results[i] = Result{Outcome: Retriable, Reason: truncate("webhook: "+string(it.GetStringBytes("error")), 200)}
 		default:
-			results[i] = Result{Outcome: Permanent, Reason: truncate(fmt.Sprintf("webhook: %s %s", ir.Status, ir.Error), 200)}
+			results[i] = Result{Outcome: Permanent, Reason: truncate(fmt.Sprintf("webhook: %s %s", status, it.GetStringBytes("error")), 200)}
 		}
 	}
 }
+
+// answerParsers parse batched webhooks' per-item answers without
+// allocating per item.
+var answerParsers fastjson.ParserPool
 
 // PostSigned POSTs a JSON body to url through the endpoint's pooled client,
 // signed as webhooks are (TimestampHeader, SignatureHeader), and classifies
