@@ -78,42 +78,59 @@ func keyBytes(keys []string) int64 {
 // BenchmarkClaimConfirmNew claims and confirms new keys in batches of
 // 1,000 on top of 1,000,000 keys already stored, with the per-bucket
 // filters (the default) and without them (the baseline they are measured
-// against).
+// against), and with the recent entries on (what copying each write into
+// them costs).
 func BenchmarkClaimConfirmNew(b *testing.B) {
 	for _, filter := range []bool{true, false} {
 		for _, sync := range []bool{true, false} {
-			b.Run(fmt.Sprintf("filter=%v/sync=%v", filter, sync), func(b *testing.B) {
-				opts := []Option{WithSync(sync)}
-				if !filter {
-					opts = append(opts, WithFilter(0))
+			for _, recent := range []bool{false, true} {
+				if recent && (!filter || sync) {
+					continue // one comparison is enough
 				}
-				s := open(b, b.TempDir(), newClock(), opts...)
-				defer s.Close()
-				reqs, out, done := preload(b, s)
-				fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
-				b.SetBytes(keyBytes(fresh[:benchBatch]))
-				b.ReportAllocs()
-				b.ResetTimer()
-				for i := range b.N {
-					claimConfirm(b, s, fresh[i*benchBatch:(i+1)*benchBatch], reqs, out, done)
+				name := fmt.Sprintf("filter=%v/sync=%v", filter, sync)
+				if recent {
+					name += "/recent=on"
 				}
-				b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "keys/s")
-			})
+				b.Run(name, func(b *testing.B) {
+					opts := []Option{WithSync(sync)}
+					if !filter {
+						opts = append(opts, WithFilter(0))
+					}
+					if !recent {
+						opts = append(opts, WithRecent(0))
+					}
+					s := open(b, b.TempDir(), newClock(), opts...)
+					defer s.Close()
+					reqs, out, done := preload(b, s)
+					fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
+					b.SetBytes(keyBytes(fresh[:benchBatch]))
+					b.ReportAllocs()
+					b.ResetTimer()
+					for i := range b.N {
+						claimConfirm(b, s, fresh[i*benchBatch:(i+1)*benchBatch], reqs, out, done)
+					}
+					b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "keys/s")
+				})
+			}
 		}
 	}
 }
 
 // BenchmarkLookupExisting looks up stored keys in batches of 1,000 out of
-// 1,000,000, with and without the filters (which only cost here: every key
-// exists).
+// 1,000,000: from Pebble on the defaults, from Pebble without the filters
+// (which only cost here: every key exists), and with recent entries large
+// enough for every key.
 func BenchmarkLookupExisting(b *testing.B) {
-	for _, filter := range []bool{true, false} {
-		b.Run(fmt.Sprintf("filter=%v", filter), func(b *testing.B) {
-			var opts []Option
-			if !filter {
-				opts = append(opts, WithFilter(0))
-			}
-			s := open(b, b.TempDir(), newClock(), opts...)
+	for _, c := range []struct {
+		name string
+		opts []Option
+	}{
+		{"defaults", nil},
+		{"filter=false", []Option{WithFilter(0)}},
+		{"recent=256MiB", []Option{WithRecent(256 << 20)}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			s := open(b, b.TempDir(), newClock(), c.opts...)
 			defer s.Close()
 			preload(b, s)
 			keys := benchKeys(1_000_000, 1)

@@ -39,6 +39,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -147,6 +148,7 @@ type options struct {
 	reclaimInt time.Duration
 	logger     Logger
 	filterKeys uint
+	recent     int
 }
 
 // Logger receives Pebble's messages. The default drops informational ones
@@ -218,6 +220,16 @@ func WithCreate() Option { return func(o *options) { o.create = true } }
 // disk at open.
 func WithFilter(n uint) Option { return func(o *options) { o.filterKeys = n } }
 
+// WithRecent keeps copies of the newest entries written in n bytes of
+// memory, which lookups read before Pebble (default 0: off). A key seen
+// lately is then answered without a seek per time bucket: a replay after a
+// crash or a rebalance, a client retrying its request. Lookups of cached
+// keys ran 2.6-3x faster than Pebble's (BenchmarkLookupExisting), and every
+// write pays for its copy: about 0.5 us a key (BenchmarkClaimConfirmNew), so
+// turn it on where repeats are common. Each entry takes about 100 bytes of
+// its 40-byte key; the copies are warmed from disk at open, newest last.
+func WithRecent(n int) Option { return func(o *options) { o.recent = n } }
+
 // WithMaxOpenClaims bounds the claims held in memory between Claim and
 // Confirm or Release (default 1,048,576); Claim fails beyond it.
 func WithMaxOpenClaims(n int) Option { return func(o *options) { o.maxLive = n } }
@@ -247,6 +259,7 @@ type Store struct {
 	floor     uint32 // buckets below are gone
 
 	filt *filters // nil when WithFilter(0)
+	rec  *recent  // nil when WithRecent(0)
 
 	m struct {
 		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups atomic.Int64
@@ -260,6 +273,7 @@ const (
 	DefaultMemTableSize = 8 << 20   // see WithMemTableSize
 	DefaultCacheSize    = 256 << 20 // see WithCacheSize
 	DefaultFilterKeys   = 4 << 20   // see WithFilter
+	DefaultRecentBytes  = 0         // see WithRecent
 	// MemTables is how many memtables Pebble keeps before it stalls writes
 	// (one filling, one flushing).
 	MemTables = 2
@@ -272,7 +286,8 @@ const (
 func Open(dir string, opts ...Option) (*Store, error) {
 	o := options{now: time.Now, window: 24 * time.Hour, scopes: map[string]time.Duration{},
 		policies: map[string]UncertainPolicy{}, lease: 30 * time.Second, sync: true, memtable: DefaultMemTableSize,
-		cache: DefaultCacheSize, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: DefaultFilterKeys}
+		cache: DefaultCacheSize, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: DefaultFilterKeys,
+		recent: DefaultRecentBytes}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -317,10 +332,13 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	}
 	if o.filterKeys > 0 {
 		s.filt = newFilters(o.filterKeys)
-		if err := s.filt.load(db); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("dedupe: building filters: %w", err)
-		}
+	}
+	if o.recent > 0 {
+		s.rec = newRecent(o.recent)
+	}
+	if err := s.warm(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("dedupe: building filters and recent entries: %w", err)
 	}
 	if o.reclaimInt > 0 {
 		s.wg.Add(1)
@@ -396,7 +414,11 @@ func (e *entry) append(dst []byte) []byte {
 	return append(dst, e.outcome...)
 }
 
-func parseEntry(b []byte) (entry, error) {
+func parseEntry(b []byte) (entry, error) { return parseEntryStrings(b, false) }
+
+// parseEntryStrings parses b; with view, the id and outcome point into b
+// instead of being copied, for bytes that are never written again.
+func parseEntryStrings(b []byte, view bool) (entry, error) {
 	var e entry
 	if len(b) < 17 {
 		return e, errors.New("dedupe: short entry")
@@ -410,7 +432,12 @@ func parseEntry(b []byte) (entry, error) {
 		if k <= 0 || n > uint64(len(b)-k) {
 			return "", false
 		}
-		v := string(b[k : k+int(n)])
+		var v string
+		if view && n > 0 {
+			v = unsafe.String(&b[k], int(n))
+		} else {
+			v = string(b[k : k+int(n)])
+		}
 		b = b[k+int(n):]
 		return v, true
 	}
@@ -444,29 +471,49 @@ type found struct {
 // split across GOMAXPROCS workers: a probe is a few microseconds of CPU.
 func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
 	res := make([]found, len(keys))
-	order := make([]int, len(keys))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(a, b int) int { return strings.Compare(keys[a], keys[b]) })
 	newest := s.bucketOf(now)
 	oldest := s.bucketOf(now.Add(-s.maxWindow))
 	s.reclaimMu.Lock()
 	oldest = max(oldest, s.floor)
 	s.reclaimMu.Unlock()
-	workers := min(runtime.GOMAXPROCS(0), len(keys)/minKeysPerWorker)
+	if s.rec != nil {
+		// Each cached key is a cache miss or two of memory (the index and
+		// its record): large batches are split across GOMAXPROCS readers.
+		parallel(len(keys), func(from, to int) error {
+			s.rec.getMany(keys[from:to], oldest, res[from:to])
+			return nil
+		})
+	}
+	order := make([]int, 0, len(keys))
+	for i := range keys {
+		if !res[i].ok {
+			order = append(order, i)
+		}
+	}
+	if len(order) == 0 {
+		return res, nil
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(keys[a], keys[b]) })
+	return res, parallel(len(order), func(from, to int) error {
+		return s.probe(keys, order[from:to], res, newest, oldest)
+	})
+}
+
+// parallel runs do over [0, n) split into GOMAXPROCS ranges of at least
+// minKeysPerWorker, or at once on the caller when n is small.
+func parallel(n int, do func(from, to int) error) error {
+	workers := min(runtime.GOMAXPROCS(0), n/minKeysPerWorker)
 	if workers <= 1 {
-		return res, s.probe(keys, order, res, newest, oldest)
+		return do(0, n)
 	}
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
-	per := (len(order) + workers - 1) / workers
+	per := (n + workers - 1) / workers
 	for w := range workers {
-		part := order[min(w*per, len(order)):min((w+1)*per, len(order))]
-		wg.Go(func() { errs[w] = s.probe(keys, part, res, newest, oldest) })
+		wg.Go(func() { errs[w] = do(min(w*per, n), min((w+1)*per, n)) })
 	}
 	wg.Wait()
-	return res, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 const minKeysPerWorker = 128
@@ -614,6 +661,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		}
 		return fmt.Errorf("dedupe: commit claims: %w", err)
 	}
+	s.committed(&w)
 	s.m.claims.Add(claims)
 	s.m.hits.Add(hits)
 	s.m.inflight.Add(inflight)
@@ -669,6 +717,7 @@ func (s *Store) finish(ctx context.Context, done []Done, confirm bool, wo *pebbl
 	if err := w.commit(s.db, wo); err != nil {
 		return fmt.Errorf("dedupe: commit: %w", err)
 	}
+	s.committed(&w) // before the keys leave live: a claim sees them live or here
 	s.claimMu.Lock()
 	for _, d := range done {
 		delete(s.live, d.Key)
@@ -688,6 +737,44 @@ func (s *Store) remember(w *sortedWriter) {
 	if s.filt != nil {
 		s.filt.add(w.ops)
 	}
+}
+
+// committed copies a committed batch's writes into the recent entries.
+func (s *Store) committed(w *sortedWriter) {
+	if s.rec != nil {
+		s.rec.apply(w.ops)
+	}
+}
+
+// warm builds the filters and the recent entries from the entries on disk,
+// oldest bucket first, so the newest stay when they do not all fit.
+func (s *Store) warm() error {
+	if s.filt == nil && s.rec == nil {
+		return nil
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'b'}, UpperBound: []byte{'c'}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) < 5 {
+			return fmt.Errorf("dedupe: malformed entry key %q", k)
+		}
+		b := binary.BigEndian.Uint32(k[1:5])
+		if s.filt != nil {
+			s.filt.addOne(b, k[5:])
+		}
+		if s.rec != nil {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				return err
+			}
+			s.rec.put(b, k[5:], v)
+		}
+	}
+	return it.Error()
 }
 
 // sortedWriter collects a batch's writes and applies them in key order: the
@@ -848,6 +935,8 @@ type Metrics struct {
 	KeysApprox  int64
 	DiskBytes   uint64
 	BucketFloor uint32 // buckets below are reclaimed
+	RecentKeys  int    // keys whose newest entry is copied in memory
+	RecentBytes int    // the memory those copies take
 }
 
 // Metrics returns a snapshot.
@@ -871,6 +960,9 @@ func (s *Store) Metrics() Metrics {
 	s.reclaimMu.Lock()
 	m.BucketFloor = s.floor
 	s.reclaimMu.Unlock()
+	if s.rec != nil {
+		m.RecentKeys, m.RecentBytes = s.rec.len(), s.rec.bytes()
+	}
 	return m
 }
 

@@ -2,12 +2,10 @@ package dedupe
 
 import (
 	"encoding/binary"
-	"fmt"
 	"sync"
 	"unsafe"
 
 	"github.com/bits-and-blooms/bloom/v3"
-	"github.com/cockroachdb/pebble/v2"
 )
 
 // filters holds one Bloom filter per time bucket, of every key written
@@ -91,21 +89,9 @@ func (f *filters) dropBelow(floor uint32) {
 	}
 }
 
-// load builds the filters from every entry key on disk.
-func (f *filters) load(db *pebble.DB) error {
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{'b'}, UpperBound: []byte{'c'}})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
+// addOne records one entry key on disk, at open.
+func (f *filters) addOne(b uint32, key []byte) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	for it.First(); it.Valid(); it.Next() {
-		k := it.Key()
-		if len(k) < 5 {
-			return fmt.Errorf("dedupe: malformed entry key %q", k)
-		}
-		f.addLocked(binary.BigEndian.Uint32(k[1:5]), k[5:])
-	}
-	return it.Error()
+	f.addLocked(b, key)
+	f.mu.Unlock()
 }

@@ -120,7 +120,7 @@ func New(cfg Config) (*Engine, error) {
 		parts: map[partition.TopicPartition]*partState{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource()}
 	defer close(e.logReady)
-	collectors := e.m.collectors()
+	collectors := append(e.m.collectors(), dedupeCollector{cfg.Dedupe})
 	if len(cfg.StatusWebhooks) > 0 {
 		hooks, err := newHookForwarder(e)
 		if err != nil {

@@ -238,6 +238,13 @@ func TestEngineDeliversEachOnce(t *testing.T) {
 			waitFor(t, 30*time.Second, "the duplicates to be recognised", func() bool {
 				return counterSum(t, r.reg, "goutong_duplicates_total") == float64(len(dups))
 			})
+			// The idempotency store's own series say the same.
+			if got := counterSum(t, r.reg, "goutong_dedupe_duplicates_total"); got != float64(len(dups)) {
+				t.Fatalf("goutong_dedupe_duplicates_total %v, want %d", got, len(dups))
+			}
+			if got := counterSum(t, r.reg, "goutong_dedupe_confirms_total"); got < float64(len(ns)) {
+				t.Fatalf("goutong_dedupe_confirms_total %v, want at least %d", got, len(ns))
+			}
 			stop()
 			r.checkEachOnce(ns)
 			if s, err := r.status.Get(dups[0].ID); err != nil || s.State != engine.StateDuplicate || s.Current.DuplicateOf != ns[0].ID {

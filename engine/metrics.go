@@ -2,6 +2,8 @@ package engine
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/goutong/goutong/dedupe"
 )
 
 // metrics are the engine's Prometheus series. They live on the Engine, not
@@ -55,4 +57,53 @@ func newMetrics() *metrics {
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.sends, m.retries, m.deadLetter, m.duplicates, m.expired,
 		m.limitWait, m.lag, m.paused, m.delayed, m.commits}
+}
+
+// dedupeCollector exports the idempotency store's counters and sizes, read
+// at scrape time (the store keeps them; a scrape asks Pebble for its table
+// properties, which is cheap at scrape intervals).
+type dedupeCollector struct{ s *dedupe.Store }
+
+type dedupeSeries struct {
+	desc  *prometheus.Desc
+	vtype prometheus.ValueType
+	value func(dedupe.Metrics) float64
+}
+
+var dedupeMetrics = []dedupeSeries{
+	dedupeCounter("claims", "Keys claimed new (sent).", func(m dedupe.Metrics) int64 { return m.Claims }),
+	dedupeCounter("duplicates", "Claims of keys already confirmed (not sent).", func(m dedupe.Metrics) int64 { return m.Hits }),
+	dedupeCounter("in_flight", "Claims of keys another claimant holds a live lease on.", func(m dedupe.Metrics) int64 { return m.InFlight }),
+	dedupeCounter("taken_over", "Expired claims taken over and sent again (policy resend).", func(m dedupe.Metrics) int64 { return m.TakenOver }),
+	dedupeCounter("uncertain", "Expired claims closed without sending (policy skip).", func(m dedupe.Metrics) int64 { return m.Uncertain }),
+	dedupeCounter("confirms", "Keys confirmed after a send.", func(m dedupe.Metrics) int64 { return m.Confirms }),
+	dedupeCounter("releases", "Keys released after a permanent failure.", func(m dedupe.Metrics) int64 { return m.Releases }),
+	dedupeCounter("lookups", "Keys looked up without claiming.", func(m dedupe.Metrics) int64 { return m.Lookups }),
+	dedupeCounter("reclaims", "Range deletes of expired time buckets.", func(m dedupe.Metrics) int64 { return m.Reclaims }),
+	dedupeGauge("keys", "Entries on disk, approximately (the memtable is not counted).", func(m dedupe.Metrics) float64 { return float64(m.KeysApprox) }),
+	dedupeGauge("disk_bytes", "Bytes the store takes on disk.", func(m dedupe.Metrics) float64 { return float64(m.DiskBytes) }),
+	dedupeGauge("recent_keys", "Keys whose newest entry is copied in memory (WithRecent).", func(m dedupe.Metrics) float64 { return float64(m.RecentKeys) }),
+	dedupeGauge("recent_bytes", "Memory the copies of recent entries take.", func(m dedupe.Metrics) float64 { return float64(m.RecentBytes) }),
+}
+
+func dedupeCounter(name, help string, v func(dedupe.Metrics) int64) dedupeSeries {
+	return dedupeSeries{prometheus.NewDesc("goutong_dedupe_"+name+"_total", help, nil, nil), prometheus.CounterValue,
+		func(m dedupe.Metrics) float64 { return float64(v(m)) }}
+}
+
+func dedupeGauge(name, help string, v func(dedupe.Metrics) float64) dedupeSeries {
+	return dedupeSeries{prometheus.NewDesc("goutong_dedupe_"+name, help, nil, nil), prometheus.GaugeValue, v}
+}
+
+func (c dedupeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, s := range dedupeMetrics {
+		ch <- s.desc
+	}
+}
+
+func (c dedupeCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.s.Metrics()
+	for _, s := range dedupeMetrics {
+		ch <- prometheus.MustNewConstMetric(s.desc, s.vtype, s.value(m))
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/knadh/koanf/v2"
 
 	"github.com/goutong/goutong/api"
+	"github.com/goutong/goutong/dedupe"
 )
 
 // Config is goutong serve's configuration: defaults, then the YAML file,
@@ -86,6 +87,9 @@ type DedupeConfig struct {
 	// FilterKeys sizes the in-memory filter of each time bucket (window/4):
 	// new keys skip the disk probe. 0 turns the filters off.
 	FilterKeys uint `koanf:"filter_keys"`
+	// RecentBytes is the memory for copies of the newest entries, which
+	// lookups of recent keys read before Pebble. 0 turns them off.
+	RecentBytes int `koanf:"recent_bytes"`
 }
 
 type APIConfig struct {
@@ -146,8 +150,9 @@ func defaultConfig() Config {
 			BackoffBase: 500 * time.Millisecond, BackoffMax: 5 * time.Minute, DrainTimeout: 10 * time.Second,
 			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, KeepPayloads: true},
 		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
-		Dedupe:    DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true},
-		API:       APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
+		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true,
+			FilterKeys: dedupe.DefaultFilterKeys, RecentBytes: dedupe.DefaultRecentBytes},
+		API: APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
 		Templates: map[string]TemplateConf{
 			"otp": {Subject: "Your verification code", Body: "Your verification code is {{.code}}"},
 		},

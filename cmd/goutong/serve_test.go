@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/providers/mockserver"
 )
 
@@ -381,6 +382,11 @@ func TestConfigLayers(t *testing.T) {
 	if c.Listen != "127.0.0.1:9999" || c.API.MaxBacklog != 500 || c.Engine.DrainTimeout != 3*time.Second ||
 		c.Channels["sms"].Rate != 50 || c.Engine.RingSize != 8192 {
 		t.Fatalf("layers: %+v", c)
+	}
+	// Keys the file leaves out keep the stores' own defaults (the filters
+	// were off in serve while the docs said on).
+	if c.Dedupe.FilterKeys != dedupe.DefaultFilterKeys || c.Dedupe.RecentBytes != dedupe.DefaultRecentBytes {
+		t.Fatalf("dedupe defaults: %+v", c.Dedupe)
 	}
 	if err := os.WriteFile(path, []byte("engine:\n  ring_sise: 5\n"), 0o644); err != nil {
 		t.Fatal(err)

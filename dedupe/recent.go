@@ -1,0 +1,202 @@
+package dedupe
+
+import (
+	"encoding/binary"
+	"sync"
+	"unsafe"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// recent holds copies of the newest entries written, in memory, so that
+// looking up a key seen lately (a replay after a crash or a rebalance, a
+// client retrying a request) costs a hash probe instead of a Pebble seek
+// per time bucket. It is a cache of what is on disk: every write of the
+// store passes through it after its commit (a set replaces the key's copy,
+// a delete drops it), so a key it holds has no newer entry on disk, and a
+// key it does not hold is looked up in Pebble as before.
+//
+// Copies go into the current generation; when it passes half the budget,
+// the previous generation is dropped whole and the current one takes its
+// place, so making room costs nothing per key. Indexes and slabs hold no
+// pointers: millions of entries cost the garbage collector nothing to scan.
+type recent struct {
+	mu        sync.RWMutex
+	cur, prev *generation
+	budget    int
+}
+
+type generation struct {
+	idx   map[uint64]uint64 // xxhash of the key -> slab<<32 | offset; a colliding key evicts the other
+	slabs [][]byte
+	bytes int
+}
+
+const (
+	slabBytes = 1 << 20
+	// idxEntryBytes is what one index entry costs in a map, for the budget.
+	idxEntryBytes = 32
+)
+
+// newGeneration sizes the index for a generation's share of the budget at
+// a typical entry, so filling it does not grow the map step by step.
+func (r *recent) newGeneration() *generation {
+	return &generation{idx: make(map[uint64]uint64, r.budget/2/(entrySizeHint+idxEntryBytes))}
+}
+
+func newRecent(budget int) *recent {
+	r := &recent{budget: budget}
+	r.cur, r.prev = r.newGeneration(), &generation{idx: map[uint64]uint64{}}
+	return r
+}
+
+// Record layout in a slab: bucket (4 bytes), key length (uvarint), key,
+// value length (uvarint), value (an encoded entry).
+
+// apply records a committed batch's writes, in their commit order.
+func (r *recent) apply(ops []writeOp) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, op := range ops {
+		if len(op.key) < 5 || op.key[0] != 'b' {
+			continue
+		}
+		bucket, key := binary.BigEndian.Uint32(op.key[1:5]), op.key[5:]
+		if op.del {
+			h := xxhash.Sum64(key)
+			r.cur.drop(h, key)
+			r.prev.drop(h, key)
+		} else {
+			r.putLocked(bucket, key, op.val)
+		}
+	}
+}
+
+// put records one entry (used to warm the cache from disk at open, oldest
+// first).
+func (r *recent) put(bucket uint32, key, val []byte) {
+	r.mu.Lock()
+	r.putLocked(bucket, key, val)
+	r.mu.Unlock()
+}
+
+func (r *recent) putLocked(bucket uint32, key, val []byte) {
+	h := xxhash.Sum64(key)
+	need := 4 + binary.MaxVarintLen32*2 + len(key) + len(val)
+	if need > slabBytes {
+		r.cur.drop(h, key) // too large for a slab: never cached
+		r.prev.drop(h, key)
+		return
+	}
+	g := r.cur
+	if len(g.slabs) == 0 || cap(g.slabs[len(g.slabs)-1])-len(g.slabs[len(g.slabs)-1]) < need {
+		if g.bytes+slabBytes > r.budget/2 && len(g.slabs) > 0 {
+			r.prev, r.cur = r.cur, r.newGeneration()
+			g = r.cur
+		}
+		g.slabs = append(g.slabs, make([]byte, 0, slabBytes))
+		g.bytes += slabBytes
+	}
+	i := len(g.slabs) - 1
+	sl := g.slabs[i]
+	off := len(sl)
+	sl = binary.BigEndian.AppendUint32(sl, bucket)
+	sl = binary.AppendUvarint(sl, uint64(len(key)))
+	sl = append(sl, key...)
+	sl = binary.AppendUvarint(sl, uint64(len(val)))
+	sl = append(sl, val...)
+	g.slabs[i] = sl
+	if _, ok := g.idx[h]; !ok {
+		g.bytes += idxEntryBytes
+	}
+	g.idx[h] = uint64(i)<<32 | uint64(off)
+}
+
+// find returns the record of key in g.
+func (g *generation) find(h uint64, key []byte) ([]byte, bool) {
+	ref, ok := g.idx[h]
+	if !ok {
+		return nil, false
+	}
+	rec := g.slabs[ref>>32][uint32(ref):]
+	k, _, _ := parseRecord(rec)
+	return rec, string(k) == string(key)
+}
+
+func (g *generation) drop(h uint64, key []byte) {
+	if _, ok := g.find(h, key); ok {
+		delete(g.idx, h)
+	}
+}
+
+// parseRecord splits a slab record; n is its length. Records are written
+// by putLocked only, so they are well formed.
+func parseRecord(b []byte) (key, val []byte, n int) {
+	p := 4
+	kl, k := binary.Uvarint(b[p:])
+	p += k
+	key = b[p : p+int(kl)]
+	p += int(kl)
+	vl, k := binary.Uvarint(b[p:])
+	p += k
+	val = b[p : p+int(vl)]
+	return key, val, p + int(vl)
+}
+
+// get finds key's newest entry if it is cached and its bucket is at least
+// oldest (older buckets are past every window or reclaimed).
+func (r *recent) get(key string, oldest uint32) (found, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.getLocked(key, oldest)
+}
+
+// getMany sets res[i] for every keys[i] cached, under one read lock.
+func (r *recent) getMany(keys []string, oldest uint32, res []found) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for i, k := range keys {
+		res[i], _ = r.getLocked(k, oldest)
+	}
+}
+
+func (r *recent) getLocked(key string, oldest uint32) (found, bool) {
+	kb := unsafe.Slice(unsafe.StringData(key), len(key)) // only read
+	h := xxhash.Sum64String(key)
+	rec, ok := r.cur.find(h, kb)
+	if !ok {
+		// A key in the current generation is never older in the previous.
+		if _, shadowed := r.cur.idx[h]; shadowed {
+			return found{}, false
+		}
+		if rec, ok = r.prev.find(h, kb); !ok {
+			return found{}, false
+		}
+	}
+	bucket := binary.BigEndian.Uint32(rec)
+	if bucket < oldest {
+		return found{}, false
+	}
+	_, val, _ := parseRecord(rec)
+	// Slab bytes are never written again (a dropped generation is dropped,
+	// not reused), so the entry's strings may point into them.
+	e, err := parseEntryStrings(val, true)
+	if err != nil {
+		return found{}, false // Pebble answers, with the error
+	}
+	return found{ok: true, bucket: bucket, e: e}, true
+}
+
+// len is the number of keys cached.
+func (r *recent) len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.cur.idx) + len(r.prev.idx)
+}
+
+// bytes is the memory the copies take, against the budget.
+func (r *recent) bytes() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cur.bytes + r.prev.bytes
+}

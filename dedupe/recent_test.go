@@ -1,0 +1,141 @@
+package dedupe
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+func recentEntry(id string) []byte {
+	return (&entry{state: stateConfirmed, claimedAt: 1, id: id, outcome: "sent"}).append(nil)
+}
+
+// The cache answers what was put last, forgets what was dropped, hides
+// buckets below the floor asked for, and stays within its budget by
+// dropping the oldest entries first.
+func TestRecentBoundedNewestWins(t *testing.T) {
+	r := newRecent(4 * slabBytes)
+	r.put(7, []byte("k"), recentEntry("first"))
+	r.put(8, []byte("k"), recentEntry("second"))
+	if f, ok := r.get("k", 0); !ok || f.bucket != 8 || f.e.id != "second" {
+		t.Fatalf("got %+v %v, want bucket 8 id second", f, ok)
+	}
+	if _, ok := r.get("k", 9); ok {
+		t.Fatal("an entry below the oldest live bucket was answered")
+	}
+	r.apply([]writeOp{{key: entryKey(nil, 8, "k"), del: true}})
+	if _, ok := r.get("k", 0); ok {
+		t.Fatal("a dropped key was answered")
+	}
+
+	const n = 200_000 // about 20 MiB of records: several times the budget
+	for i := range n {
+		r.put(9, fmt.Appendf(nil, "key-%07d", i), recentEntry(fmt.Sprintf("id-%07d", i)))
+		if got := r.bytes(); got > r.budget+2*slabBytes {
+			t.Fatalf("after %d puts: %d bytes used, budget %d", i, got, r.budget)
+		}
+	}
+	if _, ok := r.get("key-0000000", 0); ok {
+		t.Fatal("the oldest key survived eviction")
+	}
+	f, ok := r.get(fmt.Sprintf("key-%07d", n-1), 0)
+	if !ok || f.e.id != fmt.Sprintf("id-%07d", n-1) {
+		t.Fatalf("the newest key: %+v %v", f, ok)
+	}
+	if got := r.len(); got == 0 || got >= n {
+		t.Fatalf("%d keys cached of %d", got, n)
+	}
+}
+
+// A store with the recent entries answers every claim and lookup exactly as
+// one without them, over random claims, confirms, releases, expired leases
+// and windows, with a cache small enough to evict, and across a restart
+// (which warms it from disk).
+func TestRecentMatchesPebbleOnly(t *testing.T) {
+	clk := newClock()
+	opts := []Option{WithWindow(time.Hour), WithLease(time.Minute), WithUncertainPolicy("skip", Skip)}
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := open(t, dirA, clk, append(opts, WithRecent(2*slabBytes))...)
+	b := open(t, dirB, clk, append(opts, WithRecent(0))...)
+	defer func() { a.Close(); b.Close() }()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	keys := make([]string, 30_000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("tenant-%d/key-%d-%x", i%7, i, rnd.Uint64())
+	}
+	scopes := []string{"", "skip"}
+	for round := range 120 {
+		if round == 60 { // restart both: a's cache comes back from disk
+			a.Close()
+			b.Close()
+			a = open(t, dirA, clk, append(opts, WithRecent(2*slabBytes))...)
+			b = open(t, dirB, clk, append(opts, WithRecent(0))...)
+		}
+		n := 1 + rnd.IntN(500)
+		reqs := make([]ClaimRequest, n)
+		for i := range reqs {
+			reqs[i] = ClaimRequest{Key: keys[rnd.IntN(len(keys))], Scope: scopes[rnd.IntN(2)], ID: fmt.Sprintf("id-%d-%d", round, i)}
+		}
+		outA, outB := make([]ClaimResult, n), make([]ClaimResult, n)
+		if err := a.Claim(ctx, reqs, outA); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Claim(ctx, reqs, outB); err != nil {
+			t.Fatal(err)
+		}
+		var confirm, release []Done
+		for i := range reqs {
+			if outA[i] != outB[i] {
+				t.Fatalf("round %d key %q: with cache %+v, without %+v", round, reqs[i].Key, outA[i], outB[i])
+			}
+			if !outA[i].Status.ShouldSend() {
+				continue
+			}
+			d := Done{Key: reqs[i].Key, Token: outA[i].Token, ID: reqs[i].ID, Outcome: "sent"}
+			switch rnd.IntN(10) {
+			case 0: // the claimant dies: its lease runs out
+			case 1, 2:
+				release = append(release, d)
+			default:
+				confirm = append(confirm, d)
+			}
+		}
+		for _, s := range []*Store{a, b} {
+			if err := s.Confirm(ctx, confirm); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Release(ctx, release); err != nil {
+				t.Fatal(err)
+			}
+		}
+		look := make([]string, 200)
+		for i := range look {
+			look[i] = keys[rnd.IntN(len(keys))]
+		}
+		la, err := a.Lookup(look, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lb, err := b.Lookup(look, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range look {
+			if la[i] != lb[i] {
+				t.Fatalf("round %d lookup %q: with cache %+v, without %+v", round, look[i], la[i], lb[i])
+			}
+		}
+		clk.Add(time.Duration(rnd.IntN(120)) * time.Second) // leases expire, windows pass
+		if round%20 == 19 {
+			for _, s := range []*Store{a, b} {
+				if err := s.Reclaim(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if a.rec.len() == 0 {
+		t.Fatal("the cache never held a key: the comparison proved nothing")
+	}
+}
