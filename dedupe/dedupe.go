@@ -749,7 +749,8 @@ func (s *Store) committed(w *sortedWriter) {
 }
 
 // warm builds the filters and the recent entries from the entries on disk,
-// oldest bucket first, so the newest stay when they do not all fit.
+// oldest bucket first, so the newest stay when they do not all fit. Each
+// lock is taken once for the scan, not once a key.
 func (s *Store) warm() error {
 	if s.filt == nil && s.rec == nil {
 		return nil
@@ -759,6 +760,14 @@ func (s *Store) warm() error {
 		return err
 	}
 	defer it.Close()
+	if s.filt != nil {
+		s.filt.mu.Lock()
+		defer s.filt.mu.Unlock()
+	}
+	if s.rec != nil {
+		s.rec.mu.Lock()
+		defer s.rec.mu.Unlock()
+	}
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
 		if len(k) < 5 {
@@ -766,14 +775,14 @@ func (s *Store) warm() error {
 		}
 		b := binary.BigEndian.Uint32(k[1:5])
 		if s.filt != nil {
-			s.filt.addOne(b, k[5:])
+			s.filt.addLocked(b, k[5:])
 		}
 		if s.rec != nil {
 			v, err := it.ValueAndErr()
 			if err != nil {
 				return err
 			}
-			s.rec.put(b, k[5:], v)
+			s.rec.putLocked(b, k[5:], v)
 		}
 	}
 	return it.Error()

@@ -36,6 +36,40 @@ func open(t testing.TB, dir string, clk *clock, opts ...Option) *Store {
 
 var ctx = context.Background()
 
+// claimBoth claims reqs on two stores that must agree, for tests that
+// compare a store with a feature against one without it.
+func claimBoth(t testing.TB, a, b *Store, reqs []ClaimRequest) (outA, outB []ClaimResult) {
+	t.Helper()
+	outA, outB = make([]ClaimResult, len(reqs)), make([]ClaimResult, len(reqs))
+	if err := a.Claim(ctx, reqs, outA); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Claim(ctx, reqs, outB); err != nil {
+		t.Fatal(err)
+	}
+	return outA, outB
+}
+
+// lookupBoth looks keys up on both stores and fails on the first answer
+// they differ in; what names the feature a has and b lacks.
+func lookupBoth(t testing.TB, a, b *Store, keys []string, what string) []LookupResult {
+	t.Helper()
+	la, err := a.Lookup(keys, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.Lookup(keys, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range keys {
+		if la[i] != lb[i] {
+			t.Fatalf("lookup %q: with %s %+v, without %+v", keys[i], what, la[i], lb[i])
+		}
+	}
+	return la
+}
+
 func claim1(t testing.TB, s *Store, key, scope, id string) ClaimResult {
 	t.Helper()
 	out := make([]ClaimResult, 1)

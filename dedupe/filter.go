@@ -88,10 +88,3 @@ func (f *filters) dropBelow(floor uint32) {
 		}
 	}
 }
-
-// addOne records one entry key on disk, at open.
-func (f *filters) addOne(b uint32, key []byte) {
-	f.mu.Lock()
-	f.addLocked(b, key)
-	f.mu.Unlock()
-}

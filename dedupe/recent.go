@@ -63,29 +63,18 @@ func (r *recent) apply(ops []writeOp) {
 		}
 		bucket, key := binary.BigEndian.Uint32(op.key[1:5]), op.key[5:]
 		if op.del {
-			h := xxhash.Sum64(key)
-			r.cur.drop(h, key)
-			r.prev.drop(h, key)
+			r.dropLocked(xxhash.Sum64(key), key)
 		} else {
 			r.putLocked(bucket, key, op.val)
 		}
 	}
 }
 
-// put records one entry (used to warm the cache from disk at open, oldest
-// first).
-func (r *recent) put(bucket uint32, key, val []byte) {
-	r.mu.Lock()
-	r.putLocked(bucket, key, val)
-	r.mu.Unlock()
-}
-
 func (r *recent) putLocked(bucket uint32, key, val []byte) {
 	h := xxhash.Sum64(key)
 	need := 4 + binary.MaxVarintLen32*2 + len(key) + len(val)
 	if need > slabBytes {
-		r.cur.drop(h, key) // too large for a slab: never cached
-		r.prev.drop(h, key)
+		r.dropLocked(h, key) // too large for a slab: never cached
 		return
 	}
 	g := r.cur
@@ -123,6 +112,12 @@ func (g *generation) find(h uint64, key []byte) ([]byte, bool) {
 	return rec, string(k) == string(key)
 }
 
+// dropLocked forgets key in both generations.
+func (r *recent) dropLocked(h uint64, key []byte) {
+	r.cur.drop(h, key)
+	r.prev.drop(h, key)
+}
+
 func (g *generation) drop(h uint64, key []byte) {
 	if _, ok := g.find(h, key); ok {
 		delete(g.idx, h)
@@ -143,14 +138,6 @@ func parseRecord(b []byte) (key, val []byte, n int) {
 	return key, val, p + int(vl)
 }
 
-// get finds key's newest entry if it is cached and its bucket is at least
-// oldest (older buckets are past every window or reclaimed).
-func (r *recent) get(key string, oldest uint32) (found, bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.getLocked(key, oldest)
-}
-
 // getMany sets res[i] for every keys[i] cached, under one read lock.
 func (r *recent) getMany(keys []string, oldest uint32, res []found) {
 	r.mu.RLock()
@@ -160,6 +147,8 @@ func (r *recent) getMany(keys []string, oldest uint32, res []found) {
 	}
 }
 
+// getLocked finds key's newest entry if it is cached and its bucket is at
+// least oldest (older buckets are past every window or reclaimed).
 func (r *recent) getLocked(key string, oldest uint32) (found, bool) {
 	kb := unsafe.Slice(unsafe.StringData(key), len(key)) // only read
 	h := xxhash.Sum64String(key)

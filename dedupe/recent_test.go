@@ -7,6 +7,18 @@ import (
 	"time"
 )
 
+func (r *recent) put(bucket uint32, key, val []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.putLocked(bucket, key, val)
+}
+
+func (r *recent) get(key string, oldest uint32) (found, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.getLocked(key, oldest)
+}
+
 func recentEntry(id string) []byte {
 	return (&entry{state: stateConfirmed, claimedAt: 1, id: id, outcome: "sent"}).append(nil)
 }
@@ -77,13 +89,7 @@ func TestRecentMatchesPebbleOnly(t *testing.T) {
 		for i := range reqs {
 			reqs[i] = ClaimRequest{Key: keys[rnd.IntN(len(keys))], Scope: scopes[rnd.IntN(2)], ID: fmt.Sprintf("id-%d-%d", round, i)}
 		}
-		outA, outB := make([]ClaimResult, n), make([]ClaimResult, n)
-		if err := a.Claim(ctx, reqs, outA); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Claim(ctx, reqs, outB); err != nil {
-			t.Fatal(err)
-		}
+		outA, outB := claimBoth(t, a, b, reqs)
 		var confirm, release []Done
 		for i := range reqs {
 			if outA[i] != outB[i] {
@@ -113,19 +119,7 @@ func TestRecentMatchesPebbleOnly(t *testing.T) {
 		for i := range look {
 			look[i] = keys[rnd.IntN(len(keys))]
 		}
-		la, err := a.Lookup(look, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lb, err := b.Lookup(look, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range look {
-			if la[i] != lb[i] {
-				t.Fatalf("round %d lookup %q: with cache %+v, without %+v", round, look[i], la[i], lb[i])
-			}
-		}
+		lookupBoth(t, a, b, look, "recent entries")
 		clk.Add(time.Duration(rnd.IntN(120)) * time.Second) // leases expire, windows pass
 		if round%20 == 19 {
 			for _, s := range []*Store{a, b} {

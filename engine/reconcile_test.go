@@ -11,17 +11,24 @@ import (
 	"github.com/goutong/goutong/providers"
 )
 
+// startKeepingPayloads starts an engine on the embedded log that keeps
+// payloads for redrives, stopped when the test ends.
+func startKeepingPayloads(t *testing.T) (*rig, *engine.Engine) {
+	r := newRig(t, backends[0])
+	cfg := r.config(r.channels(false))
+	cfg.KeepPayloads = true
+	e, stop := r.start(cfg)
+	t.Cleanup(stop)
+	waitFor(t, 10*time.Second, "the engine", e.Ready)
+	return r, e
+}
+
 // TestReconcilePlantedDifferences sends SMS through the engine, plants
 // receipts (on time, twice, contradictory, late, for an unknown id, for a
 // notification that was dead-lettered, none at all) and checks that
 // reconciliation finds exactly those, and redrives only what may be resent.
 func TestReconcilePlantedDifferences(t *testing.T) {
-	r := newRig(t, backends[0])
-	cfg := r.config(r.channels(false))
-	cfg.KeepPayloads = true
-	e, stop := r.start(cfg)
-	defer stop()
-	waitFor(t, 10*time.Second, "the engine", e.Ready)
+	r, e := startKeepingPayloads(t)
 	start := time.Now()
 	ns := make([]*notification.Notification, 11)
 	for i := range ns {
@@ -149,12 +156,7 @@ func TestReconcilePlantedDifferences(t *testing.T) {
 // Payloads are kept where a redrive can use them: on channels that expect
 // receipts (sms here), not on those that do not (webhook).
 func TestPayloadsKeptWhereReceiptsAreExpected(t *testing.T) {
-	r := newRig(t, backends[0])
-	cfg := r.config(r.channels(false))
-	cfg.KeepPayloads = true
-	e, stop := r.start(cfg)
-	defer stop()
-	waitFor(t, 10*time.Second, "the engine", e.Ready)
+	r, e := startKeepingPayloads(t)
 	sms := &notification.Notification{Channel: notification.SMS, Tenant: "acme", Recipient: recipient(notification.SMS, 1),
 		Template: "otp", Vars: map[string]string{"code": "123456"}}
 	hook := webhookBatch(1, 0)[0]

@@ -192,9 +192,9 @@ func readWebhookAnswer(body []byte, batch []*notification.Notification, results 
 		} else {
 			if byID == nil {
 				byID = make(map[string]*fastjson.Value, len(items))
-				for _, it := range items {
-					id := it.GetStringBytes("id")
-					byID[unsafe.String(unsafe.SliceData(id), len(id))] = it
+				for _, item := range items {
+					id := item.GetStringBytes("id")
+					byID[unsafe.String(unsafe.SliceData(id), len(id))] = item
 				}
 			}
 			it = byID[n.ID]
