@@ -350,6 +350,7 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	rings := float64(max(len(chans), 1)*notification.NumPriorities*p.RingSize) * queuedBytes
 	statusMem := float64(engine.StatusMemTables*engine.StatusMemTableSize + engine.StatusCacheSize)
 	dedupeMem := float64(dedupe.MemTables*dedupe.DefaultMemTableSize+dedupe.DefaultCacheSize+dedupe.DefaultRecentBytes) +
+		float64(dedupe.WriteBufferMemory(dedupe.DefaultWriteBufferBytes)) +
 		float64(dedupe.FilterBuckets*dedupe.FilterBytes(dedupe.DefaultFilterKeys))
 	frames := float64(wal.DefaultFrameCacheBytes)
 	working := rings + statusMem + dedupeMem + frames

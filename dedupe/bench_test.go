@@ -43,6 +43,11 @@ func preload(b *testing.B, s *Store) ([]ClaimRequest, []ClaimResult, []Done) {
 // settle flushes and compacts the pre-loaded keys so the measured part does
 // not compete with the compaction debt of loading them.
 func settle(b *testing.B, s *Store) {
+	if s.buf != nil {
+		if err := s.buf.flush(); err != nil {
+			b.Fatal(err)
+		}
+	}
 	if err := s.db.Flush(); err != nil {
 		b.Fatal(err)
 	}
@@ -78,26 +83,30 @@ func keyBytes(keys []string) int64 {
 // BenchmarkClaimConfirmNew claims and confirms new keys in batches of
 // 1,000 on top of 1,000,000 keys already stored, with the per-bucket
 // filters (the default) and without them (the baseline they are measured
-// against), and with the recent entries on (what copying each write into
-// them costs).
+// against), with the recent entries on (what copying each write into them
+// costs), and with the write buffer off (every batch into Pebble's memtable:
+// the baseline the buffer is measured against).
 func BenchmarkClaimConfirmNew(b *testing.B) {
 	for _, filter := range []bool{true, false} {
 		for _, sync := range []bool{true, false} {
-			for _, recent := range []bool{false, true} {
-				if recent && (!filter || sync) {
-					continue // one comparison is enough
+			for _, variant := range []string{"", "recent=on", "buffer=off"} {
+				if variant != "" && (!filter || sync) {
+					continue // one comparison each is enough
 				}
 				name := fmt.Sprintf("filter=%v/sync=%v", filter, sync)
-				if recent {
-					name += "/recent=on"
+				if variant != "" {
+					name += "/" + variant
 				}
 				b.Run(name, func(b *testing.B) {
 					opts := []Option{WithSync(sync)}
 					if !filter {
 						opts = append(opts, WithFilter(0))
 					}
-					if !recent {
-						opts = append(opts, WithRecent(0))
+					switch variant {
+					case "recent=on":
+						opts = append(opts, WithRecent(256<<20))
+					case "buffer=off":
+						opts = append(opts, WithWriteBuffer(0))
 					}
 					s := open(b, b.TempDir(), newClock(), opts...)
 					defer s.Close()

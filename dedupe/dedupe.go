@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -149,6 +150,7 @@ type options struct {
 	logger     Logger
 	filterKeys uint
 	recent     int
+	buffer     int
 }
 
 // Logger receives Pebble's messages. The default drops informational ones
@@ -232,6 +234,23 @@ func WithFilter(n uint) Option { return func(o *options) { o.filterKeys = n } }
 // last.
 func WithRecent(n int) Option { return func(o *options) { o.recent = n } }
 
+// WithWriteBuffer sets how many bytes of writes collect in memory (and in
+// a log file, synced per WithSync) before they go into Pebble as one sorted
+// sstable (default 32 MiB; up to two such generations exist, one filling
+// and one being ingested). Keys arrive in random order: inserted one by
+// one, each walked Pebble's memtable skiplist through cache misses, about
+// half the CPU of a new key. 0 writes every batch into Pebble directly.
+func WithWriteBuffer(n int) Option { return func(o *options) { o.buffer = n } }
+
+// WriteBufferMemory is what a write buffer of n bytes a generation takes
+// at most: two generations, their records' slack and their indexes.
+func WriteBufferMemory(n int) int {
+	if n <= 0 {
+		return 0
+	}
+	return 2 * (n + n/8 + n/entrySizeHint*bufIndexEntryBytes)
+}
+
 // WithMaxOpenClaims bounds the claims held in memory between Claim and
 // Confirm or Release (default 1,048,576); Claim fails beyond it.
 func WithMaxOpenClaims(n int) Option { return func(o *options) { o.maxLive = n } }
@@ -257,8 +276,10 @@ type Store struct {
 	claimMu sync.Mutex // claims are check-then-write; one batch at a time
 	live    map[string]liveClaim
 
-	reclaimMu sync.Mutex
-	floor     uint32 // buckets below are gone
+	reclaimMu sync.Mutex    // one reclaim or write-buffer ingest at a time
+	floor     atomic.Uint32 // buckets below are gone
+
+	buf *writeBuffer // nil when WithWriteBuffer(0)
 
 	filt *filters // nil when WithFilter(0)
 	rec  *recent  // nil when WithRecent(0)
@@ -276,6 +297,9 @@ const (
 	DefaultCacheSize    = 256 << 20 // see WithCacheSize
 	DefaultFilterKeys   = 4 << 20   // see WithFilter
 	DefaultRecentBytes  = 0         // see WithRecent
+	// DefaultWriteBufferBytes is one generation of the write buffer; up to
+	// two exist, with an index entry of about 16 bytes a key each.
+	DefaultWriteBufferBytes = 32 << 20 // see WithWriteBuffer
 	// MemTables is how many memtables Pebble keeps before it stalls writes
 	// (one filling, one flushing).
 	MemTables = 2
@@ -289,7 +313,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	o := options{now: time.Now, window: 24 * time.Hour, scopes: map[string]time.Duration{},
 		policies: map[string]UncertainPolicy{}, lease: 30 * time.Second, sync: true, memtable: DefaultMemTableSize,
 		cache: DefaultCacheSize, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: DefaultFilterKeys,
-		recent: DefaultRecentBytes}
+		recent: DefaultRecentBytes, buffer: DefaultWriteBufferBytes}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -318,6 +342,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	for i := range popts.Levels {
 		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	popts.EnsureDefaults() // the write buffer builds sstables with these options
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		return nil, fmt.Errorf("dedupe: open %s: %w", dir, err)
@@ -332,6 +357,12 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	// The buffer's logs are replayed whatever WithWriteBuffer says now: they
+	// hold acknowledged writes.
+	if err := s.openBuffer(filepath.Join(dir, "write-buffer"), popts); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if o.filterKeys > 0 {
 		s.filt = newFilters(o.filterKeys)
 	}
@@ -339,6 +370,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		s.rec = newRecent(o.recent)
 	}
 	if err := s.warm(); err != nil {
+		s.closeBuffer()
 		db.Close()
 		return nil, fmt.Errorf("dedupe: building filters and recent entries: %w", err)
 	}
@@ -374,11 +406,66 @@ func (s *Store) checkLayout() error {
 	return nil
 }
 
-// Close stops background work and closes the database.
+var bufferKey = []byte("m/write-buffer")
+
+// openBuffer opens the write buffer in dir, replaying what it holds. A store
+// that had one and lost its directory fails: acknowledged writes are gone.
+func (s *Store) openBuffer(dir string, popts *pebble.Options) error {
+	_, closer, err := s.db.Get(bufferKey)
+	switch {
+	case err == nil:
+		closer.Close()
+		if _, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("%w: write buffer %s: %v", ErrMissing, dir, err)
+		}
+	case errors.Is(err, pebble.ErrNotFound):
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("dedupe: %w", err)
+		}
+		if err := s.db.Set(bufferKey, nil, pebble.Sync); err != nil {
+			return fmt.Errorf("dedupe: %w", err)
+		}
+	default:
+		return fmt.Errorf("dedupe: %w", err)
+	}
+	limit := max(s.o.buffer, 1<<20)
+	b, err := openWriteBuffer(dir, s.db, popts.MakeWriterOptions(0, s.db.TableFormat()), limit,
+		s.floor.Load, &s.reclaimMu)
+	if err != nil {
+		return err
+	}
+	if s.o.buffer <= 0 {
+		return b.close() // replayed into Pebble; writes go there directly
+	}
+	s.buf = b
+	return nil
+}
+
+func (s *Store) closeBuffer() error {
+	if s.buf == nil {
+		return nil
+	}
+	return s.buf.close()
+}
+
+// Close stops background work and closes the database. Buffered writes stay
+// in their logs and are ingested at the next open.
 func (s *Store) Close() error {
 	close(s.stop)
 	s.wg.Wait()
-	return s.db.Close()
+	return errors.Join(s.closeBuffer(), s.db.Close())
+}
+
+// commit makes a batch's writes durable per sync (and visible).
+func (s *Store) commit(w *sortedWriter, sync bool) error {
+	if s.buf != nil {
+		return s.buf.write(w.ops, sync)
+	}
+	wo := pebble.NoSync
+	if sync {
+		wo = pebble.Sync
+	}
+	return w.commit(s.db, wo)
 }
 
 func (s *Store) bucketOf(t time.Time) uint32 { return uint32(t.Unix() / s.bucketSec) }
@@ -475,14 +562,17 @@ func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
 	res := make([]found, len(keys))
 	newest := s.bucketOf(now)
 	oldest := s.bucketOf(now.Add(-s.maxWindow))
-	s.reclaimMu.Lock()
-	oldest = max(oldest, s.floor)
-	s.reclaimMu.Unlock()
+	oldest = max(oldest, s.floor.Load())
+	if s.buf != nil {
+		if err := s.buf.lookupMany(keys, oldest, res); err != nil {
+			return nil, err
+		}
+	}
 	if s.rec != nil {
 		// Each cached key is a cache miss or two of memory (the index and
 		// its record): large batches are split across GOMAXPROCS readers.
 		parallel(len(keys), func(from, to int) error {
-			s.rec.getMany(keys[from:to], oldest, res[from:to])
+			s.rec.getMany(keys[from:to], oldest, res[from:to]) // skips keys found
 			return nil
 		})
 	}
@@ -524,6 +614,7 @@ const minKeysPerWorker = 128
 func (s *Store) probe(keys []string, order []int, res []found, newest, oldest uint32) error {
 	pending := len(order)
 	var kbuf []byte
+	shadows := s.buf != nil && s.buf.hasDeletes()
 	cand := make([]int, 0, len(order))
 	for b := int64(newest); b >= int64(oldest) && pending > 0; b-- {
 		bu := uint32(b)
@@ -548,6 +639,9 @@ func (s *Store) probe(keys []string, order []int, res []found, newest, oldest ui
 			kbuf = entryKey(kbuf[:0], bu, keys[i])
 			if !it.SeekPrefixGE(kbuf) || !bytes.Equal(it.Key(), kbuf) {
 				continue
+			}
+			if shadows && s.buf.deleted(kbuf) {
+				continue // released since; Pebble has not seen the delete yet
 			}
 			e, err := parseEntry(it.Value())
 			if err != nil {
@@ -654,7 +748,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		}
 	}
 	s.remember(&w)
-	if err := w.commit(s.db, s.wo); err != nil {
+	if err := s.commit(&w, s.o.sync); err != nil {
 		// Undo the in-memory claims of this batch: the caller will retry it.
 		for i, r := range reqs {
 			if out[i].Status.ShouldSend() {
@@ -675,7 +769,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 // Confirm records the outcome of sends, in one batch. A key whose entry is
 // gone (released, reclaimed) is written anew so it still deduplicates.
 func (s *Store) Confirm(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, true, s.wo)
+	return s.finish(ctx, done, true, s.o.sync)
 }
 
 // ConfirmNoSync is Confirm without waiting for the disk, whatever the
@@ -683,15 +777,15 @@ func (s *Store) Confirm(ctx context.Context, done []Done) error {
 // nothing but a later duplicate answer (the next synced write makes it
 // durable too).
 func (s *Store) ConfirmNoSync(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, true, pebble.NoSync)
+	return s.finish(ctx, done, true, false)
 }
 
 // Release drops claims after permanent failures, in one batch.
 func (s *Store) Release(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, false, s.wo)
+	return s.finish(ctx, done, false, s.o.sync)
 }
 
-func (s *Store) finish(ctx context.Context, done []Done, confirm bool, wo *pebble.WriteOptions) error {
+func (s *Store) finish(ctx context.Context, done []Done, confirm bool, sync bool) error {
 	if len(done) == 0 {
 		return nil
 	}
@@ -716,7 +810,7 @@ func (s *Store) finish(ctx context.Context, done []Done, confirm bool, wo *pebbl
 	// write. Holding the lock through the commit serialised every poll's
 	// claims behind every batch's confirm.
 	s.remember(&w)
-	if err := w.commit(s.db, wo); err != nil {
+	if err := s.commit(&w, sync); err != nil {
 		return fmt.Errorf("dedupe: commit: %w", err)
 	}
 	s.committed(&w) // before the keys leave live: a claim sees them live or here
@@ -895,11 +989,12 @@ func (s *Store) Reclaim(ctx context.Context) error {
 	cutoff := s.bucketOf(now.Add(-s.maxWindow))
 	s.reclaimMu.Lock()
 	defer s.reclaimMu.Unlock()
-	if cutoff <= s.floor {
+	floor := s.floor.Load()
+	if cutoff <= floor {
 		return nil
 	}
-	start, end := bucketPrefix(s.floor), bucketPrefix(cutoff)
-	if s.floor == 0 {
+	start, end := bucketPrefix(floor), bucketPrefix(cutoff)
+	if floor == 0 {
 		start = []byte{'b'}
 	}
 	if err := s.db.DeleteRange(start, end, s.wo); err != nil {
@@ -908,7 +1003,7 @@ func (s *Store) Reclaim(ctx context.Context) error {
 	if err := s.db.Compact(ctx, start, end, false); err != nil {
 		return fmt.Errorf("dedupe: reclaim compaction: %w", err)
 	}
-	s.floor = cutoff
+	s.floor.Store(cutoff)
 	if s.filt != nil {
 		s.filt.dropBelow(cutoff)
 	}
@@ -948,6 +1043,10 @@ type Metrics struct {
 	BucketFloor uint32 // buckets below are reclaimed
 	RecentKeys  int    // keys whose newest entry is copied in memory
 	RecentBytes int    // the memory those copies take
+	// The write buffer: writes not yet ingested into Pebble, and how many
+	// generations were ingested since open.
+	BufferKeys, BufferBytes int
+	BufferIngests           int64
 }
 
 // Metrics returns a snapshot.
@@ -968,9 +1067,11 @@ func (s *Store) Metrics() Metrics {
 			}
 		}
 	}
-	s.reclaimMu.Lock()
-	m.BucketFloor = s.floor
-	s.reclaimMu.Unlock()
+	m.BucketFloor = s.floor.Load()
+	if s.buf != nil {
+		st := s.buf.stats()
+		m.BufferKeys, m.BufferBytes, m.BufferIngests = st.keys, st.bytes, st.ingests
+	}
 	if s.rec != nil {
 		m.RecentKeys, m.RecentBytes = s.rec.len(), s.rec.bytes()
 	}

@@ -307,7 +307,9 @@ func TestDiskBoundedOverManyWindows(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
 	const window, perSec, windows = 2 * time.Second, 10_000, 10
-	s := open(t, dir, clk, WithWindow(window), WithBucket(time.Second), WithMemTableSize(1<<20))
+	// The memtable and write buffer are sized down with the test: at their
+	// defaults they alone would hold more than its 200,000 keys.
+	s := open(t, dir, clk, WithWindow(window), WithBucket(time.Second), WithMemTableSize(1<<20), WithWriteBuffer(1<<20))
 	defer s.Close()
 	reqs := make([]ClaimRequest, 1000)
 	out := make([]ClaimResult, len(reqs))

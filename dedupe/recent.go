@@ -138,12 +138,15 @@ func parseRecord(b []byte) (key, val []byte, n int) {
 	return key, val, p + int(vl)
 }
 
-// getMany sets res[i] for every keys[i] cached, under one read lock.
+// getMany sets res[i] for every keys[i] not found yet and cached, under one
+// read lock.
 func (r *recent) getMany(keys []string, oldest uint32, res []found) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for i, k := range keys {
-		res[i], _ = r.getLocked(k, oldest)
+		if !res[i].ok {
+			res[i], _ = r.getLocked(k, oldest)
+		}
 	}
 }
 

@@ -65,12 +65,42 @@ func TestRecentBoundedNewestWins(t *testing.T) {
 // and windows, with a cache small enough to evict, and across a restart
 // (which warms it from disk).
 func TestRecentMatchesPebbleOnly(t *testing.T) {
+	a := matchesPebbleOnly(t, "recent entries", []Option{WithRecent(2 * slabBytes)}, nil)
+	if a.rec.len() == 0 {
+		t.Fatal("the cache never held a key: the comparison proved nothing")
+	}
+}
+
+// The same with the write buffer small enough to freeze and ingest several
+// generations, ingests forced at random points (so releases meet their keys
+// in Pebble), and the restart replaying what its logs still hold.
+func TestWriteBufferMatchesPebbleOnly(t *testing.T) {
+	var ingests int64
+	matchesPebbleOnly(t, "write buffer", []Option{WithWriteBuffer(1 << 20)}, func(a *Store, rnd *rand.Rand) {
+		if rnd.IntN(8) == 0 {
+			if err := a.buf.flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ingests = max(ingests, a.Metrics().BufferIngests)
+	})
+	if ingests < 3 {
+		t.Fatalf("%d ingests: the comparison did not exercise the buffer", ingests)
+	}
+}
+
+// matchesPebbleOnly drives a store with optsA and one writing straight into
+// Pebble with the same random operations and fails on the first answer they
+// differ in. each runs on a after the claims and at the end of every round. It returns a, still open.
+func matchesPebbleOnly(t *testing.T, what string, optsA []Option, each func(a *Store, rnd *rand.Rand)) *Store {
 	clk := newClock()
 	opts := []Option{WithWindow(time.Hour), WithLease(time.Minute), WithUncertainPolicy("skip", Skip)}
+	optsA = append(append([]Option{}, opts...), optsA...)
+	optsB := append(append([]Option{}, opts...), WithRecent(0), WithWriteBuffer(0))
 	dirA, dirB := t.TempDir(), t.TempDir()
-	a := open(t, dirA, clk, append(opts, WithRecent(2*slabBytes))...)
-	b := open(t, dirB, clk, append(opts, WithRecent(0))...)
-	defer func() { a.Close(); b.Close() }()
+	a := open(t, dirA, clk, optsA...)
+	b := open(t, dirB, clk, optsB...)
+	t.Cleanup(func() { a.Close(); b.Close() })
 	rnd := rand.New(rand.NewPCG(1, 2))
 	keys := make([]string, 30_000)
 	for i := range keys {
@@ -78,11 +108,11 @@ func TestRecentMatchesPebbleOnly(t *testing.T) {
 	}
 	scopes := []string{"", "skip"}
 	for round := range 120 {
-		if round == 60 { // restart both: a's cache comes back from disk
+		if round == 60 { // restart both
 			a.Close()
 			b.Close()
-			a = open(t, dirA, clk, append(opts, WithRecent(2*slabBytes))...)
-			b = open(t, dirB, clk, append(opts, WithRecent(0))...)
+			a = open(t, dirA, clk, optsA...)
+			b = open(t, dirB, clk, optsB...)
 		}
 		n := 1 + rnd.IntN(500)
 		reqs := make([]ClaimRequest, n)
@@ -90,10 +120,13 @@ func TestRecentMatchesPebbleOnly(t *testing.T) {
 			reqs[i] = ClaimRequest{Key: keys[rnd.IntN(len(keys))], Scope: scopes[rnd.IntN(2)], ID: fmt.Sprintf("id-%d-%d", round, i)}
 		}
 		outA, outB := claimBoth(t, a, b, reqs)
+		if each != nil {
+			each(a, rnd) // between claims and their outcomes too
+		}
 		var confirm, release []Done
 		for i := range reqs {
 			if outA[i] != outB[i] {
-				t.Fatalf("round %d key %q: with cache %+v, without %+v", round, reqs[i].Key, outA[i], outB[i])
+				t.Fatalf("round %d key %q: with %s %+v, without %+v", round, reqs[i].Key, what, outA[i], outB[i])
 			}
 			if !outA[i].Status.ShouldSend() {
 				continue
@@ -119,7 +152,7 @@ func TestRecentMatchesPebbleOnly(t *testing.T) {
 		for i := range look {
 			look[i] = keys[rnd.IntN(len(keys))]
 		}
-		lookupBoth(t, a, b, look, "recent entries")
+		lookupBoth(t, a, b, look, what)
 		clk.Add(time.Duration(rnd.IntN(120)) * time.Second) // leases expire, windows pass
 		if round%20 == 19 {
 			for _, s := range []*Store{a, b} {
@@ -128,8 +161,9 @@ func TestRecentMatchesPebbleOnly(t *testing.T) {
 				}
 			}
 		}
+		if each != nil {
+			each(a, rnd)
+		}
 	}
-	if a.rec.len() == 0 {
-		t.Fatal("the cache never held a key: the comparison proved nothing")
-	}
+	return a
 }

@@ -84,6 +84,9 @@ var dedupeMetrics = []dedupeSeries{
 	dedupeGauge("disk_bytes", "Bytes the store takes on disk.", func(m dedupe.Metrics) float64 { return float64(m.DiskBytes) }),
 	dedupeGauge("recent_keys", "Keys whose newest entry is copied in memory (WithRecent).", func(m dedupe.Metrics) float64 { return float64(m.RecentKeys) }),
 	dedupeGauge("recent_bytes", "Memory the copies of recent entries take.", func(m dedupe.Metrics) float64 { return float64(m.RecentBytes) }),
+	dedupeGauge("buffer_records", "Writes in the write buffer, not yet ingested into Pebble.", func(m dedupe.Metrics) float64 { return float64(m.BufferKeys) }),
+	dedupeGauge("buffer_bytes", "Bytes of writes in the write buffer.", func(m dedupe.Metrics) float64 { return float64(m.BufferBytes) }),
+	dedupeCounter("buffer_ingests", "Write-buffer generations ingested into Pebble as sorted sstables.", func(m dedupe.Metrics) int64 { return m.BufferIngests }),
 }
 
 func dedupeCounter(name, help string, v func(dedupe.Metrics) int64) dedupeSeries {

@@ -90,6 +90,9 @@ type DedupeConfig struct {
 	// RecentBytes is the memory for copies of the newest entries, which
 	// lookups of recent keys read before Pebble. 0 turns them off.
 	RecentBytes int `koanf:"recent_bytes"`
+	// WriteBufferBytes is one generation of writes collected (in memory and
+	// a log) before they go into Pebble as one sorted sstable. 0: off.
+	WriteBufferBytes int `koanf:"write_buffer_bytes"`
 }
 
 type APIConfig struct {
@@ -151,7 +154,8 @@ func defaultConfig() Config {
 			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, KeepPayloads: true},
 		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
 		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true,
-			FilterKeys: dedupe.DefaultFilterKeys, RecentBytes: dedupe.DefaultRecentBytes},
+			FilterKeys: dedupe.DefaultFilterKeys, RecentBytes: dedupe.DefaultRecentBytes,
+			WriteBufferBytes: dedupe.DefaultWriteBufferBytes},
 		API: APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
 		Templates: map[string]TemplateConf{
 			"otp": {Subject: "Your verification code", Body: "Your verification code is {{.code}}"},

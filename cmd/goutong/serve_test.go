@@ -385,7 +385,8 @@ func TestConfigLayers(t *testing.T) {
 	}
 	// Keys the file leaves out keep the stores' own defaults (the filters
 	// were off in serve while the docs said on).
-	if c.Dedupe.FilterKeys != dedupe.DefaultFilterKeys || c.Dedupe.RecentBytes != dedupe.DefaultRecentBytes {
+	if c.Dedupe.FilterKeys != dedupe.DefaultFilterKeys || c.Dedupe.RecentBytes != dedupe.DefaultRecentBytes ||
+		c.Dedupe.WriteBufferBytes != dedupe.DefaultWriteBufferBytes {
 		t.Fatalf("dedupe defaults: %+v", c.Dedupe)
 	}
 	if err := os.WriteFile(path, []byte("engine:\n  ring_sise: 5\n"), 0o644); err != nil {
