@@ -77,8 +77,8 @@ type writeBuffer struct {
 type bufGen struct {
 	seq     uint64
 	f       *os.File
-	written int64 // bytes in f
-	idx     map[uint64]uint32
+	written int64      // bytes in f
+	idx     *hashIndex // xxhash of the key -> offset+1 of its newest record
 	data    []byte
 	dels    int // delete records, to skip shadow checks when there are none
 	keys    int // records
@@ -86,8 +86,9 @@ type bufGen struct {
 
 const bufLogExt = ".log"
 
-// bufIndexEntryBytes is what one index entry costs in a map, for sizing.
-const bufIndexEntryBytes = 24
+// genIndexEntries is what a generation's index is sized for: records of
+// half the typical size.
+func genIndexEntries(limit int) int { return limit / (entrySizeHint / 2) }
 
 var errClosed = errors.New("dedupe: store closed")
 
@@ -95,7 +96,11 @@ func (b *writeBuffer) logPath(seq uint64) string {
 	return filepath.Join(b.dir, fmt.Sprintf("%020d%s", seq, bufLogExt))
 }
 
-func (b *writeBuffer) newGen(seq uint64) (*bufGen, error) {
+// minRecordBytes is a small log operation, for sizing a replay's index
+// (it grows if they are smaller).
+const minRecordBytes = 25
+
+func (b *writeBuffer) newGen(seq uint64, atLeast int) (*bufGen, error) {
 	f, err := os.OpenFile(b.logPath(seq), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -104,7 +109,9 @@ func (b *writeBuffer) newGen(seq uint64) (*bufGen, error) {
 		f.Close()
 		return nil, err
 	}
-	return &bufGen{seq: seq, f: f, idx: make(map[uint64]uint32, b.limit/entrySizeHint),
+	// The index is sized for typical records; a generation of smaller ones
+	// is frozen when its index fills, before its bytes do.
+	return &bufGen{seq: seq, f: f, idx: newHashIndex(max(genIndexEntries(b.limit), atLeast)),
 		data: make([]byte, 0, b.limit+b.limit/8)}, nil
 }
 
@@ -125,7 +132,15 @@ func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, lim
 		next = seqs[len(seqs)-1] + 1
 		// Replayed into one generation, oldest log first, so newer writes
 		// of a key win; then ingested before anything else is written.
-		g := &bufGen{seq: seqs[len(seqs)-1], idx: map[uint64]uint32{}}
+		var total int64
+		for _, seq := range seqs {
+			fi, err := os.Stat(b.logPath(seq))
+			if err != nil {
+				return nil, err
+			}
+			total += fi.Size()
+		}
+		g := &bufGen{seq: seqs[len(seqs)-1], idx: newHashIndex(int(total / minRecordBytes))}
 		for i, seq := range seqs {
 			data, err := os.ReadFile(b.logPath(seq))
 			if err != nil {
@@ -144,7 +159,7 @@ func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, lim
 			}
 		}
 	}
-	if b.active, err = b.newGen(next); err != nil {
+	if b.active, err = b.newGen(next, 0); err != nil {
 		return nil, err
 	}
 	b.wg.Add(1)
@@ -288,7 +303,11 @@ func uvarintBytes(p []byte) (v, rest []byte, ok bool) {
 func (g *bufGen) add(del bool, ekey, val []byte) {
 	h := xxhash.Sum64(ekey[5:])
 	off := len(g.data)
-	g.data = binary.LittleEndian.AppendUint32(g.data, g.idx[h]) // 0 when none
+	if !g.idx.room(1) {
+		g.idx.grow() // a replay, or one batch larger than a generation
+	}
+	prev, _ := g.idx.get(h) // 0 when none
+	g.data = binary.LittleEndian.AppendUint32(g.data, uint32(prev))
 	if del {
 		g.data = append(g.data, 1)
 		g.dels++
@@ -299,8 +318,13 @@ func (g *bufGen) add(del bool, ekey, val []byte) {
 	g.data = append(g.data, ekey...)
 	g.data = binary.AppendUvarint(g.data, uint64(len(val)))
 	g.data = append(g.data, val...)
-	g.idx[h] = uint32(off) + 1
+	g.idx.put(h, uint64(off)+1)
 	g.keys++
+}
+
+func (g *bufGen) idxRef(h uint64) uint32 {
+	ref, _ := g.idx.get(h)
+	return uint32(ref)
 }
 
 // record decodes the record at off.
@@ -314,7 +338,7 @@ func (g *bufGen) record(off uint32) (prev uint32, del bool, ekey, val []byte) {
 
 // newest finds key's newest record in g, in any bucket.
 func (g *bufGen) newest(h uint64, key []byte) (del bool, ekey, val []byte, ok bool) {
-	for ref := g.idx[h]; ref != 0; {
+	for ref := g.idxRef(h); ref != 0; {
 		prev, del, ekey, val := g.record(ref - 1)
 		if bytes.Equal(ekey[5:], key) {
 			return del, ekey, val, true
@@ -327,7 +351,7 @@ func (g *bufGen) newest(h uint64, key []byte) (del bool, ekey, val []byte, ok bo
 // deleted reports whether g's newest record of exactly ekey is a delete
 // (known is false when g has no record of it).
 func (g *bufGen) deleted(h uint64, ekey []byte) (del, known bool) {
-	for ref := g.idx[h]; ref != 0; {
+	for ref := g.idxRef(h); ref != 0; {
 		prev, del, k, _ := g.record(ref - 1)
 		if bytes.Equal(k, ekey) {
 			return del, true
@@ -346,7 +370,7 @@ func (b *writeBuffer) write(ops []writeOp, sync bool) error {
 	frame := appendFrame(nil, ops)
 
 	b.mu.Lock()
-	for b.err == nil && !b.closed && len(b.active.data) >= b.limit && b.frozen != nil {
+	for b.err == nil && !b.closed && b.activeFull(len(ops)) && b.frozen != nil {
 		b.ingested.Wait() // both generations full: wait for the ingest
 	}
 	if b.err != nil || b.closed {
@@ -357,8 +381,8 @@ func (b *writeBuffer) write(ops []writeOp, sync bool) error {
 		b.mu.Unlock()
 		return err
 	}
-	if len(b.active.data) >= b.limit {
-		if err := b.freezeLocked(); err != nil {
+	if b.activeFull(len(ops)) {
+		if err := b.freezeLocked(len(ops)); err != nil {
 			b.mu.Unlock()
 			return err
 		}
@@ -381,11 +405,19 @@ func (b *writeBuffer) write(ops []writeOp, sync bool) error {
 	return b.syncTo(g, gen, off)
 }
 
+// activeFull reports whether the active generation must be frozen before
+// n more records: its bytes reached the limit, or its index lacks room.
+// An empty generation is never full (it was sized for its first batch).
+func (b *writeBuffer) activeFull(n int) bool {
+	g := b.active
+	return g.keys > 0 && (len(g.data) >= b.limit || !g.idx.room(n))
+}
+
 // freezeLocked hands the active generation to the ingester and starts a
 // new one. The old log is synced first: it stays the only durable copy of
 // its writes until the ingest.
-func (b *writeBuffer) freezeLocked() error {
-	next, err := b.newGen(b.active.seq + 1)
+func (b *writeBuffer) freezeLocked(atLeast int) error {
+	next, err := b.newGen(b.active.seq+1, atLeast)
 	if err == nil {
 		err = b.syncWhole(b.active, b.active.seq, b.active.written)
 	}
@@ -511,7 +543,8 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 		ref    uint32
 	}
 	refs := make([]sortRef, 0, g.keys)
-	for _, ref := range g.idx {
+	for ref64 := range g.idx.refs() {
+		ref := uint32(ref64)
 		first := len(refs)
 		for ; ref != 0; ref, _, _, _ = g.record(ref - 1) {
 			_, _, ekey, _ := g.record(ref - 1)
@@ -569,15 +602,19 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 }
 
 // lookupMany sets res[i] for every keys[i] whose newest write is buffered
-// as a set in a bucket at least oldest. A buffered delete, or a set in an
+// as a set in a bucket at least oldest (skipping keys whose filter mask, if
+// any, is 0). A buffered delete, or a set in an
 // older bucket, leaves the key to the layers below.
-func (b *writeBuffer) lookupMany(keys []string, oldest uint32, res []found) error {
+func (b *writeBuffer) lookupMany(keys []string, oldest uint32, mask []uint64, res []found) error {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if b.active.keys == 0 && (b.frozen == nil || b.frozen.keys == 0) {
 		return nil
 	}
 	for i, k := range keys {
+		if mask != nil && mask[i] == 0 {
+			continue // no filter holds it: never written
+		}
 		kb := unsafe.Slice(unsafe.StringData(k), len(k)) // only read
 		h := xxhash.Sum64(kb)
 		del, ekey, val, ok := b.active.newest(h, kb)
@@ -637,7 +674,7 @@ func (b *writeBuffer) flush() error {
 	if b.active.keys == 0 {
 		return nil
 	}
-	if err := b.freezeLocked(); err != nil {
+	if err := b.freezeLocked(0); err != nil {
 		return err
 	}
 	for b.frozen != nil && b.err == nil {

@@ -169,7 +169,7 @@ func FuzzBufferLog(f *testing.F) {
 	f.Add(ok[:len(ok)-1], true)
 	f.Add([]byte{}, false)
 	f.Fuzz(func(t *testing.T, data []byte, tail bool) {
-		g := &bufGen{idx: map[uint64]uint32{}}
+		g := &bufGen{idx: newHashIndex(0)}
 		if err := replayLog(g, data, tail); err != nil {
 			return
 		}
@@ -179,7 +179,7 @@ func FuzzBufferLog(f *testing.F) {
 			ops = append(ops, writeOp{key: k, val: v, del: del})
 			off += 5 + varintLen(len(k)) + len(k) + varintLen(len(v)) + len(v)
 		}
-		again := &bufGen{idx: map[uint64]uint32{}}
+		again := &bufGen{idx: newHashIndex(0)}
 		if err := replayLog(again, appendFrame(nil, ops), false); err != nil {
 			t.Fatalf("re-encoded log refused: %v", err)
 		}

@@ -226,12 +226,13 @@ func WithFilter(n uint) Option { return func(o *options) { o.filterKeys = n } }
 // memory, which lookups read before Pebble (default 0: off). A key seen
 // lately is then answered without a seek per time bucket: a replay after a
 // crash or a rebalance, a client retrying its request. Lookups of cached
-// keys ran 2.6-3x faster than Pebble's (BenchmarkLookupExisting); every
-// write also makes its copy, which stayed within run-to-run noise in
-// BenchmarkClaimConfirmNew (about 360K new keys/s with and without, at 64
-// and 256 MiB). Off by default for its memory: an entry takes about 100
-// bytes for a 40-byte key. The copies are warmed from disk at open, newest
-// last.
+// keys ran 2-2.7M/s against 0.27-0.44M/s from Pebble
+// (BenchmarkLookupExisting); every write also makes its copy, and every
+// lookup of a new key asks first: new keys ran up to 40 % slower with it in
+// BenchmarkClaimConfirmNew (320-540K/s against 550-570K/s; a noisy
+// machine). Off by default for that and its memory: an entry takes about
+// 100 bytes for a 40-byte key. The copies are warmed from disk at open,
+// newest last.
 func WithRecent(n int) Option { return func(o *options) { o.recent = n } }
 
 // WithWriteBuffer sets how many bytes of writes collect in memory (and in
@@ -239,7 +240,10 @@ func WithRecent(n int) Option { return func(o *options) { o.recent = n } }
 // sstable (default 32 MiB; up to two such generations exist, one filling
 // and one being ingested). Keys arrive in random order: inserted one by
 // one, each walked Pebble's memtable skiplist through cache misses, about
-// half the CPU of a new key. 0 writes every batch into Pebble directly.
+// half the CPU of a new key, and every small flush overlapped its whole
+// bucket (write amplification ~5). New keys ran 1.6-1.9x faster with it
+// (BenchmarkClaimConfirmNew, buffer=off in the same run). 0 writes every
+// batch into Pebble directly.
 func WithWriteBuffer(n int) Option { return func(o *options) { o.buffer = n } }
 
 // WriteBufferMemory is what a write buffer of n bytes a generation takes
@@ -248,7 +252,7 @@ func WriteBufferMemory(n int) int {
 	if n <= 0 {
 		return 0
 	}
-	return 2 * (n + n/8 + n/entrySizeHint*bufIndexEntryBytes)
+	return 2 * (n + n/8 + 16*int(indexPairs(genIndexEntries(n))))
 }
 
 // WithMaxOpenClaims bounds the claims held in memory between Claim and
@@ -563,22 +567,35 @@ func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
 	newest := s.bucketOf(now)
 	oldest := s.bucketOf(now.Add(-s.maxWindow))
 	oldest = max(oldest, s.floor.Load())
-	if s.buf != nil {
-		if err := s.buf.lookupMany(keys, oldest, res); err != nil {
-			return nil, err
-		}
-	}
+	// Keys no bucket's filter may hold are new: they skip every layer below.
+	// For the others the mask says which buckets to probe.
+	// The recent entries go first when kept: every write passes through
+	// them, so a key they hold is answered (a replay, a client's retry).
+	// Large batches are split across GOMAXPROCS readers.
 	if s.rec != nil {
-		// Each cached key is a cache miss or two of memory (the index and
-		// its record): large batches are split across GOMAXPROCS readers.
 		parallel(len(keys), func(from, to int) error {
-			s.rec.getMany(keys[from:to], oldest, res[from:to]) // skips keys found
+			s.rec.getMany(keys[from:to], oldest, res[from:to])
 			return nil
 		})
 	}
+	// Keys no bucket's filter may hold are new: they skip the layers below.
+	// For the others the mask says which buckets to probe.
+	var mask []uint64
+	if s.filt != nil && newest-oldest < 64 {
+		mask = make([]uint64, len(keys))
+		parallel(len(keys), func(from, to int) error {
+			s.filt.screen(keys[from:to], newest, oldest, res[from:to], mask[from:to])
+			return nil
+		})
+	}
+	if s.buf != nil {
+		if err := s.buf.lookupMany(keys, oldest, mask, res); err != nil {
+			return nil, err
+		}
+	}
 	order := make([]int, 0, len(keys))
 	for i := range keys {
-		if !res[i].ok {
+		if !res[i].ok && (mask == nil || mask[i] != 0) {
 			order = append(order, i)
 		}
 	}
@@ -587,7 +604,7 @@ func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
 	}
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(keys[a], keys[b]) })
 	return res, parallel(len(order), func(from, to int) error {
-		return s.probe(keys, order[from:to], res, newest, oldest)
+		return s.probe(keys, order[from:to], res, mask, newest, oldest)
 	})
 }
 
@@ -611,7 +628,7 @@ func parallel(n int, do func(from, to int) error) error {
 const minKeysPerWorker = 128
 
 // probe resolves the keys at the given (sorted) indexes into res.
-func (s *Store) probe(keys []string, order []int, res []found, newest, oldest uint32) error {
+func (s *Store) probe(keys []string, order []int, res []found, mask []uint64, newest, oldest uint32) error {
 	pending := len(order)
 	var kbuf []byte
 	shadows := s.buf != nil && s.buf.hasDeletes()
@@ -619,13 +636,20 @@ func (s *Store) probe(keys []string, order []int, res []found, newest, oldest ui
 	for b := int64(newest); b >= int64(oldest) && pending > 0; b-- {
 		bu := uint32(b)
 		cand = cand[:0]
-		if s.filt == nil {
+		switch bit := uint64(1) << (newest - bu); {
+		case mask != nil:
+			for _, i := range order {
+				if !res[i].ok && mask[i]&bit != 0 {
+					cand = append(cand, i)
+				}
+			}
+		case s.filt == nil:
 			for _, i := range order {
 				if !res[i].ok {
 					cand = append(cand, i)
 				}
 			}
-		} else {
+		default: // more buckets than a mask holds
 			s.filt.candidates(bu, keys, order, func(i int) bool { return !res[i].ok }, &cand)
 		}
 		if len(cand) == 0 {

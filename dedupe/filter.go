@@ -57,6 +57,26 @@ func (f *filters) candidates(b uint32, keys []string, order []int, open func(int
 	}
 }
 
+// screen sets bit newest-b of mask[i] for every bucket b in [oldest,
+// newest] whose filter may hold keys[i], for keys not found yet; a key left
+// at 0 was never written in a live bucket. newest-oldest must be below 64.
+func (f *filters) screen(keys []string, newest, oldest uint32, res []found, mask []uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for b := int64(newest); b >= int64(oldest); b-- {
+		bf := f.m[uint32(b)]
+		if bf == nil {
+			continue
+		}
+		bit := uint64(1) << (newest - uint32(b))
+		for i, k := range keys {
+			if !res[i].ok && bf.Test(unsafe.Slice(unsafe.StringData(k), len(k))) {
+				mask[i] |= bit
+			}
+		}
+	}
+}
+
 // add records keys about to be written (encoded entry keys).
 func (f *filters) add(ops []writeOp) {
 	f.mu.Lock()

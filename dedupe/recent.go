@@ -3,6 +3,7 @@ package dedupe
 import (
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
@@ -24,29 +25,32 @@ type recent struct {
 	mu        sync.RWMutex
 	cur, prev *generation
 	budget    int
+	sink      atomic.Uint32 // keeps getMany's record touches from being optimised away
 }
 
 type generation struct {
-	idx   map[uint64]uint64 // xxhash of the key -> slab<<32 | offset; a colliding key evicts the other
+	idx   *hashIndex // xxhash of the key -> slab<<32 | offset; a colliding key evicts the other
 	slabs [][]byte
 	bytes int
 }
 
 const (
 	slabBytes = 1 << 20
-	// idxEntryBytes is what one index entry costs in a map, for the budget.
-	idxEntryBytes = 32
+	// idxEntryBytes is what one index entry costs at the index's average
+	// load, for sizing it.
+	idxEntryBytes = 24
 )
 
 // newGeneration sizes the index for a generation's share of the budget at
-// a typical entry, so filling it does not grow the map step by step.
+// a typical entry; the index's memory counts against that share.
 func (r *recent) newGeneration() *generation {
-	return &generation{idx: make(map[uint64]uint64, r.budget/2/(entrySizeHint+idxEntryBytes))}
+	idx := newHashIndex(r.budget / 2 / (entrySizeHint + idxEntryBytes))
+	return &generation{idx: idx, bytes: idx.bytes()}
 }
 
 func newRecent(budget int) *recent {
 	r := &recent{budget: budget}
-	r.cur, r.prev = r.newGeneration(), &generation{idx: map[uint64]uint64{}}
+	r.cur, r.prev = r.newGeneration(), &generation{idx: newHashIndex(0)}
 	return r
 }
 
@@ -78,6 +82,10 @@ func (r *recent) putLocked(bucket uint32, key, val []byte) {
 		return
 	}
 	g := r.cur
+	if g.idx.full() {
+		r.prev, r.cur = r.cur, r.newGeneration()
+		g = r.cur
+	}
 	if len(g.slabs) == 0 || cap(g.slabs[len(g.slabs)-1])-len(g.slabs[len(g.slabs)-1]) < need {
 		if g.bytes+slabBytes > r.budget/2 && len(g.slabs) > 0 {
 			r.prev, r.cur = r.cur, r.newGeneration()
@@ -95,21 +103,25 @@ func (r *recent) putLocked(bucket uint32, key, val []byte) {
 	sl = binary.AppendUvarint(sl, uint64(len(val)))
 	sl = append(sl, val...)
 	g.slabs[i] = sl
-	if _, ok := g.idx[h]; !ok {
-		g.bytes += idxEntryBytes
-	}
-	g.idx[h] = uint64(i)<<32 | uint64(off)
+	g.idx.put(h, uint64(i)<<32|uint64(off))
 }
 
 // find returns the record of key in g.
-func (g *generation) find(h uint64, key []byte) ([]byte, bool) {
-	ref, ok := g.idx[h]
-	if !ok {
-		return nil, false
+// present is whether g indexes h at all: a key in the current generation,
+// even another key of the same hash, hides the previous one.
+func (g *generation) find(h uint64, key []byte) (rec []byte, ok, present bool) {
+	ref, present := g.idx.get(h)
+	return g.at(ref, present, key)
+}
+
+// at is find once the index answered.
+func (g *generation) at(ref uint64, present bool, key []byte) (rec []byte, ok, _ bool) {
+	if !present {
+		return nil, false, false
 	}
-	rec := g.slabs[ref>>32][uint32(ref):]
+	rec = g.slabs[ref>>32][uint32(ref):]
 	k, _, _ := parseRecord(rec)
-	return rec, string(k) == string(key)
+	return rec, string(k) == string(key), true
 }
 
 // dropLocked forgets key in both generations.
@@ -119,8 +131,8 @@ func (r *recent) dropLocked(h uint64, key []byte) {
 }
 
 func (g *generation) drop(h uint64, key []byte) {
-	if _, ok := g.find(h, key); ok {
-		delete(g.idx, h)
+	if _, ok, _ := g.find(h, key); ok {
+		g.idx.del(h)
 	}
 }
 
@@ -143,25 +155,53 @@ func parseRecord(b []byte) (key, val []byte, n int) {
 func (r *recent) getMany(keys []string, oldest uint32, res []found) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for i, k := range keys {
-		if !res[i].ok {
-			res[i], _ = r.getLocked(k, oldest)
+	// In chunks, three passes: hash and read the index, touch the records,
+	// then parse. Each pass is a short loop whose cache misses do not depend
+	// on each other, so the CPU has several in flight at once; done key by
+	// key, one miss waited for the last.
+	const chunk = 32
+	var hs, refs [chunk]uint64
+	var in [chunk]bool
+	var touched byte
+	for from := 0; from < len(keys); from += chunk {
+		part := keys[from:min(from+chunk, len(keys))]
+		for j, k := range part {
+			hs[j] = xxhash.Sum64String(k)
+			refs[j], in[j] = r.cur.idx.get(hs[j])
+		}
+		for j := range part {
+			if in[j] {
+				touched ^= r.cur.slabs[refs[j]>>32][uint32(refs[j])]
+			}
+		}
+		for j, k := range part {
+			if !res[from+j].ok {
+				res[from+j], _ = r.getHashed(k, hs[j], refs[j], in[j], oldest)
+			}
 		}
 	}
+	r.sink.Add(uint32(touched))
 }
 
 // getLocked finds key's newest entry if it is cached and its bucket is at
 // least oldest (older buckets are past every window or reclaimed).
 func (r *recent) getLocked(key string, oldest uint32) (found, bool) {
-	kb := unsafe.Slice(unsafe.StringData(key), len(key)) // only read
 	h := xxhash.Sum64String(key)
-	rec, ok := r.cur.find(h, kb)
+	ref, in := r.cur.idx.get(h)
+	return r.getHashed(key, h, ref, in, oldest)
+}
+
+// getHashed is getLocked with the key's hash and its current-generation
+// index answer already read.
+func (r *recent) getHashed(key string, h, ref uint64, in bool, oldest uint32) (found, bool) {
+	kb := unsafe.Slice(unsafe.StringData(key), len(key)) // only read
+	rec, ok, shadowed := r.cur.at(ref, in, kb)
 	if !ok {
 		// A key in the current generation is never older in the previous.
-		if _, shadowed := r.cur.idx[h]; shadowed {
+		if shadowed {
 			return found{}, false
 		}
-		if rec, ok = r.prev.find(h, kb); !ok {
+		if rec, ok, _ = r.prev.find(h, kb); !ok {
 			return found{}, false
 		}
 	}
@@ -183,7 +223,7 @@ func (r *recent) getLocked(key string, oldest uint32) (found, bool) {
 func (r *recent) len() int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return len(r.cur.idx) + len(r.prev.idx)
+	return r.cur.idx.live + r.prev.idx.live
 }
 
 // bytes is the memory the copies take, against the budget.

@@ -167,3 +167,48 @@ func matchesPebbleOnly(t *testing.T, what string, optsA []Option, each func(a *S
 	}
 	return a
 }
+
+// The flat index answers as a map does over random puts, deletes and gets,
+// with hashes crowded into few slots so probes run long and pass
+// tombstones, until it reports full.
+func TestHashIndexMatchesMap(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(5, 6))
+	x, model := newHashIndex(5000), map[uint64]uint64{}
+	for step := 0; !x.full(); step++ {
+		h := rnd.Uint64N(8000) << 40 // same low bits: every key starts at slot 0
+		switch rnd.IntN(4) {
+		case 0:
+			x.del(h)
+			delete(model, h)
+		default:
+			ref := rnd.Uint64N(1 << 40)
+			x.put(h, ref)
+			model[h] = ref
+		}
+		probe := rnd.Uint64N(8000) << 40
+		got, ok := x.get(probe)
+		want, wantOK := model[probe]
+		if ok != wantOK || got != want {
+			t.Fatalf("step %d: get(%x) = %d %v, want %d %v", step, probe, got, ok, want, wantOK)
+		}
+		if x.live != len(model) {
+			t.Fatalf("step %d: %d live, the map has %d", step, x.live, len(model))
+		}
+	}
+}
+
+// Growing keeps every entry and makes room.
+func TestHashIndexGrow(t *testing.T) {
+	x := newHashIndex(0)
+	for h := range uint64(10_000) {
+		if !x.room(1) {
+			x.grow()
+		}
+		x.put(h*0x9E3779B97F4A7C15, h)
+	}
+	for h := range uint64(10_000) {
+		if ref, ok := x.get(h * 0x9E3779B97F4A7C15); !ok || ref != h {
+			t.Fatalf("%d: %d %v", h, ref, ok)
+		}
+	}
+}
