@@ -536,12 +536,6 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 	b.exclusive.Lock()
 	defer b.exclusive.Unlock()
 	floor := b.floor()
-	// Sorted by the first 16 bytes of the entry key held inline, so most
-	// comparisons touch no record.
-	type sortRef struct {
-		hi, lo uint64
-		ref    uint32
-	}
 	refs := make([]sortRef, 0, g.keys)
 	for ref64 := range g.idx.refs() {
 		ref := uint32(ref64)
@@ -556,26 +550,16 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 				_, _, k, _ := g.record(r.ref - 1)
 				return bytes.Equal(k, ekey)
 			}) {
-				var pfx [16]byte
-				copy(pfx[:], ekey)
-				refs = append(refs, sortRef{binary.BigEndian.Uint64(pfx[:8]), binary.BigEndian.Uint64(pfx[8:]), ref})
+				r := sortRef{ref: ref}
+				r.digit(ekey, 0)
+				refs = append(refs, r)
 			}
 		}
 	}
 	if len(refs) == 0 {
 		return nil
 	}
-	slices.SortFunc(refs, func(x, y sortRef) int {
-		if c := cmp.Compare(x.hi, y.hi); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(x.lo, y.lo); c != 0 {
-			return c
-		}
-		_, _, kx, _ := g.record(x.ref - 1)
-		_, _, ky, _ := g.record(y.ref - 1)
-		return bytes.Compare(kx, ky)
-	})
+	g.sortByKey(refs, 0)
 	path := filepath.Join(b.dir, fmt.Sprintf("%020d.sst", g.seq))
 	f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
@@ -599,6 +583,57 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 		return err
 	}
 	return b.db.Ingest(context.Background(), []string{path})
+}
+
+// sortRef is a record to ingest with 16 bytes of its entry key held
+// inline, so most comparisons of a sort touch no record.
+type sortRef struct {
+	hi, lo uint64
+	ref    uint32
+	n      uint8 // key bytes from the digit's start, at most 17 (17: it goes on)
+}
+
+// digit holds ekey's bytes [depth, depth+16), zero padded.
+func (r *sortRef) digit(ekey []byte, depth int) {
+	var d [16]byte
+	if depth < len(ekey) {
+		copy(d[:], ekey[depth:])
+	}
+	r.hi, r.lo = binary.BigEndian.Uint64(d[:8]), binary.BigEndian.Uint64(d[8:])
+	r.n = uint8(min(max(len(ekey)-depth, 0), 17))
+}
+
+func compareDigits(x, y sortRef) int {
+	if c := cmp.Compare(x.hi, y.hi); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(x.lo, y.lo); c != 0 {
+		return c
+	}
+	return cmp.Compare(x.n, y.n) // a key that ends here sorts before a longer one
+}
+
+// sortByKey sorts refs by entry key, 16 bytes at a time from depth:
+// entries with a long common prefix (a tenant, "ingest") would otherwise
+// make most comparisons read two records at random. Only runs still tied
+// are re-read, at the next 16 bytes.
+func (g *bufGen) sortByKey(refs []sortRef, depth int) {
+	slices.SortFunc(refs, compareDigits)
+	for i := 0; i < len(refs); {
+		j := i + 1
+		for j < len(refs) && compareDigits(refs[i], refs[j]) == 0 {
+			j++
+		}
+		if j-i > 1 && refs[i].n == 17 { // tied and going on: the next digit decides
+			run := refs[i:j]
+			for k := range run {
+				_, _, ekey, _ := g.record(run[k].ref - 1)
+				run[k].digit(ekey, depth+16)
+			}
+			g.sortByKey(run, depth+16)
+		}
+		i = j
+	}
 }
 
 // lookupMany sets res[i] for every keys[i] whose newest write is buffered

@@ -1,9 +1,11 @@
 package dedupe
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -199,3 +201,44 @@ func FuzzBufferLog(f *testing.F) {
 func varintLen(n int) int { return len(binary.AppendUvarint(nil, uint64(n))) }
 
 func xxhashOf(b []byte) uint64 { return xxhash.Sum64(b) }
+
+// The ingest's sort orders entry keys as Pebble does, whatever prefixes
+// they share and however their lengths end inside a 16-byte digit.
+func TestWriteBufferSortByKey(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(9, 9))
+	g := &bufGen{idx: newHashIndex(0)}
+	var want [][]byte
+	seen := map[string]bool{}
+	for len(want) < 5000 {
+		k := []byte(fmt.Sprintf("ingest\x00tenant-%d\x00", rnd.IntN(3)))
+		for range rnd.IntN(40) {
+			k = append(k, "ab\x00"[rnd.IntN(3)])
+		}
+		ekey := entryKey(nil, uint32(rnd.IntN(2)), string(k))
+		if seen[string(ekey)] {
+			continue
+		}
+		seen[string(ekey)] = true
+		want = append(want, ekey)
+		g.add(false, ekey, recentEntry("x"))
+	}
+	var refs []sortRef
+	for ref := range g.idx.refs() {
+		for r := uint32(ref); r != 0; r, _, _, _ = g.record(r - 1) {
+			_, _, ekey, _ := g.record(r - 1)
+			sr := sortRef{ref: r}
+			sr.digit(ekey, 0)
+			refs = append(refs, sr)
+		}
+	}
+	g.sortByKey(refs, 0)
+	slices.SortFunc(want, bytes.Compare)
+	if len(refs) != len(want) {
+		t.Fatalf("%d sorted, want %d", len(refs), len(want))
+	}
+	for i, r := range refs {
+		if _, _, got, _ := g.record(r.ref - 1); !bytes.Equal(got, want[i]) {
+			t.Fatalf("position %d: %q, want %q", i, got, want[i])
+		}
+	}
+}
