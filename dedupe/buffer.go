@@ -60,8 +60,6 @@ type writeBuffer struct {
 	syncMu  sync.Mutex
 	syncing bool
 	synced  *sync.Cond // on syncMu
-	syncGen uint64     // generation and offset covered by the last fsync
-	syncOff int64
 
 	kick chan struct{} // a generation was frozen
 	stop chan struct{}
@@ -78,6 +76,7 @@ type bufGen struct {
 	seq     uint64
 	f       *os.File
 	written int64      // bytes in f
+	synced  int64      // bytes of f known durable; under writeBuffer.syncMu
 	idx     *hashIndex // xxhash of the key -> offset+1 of its newest record
 	data    []byte
 	dels    int // delete records, to skip shadow checks when there are none
@@ -397,12 +396,12 @@ func (b *writeBuffer) write(ops []writeOp, sync bool) error {
 	for _, op := range ops {
 		g.add(op.del, op.key, op.val)
 	}
-	gen, off := g.seq, g.written
+	off := g.written
 	b.mu.Unlock()
 	if !sync {
 		return nil
 	}
-	return b.syncTo(g, gen, off)
+	return b.syncTo(g, off)
 }
 
 // activeFull reports whether the active generation must be frozen before
@@ -414,13 +413,10 @@ func (b *writeBuffer) activeFull(n int) bool {
 }
 
 // freezeLocked hands the active generation to the ingester and starts a
-// new one. The old log is synced first: it stays the only durable copy of
-// its writes until the ingest.
+// new one. The ingester syncs the old log before ingesting, outside the
+// lock: an fsync of a whole generation under it stalled every claim.
 func (b *writeBuffer) freezeLocked(atLeast int) error {
 	next, err := b.newGen(b.active.seq+1, atLeast)
-	if err == nil {
-		err = b.syncWhole(b.active, b.active.seq, b.active.written)
-	}
 	if err != nil {
 		b.err = fmt.Errorf("dedupe: write buffer: %w", err)
 		return b.err
@@ -435,17 +431,14 @@ func (b *writeBuffer) freezeLocked(atLeast int) error {
 
 // syncTo returns once g's log is durable up to off: one writer fsyncs for
 // everyone waiting meanwhile.
-func (b *writeBuffer) syncTo(g *bufGen, gen uint64, off int64) error {
+func (b *writeBuffer) syncTo(g *bufGen, off int64) error {
 	b.syncMu.Lock()
-	for {
-		if b.syncGen > gen || (b.syncGen == gen && b.syncOff >= off) {
-			b.syncMu.Unlock()
-			return nil
-		}
-		if !b.syncing {
-			break
-		}
+	for g.synced < off && b.syncing {
 		b.synced.Wait()
+	}
+	if g.synced >= off {
+		b.syncMu.Unlock()
+		return nil
 	}
 	b.syncing = true
 	b.syncMu.Unlock()
@@ -457,12 +450,12 @@ func (b *writeBuffer) syncTo(g *bufGen, gen uint64, off int64) error {
 	}
 	b.syncMu.Lock()
 	b.syncing = false
-	if err == nil && (gen > b.syncGen || upTo > b.syncOff) {
-		b.syncGen, b.syncOff = gen, upTo
+	if err == nil {
+		g.synced = max(g.synced, upTo)
 	}
-	if b.syncGen > gen || (b.syncGen == gen && b.syncOff >= off) {
-		// A freeze synced the generation meanwhile (and its ingest may
-		// have closed the file under this fsync).
+	if g.synced >= off {
+		// The ingester synced the generation meanwhile (and may have closed
+		// the file under this fsync).
 		err = nil
 	}
 	b.synced.Broadcast()
@@ -478,15 +471,14 @@ func (b *writeBuffer) syncTo(g *bufGen, gen uint64, off int64) error {
 	return err
 }
 
-// syncWhole fsyncs g and records it, under mu (a freeze or close).
-func (b *writeBuffer) syncWhole(g *bufGen, gen uint64, upTo int64) error {
+// syncWhole fsyncs g up to upTo (all of it once frozen) and records it.
+func (b *writeBuffer) syncWhole(g *bufGen, upTo int64) error {
 	if err := g.f.Sync(); err != nil {
 		return err
 	}
 	b.syncMu.Lock()
-	if gen > b.syncGen || (gen == b.syncGen && upTo > b.syncOff) {
-		b.syncGen, b.syncOff = gen, upTo
-	}
+	g.synced = max(g.synced, upTo)
+	b.synced.Broadcast()
 	b.syncMu.Unlock()
 	return nil
 }
@@ -510,7 +502,15 @@ func (b *writeBuffer) ingestLoop() {
 		if g == nil {
 			continue
 		}
-		err := b.ingest(g)
+		// The log first: until the ingest lands it is the only durable copy,
+		// and writers waiting on their sync are covered by this one.
+		b.mu.RLock()
+		written := g.written
+		b.mu.RUnlock()
+		err := b.syncWhole(g, written)
+		if err == nil {
+			err = b.ingest(g)
+		}
 		b.mu.Lock()
 		b.ingestErr = err
 		if err == nil {

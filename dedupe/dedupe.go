@@ -24,6 +24,11 @@
 // older than the longest window are removed with one range delete followed
 // by a compaction of that range, so disk is bounded by the window times the
 // key rate, whatever the total number of keys ever seen.
+//
+// Writes reach Pebble through a write buffer (see WithWriteBuffer): a log
+// and an in-memory index, ingested as one sorted sstable a generation.
+// Lookups read the recent entries (if kept), the filters, the buffer, then
+// Pebble, in batches, so their cache misses overlap.
 package dedupe
 
 import (

@@ -5,6 +5,9 @@ import (
 
 	"context"
 	"fmt"
+	"math"
+	"runtime/metrics"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -218,6 +221,7 @@ func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
 	r.enqueue(bulk...)
 	b.ReportAllocs()
 	b.ResetTimer()
+	schedBefore := schedLatencies()
 	_, stop := r.start(r.config(ch))
 	crit := webhookBatch(b.N, burst)
 	enqHist := hdrhistogram.New(1, 60_000_000, 3)
@@ -244,6 +248,7 @@ func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
 		return probe.hist.TotalCount() == int64(b.N)
 	})
 	left := burst + int64(b.N) - r.mock.Stats().Unique
+	schedP99 := schedLatencies().p99Since(schedBefore)
 	b.StopTimer()
 	stop()
 	probe.mu.Lock()
@@ -257,4 +262,42 @@ func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
 	// to the provider's ack: the engine's own share of the latency.
 	b.ReportMetric(float64(probe.after.ValueAtQuantile(50))/1000, "after-enqueue-p50-ms")
 	b.ReportMetric(float64(probe.after.ValueAtQuantile(99))/1000, "after-enqueue-p99-ms")
+	// How long runnable goroutines waited for a CPU, all of them: a p99 near
+	// the critical one says the tail is contention for the two cores, not
+	// a queue in the engine.
+	b.ReportMetric(schedP99*1000, "sched-wait-p99-ms")
+}
+
+// schedHist is a snapshot of the runtime's scheduling-latency histogram.
+type schedHist struct {
+	counts  []uint64
+	buckets []float64
+}
+
+func schedLatencies() schedHist {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	h := s[0].Value.Float64Histogram()
+	return schedHist{counts: slices.Clone(h.Counts), buckets: h.Buckets}
+}
+
+// p99Since is the 99th percentile, in seconds (a bucket's upper bound), of
+// the waits recorded after before.
+func (h schedHist) p99Since(before schedHist) float64 {
+	diff := make([]uint64, len(h.counts))
+	var total uint64
+	for i := range diff {
+		diff[i] = h.counts[i] - before.counts[i]
+		total += diff[i]
+	}
+	var seen uint64
+	for i, c := range diff {
+		if seen += c; total > 0 && seen*100 >= total*99 {
+			if up := h.buckets[i+1]; !math.IsInf(up, 1) {
+				return up
+			}
+			return h.buckets[i] // the last bucket is open-ended
+		}
+	}
+	return 0
 }
