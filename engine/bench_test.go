@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"context"
 	"fmt"
@@ -266,6 +267,41 @@ func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
 	// the critical one says the tail is contention for the two cores, not
 	// a queue in the engine.
 	b.ReportMetric(schedP99*1000, "sched-wait-p99-ms")
+	// The engine's own split of the critical sends (bucket upper bounds).
+	for _, stage := range []string{"log", "engine", "provider"} {
+		b.ReportMetric(stageP99(b, r.reg, "critical", stage)*1000, "stage-"+stage+"-p99-ms")
+	}
+}
+
+// stageP99 is the upper bound of the bucket holding the 99th percentile of
+// goutong_stage_latency_seconds for a priority and stage, in seconds.
+func stageP99(b *testing.B, reg *prometheus.Registry, priority, stage string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "goutong_stage_latency_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			h := m.GetHistogram()
+			if labels["priority"] != priority || labels["stage"] != stage || h.GetSampleCount() == 0 {
+				continue
+			}
+			for _, bk := range h.GetBucket() {
+				if bk.GetCumulativeCount()*100 >= h.GetSampleCount()*99 {
+					return bk.GetUpperBound()
+				}
+			}
+			return math.Inf(1)
+		}
+	}
+	return 0
 }
 
 // schedHist is a snapshot of the runtime's scheduling-latency histogram.

@@ -470,6 +470,7 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 		ns[i] = it.n
 	}
 	results := make([]providers.Result, len(batch))
+	start := clock.Now()
 	cs.cfg.Provider.Send(ctx, ns, results)
 	now := clock.Now()
 
@@ -497,7 +498,15 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 			confirm = append(confirm, dedupe.Done{Key: it.key, Token: it.token, ID: n.ID, Outcome: outcome})
 			out.event(e, n, StateSent, now, provider, r.MessageID, "")
 			out.keepPayload(e, it)
-			e.m.latency.WithLabelValues(string(cs.name), n.Priority.String()).Observe(now.Sub(n.AcceptedAt).Seconds())
+			if p := n.Priority; p.Valid() {
+				cs.latency.total[p.Index()].Observe(now.Sub(n.AcceptedAt).Seconds())
+				if n.Attempts == 1 && !it.retry {
+					st := &cs.latency.stage[p.Index()]
+					st[stageLog].Observe(it.polled.Sub(n.AcceptedAt).Seconds())
+					st[stageEngine].Observe(start.Sub(it.polled).Seconds())
+					st[stageProvider].Observe(now.Sub(start).Seconds())
+				}
+			}
 		case providers.Retriable:
 			release = append(release, it)
 			if n.Attempts >= e.cfg.MaxAttempts {

@@ -86,14 +86,15 @@ type partState struct {
 }
 
 type item struct {
-	n     *notification.Notification
-	raw   []byte // the record's value, kept as the payload once sent
-	key   string // the dedupe key (tenant, idempotency key)
-	ps    *partState
-	off   int64
-	due   time.Time
-	token uint32
-	retry bool
+	n      *notification.Notification
+	raw    []byte // the record's value, kept as the payload once sent
+	key    string // the dedupe key (tenant, idempotency key)
+	ps     *partState
+	off    int64
+	due    time.Time
+	token  uint32
+	retry  bool
+	polled time.Time
 }
 
 type channelState struct {
@@ -109,6 +110,7 @@ type channelState struct {
 	gate      *lowGate
 	provLimit *providers.AdaptiveLimit
 	paused    atomic.Bool // by the admin API
+	latency   *latencyObservers
 }
 
 // New validates cfg, opens the Log through cfg.Open and registers metrics.
@@ -140,7 +142,7 @@ func New(cfg Config) (*Engine, error) {
 		}
 		cs := &channelState{name: name, cfg: cc, notify: make(chan struct{}, 1), limit: lim, picker: picker,
 			jobs: make(chan []*item, cc.Concurrency), urgent: make(chan []*item, cc.Concurrency),
-			gate: newLowGate(cc.Concurrency)}
+			gate: newLowGate(cc.Concurrency), latency: e.m.observers(name)}
 		if g, ok := cc.Provider.(*providers.Guarded); ok {
 			cs.provLimit = g.Limit
 			collectors = append(collectors, breakerGauge(string(name), g))
@@ -731,7 +733,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		}
 		ps.inflight.Add(1)
 		it := &slab[i]
-		*it = item{ps: ps, off: r.Offset, retry: r.Topic == e.cfg.Topics.Retry}
+		*it = item{ps: ps, off: r.Offset, retry: r.Topic == e.cfg.Topics.Retry, polled: now}
 		n, err := e.cfg.Codec.DecodeIn(arena, r.Value)
 		if err != nil {
 			out.deadLetter(e, r.Key, r.Value, reasonDecode, err.Error(), 0, source(r), now)

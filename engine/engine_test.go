@@ -226,6 +226,12 @@ func TestEngineDeliversEachOnce(t *testing.T) {
 			r.enqueue(ns...)
 			_, stop := r.start(r.config(r.channels(true)))
 			waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(ns)) })
+			// The mock answers before the engine confirms the batch: until
+			// then a repeat finds the key in flight (not sent either, but
+			// counted as such), so the storm below waits for the confirms.
+			waitFor(t, 30*time.Second, "every send confirmed", func() bool {
+				return counterSum(t, r.reg, "goutong_dedupe_confirms_total") >= float64(len(ns))
+			})
 			// An alert storm: the same notifications again under new ids;
 			// their idempotency keys were sent, so nothing goes out.
 			dups := make([]*notification.Notification, 100)

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/notification"
 )
 
 // metrics are the engine's Prometheus series. They live on the Engine, not
@@ -11,6 +12,7 @@ import (
 type metrics struct {
 	polled     prometheus.Counter
 	latency    *prometheus.HistogramVec // enqueue to provider ack, per channel and priority
+	stage      *prometheus.HistogramVec // the same split in three, for sends the provider accepted
 	sends      *prometheus.CounterVec   // per channel, provider, outcome
 	retries    *prometheus.CounterVec
 	deadLetter *prometheus.CounterVec // per reason
@@ -31,6 +33,12 @@ func newMetrics() *metrics {
 			Help:    "From acceptance to the provider's answer, for sends the provider accepted.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800}},
 			[]string{"channel", "priority"}),
+		stage: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "goutong_stage_latency_seconds",
+			Help: "Where a sent notification's latency went: log (acceptance to the consumer's poll: the durable " +
+				"append and the log's backlog), engine (poll to the provider call: dedupe, rings, priority, rate " +
+				"limits, batching, a free sender), provider (the call). First attempts only.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10, 60}},
+			[]string{"channel", "priority", "stage"}),
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_sends_total",
 			Help: "Items handed to providers, by outcome (sent, retriable, permanent)."}, []string{"channel", "provider", "outcome"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_retries_total",
@@ -54,8 +62,35 @@ func newMetrics() *metrics {
 	}
 }
 
+// Stages of goutong_stage_latency_seconds.
+const (
+	stageLog = iota
+	stageEngine
+	stageProvider
+	numStages
+)
+
+// latencyObservers are a channel's latency histograms by priority, looked
+// up once: a label lookup per send was a hash of three strings.
+type latencyObservers struct {
+	total [notification.NumPriorities]prometheus.Observer
+	stage [notification.NumPriorities][numStages]prometheus.Observer
+}
+
+func (m *metrics) observers(channel notification.Channel) *latencyObservers {
+	var o latencyObservers
+	for p := range notification.NumPriorities {
+		prio := notification.Priority(p + 1).String()
+		o.total[p] = m.latency.WithLabelValues(string(channel), prio)
+		for s, name := range [numStages]string{"log", "engine", "provider"} {
+			o.stage[p][s] = m.stage.WithLabelValues(string(channel), prio, name)
+		}
+	}
+	return &o
+}
+
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.polled, m.latency, m.sends, m.retries, m.deadLetter, m.duplicates, m.expired,
+	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.expired,
 		m.limitWait, m.lag, m.paused, m.delayed, m.commits}
 }
 
