@@ -51,6 +51,8 @@ type writeBuffer struct {
 	ingested  *sync.Cond // on mu: a frozen generation is gone
 	active    *bufGen
 	frozen    *bufGen // being ingested; nil when none
+	spare     *bufGen // the next active one, made by the ingester off the lock; nil when none
+	lastSeq   uint64  // the last generation number handed out: numbers follow activation order
 	err       error   // a failed log write or sync: every later write fails with it
 	closed    bool
 	ingestErr error // the last failed ingest (retried)
@@ -158,6 +160,7 @@ func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, lim
 			}
 		}
 	}
+	b.lastSeq = next
 	if b.active, err = b.newGen(next, 0); err != nil {
 		return nil, err
 	}
@@ -416,10 +419,19 @@ func (b *writeBuffer) activeFull(n int) bool {
 // new one. The ingester syncs the old log before ingesting, outside the
 // lock: an fsync of a whole generation under it stalled every claim.
 func (b *writeBuffer) freezeLocked(atLeast int) error {
-	next, err := b.newGen(b.active.seq+1, atLeast)
-	if err != nil {
-		b.err = fmt.Errorf("dedupe: write buffer: %w", err)
-		return b.err
+	next := b.spare
+	b.spare = nil
+	if next != nil && !next.idx.room(atLeast) {
+		next.discard(b)
+		next = nil
+	}
+	if next == nil { // made here, under the lock: a file, its directory's fsync and ~50 MiB
+		var err error
+		b.lastSeq++
+		if next, err = b.newGen(b.lastSeq, atLeast); err != nil {
+			b.err = fmt.Errorf("dedupe: write buffer: %w", err)
+			return b.err
+		}
 	}
 	b.frozen, b.active = b.active, next
 	select {
@@ -427,6 +439,36 @@ func (b *writeBuffer) freezeLocked(atLeast int) error {
 	default:
 	}
 	return nil
+}
+
+// prepareSpare makes the next generation, outside the lock, unless one is
+// ready.
+func (b *writeBuffer) prepareSpare() {
+	b.mu.Lock()
+	if b.spare != nil {
+		b.mu.Unlock()
+		return
+	}
+	b.lastSeq++
+	seq := b.lastSeq
+	b.mu.Unlock()
+	g, err := b.newGen(seq, 0)
+	if err != nil {
+		return // the freeze makes it then, and reports the error
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.spare != nil || b.active.seq > seq || b.closed { // a freeze made its own meanwhile
+		g.discard(b)
+		return
+	}
+	b.spare = g
+}
+
+// discard closes and removes an unused generation's log.
+func (g *bufGen) discard(b *writeBuffer) {
+	g.f.Close()
+	os.Remove(b.logPath(g.seq))
 }
 
 // syncTo returns once g's log is durable up to off: one writer fsyncs for
@@ -486,6 +528,7 @@ func (b *writeBuffer) syncWhole(g *bufGen, upTo int64) error {
 // ingestLoop ingests frozen generations; a failed ingest is retried.
 func (b *writeBuffer) ingestLoop() {
 	defer b.wg.Done()
+	b.prepareSpare()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
@@ -526,7 +569,9 @@ func (b *writeBuffer) ingestLoop() {
 		b.mu.Unlock()
 		if err != nil {
 			retry.Reset(time.Second)
+			continue
 		}
+		b.prepareSpare()
 	}
 }
 
@@ -743,6 +788,10 @@ func (b *writeBuffer) close() error {
 	b.ingested.Broadcast()
 	b.mu.Unlock()
 	b.wg.Wait()
+	if b.spare != nil {
+		b.spare.discard(b)
+		b.spare = nil
+	}
 	var errs []error
 	for _, g := range []*bufGen{b.frozen, b.active} {
 		if g != nil {
