@@ -46,6 +46,7 @@ type writeBuffer struct {
 	// exclusive is held through an ingest: a reclaim's range delete must not
 	// slip between reading the floor and the ingest landing.
 	exclusive *sync.Mutex
+	logf      func(format string, args ...any) // failed ingests (they are retried)
 
 	mu        sync.RWMutex
 	ingested  *sync.Cond // on mu: a frozen generation is gone
@@ -119,8 +120,9 @@ func (b *writeBuffer) newGen(seq uint64, atLeast int) (*bufGen, error) {
 // openWriteBuffer replays the logs left in dir into Pebble and starts the
 // ingester. A log that fails its checksum anywhere but at the tail of the
 // newest one is corruption and fails the open.
-func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, limit int, floor func() uint32, exclusive *sync.Mutex) (*writeBuffer, error) {
-	b := &writeBuffer{dir: dir, db: db, wopts: wopts, limit: limit, floor: floor, exclusive: exclusive,
+func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, limit int, floor func() uint32,
+	exclusive *sync.Mutex, logf func(string, ...any)) (*writeBuffer, error) {
+	b := &writeBuffer{dir: dir, db: db, wopts: wopts, limit: limit, floor: floor, exclusive: exclusive, logf: logf,
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	b.ingested = sync.NewCond(&b.mu)
 	b.synced = sync.NewCond(&b.syncMu)
@@ -568,6 +570,7 @@ func (b *writeBuffer) ingestLoop() {
 		}
 		b.mu.Unlock()
 		if err != nil {
+			b.logf("dedupe: ingesting write-buffer generation %d failed, retrying in 1s: %v", g.seq, err)
 			retry.Reset(time.Second)
 			continue
 		}

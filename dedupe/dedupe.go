@@ -439,7 +439,7 @@ func (s *Store) openBuffer(dir string, popts *pebble.Options) error {
 	}
 	limit := max(s.o.buffer, 1<<20)
 	b, err := openWriteBuffer(dir, s.db, popts.MakeWriterOptions(0, s.db.TableFormat()), limit,
-		s.floor.Load, &s.reclaimMu)
+		s.floor.Load, &s.reclaimMu, s.o.logger.Errorf)
 	if err != nil {
 		return err
 	}
