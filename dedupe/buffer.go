@@ -48,15 +48,14 @@ type writeBuffer struct {
 	exclusive *sync.Mutex
 	logf      func(format string, args ...any) // failed ingests (they are retried)
 
-	mu        sync.RWMutex
-	ingested  *sync.Cond // on mu: a frozen generation is gone
-	active    *bufGen
-	frozen    *bufGen // being ingested; nil when none
-	spare     *bufGen // the next active one, made by the ingester off the lock; nil when none
-	lastSeq   uint64  // the last generation number handed out: numbers follow activation order
-	err       error   // a failed log write or sync: every later write fails with it
-	closed    bool
-	ingestErr error // the last failed ingest (retried)
+	mu       sync.RWMutex
+	ingested *sync.Cond // on mu: a frozen generation is gone
+	active   *bufGen
+	frozen   *bufGen // being ingested; nil when none
+	spare    *bufGen // the next active one, made by the ingester off the lock; nil when none
+	lastSeq  uint64  // the last generation number handed out: numbers follow activation order
+	err      error   // a failed log write or sync: every later write fails with it
+	closed   bool
 
 	// Group commit of the active log: writers that need it durable wait for
 	// one fsync that covers everything written so far.
@@ -68,7 +67,7 @@ type writeBuffer struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	ingests, ingestedKeys int64 // under mu
+	ingests int64 // under mu
 }
 
 // bufGen is one generation of buffered writes. Records are appended to
@@ -126,41 +125,9 @@ func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, lim
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	b.ingested = sync.NewCond(&b.mu)
 	b.synced = sync.NewCond(&b.syncMu)
-	seqs, err := b.logs()
+	next, err := b.replay()
 	if err != nil {
 		return nil, err
-	}
-	next := uint64(1)
-	if len(seqs) > 0 {
-		next = seqs[len(seqs)-1] + 1
-		// Replayed into one generation, oldest log first, so newer writes
-		// of a key win; then ingested before anything else is written.
-		var total int64
-		for _, seq := range seqs {
-			fi, err := os.Stat(b.logPath(seq))
-			if err != nil {
-				return nil, err
-			}
-			total += fi.Size()
-		}
-		g := &bufGen{seq: seqs[len(seqs)-1], idx: newHashIndex(int(total / minRecordBytes))}
-		for i, seq := range seqs {
-			data, err := os.ReadFile(b.logPath(seq))
-			if err != nil {
-				return nil, err
-			}
-			if err := replayLog(g, data, i == len(seqs)-1); err != nil {
-				return nil, fmt.Errorf("dedupe: write buffer log %s: %w", b.logPath(seq), err)
-			}
-		}
-		if err := b.ingest(g); err != nil {
-			return nil, fmt.Errorf("dedupe: ingesting the write buffer's logs: %w", err)
-		}
-		for _, seq := range seqs {
-			if err := os.Remove(b.logPath(seq)); err != nil {
-				return nil, err
-			}
-		}
 	}
 	b.lastSeq = next
 	if b.active, err = b.newGen(next, 0); err != nil {
@@ -169,6 +136,44 @@ func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, lim
 	b.wg.Add(1)
 	go b.ingestLoop()
 	return b, nil
+}
+
+// replay ingests the logs left in b.dir into Pebble, removes them, and
+// returns the number the next generation takes.
+func (b *writeBuffer) replay() (next uint64, err error) {
+	seqs, err := b.logs()
+	if err != nil || len(seqs) == 0 {
+		return 1, err
+	}
+	// Replayed into one generation, oldest log first, so newer writes of a
+	// key win; then ingested before anything else is written.
+	var total int64
+	for _, seq := range seqs {
+		fi, err := os.Stat(b.logPath(seq))
+		if err != nil {
+			return 0, err
+		}
+		total += fi.Size()
+	}
+	g := &bufGen{seq: seqs[len(seqs)-1], idx: newHashIndex(int(total / minRecordBytes))}
+	for i, seq := range seqs {
+		data, err := os.ReadFile(b.logPath(seq))
+		if err != nil {
+			return 0, err
+		}
+		if err := replayLog(g, data, i == len(seqs)-1); err != nil {
+			return 0, fmt.Errorf("dedupe: write buffer log %s: %w", b.logPath(seq), err)
+		}
+	}
+	if err := b.ingest(g); err != nil {
+		return 0, fmt.Errorf("dedupe: ingesting the write buffer's logs: %w", err)
+	}
+	for _, seq := range seqs {
+		if err := os.Remove(b.logPath(seq)); err != nil {
+			return 0, err
+		}
+	}
+	return seqs[len(seqs)-1] + 1, nil
 }
 
 // logs lists the generation logs in dir, oldest first.
@@ -340,11 +345,12 @@ func (g *bufGen) record(off uint32) (prev uint32, del bool, ekey, val []byte) {
 	return prev, del, ekey, val
 }
 
-// newest finds key's newest record in g, in any bucket.
-func (g *bufGen) newest(h uint64, key []byte) (del bool, ekey, val []byte, ok bool) {
+// first walks the records of hash h, newest first, to the first whose
+// entry key match accepts.
+func (g *bufGen) first(h uint64, match func(ekey []byte) bool) (del bool, ekey, val []byte, ok bool) {
 	for ref := g.idxRef(h); ref != 0; {
 		prev, del, ekey, val := g.record(ref - 1)
-		if bytes.Equal(ekey[5:], key) {
+		if match(ekey) {
 			return del, ekey, val, true
 		}
 		ref = prev
@@ -352,17 +358,16 @@ func (g *bufGen) newest(h uint64, key []byte) (del bool, ekey, val []byte, ok bo
 	return false, nil, nil, false
 }
 
+// newest finds key's newest record in g, in any bucket.
+func (g *bufGen) newest(h uint64, key []byte) (del bool, ekey, val []byte, ok bool) {
+	return g.first(h, func(ekey []byte) bool { return bytes.Equal(ekey[5:], key) })
+}
+
 // deleted reports whether g's newest record of exactly ekey is a delete
 // (known is false when g has no record of it).
 func (g *bufGen) deleted(h uint64, ekey []byte) (del, known bool) {
-	for ref := g.idxRef(h); ref != 0; {
-		prev, del, k, _ := g.record(ref - 1)
-		if bytes.Equal(k, ekey) {
-			return del, true
-		}
-		ref = prev
-	}
-	return false, false
+	del, _, _, known = g.first(h, func(k []byte) bool { return bytes.Equal(k, ekey) })
+	return del, known
 }
 
 // write logs and indexes a batch's operations; with sync it returns once
@@ -557,7 +562,6 @@ func (b *writeBuffer) ingestLoop() {
 			err = b.ingest(g)
 		}
 		b.mu.Lock()
-		b.ingestErr = err
 		if err == nil {
 			g.f.Close()
 			if rerr := os.Remove(b.logPath(g.seq)); rerr != nil && b.err == nil {
@@ -565,7 +569,6 @@ func (b *writeBuffer) ingestLoop() {
 			}
 			b.frozen = nil
 			b.ingests++
-			b.ingestedKeys += int64(g.keys)
 			b.ingested.Broadcast()
 		}
 		b.mu.Unlock()
@@ -588,8 +591,10 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 	for ref64 := range g.idx.refs() {
 		ref := uint32(ref64)
 		first := len(refs)
-		for ; ref != 0; ref, _, _, _ = g.record(ref - 1) {
-			_, _, ekey, _ := g.record(ref - 1)
+		for ref != 0 {
+			cur := ref
+			var ekey []byte
+			ref, _, ekey, _ = g.record(cur - 1)
 			if binary.BigEndian.Uint32(ekey[1:5]) < floor {
 				continue
 			}
@@ -598,7 +603,7 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 				_, _, k, _ := g.record(r.ref - 1)
 				return bytes.Equal(k, ekey)
 			}) {
-				r := sortRef{ref: ref}
+				r := sortRef{ref: cur}
 				r.digit(ekey, 0)
 				refs = append(refs, r)
 			}
@@ -767,14 +772,14 @@ func (b *writeBuffer) flush() error {
 }
 
 type bufferStats struct {
-	keys, bytes     int
-	ingests, ingKey int64
+	keys, bytes int
+	ingests     int64
 }
 
 func (b *writeBuffer) stats() bufferStats {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	s := bufferStats{keys: b.active.keys, bytes: len(b.active.data), ingests: b.ingests, ingKey: b.ingestedKeys}
+	s := bufferStats{keys: b.active.keys, bytes: len(b.active.data), ingests: b.ingests}
 	if b.frozen != nil {
 		s.keys += b.frozen.keys
 		s.bytes += len(b.frozen.data)

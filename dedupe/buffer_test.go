@@ -287,3 +287,17 @@ func TestWriteBufferConcurrentSyncedWriters(t *testing.T) {
 		requireConfirmed(t, s, k)
 	}
 }
+
+// A store reopened with the buffer off still takes in what the buffer held.
+func TestWriteBufferReplayedWhenTurnedOff(t *testing.T) {
+	clk, dir := newClock(), t.TempDir()
+	s := open(t, dir, clk)
+	keys := confirmKeys(t, s, "k", 300)
+	s.Close()
+	s = open(t, dir, clk, WithWriteBuffer(0))
+	defer s.Close()
+	requireConfirmed(t, s, keys)
+	if logs := bufferLogs(t, dir); len(logs) != 0 {
+		t.Fatalf("logs left: %v", logs)
+	}
+}

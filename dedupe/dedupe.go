@@ -437,14 +437,15 @@ func (s *Store) openBuffer(dir string, popts *pebble.Options) error {
 	default:
 		return fmt.Errorf("dedupe: %w", err)
 	}
-	limit := max(s.o.buffer, 1<<20)
-	b, err := openWriteBuffer(dir, s.db, popts.MakeWriterOptions(0, s.db.TableFormat()), limit,
-		s.floor.Load, &s.reclaimMu, s.o.logger.Errorf)
-	if err != nil {
+	wopts := popts.MakeWriterOptions(0, s.db.TableFormat())
+	if s.o.buffer <= 0 { // writes go to Pebble directly; what earlier runs buffered goes there first
+		b := &writeBuffer{dir: dir, db: s.db, wopts: wopts, floor: s.floor.Load, exclusive: &s.reclaimMu}
+		_, err := b.replay()
 		return err
 	}
-	if s.o.buffer <= 0 {
-		return b.close() // replayed into Pebble; writes go there directly
+	b, err := openWriteBuffer(dir, s.db, wopts, max(s.o.buffer, 1<<20), s.floor.Load, &s.reclaimMu, s.o.logger.Errorf)
+	if err != nil {
+		return err
 	}
 	s.buf = b
 	return nil
