@@ -1,54 +1,73 @@
 package engine
 
 import (
-	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// TestLowGate: with no urgent batch, every sender may send bulk; while one
-// is pending, bulk sends beyond a quarter of the senders wait, and they go
-// as soon as the last urgent batch is sent.
-func TestLowGate(t *testing.T) {
-	g := newLowGate(8)
-	for range 8 {
-		g.enterLow() // no urgent work: all eight go at once
-	}
-	for range 8 {
-		g.exitLow()
-	}
-	g.enterUrgent()
-	g.enterLow()
-	g.enterLow() // the quarter: two
-	var third atomic.Bool
+// blockedFor reports whether enter is still blocked after d; if it is, it
+// returns a channel closed once enter returns.
+func blockedFor(d time.Duration, enter func()) (bool, <-chan struct{}) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		g.enterLow()
-		third.Store(true)
+		enter()
 	}()
-	time.Sleep(20 * time.Millisecond)
-	if third.Load() {
+	select {
+	case <-done:
+		return false, done
+	case <-time.After(d):
+		return true, done
+	}
+}
+
+func waitClosed(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(10 * time.Second):
+		t.Fatal(what)
+	}
+}
+
+// TestLowGate: with no urgent batch, every sender may send bulk; while one
+// is pending, and for the hold after the last one was sent, bulk sends
+// beyond an eighth of the senders wait; after the hold bulk takes the whole
+// width again.
+func TestLowGate(t *testing.T) {
+	g := newLowGate(16)
+	for range 16 {
+		g.enterLow() // no urgent work: all sixteen go at once
+	}
+	for range 16 {
+		g.exitLow()
+	}
+	g.hold = time.Hour // the hold must not end during the first part
+	g.enterUrgent()
+	g.enterLow()
+	g.enterLow() // the eighth: two
+	blocked, third := blockedFor(20*time.Millisecond, g.enterLow)
+	if !blocked {
 		t.Fatal("a third bulk send went while an urgent batch was pending")
 	}
-	g.exitLow() // a slot within the quarter frees: the third goes
-	<-done
-	g.enterUrgent()
-	g.exitUrgent() // one of two urgent batches sent: the gate stays
-	blocked := make(chan struct{})
-	go func() {
-		defer close(blocked)
-		g.enterLow()
-	}()
-	select {
-	case <-blocked:
-		t.Fatal("a third bulk send went with an urgent batch still pending")
-	case <-time.After(20 * time.Millisecond):
+	g.exitLow() // a slot within the eighth frees: the third goes
+	waitClosed(t, third, "a freed slot did not let the third bulk send go")
+	g.exitUrgent() // the last urgent batch sent: the hold begins
+	if blocked, _ := blockedFor(20*time.Millisecond, g.enterLow); !blocked {
+		t.Fatal("bulk widened right after the last urgent batch: no hold")
 	}
-	g.exitUrgent() // the last urgent batch sent: bulk takes the whole width
-	select {
-	case <-blocked:
-	case <-time.After(5 * time.Second):
-		t.Fatal("bulk still held after the last urgent batch")
+
+	g = newLowGate(16)
+	g.hold = 50 * time.Millisecond
+	g.enterUrgent()
+	g.enterLow()
+	g.enterLow()
+	g.exitUrgent()
+	blocked, third = blockedFor(0, g.enterLow)
+	waitClosed(t, third, "bulk still narrow long after the hold")
+	if !blocked {
+		// Not a failure of the gate if the machine stalled 50 ms between the
+		// exit and the enter; the first part already showed the hold.
+		t.Log("the hold had passed before the third bulk send asked")
 	}
 }
