@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -116,7 +117,9 @@ func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accep
 	}
 	ctx.SetContentType("application/json")
 	ctx.SetStatusCode(code)
-	b := ctx.Response.Body()[:0]
+	// One allocation for the whole answer (~55 bytes an item), not a
+	// doubling at a time.
+	b := slices.Grow(ctx.Response.Body()[:0], 64+len(adm)*56)
 	if single {
 		b = item(b, 0)
 	} else {

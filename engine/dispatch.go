@@ -499,7 +499,7 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 	now := clock.Now()
 
 	var out outcomes
-	out.reserve(len(batch))
+	out.reserve(len(batch), len(batch), len(batch))
 	confirm := make([]dedupe.Done, 0, len(batch))
 	var release []*item
 	for i, it := range batch {

@@ -616,13 +616,18 @@ type outcomes struct {
 
 // reserve sizes o for n items' outcomes (an event and a record each), so
 // a batch does not grow its slices step by step.
-func (o *outcomes) reserve(n int) {
-	o.recs = make([]partition.Record, 0, n)
-	o.events = make([]StatusEvent, 0, n)
-	o.values = make([][]byte, 0, n)
-	o.done = make([]*item, 0, n)
-	o.keep = make([]payload, 0, n)
-	o.enc.buf = make([]byte, 0, n*eventSizeHint)
+// reserve sizes o for a stage producing up to records records (its events'
+// included) and events events, and finishing done items. Sized to what the
+// stage makes, not one bound for all: the ingest of a 1,000-item request
+// reserved ~1.5 MB where it used half, and zeroing it showed in profiles.
+func (o *outcomes) reserve(records, events, done int) {
+	o.recs = make([]partition.Record, 0, records)
+	o.events = make([]StatusEvent, 0, events)
+	o.values = make([][]byte, 0, events)
+	if done > 0 {
+		o.done = make([]*item, 0, done)
+	}
+	o.enc.buf = make([]byte, 0, events*eventSizeHint)
 }
 
 // eventSizeHint is an encoded status event with its id and key.

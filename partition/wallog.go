@@ -83,11 +83,16 @@ func (l *WALLog) partitionFor(topic string, key []byte) (int32, error) {
 func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 	type group struct {
 		tp   TopicPartition
+		n    int
 		idx  []int
 		recs []wal.Record
 	}
 	var groups []*group
 	find := map[TopicPartition]*group{}
+	// Two passes: the groups' sizes first, then their slices cut from one
+	// array each, where appending to each group grew it a doubling at a time
+	// (a tenth of the API's allocated bytes).
+	of := make([]*group, len(recs))
 	for i := range recs {
 		p, err := l.partitionFor(recs[i].Topic, recs[i].Key)
 		if err != nil {
@@ -100,6 +105,15 @@ func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 			find[tp] = g
 			groups = append(groups, g)
 		}
+		g.n++
+		of[i] = g
+	}
+	idx, wrecs := make([]int, len(recs)), make([]wal.Record, len(recs))
+	for _, g := range groups {
+		g.idx, g.recs = idx[:0:g.n], wrecs[:0:g.n]
+		idx, wrecs = idx[g.n:], wrecs[g.n:]
+	}
+	for i, g := range of {
 		g.idx = append(g.idx, i)
 		g.recs = append(g.recs, toWAL(&recs[i]))
 	}
