@@ -399,8 +399,14 @@ func (g *lowGate) enterLow() {
 			if wait <= 0 {
 				break
 			}
-			// Woken by the timer, or earlier by a slot freeing.
-			t := time.AfterFunc(wait, g.cond.Broadcast)
+			// Woken by the timer, or earlier by a slot freeing. The timer
+			// takes the lock first, so its wake-up cannot fall before
+			// this Wait.
+			t := time.AfterFunc(wait, func() {
+				g.mu.Lock()
+				g.cond.Broadcast()
+				g.mu.Unlock()
+			})
 			g.cond.Wait()
 			t.Stop()
 			continue
