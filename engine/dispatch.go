@@ -371,7 +371,7 @@ func (e *Engine) sendUrgent(ctx context.Context, cs *channelState, batch []*item
 // login flood) let bulk widen to every sender each time the last code was
 // sent, so the next code met eight bulk batches in flight: in the 1M-burst
 // benchmark an eighth plus the hold cut the critical p50 ~3x and the p99
-// ~2x, for ~15-20 % of the bulk rate while codes flow.
+// ~2x, for ~20-25 % of the bulk rate while codes flow.
 type lowGate struct {
 	mu     sync.Mutex
 	cond   sync.Cond
