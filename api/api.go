@@ -26,6 +26,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
 )
 
 // Key is an API key as configured: only its SHA-256 is stored.
@@ -63,6 +64,12 @@ type Config struct {
 	MaxBacklog   int64
 	MaxBodyBytes int // default 64 MiB; larger bodies get 413
 	MaxItems     int // per request, default 100,000
+	// CheckTemplate, when set, is asked about every notification that names
+	// a template: an error rejects the request
+	// with 400 naming the item and the field "template", where without it
+	// the notification was accepted and dead-lettered at its send. Nil:
+	// every name is accepted.
+	CheckTemplate func(ch notification.Channel, name string) error
 
 	Ready    func() bool // extra readiness beyond the engine's; nil: none
 	Gatherer prometheus.Gatherer

@@ -103,7 +103,14 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()
 	cfg := api.Config{Engine: eng, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog,
-		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota}
+		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota,
+		// As serve builds it: the SMS provider renders templates, the webhook does not.
+		CheckTemplate: func(ch notification.Channel, name string) error {
+			if ch == notification.SMS && !tpl.Has(name) {
+				return fmt.Errorf("unknown template %q", name)
+			}
+			return nil
+		}}
 	if o.auth {
 		cfg.Keys = []api.Key{{Name: "acme", SHA256: api.HashKey(tenantKey), Tenant: "acme"},
 			{Name: "globex", SHA256: api.HashKey(otherKey), Tenant: "globex"},
@@ -271,6 +278,8 @@ func TestBadInputNamesTheField(t *testing.T) {
 		{"missing recipient", "application/json", `[` + webhookJSON(0, "") + `,{"channel":"webhook","content":{"body":"b"}}]`, 400, "invalid_field", "recipient", 1},
 		{"bad timestamp", "application/json", webhookJSON(1, `,"not_before":"tomorrow"`), 400, "invalid_field", "not_before", -1},
 		{"bad priority", "application/x-ndjson", webhookJSON(0, "") + "\n" + webhookJSON(1, `,"priority":"urgent"`) + "\n", 400, "invalid_field", "priority", 1},
+		{"unknown template", "application/x-ndjson", `{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":"1"}}` + "\n" +
+			`{"channel":"sms","recipient":"+15551234567","template":"promo"}` + "\n", 400, "invalid_field", "template", 1},
 		{"malformed ndjson line", "application/x-ndjson", webhookJSON(0, "") + "\n\n" + webhookJSON(1, "") + "\n{oops\n", 400, "malformed_json", "", 2},
 		{"too many items", "application/json", big, 413, "too_many_items", "items", -1},
 		{"oversize", "application/json", `{"channel":"webhook","recipient":"x","content":{"body":"` + strings.Repeat("a", 70<<10) + `"}}`, 413, "body_too_large", "", -1},
@@ -291,6 +300,11 @@ func TestBadInputNamesTheField(t *testing.T) {
 	r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(0, ""))
 	if r.code != 202 {
 		t.Fatalf("the valid item of a rejected batch was enqueued: %d %s", r.code, r.raw)
+	}
+	// A template is checked only where the provider renders it.
+	body := `{"channel":"webhook","recipient":"https://hooks.example/x","template":"promo"}`
+	if r := n.do("POST", "/v1/notifications", "", "application/json", body); r.code != 202 {
+		t.Fatalf("%s: %d %s", body, r.code, r.raw)
 	}
 	if r := n.do("GET", "/v1/notifications", "", "", ""); r.code != 405 || r.header.Get("Allow") != "POST" {
 		t.Fatalf("wrong method: %d", r.code)
@@ -441,8 +455,8 @@ func TestAdminRatePauseAndDeadLetters(t *testing.T) {
 		t.Fatalf("stats: %s", stats.raw)
 	}
 	n.do("POST", "/v1/admin/channels/sms/resume", "", "", "")
-	// A template the SMS provider does not have fails permanently.
-	r := n.do("POST", "/v1/notifications", "", "application/json", `{"channel":"sms","recipient":"+15551234567","template":"missing"}`)
+	// A recipient the provider refuses fails permanently.
+	r := n.do("POST", "/v1/notifications", "", "application/json", `{"channel":"webhook","recipient":"https://hooks.example/invalid","content":{"body":"b"}}`)
 	if r.code != 202 {
 		t.Fatalf("enqueue: %d %s", r.code, r.raw)
 	}

@@ -27,7 +27,7 @@ func FuzzDecodeBody(f *testing.F) {
 			ct = "application/x-ndjson"
 		}
 		for _, key := range []Key{{}, {Tenant: "acme"}} {
-			ns, _, errs, status := decodeBody(codec, body, ct, key, 50)
+			ns, _, errs, status := decodeBody(codec, body, ct, key, 50, nil)
 			if status != 0 {
 				if len(errs) == 0 || errs[0].Code == "" || errs[0].Message == "" {
 					t.Fatalf("rejected (%d) without a clear error: %+v", status, errs)

@@ -38,7 +38,7 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge(s.cfg.MaxBodyBytes))
 		return
 	}
-	ns, single, errs, status := decodeBody(s.cfg.Engine.Codec(), body, string(ctx.Request.Header.ContentType()), key, s.cfg.MaxItems)
+	ns, single, errs, status := decodeBody(s.cfg.Engine.Codec(), body, string(ctx.Request.Header.ContentType()), key, s.cfg.MaxItems, s.cfg.CheckTemplate)
 	if status != 0 {
 		if len(errs) == 1 {
 			writeError(ctx, status, errs[0])
@@ -150,7 +150,8 @@ func (s *Server) unavailable(ctx *fasthttp.RequestCtx, what string, err error) {
 // validated and bound to the caller's tenant: single reports a lone JSON
 // object; a non-zero status rejects the request with errs, which name the
 // item index and the field (any invalid item rejects the batch).
-func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxItems int) (ns []*notification.Notification, single bool, errs []apiError, status int) {
+func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxItems int,
+	checkTemplate func(notification.Channel, string) error) (ns []*notification.Notification, single bool, errs []apiError, status int) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 {
 		return nil, false, []apiError{{Code: "invalid_body", Message: "empty body: send a JSON object, a JSON array or NDJSON"}}, fasthttp.StatusBadRequest
@@ -163,6 +164,11 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 		n, err := codec.DecodeValueIn(arena, v)
 		if err == nil {
 			err = bindTenant(n, key)
+		}
+		if err == nil && checkTemplate != nil && n.Template != "" {
+			if terr := checkTemplate(n.Channel, n.Template); terr != nil {
+				err = &notification.FieldError{Field: "template", Reason: terr.Error()}
+			}
 		}
 		if err != nil {
 			if len(errs) < maxErrors {

@@ -46,6 +46,19 @@ func NewTemplates(src map[string]TemplateSource) (*Templates, error) {
 	return t, nil
 }
 
+// Has reports whether a template of that name is configured (the API
+// rejects a notification naming another at once, rather than accept it
+// and dead-letter it at its send).
+func (t *Templates) Has(name string) bool {
+	if t == nil {
+		return false
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	_, ok := t.m[name]
+	return ok
+}
+
 // Render returns the subject and body of n: its literal content, or its
 // template rendered over its vars. An unknown template or a missing var is
 // an error (the send is permanently failed: retrying cannot fix it).

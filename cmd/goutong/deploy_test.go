@@ -60,11 +60,12 @@ func exportedSeries(t *testing.T) map[string]bool {
 	cfg := defaultConfig()
 	cfg.Data = dir
 	cfg.Channels = map[string]ChannelConf{"sms": {Breaker: true, Rate: 100}}
-	chans, closers, err := buildChannels(cfg, nil)
+	built, err := buildChannels(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range closers {
+	chans := built.configs
+	for _, c := range built.closers {
 		defer c.Close()
 	}
 	reg := &recordingRegisterer{names: map[string]bool{}}

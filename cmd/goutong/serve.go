@@ -149,12 +149,13 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	defer st.Close()
 
-	channels, closers, err := buildChannels(cfg, mock)
+	built, err := buildChannels(cfg, mock)
 	if err != nil {
 		return err
 	}
+	channels := built.configs
 	defer func() {
-		for _, c := range closers {
+		for _, c := range built.closers {
 			c.Close()
 		}
 	}()
@@ -179,7 +180,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	srv, err := api.New(api.Config{Engine: eng, Keys: cfg.API.Keys, Quotas: cfg.API.Quotas,
 		DefaultQuota: cfg.API.DefaultQuota, MaxBacklog: cfg.API.MaxBacklog, MaxBodyBytes: cfg.API.MaxBodyBytes,
-		MaxItems: cfg.API.MaxItems, Gatherer: reg, Registry: reg, Logger: lg})
+		MaxItems: cfg.API.MaxItems, CheckTemplate: built.checkTemplate, Gatherer: reg, Registry: reg, Logger: lg})
 	if err != nil {
 		return err
 	}
@@ -231,16 +232,25 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	return runErr
 }
 
+// builtChannels is what buildChannels makes of the channel config.
+type builtChannels struct {
+	configs map[notification.Channel]engine.ChannelConfig
+	closers []io.Closer
+	// checkTemplate rejects a template name a channel's provider cannot
+	// render (the API's Config.CheckTemplate).
+	checkTemplate func(notification.Channel, string) error
+}
+
 // buildChannels turns the channel config into providers. Channels not
 // configured get the log provider, or the mock when one runs.
-func buildChannels(cfg Config, mock *mockserver.Server) (map[notification.Channel]engine.ChannelConfig, []io.Closer, error) {
+func buildChannels(cfg Config, mock *mockserver.Server) (builtChannels, error) {
 	srcs := map[string]providers.TemplateSource{}
 	for name, t := range cfg.Templates {
 		srcs[name] = providers.TemplateSource{Subject: t.Subject, Body: t.Body}
 	}
 	tpl, err := providers.NewTemplates(srcs)
 	if err != nil {
-		return nil, nil, fmt.Errorf("config templates: %w", err)
+		return builtChannels{}, fmt.Errorf("config templates: %w", err)
 	}
 	confs := map[string]ChannelConf{}
 	for _, ch := range []string{"sms", "email", "push", "webhook"} {
@@ -251,6 +261,9 @@ func buildChannels(cfg Config, mock *mockserver.Server) (map[notification.Channe
 	}
 	out := map[notification.Channel]engine.ChannelConfig{}
 	var closers []io.Closer
+	// Channels whose provider must render a template to send; the log
+	// provider writes an unknown one's name and vars, a webhook sends them.
+	renders := map[notification.Channel]bool{}
 	names := make([]string, 0, len(confs))
 	for n := range confs {
 		names = append(names, n)
@@ -271,8 +284,9 @@ func buildChannels(cfg Config, mock *mockserver.Server) (map[notification.Channe
 		}
 		p, closer, err := buildProvider(cfg, name, c, tpl)
 		if err != nil {
-			return nil, nil, fmt.Errorf("config channels.%s: %w", name, err)
+			return builtChannels{}, fmt.Errorf("config channels.%s: %w", name, err)
 		}
+		renders[notification.Channel(name)] = c.Provider == "twilio" || c.Provider == "sendgrid" || c.Provider == "fcm"
 		if closer != nil {
 			closers = append(closers, closer)
 		}
@@ -283,7 +297,13 @@ func buildChannels(cfg Config, mock *mockserver.Server) (map[notification.Channe
 		out[notification.Channel(name)] = engine.ChannelConfig{Provider: p, Rate: c.Rate, Burst: c.Burst, Reserve: c.Reserve,
 			Linger: c.Linger, Concurrency: c.Concurrency}
 	}
-	return out, closers, nil
+	check := func(ch notification.Channel, name string) error {
+		if !renders[ch] || tpl.Has(name) {
+			return nil
+		}
+		return fmt.Errorf("unknown template %q: the %s channel renders only the templates in the config", name, ch)
+	}
+	return builtChannels{configs: out, closers: closers, checkTemplate: check}, nil
 }
 
 func mockKind(channel string) string {

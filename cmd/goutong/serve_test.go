@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/providers/mockserver"
 )
 
@@ -474,4 +475,35 @@ func TestServeKafka(t *testing.T) {
 		return err == nil && slices.Contains(groups.Groups(), "goutong-status-store."+strings.TrimSpace(string(nodeID)))
 	})
 	stop()
+}
+
+// The API rejects a template name only on channels whose provider renders
+// templates (twilio, sendgrid, fcm): the log provider writes the name and
+// vars, a webhook sends them on.
+func TestTemplateCheckFollowsTheProviders(t *testing.T) {
+	m, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cfg := defaultConfig()
+	cfg.Data = t.TempDir()
+	for _, mock := range []*mockserver.Server{m, nil} {
+		built, err := buildChannels(cfg, mock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range built.closers {
+			defer c.Close()
+		}
+		for _, ch := range []notification.Channel{notification.SMS, notification.Email, notification.Push, notification.Webhook} {
+			if err := built.checkTemplate(ch, "otp"); err != nil {
+				t.Errorf("mock %v, %s: the configured template refused: %v", mock != nil, ch, err)
+			}
+			renders := mock != nil && ch != notification.Webhook
+			if err := built.checkTemplate(ch, "promo"); (err != nil) != renders {
+				t.Errorf("mock %v, %s: unknown template: %v, want refused %v", mock != nil, ch, err, renders)
+			}
+		}
+	}
 }
