@@ -65,11 +65,12 @@ type Config struct {
 	MaxBodyBytes int // default 64 MiB; larger bodies get 413
 	MaxItems     int // per request, default 100,000
 	// CheckTemplate, when set, is asked about every notification that names
-	// a template: an error rejects the request
-	// with 400 naming the item and the field "template", where without it
-	// the notification was accepted and dead-lettered at its send. Nil:
-	// every name is accepted.
-	CheckTemplate func(ch notification.Channel, name string) error
+	// a template: an error (a *notification.FieldError naming "template" or
+	// "vars.<name>", or any error, taken as about "template") rejects the
+	// request with 400 naming the item and the field, where without it the
+	// notification was accepted and dead-lettered at its send. Nil: every
+	// template is accepted.
+	CheckTemplate func(n *notification.Notification) error
 
 	Ready    func() bool // extra readiness beyond the engine's; nil: none
 	Gatherer prometheus.Gatherer

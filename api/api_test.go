@@ -105,9 +105,9 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	cfg := api.Config{Engine: eng, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog,
 		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota,
 		// As serve builds it: the SMS provider renders templates, the webhook does not.
-		CheckTemplate: func(ch notification.Channel, name string) error {
-			if ch == notification.SMS && !tpl.Has(name) {
-				return fmt.Errorf("unknown template %q", name)
+		CheckTemplate: func(n *notification.Notification) error {
+			if n.Channel == notification.SMS {
+				return tpl.Check(n)
 			}
 			return nil
 		}}
@@ -280,6 +280,8 @@ func TestBadInputNamesTheField(t *testing.T) {
 		{"bad priority", "application/x-ndjson", webhookJSON(0, "") + "\n" + webhookJSON(1, `,"priority":"urgent"`) + "\n", 400, "invalid_field", "priority", 1},
 		{"unknown template", "application/x-ndjson", `{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":"1"}}` + "\n" +
 			`{"channel":"sms","recipient":"+15551234567","template":"promo"}` + "\n", 400, "invalid_field", "template", 1},
+		{"missing template var", "application/json", `[{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":"1"}},` +
+			`{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"kode":"1"}}]`, 400, "invalid_field", "vars.code", 1},
 		{"malformed ndjson line", "application/x-ndjson", webhookJSON(0, "") + "\n\n" + webhookJSON(1, "") + "\n{oops\n", 400, "malformed_json", "", 2},
 		{"too many items", "application/json", big, 413, "too_many_items", "items", -1},
 		{"oversize", "application/json", `{"channel":"webhook","recipient":"x","content":{"body":"` + strings.Repeat("a", 70<<10) + `"}}`, 413, "body_too_large", "", -1},

@@ -151,7 +151,7 @@ func (s *Server) unavailable(ctx *fasthttp.RequestCtx, what string, err error) {
 // object; a non-zero status rejects the request with errs, which name the
 // item index and the field (any invalid item rejects the batch).
 func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxItems int,
-	checkTemplate func(notification.Channel, string) error) (ns []*notification.Notification, single bool, errs []apiError, status int) {
+	checkTemplate func(*notification.Notification) error) (ns []*notification.Notification, single bool, errs []apiError, status int) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 {
 		return nil, false, []apiError{{Code: "invalid_body", Message: "empty body: send a JSON object, a JSON array or NDJSON"}}, fasthttp.StatusBadRequest
@@ -166,8 +166,8 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 			err = bindTenant(n, key)
 		}
 		if err == nil && checkTemplate != nil && n.Template != "" {
-			if terr := checkTemplate(n.Channel, n.Template); terr != nil {
-				err = &notification.FieldError{Field: "template", Reason: terr.Error()}
+			if err = checkTemplate(n); err != nil && !errors.As(err, new(*notification.FieldError)) {
+				err = &notification.FieldError{Field: "template", Reason: err.Error()}
 			}
 		}
 		if err != nil {

@@ -200,3 +200,42 @@ func TestLogProvider(t *testing.T) {
 		t.Fatal(buf.String())
 	}
 }
+
+// What Check refuses never renders (a valid request must not be answered
+// 400); without branches it refuses exactly what fails to render (those
+// would be dead-lettered at their send).
+func TestTemplateCheckAgreesWithRender(t *testing.T) {
+	tpl, err := NewTemplates(map[string]TemplateSource{
+		"two":    {Body: "Hi {{.name}}, your code is {{.code}}"},
+		"title":  {Subject: "{{.title}}", Body: "{{if .vip}}VIP {{end}}{{.msg}}"},
+		"with":   {Body: "{{with .x}}{{.}}{{end}}!"},
+		"pipe":   {Body: `{{.a | printf "%s-%s" .b}}`},
+		"static": {Body: "hello"},
+		"range":  {Body: "{{range $k, $v := .}}{{$k}}={{$v}} {{end}}"},
+		"else":   {Body: "{{if .a}}{{.b}}{{else}}{{.x}}{{end}}"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"name", "code", "title", "vip", "msg", "x", "a", "b"}
+	for _, tname := range []string{"two", "title", "with", "pipe", "static", "range", "else", "missing"} {
+		for mask := range 1 << len(names) {
+			vars := map[string]string{}
+			for i, v := range names {
+				if mask&(1<<i) != 0 {
+					vars[v] = "v"
+				}
+			}
+			n := &notification.Notification{Template: tname, Vars: vars}
+			_, _, rerr := tpl.Render(n)
+			cerr := tpl.Check(n)
+			branches := tname == "else" || tname == "with"
+			if cerr != nil && rerr == nil || !branches && cerr == nil && rerr != nil {
+				t.Fatalf("template %q vars %v: Check %v, Render %v", tname, vars, cerr, rerr)
+			}
+		}
+	}
+	if err := tpl.Check(&notification.Notification{Content: &notification.Content{Body: "b"}}); err != nil {
+		t.Fatalf("literal content checked: %v", err)
+	}
+}

@@ -2,9 +2,11 @@ package providers
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"text/template"
+	"text/template/parse"
 
 	"github.com/goutong/goutong/notification"
 )
@@ -19,6 +21,7 @@ type Templates struct {
 
 type compiled struct {
 	subject, body *template.Template
+	vars          []string // the vars it reads ({{.code}}), sorted
 }
 
 // TemplateSource is one template's text.
@@ -41,22 +44,79 @@ func NewTemplates(src map[string]TemplateSource) (*Templates, error) {
 				return nil, fmt.Errorf("providers: template %q subject: %w", name, err)
 			}
 		}
+		c.vars = readVars(c.body.Tree.Root, nil)
+		if c.subject != nil {
+			c.vars = readVars(c.subject.Tree.Root, c.vars)
+		}
+		slices.Sort(c.vars)
+		c.vars = slices.Compact(c.vars)
 		t.m[name] = c
 	}
 	return t, nil
 }
 
-// Has reports whether a template of that name is configured (the API
-// rejects a notification naming another at once, rather than accept it
-// and dead-letter it at its send).
-func (t *Templates) Has(name string) bool {
-	if t == nil {
-		return false
+// readVars appends the vars a template reads whatever the vars' values:
+// with missingkey=error each is required. The branches of if, range and
+// with run or not depending on values (and inside range and with dot is
+// something else), so only their pipelines are walked: what this finds
+// missing fails every rendering, and a var missing in a branch is still
+// reported by the send.
+func readVars(n parse.Node, vars []string) []string {
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n != nil {
+			for _, c := range n.Nodes {
+				vars = readVars(c, vars)
+			}
+		}
+	case *parse.ActionNode:
+		vars = readVars(n.Pipe, vars)
+	case *parse.PipeNode:
+		if n != nil {
+			for _, c := range n.Cmds {
+				vars = readVars(c, vars)
+			}
+		}
+	case *parse.CommandNode:
+		for _, a := range n.Args {
+			vars = readVars(a, vars)
+		}
+	case *parse.FieldNode:
+		vars = append(vars, n.Ident[0])
+	case *parse.IfNode:
+		vars = readVars(n.Pipe, vars)
+	case *parse.RangeNode:
+		vars = readVars(n.Pipe, vars)
+	case *parse.WithNode:
+		vars = readVars(n.Pipe, vars)
 	}
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	_, ok := t.m[name]
-	return ok
+	return vars
+}
+
+// Check reports, as a field error, what stops n's template from
+// rendering: an unknown name, or a var it reads on every path that n
+// lacks. What it refuses never renders; what it passes may still fail in a
+// branch (see readVars).
+func (t *Templates) Check(n *notification.Notification) error {
+	if n.Content != nil {
+		return nil
+	}
+	var c compiled
+	ok := false
+	if t != nil {
+		t.mu.RLock()
+		c, ok = t.m[n.Template]
+		t.mu.RUnlock()
+	}
+	if !ok {
+		return &notification.FieldError{Field: "template", Reason: fmt.Sprintf("unknown template %q", n.Template)}
+	}
+	for _, v := range c.vars {
+		if _, ok := n.Vars[v]; !ok {
+			return &notification.FieldError{Field: "vars." + v, Reason: fmt.Sprintf("missing: template %q reads it", n.Template)}
+		}
+	}
+	return nil
 }
 
 // Render returns the subject and body of n: its literal content, or its

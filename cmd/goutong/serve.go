@@ -236,9 +236,9 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 type builtChannels struct {
 	configs map[notification.Channel]engine.ChannelConfig
 	closers []io.Closer
-	// checkTemplate rejects a template name a channel's provider cannot
-	// render (the API's Config.CheckTemplate).
-	checkTemplate func(notification.Channel, string) error
+	// checkTemplate rejects a notification whose template the channel's
+	// provider cannot render (the API's Config.CheckTemplate).
+	checkTemplate func(*notification.Notification) error
 }
 
 // buildChannels turns the channel config into providers. Channels not
@@ -297,11 +297,11 @@ func buildChannels(cfg Config, mock *mockserver.Server) (builtChannels, error) {
 		out[notification.Channel(name)] = engine.ChannelConfig{Provider: p, Rate: c.Rate, Burst: c.Burst, Reserve: c.Reserve,
 			Linger: c.Linger, Concurrency: c.Concurrency}
 	}
-	check := func(ch notification.Channel, name string) error {
-		if !renders[ch] || tpl.Has(name) {
+	check := func(n *notification.Notification) error {
+		if !renders[n.Channel] {
 			return nil
 		}
-		return fmt.Errorf("unknown template %q: the %s channel renders only the templates in the config", name, ch)
+		return tpl.Check(n)
 	}
 	return builtChannels{configs: out, closers: closers, checkTemplate: check}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -497,12 +498,25 @@ func TestTemplateCheckFollowsTheProviders(t *testing.T) {
 			defer c.Close()
 		}
 		for _, ch := range []notification.Channel{notification.SMS, notification.Email, notification.Push, notification.Webhook} {
-			if err := built.checkTemplate(ch, "otp"); err != nil {
-				t.Errorf("mock %v, %s: the configured template refused: %v", mock != nil, ch, err)
-			}
 			renders := mock != nil && ch != notification.Webhook
-			if err := built.checkTemplate(ch, "promo"); (err != nil) != renders {
-				t.Errorf("mock %v, %s: unknown template: %v, want refused %v", mock != nil, ch, err, renders)
+			for _, c := range []struct {
+				n     notification.Notification
+				field string // refused naming it where the provider renders
+			}{
+				{notification.Notification{Channel: ch, Template: "otp", Vars: map[string]string{"code": "1"}}, ""},
+				{notification.Notification{Channel: ch, Template: "promo"}, "template"},
+				{notification.Notification{Channel: ch, Template: "otp"}, "vars.code"},
+			} {
+				err := built.checkTemplate(&c.n)
+				var fe *notification.FieldError
+				switch {
+				case !renders || c.field == "":
+					if err != nil {
+						t.Errorf("mock %v, %s, %+v: refused: %v", mock != nil, ch, c.n, err)
+					}
+				case !errors.As(err, &fe) || fe.Field != c.field:
+					t.Errorf("mock %v, %s, %+v: %v, want a field error on %s", mock != nil, ch, c.n, err, c.field)
+				}
 			}
 		}
 	}
