@@ -336,6 +336,14 @@ func (g *bufGen) idxRef(h uint64) uint32 {
 	return uint32(ref)
 }
 
+// scan returns the entry key of the record at off and where the next
+// record starts.
+func (g *bufGen) scan(off int) (ekey []byte, end int) {
+	ekey, r, _ := uvarintBytes(g.data[off+5:])
+	_, r, _ = uvarintBytes(r)
+	return ekey, len(g.data) - len(r)
+}
+
 // record decodes the record at off.
 func (g *bufGen) record(off uint32) (prev uint32, del bool, ekey, val []byte) {
 	r := g.data[off:]
@@ -582,32 +590,23 @@ func (b *writeBuffer) ingestLoop() {
 }
 
 // ingest writes g's newest record of every entry key, sorted, into one
-// sstable and ingests it.
+// sstable and ingests it. The records are read in the order they were
+// written, a sequential scan (walking the index's chains read each at
+// random: a cache miss a record); the sort puts the newest first among
+// records of one entry key, and the older ones are skipped as written.
 func (b *writeBuffer) ingest(g *bufGen) error {
 	b.exclusive.Lock()
 	defer b.exclusive.Unlock()
 	floor := b.floor()
 	refs := make([]sortRef, 0, g.keys)
-	for ref64 := range g.idx.refs() {
-		ref := uint32(ref64)
-		first := len(refs)
-		for ref != 0 {
-			cur := ref
-			var ekey []byte
-			ref, _, ekey, _ = g.record(cur - 1)
-			if binary.BigEndian.Uint32(ekey[1:5]) < floor {
-				continue
-			}
-			// Chains are newest first: an entry key already taken is older.
-			if !slices.ContainsFunc(refs[first:], func(r sortRef) bool {
-				_, _, k, _ := g.record(r.ref - 1)
-				return bytes.Equal(k, ekey)
-			}) {
-				r := sortRef{ref: cur}
-				r.digit(ekey, 0)
-				refs = append(refs, r)
-			}
+	for off := 0; off < len(g.data); {
+		ekey, end := g.scan(off)
+		if binary.BigEndian.Uint32(ekey[1:5]) >= floor {
+			r := sortRef{ref: uint32(off) + 1}
+			r.digit(ekey, 0)
+			refs = append(refs, r)
 		}
+		off = end
 	}
 	if len(refs) == 0 {
 		return nil
@@ -620,8 +619,13 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 	}
 	defer os.Remove(path) // Pebble links or copies it in
 	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), b.wopts)
+	var last []byte
 	for _, r := range refs {
 		_, del, ekey, val := g.record(r.ref - 1)
+		if bytes.Equal(ekey, last) {
+			continue // an older record of the key just written
+		}
+		last = ekey
 		if del {
 			err = w.Delete(ekey)
 		} else {
@@ -671,7 +675,12 @@ func compareDigits(x, y sortRef) int {
 // make most comparisons read two records at random. Only runs still tied
 // are re-read, at the next 16 bytes.
 func (g *bufGen) sortByKey(refs []sortRef, depth int) {
-	slices.SortFunc(refs, compareDigits)
+	slices.SortFunc(refs, func(x, y sortRef) int {
+		if c := compareDigits(x, y); c != 0 {
+			return c
+		}
+		return cmp.Compare(y.ref, x.ref) // the same key: the newest record first
+	})
 	for i := 0; i < len(refs); {
 		j := i + 1
 		for j < len(refs) && compareDigits(refs[i], refs[j]) == 0 {
