@@ -231,13 +231,12 @@ func TestWriteBufferSortByKey(t *testing.T) {
 		g.add(false, ekey, recentEntry("x"))
 	}
 	var refs []sortRef
-	for ref := range g.idx.refs() {
-		for r := uint32(ref); r != 0; r, _, _, _ = g.record(r - 1) {
-			_, _, ekey, _ := g.record(r - 1)
-			sr := sortRef{ref: r}
-			sr.digit(ekey, 0)
-			refs = append(refs, sr)
-		}
+	for off := 0; off < len(g.data); { // as the ingest reads them
+		ekey, end := g.scan(off)
+		sr := sortRef{ref: uint32(off) + 1}
+		sr.digit(ekey, 0)
+		refs = append(refs, sr)
+		off = end
 	}
 	g.sortByKey(refs, 0)
 	slices.SortFunc(want, bytes.Compare)

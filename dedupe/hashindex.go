@@ -1,9 +1,6 @@
 package dedupe
 
-import (
-	"iter"
-	"math/bits"
-)
+import "math/bits"
 
 // hashIndex maps a key's 64-bit hash to a record reference in one flat,
 // pointer-free array probed linearly: a lookup is usually one cache miss,
@@ -51,17 +48,6 @@ func (x *hashIndex) grow() {
 	for i := 0; i < len(old); i += 2 {
 		if s := old[i+1]; s != 0 && s != tomb {
 			x.put(old[i], s-1)
-		}
-	}
-}
-
-// refs yields every live reference.
-func (x *hashIndex) refs() iter.Seq[uint64] {
-	return func(yield func(uint64) bool) {
-		for i := 1; i < len(x.slots); i += 2 {
-			if s := x.slots[i]; s != 0 && s != tomb && !yield(s-1) {
-				return
-			}
 		}
 	}
 }
