@@ -336,12 +336,21 @@ func (g *bufGen) idxRef(h uint64) uint32 {
 	return uint32(ref)
 }
 
-// scan returns the entry key of the record at off and where the next
-// record starts.
-func (g *bufGen) scan(off int) (ekey []byte, end int) {
-	ekey, r, _ := uvarintBytes(g.data[off+5:])
-	_, r, _ = uvarintBytes(r)
-	return ekey, len(g.data) - len(r)
+// sortRefs reads g's records in write order into refs to sort, skipping
+// those in buckets below floor.
+func (g *bufGen) sortRefs(floor uint32) []sortRef {
+	refs := make([]sortRef, 0, g.keys)
+	for off := 0; off < len(g.data); {
+		ekey, r, _ := uvarintBytes(g.data[off+5:])
+		_, r, _ = uvarintBytes(r)
+		if binary.BigEndian.Uint32(ekey[1:5]) >= floor {
+			sr := sortRef{ref: uint32(off) + 1}
+			sr.digit(ekey, 0)
+			refs = append(refs, sr)
+		}
+		off = len(g.data) - len(r)
+	}
+	return refs
 }
 
 // record decodes the record at off.
@@ -597,17 +606,7 @@ func (b *writeBuffer) ingestLoop() {
 func (b *writeBuffer) ingest(g *bufGen) error {
 	b.exclusive.Lock()
 	defer b.exclusive.Unlock()
-	floor := b.floor()
-	refs := make([]sortRef, 0, g.keys)
-	for off := 0; off < len(g.data); {
-		ekey, end := g.scan(off)
-		if binary.BigEndian.Uint32(ekey[1:5]) >= floor {
-			r := sortRef{ref: uint32(off) + 1}
-			r.digit(ekey, 0)
-			refs = append(refs, r)
-		}
-		off = end
-	}
+	refs := g.sortRefs(b.floor())
 	if len(refs) == 0 {
 		return nil
 	}

@@ -230,14 +230,7 @@ func TestWriteBufferSortByKey(t *testing.T) {
 		want = append(want, ekey)
 		g.add(false, ekey, recentEntry("x"))
 	}
-	var refs []sortRef
-	for off := 0; off < len(g.data); { // as the ingest reads them
-		ekey, end := g.scan(off)
-		sr := sortRef{ref: uint32(off) + 1}
-		sr.digit(ekey, 0)
-		refs = append(refs, sr)
-		off = end
-	}
+	refs := g.sortRefs(0)
 	g.sortByKey(refs, 0)
 	slices.SortFunc(want, bytes.Compare)
 	if len(refs) != len(want) {
