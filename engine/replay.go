@@ -22,18 +22,18 @@ func Enqueue(ctx context.Context, log partition.Log, topics Topics, codec *notif
 		if err := codec.Validate(n); err != nil {
 			return fmt.Errorf("notification %d: %w", i, err)
 		}
-		recs[i] = laneRecord(topics, codec, n, nil)
+		recs[i] = laneRecord(topics, n, nil, codec.Encode(n))
 	}
 	return log.Produce(ctx, recs)
 }
 
-// laneRecord is n's record on its priority lane, keyed by id (key holds
-// it, or nil for a copy of n.ID).
-func laneRecord(topics Topics, codec *notification.Codec, n *notification.Notification, key []byte) partition.Record {
+// laneRecord is n's record, value its encoding, on its priority lane,
+// keyed by id (key holds it, or nil for a copy of n.ID).
+func laneRecord(topics Topics, n *notification.Notification, key, value []byte) partition.Record {
 	if key == nil {
 		key = []byte(n.ID)
 	}
-	return partition.Record{Topic: topics.Lane(n.Priority), Key: key, Value: codec.Encode(n)}
+	return partition.Record{Topic: topics.Lane(n.Priority), Key: key, Value: value}
 }
 
 // ReplayReport counts what a replay did.
@@ -137,7 +137,7 @@ func ReplayDeadLetters(ctx context.Context, dlq partition.Log, topics Topics, co
 				continue
 			}
 			n.Attempts = 0
-			out = append(out, laneRecord(topics, codec, n, nil))
+			out = append(out, laneRecord(topics, n, nil, codec.Encode(n)))
 			rep.Replayed++
 			rep.ByReason[d.Reason]++
 		}
