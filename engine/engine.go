@@ -624,9 +624,7 @@ func (o *outcomes) reserve(records, events, done int) {
 	o.recs = make([]partition.Record, 0, records)
 	o.events = make([]StatusEvent, 0, events)
 	o.values = make([][]byte, 0, events)
-	if done > 0 {
-		o.done = make([]*item, 0, done)
-	}
+	o.done = make([]*item, 0, done)
 	o.enc.buf = make([]byte, 0, events*eventSizeHint)
 }
 
