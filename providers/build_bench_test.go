@@ -35,9 +35,10 @@ func BenchmarkBuildRequest(b *testing.B) {
 		w, _ := NewWebhook(WebhookConfig{Endpoint: EndpointConfig{BaseURL: "http://127.0.0.1:1"}, Secret: "s"})
 		req := fasthttp.AcquireRequest()
 		batch := []*notification.Notification{n}
+		var body []byte
 		b.ReportAllocs()
 		for b.Loop() {
-			w.buildRequest(batch, req)
+			body = w.buildRequest(batch, req, body)
 		}
 	})
 	b.Run("sendgrid-100", func(b *testing.B) {

@@ -140,7 +140,7 @@ func TestGoldenWebhook(t *testing.T) {
 			n2.ID = "01JD3ZQ8X4K2M9N7P5R3T1V0WZ"
 			items = append(items, &n2)
 		}
-		w.buildRequest(items, req)
+		w.buildRequest(items, req, nil)
 		golden(t, fmt.Sprintf("webhook-batch%d", batch), dump(req))
 		if err := VerifySignature([]byte("whsec"), string(req.Header.Peek(TimestampHeader)), string(req.Header.Peek(SignatureHeader)),
 			req.Body(), time.Unix(1_790_000_010, 0), time.Minute); err != nil {
