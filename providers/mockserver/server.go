@@ -202,17 +202,20 @@ func (s *Server) Reset() {
 func (s *Server) accept(channel string, ids ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.stats.Received += int64(len(ids))
+	s.stats.ByChannel[channel] += int64(len(ids))
 	for _, id := range ids {
-		if _, ok := s.seen[id]; !ok {
-			id = s.keep(id) // not the request's memory, which the map would keep
-		}
-		s.seen[id]++
-		s.stats.Received++
-		s.stats.ByChannel[channel]++
-		switch s.seen[id] {
-		case 1:
+		// One map operation for a new id (nearly every one): the key is
+		// copied first, as the map must not keep the request's memory (for
+		// a repeat the map takes the new copy as its key; the old one is
+		// dead bytes in a chunk). Three lookups an id were a third of the
+		// mock's CPU in a capacity run.
+		kept := s.keep(id)
+		before := len(s.seen)
+		s.seen[kept]++
+		if len(s.seen) > before {
 			s.stats.Unique++
-		case 2:
+		} else if s.seen[kept] == 2 {
 			s.stats.Duplicates++
 		}
 	}

@@ -1,0 +1,57 @@
+package mockserver
+
+import (
+	"fmt"
+	"testing"
+	"unsafe"
+)
+
+// The counts are what every each-once test relies on: ids are counted
+// once as unique, a repeat once as a duplicate however often it comes, and
+// the kept ids do not share the request's memory (a parser reuses it).
+func TestAcceptCounts(t *testing.T) {
+	s := &Server{seen: map[string]uint32{}, stats: Stats{ByChannel: map[string]int64{}}}
+	req := make([]byte, 0, 64)
+	send := func(ids ...string) {
+		views := make([]string, len(ids))
+		req = req[:0]
+		for i, id := range ids {
+			start := len(req)
+			req = append(req, id...)
+			views[i] = unsafe.String(unsafe.SliceData(req[start:]), len(id))
+		}
+		s.accept("webhook", views...)
+		for i := range req { // the next request overwrites the buffer
+			req[i] = 'x'
+		}
+	}
+	send("a", "b", "a")
+	send("c", "a", "", "")
+	send("b")
+	for i := range 3 * idChunk / 8 { // past a chunk, with repeats across it
+		send(fmt.Sprintf("id-%06d", i), fmt.Sprintf("id-%06d", i/2))
+	}
+	n := 3 * idChunk / 8
+	// id k comes as itself and as the half of 2k and 2k+1.
+	want := map[string]int{"a": 3, "b": 2, "c": 1, "": 2, "id-000000": 3, "id-000001": 3,
+		fmt.Sprintf("id-%06d", n/2-1): 3, fmt.Sprintf("id-%06d", n/2): 1, fmt.Sprintf("id-%06d", n-1): 1}
+	for id, n := range want {
+		if got := int(s.seen[id]); got != n {
+			t.Errorf("count of %q = %d, want %d", id, got, n)
+		}
+	}
+	st := s.stats
+	if wantU := int64(4 + n); st.Unique != wantU {
+		t.Errorf("unique = %d, want %d", st.Unique, wantU)
+	}
+	// a, b, "" and ids 0 .. n/2-1 are repeated.
+	if wantD := int64(3 + n/2); st.Duplicates != wantD {
+		t.Errorf("duplicates = %d, want %d", st.Duplicates, wantD)
+	}
+	if wantR := int64(8 + 2*n); st.Received != wantR || st.ByChannel["webhook"] != wantR {
+		t.Errorf("received = %d (by channel %d), want %d", st.Received, st.ByChannel["webhook"], wantR)
+	}
+	if len(s.seen) != 4+n {
+		t.Errorf("%d ids kept, want %d", len(s.seen), 4+n)
+	}
+}
