@@ -176,7 +176,7 @@ func (e *Engine) emit(ctx context.Context, o *outcomes) error {
 		}
 	}
 	if e.cfg.Status != nil && len(o.events) > 0 {
-		return e.cfg.Status.ApplyEncoded(o.events, o.values)
+		return e.cfg.Status.Apply(o.events)
 	}
 	return nil
 }

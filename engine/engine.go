@@ -608,7 +608,6 @@ func recordID(r *partition.Record) string {
 type outcomes struct {
 	recs   []partition.Record
 	events []StatusEvent
-	values [][]byte // events' JSON, shared by the status topic and the store
 	keep   []payload
 	done   []*item
 	enc    eventEncoder // the events' ids, keys and JSON
@@ -623,7 +622,6 @@ type outcomes struct {
 func (o *outcomes) reserve(records, events, done int) {
 	o.recs = make([]partition.Record, 0, records)
 	o.events = make([]StatusEvent, 0, events)
-	o.values = make([][]byte, 0, events)
 	o.done = make([]*item, 0, done)
 	o.enc.buf = make([]byte, 0, events*eventSizeHint)
 }
@@ -651,7 +649,7 @@ func (o *outcomes) keepPayload(e *Engine, it *item) {
 }
 
 // addEvent encodes ev (giving it an event id when it has none) for the
-// status topic and the store.
+// status topic and keeps it for the store, which encodes its own form.
 func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
 	if ev.EventID == "" {
 		ev.EventID = o.enc.id(e.ids)
@@ -662,7 +660,6 @@ func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
 		o.events = o.events[:len(o.events)-1]
 		return
 	}
-	o.values = append(o.values, v)
 	o.recs = append(o.recs, partition.Record{Topic: e.cfg.Topics.Status, Key: o.enc.bytes(ev.ID), Value: v})
 }
 
@@ -695,7 +692,7 @@ func (o *outcomes) flush(ctx context.Context, e *Engine) bool {
 		}
 	}
 	if e.cfg.Status != nil {
-		if err := e.cfg.Status.apply(o.events, o.values, o.keep); err != nil {
+		if err := e.cfg.Status.apply(o.events, o.keep); err != nil {
 			e.cfg.Logger.Warn("status store write failed", zap.Error(err))
 		}
 	}

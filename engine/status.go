@@ -143,21 +143,7 @@ func statusKey(dst []byte, id string, at time.Time, seq uint16) []byte {
 
 // Apply writes events in one batch.
 func (s *StatusStore) Apply(events []StatusEvent) error {
-	values := make([][]byte, len(events))
-	for i := range events {
-		v, err := json.Marshal(&events[i])
-		if err != nil {
-			return err
-		}
-		values[i] = v
-	}
-	return s.ApplyEncoded(events, values)
-}
-
-// ApplyEncoded writes events whose JSON the caller already has (the engine
-// encodes each event once, for the status topic and the store).
-func (s *StatusStore) ApplyEncoded(events []StatusEvent, values [][]byte) error {
-	return s.apply(events, values, nil)
+	return s.apply(events, nil)
 }
 
 // payload is a sent notification's encoded record, kept so that
@@ -167,16 +153,20 @@ type payload struct {
 	value []byte
 }
 
-func (s *StatusStore) apply(events []StatusEvent, values [][]byte, payloads []payload) error {
+func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 	if len(events) == 0 && len(payloads) == 0 {
 		return nil
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	var key []byte
+	var key, value []byte
 	for i := range events {
 		key = statusKey(key[:0], events[i].ID, events[i].At, eventSeq(&events[i], i))
-		if err := b.Set(key, values[i], nil); err != nil {
+		var err error
+		if value, err = appendStoredEvent(value[:0], &events[i]); err != nil {
+			return err
+		}
+		if err := b.Set(key, value, nil); err != nil {
 			return err
 		}
 	}
@@ -328,8 +318,8 @@ func (s *StatusStore) Scan(from, to time.Time, fn func(id string, history []Stat
 			hist = hist[:0]
 		}
 		id = kid
-		var e StatusEvent
-		if err := json.Unmarshal(it.Value(), &e); err != nil {
+		e, err := decodeStoredEvent(kid, k, it.Value())
+		if err != nil {
 			return fmt.Errorf("engine: status of %s: %w", kid, err)
 		}
 		hist = append(hist, e)
@@ -363,8 +353,8 @@ func (s *StatusStore) Get(id string) (Status, error) {
 		if len(it.Key()) != len(prefix)+10 {
 			continue
 		}
-		var e StatusEvent
-		if err := json.Unmarshal(it.Value(), &e); err != nil {
+		e, err := decodeStoredEvent(id, it.Key(), it.Value())
+		if err != nil {
 			return Status{}, fmt.Errorf("engine: status of %s: %w", id, err)
 		}
 		st.History = append(st.History, e)
@@ -468,7 +458,6 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			return fmt.Errorf("engine: status replica: %w", err)
 		}
 		events := make([]StatusEvent, 0, len(recs))
-		values := make([][]byte, 0, len(recs))
 		for i := range recs {
 			r := &recs[i]
 			next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
@@ -477,10 +466,9 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 				continue // not an event of ours: nothing to keep
 			}
 			events = append(events, ev)
-			values = append(values, r.Value)
 		}
 		for {
-			err := e.cfg.Status.ApplyEncoded(events, values)
+			err := e.cfg.Status.Apply(events)
 			if err == nil {
 				break
 			}
