@@ -555,9 +555,36 @@ func (e *Engine) pollLoop(ctx context.Context) error {
 		}
 		if len(recs) > 0 {
 			e.m.polled.Add(float64(len(recs)))
-			e.ingest(ctx, recs)
+			// The critical and high lanes' records are decoded, claimed and
+			// routed before the rest of the poll is even decoded: a code in a
+			// poll of a thousand bulk records waited for all of them.
+			urgent, rest := e.splitUrgent(recs)
+			for _, part := range [][]partition.Record{urgent, rest} {
+				if len(part) > 0 {
+					e.ingest(ctx, part)
+				}
+			}
 		}
 	}
+}
+
+// splitUrgent moves the records of the critical and high lanes out of
+// recs, keeping the order of the rest (and so of every partition).
+func (e *Engine) splitUrgent(recs []partition.Record) (urgent, rest []partition.Record) {
+	crit, high := e.cfg.Topics.Lane(notification.Critical), e.cfg.Topics.Lane(notification.High)
+	if crit == e.cfg.Topics.Ingress && high == e.cfg.Topics.Ingress {
+		return nil, recs // one topic for every priority: nothing to tell apart
+	}
+	n := 0
+	for i := range recs {
+		if t := recs[i].Topic; t == crit || t == high {
+			urgent = append(urgent, recs[i])
+		} else {
+			recs[n] = recs[i]
+			n++
+		}
+	}
+	return urgent, recs[:n]
 }
 
 // pollWait says how long Poll may block when the poller has work of its own

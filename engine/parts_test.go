@@ -2,11 +2,13 @@ package engine
 
 import (
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
 )
 
 func TestPickerCriticalFirstAndWeightedShares(t *testing.T) {
@@ -150,5 +152,31 @@ func TestStatusHooksTopicNames(t *testing.T) {
 			t.Fatalf("tenants %q and %q share the topic %q", other, tenant, got)
 		}
 		names[got] = tenant
+	}
+}
+
+// The poll's urgent records go first; the others keep their order, so
+// every partition is still read in offset order.
+func TestSplitUrgentKeepsOrder(t *testing.T) {
+	e := &Engine{cfg: Config{Topics: DefaultTopics()}}
+	lane := e.cfg.Topics.Lane
+	var recs []partition.Record
+	for i, p := range []notification.Priority{notification.Bulk, notification.Critical, notification.Normal, notification.High,
+		notification.Bulk, notification.Critical} {
+		recs = append(recs, partition.Record{Topic: lane(p), Offset: int64(i)})
+	}
+	recs = append(recs, partition.Record{Topic: e.cfg.Topics.Retry, Offset: 6})
+	urgent, rest := e.splitUrgent(recs)
+	var got []int64
+	for _, r := range append(urgent, rest...) {
+		got = append(got, r.Offset)
+	}
+	if want := []int64{1, 3, 5, 0, 2, 4, 6}; !slices.Equal(got, want) {
+		t.Fatalf("order %v, want %v", got, want)
+	}
+	// One topic for every priority: nothing moves.
+	e.cfg.Topics.Lanes = [notification.NumPriorities]string{}
+	if urgent, rest := e.splitUrgent(recs[:3]); len(urgent) != 0 || len(rest) != 3 {
+		t.Fatalf("single topic split %d/%d", len(urgent), len(rest))
 	}
 }
