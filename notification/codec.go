@@ -62,11 +62,11 @@ func (c *Codec) Decode(data []byte) (*Notification, error) { return c.DecodeIn(n
 // it allocates the Notification and its Content together and copies every
 // string of the record into one buffer: two allocations for a record
 // without vars or metadata, instead of one per field.
-func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) { return c.decodeValue(v, nil) }
+func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) { return c.decodeValue(v, nil, 0) }
 
 // DecodeValueIn is DecodeValue into an Arena (see DecodeIn).
 func (c *Codec) DecodeValueIn(a *Arena, v *fastjson.Value) (*Notification, error) {
-	return c.decodeValue(v, a)
+	return c.decodeValue(v, a, 0)
 }
 
 // DecodeIn is Decode with the Notification and its strings taken from a
@@ -79,7 +79,9 @@ func (c *Codec) DecodeIn(a *Arena, data []byte) (*Notification, error) {
 	if err != nil {
 		return nil, fieldErr("", "malformed JSON: %v", err)
 	}
-	return c.decodeValue(v, a)
+	// The record's length bounds its strings (unescaping only shortens
+	// them), which saves a pass over the value to add them up.
+	return c.decodeValue(v, a, len(data))
 }
 
 // withContent is a Notification allocated together with its Content.
@@ -102,17 +104,15 @@ func NewArena(n, bytes int) *Arena {
 	return &Arena{ns: make([]withContent, 0, max(n, 1)), buf: make([]byte, 0, max(bytes, 64))}
 }
 
-// alloc returns a zeroed Notification (with a Content when asked) and an
-// empty buffer of capacity size for its strings.
-func (a *Arena) alloc(size int, content bool) (*Notification, []byte) {
+// alloc returns a zeroed Notification, a zeroed Content beside it (for the
+// decoder to attach if the record has one) and an empty buffer of capacity
+// size for its strings.
+func (a *Arena) alloc(size int) (*Notification, *Content, []byte) {
 	if len(a.ns) == cap(a.ns) {
 		a.ns = make([]withContent, 0, cap(a.ns))
 	}
 	a.ns = a.ns[:len(a.ns)+1]
 	nc := &a.ns[len(a.ns)-1]
-	if content {
-		nc.n.Content = &nc.c
-	}
 	if cap(a.buf)-len(a.buf) < size {
 		a.buf = make([]byte, 0, max(cap(a.buf), size))
 	}
@@ -120,33 +120,26 @@ func (a *Arena) alloc(size int, content bool) (*Notification, []byte) {
 	a.buf = a.buf[:start+size]
 	// A full slice expression: outgrowing the hint reallocates rather than
 	// writing over the next notification's strings.
-	return &nc.n, a.buf[start : start : start+size]
+	return &nc.n, &nc.c, a.buf[start : start : start+size]
 }
 
-func (c *Codec) decodeValue(v *fastjson.Value, a *Arena) (*Notification, error) {
+// decodeValue decodes v; size, when known (the record's length), bounds
+// the bytes of its strings.
+func (c *Codec) decodeValue(v *fastjson.Value, a *Arena, size int) (*Notification, error) {
 	obj, err := v.Object()
 	if err != nil {
 		return nil, fieldErr("", "want a JSON object, got %s", v.Type())
 	}
-	var size int
-	var hasContent bool
-	obj.Visit(func(key []byte, fv *fastjson.Value) {
-		size += stringBytes(fv)
-		hasContent = hasContent || (string(key) == "content" && fv.Type() == fastjson.TypeObject)
-	})
-	var n *Notification
-	var buf []byte
-	switch {
-	case a != nil:
-		n, buf = a.alloc(size, hasContent)
-	case hasContent:
-		nc := &withContent{}
-		n, nc.n.Content = &nc.n, &nc.c
-		buf = make([]byte, 0, size)
-	default:
-		n, buf = &Notification{}, make([]byte, 0, size)
+	if size <= 0 {
+		obj.Visit(func(_ []byte, fv *fastjson.Value) { size += stringBytes(fv) })
 	}
-	d := decoder{c: c, n: n, arena: buf}
+	d := decoder{c: c}
+	if a != nil {
+		d.n, d.spare, d.arena = a.alloc(size)
+	} else {
+		d.n, d.arena = &Notification{}, make([]byte, 0, size)
+	}
+	n := d.n
 	obj.Visit(func(key []byte, fv *fastjson.Value) {
 		if d.err == nil {
 			d.err = d.field(key, fv)
@@ -184,10 +177,11 @@ func stringBytes(v *fastjson.Value) int {
 
 // decoder fills one Notification; its strings point into arena.
 type decoder struct {
-	c     *Codec
-	n     *Notification
-	arena []byte
-	err   error
+	c       *Codec
+	n       *Notification
+	spare   *Content // the arena's Content for n; nil: allocate one if needed
+	arena   []byte
+	err     error
 }
 
 // intern copies b into the arena and returns it as a string. Should the
@@ -364,7 +358,13 @@ func (d *decoder) content(v *fastjson.Value) error {
 	if err != nil {
 		return fieldErr("content", "want an object, got %s", v.Type())
 	}
-	c := d.n.Content
+	c := d.n.Content // a repeated "content" key adds to the first
+	if c == nil {
+		if c = d.spare; c == nil {
+			c = &Content{}
+		}
+		d.n.Content = c
+	}
 	var ferr error
 	obj.Visit(func(k []byte, ev *fastjson.Value) {
 		if ferr != nil {

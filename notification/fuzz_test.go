@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/valyala/fastjson"
 )
 
 func FuzzDecode(f *testing.F) {
@@ -26,6 +28,14 @@ func FuzzDecode(f *testing.F) {
 		}
 		if err == nil && !reflect.DeepEqual(n, na) {
 			t.Fatalf("DecodeIn differs from Decode:\n%+v\n%+v", na, n)
+		}
+		// A parsed value (an array's item) is sized by a pass over its
+		// strings rather than by the record's length: the same result.
+		if v, perr := new(fastjson.Parser).ParseBytes(data); perr == nil {
+			nv, verr := c.DecodeValueIn(arena, v)
+			if (err == nil) != (verr == nil) || (err == nil && !reflect.DeepEqual(n, nv)) {
+				t.Fatalf("DecodeValueIn: %+v, %v; Decode: %+v, %v", nv, verr, n, err)
+			}
 		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
