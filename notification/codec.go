@@ -62,7 +62,9 @@ func (c *Codec) Decode(data []byte) (*Notification, error) { return c.DecodeIn(n
 // it allocates the Notification and its Content together and copies every
 // string of the record into one buffer: two allocations for a record
 // without vars or metadata, instead of one per field.
-func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) { return c.decodeValue(v, nil, 0) }
+func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) {
+	return c.decodeValue(v, nil, 0)
+}
 
 // DecodeValueIn is DecodeValue into an Arena (see DecodeIn).
 func (c *Codec) DecodeValueIn(a *Arena, v *fastjson.Value) (*Notification, error) {
@@ -177,11 +179,11 @@ func stringBytes(v *fastjson.Value) int {
 
 // decoder fills one Notification; its strings point into arena.
 type decoder struct {
-	c       *Codec
-	n       *Notification
-	spare   *Content // the arena's Content for n; nil: allocate one if needed
-	arena   []byte
-	err     error
+	c     *Codec
+	n     *Notification
+	spare *Content // the arena's Content for n; nil: allocate one if needed
+	arena []byte
+	err   error
 }
 
 // intern copies b into the arena and returns it as a string. Should the
