@@ -38,10 +38,11 @@ const (
 // States lists every state.
 var States = []State{StateAccepted, StateSent, StateRetrying, StateDelivered, StateFailed, StateExpired, StateDuplicate, StateDeadLettered}
 
-// StatusEvent is one state change. It is the value of the status store and
-// of the records on the status topic (keyed by notification id, so events
-// of one notification stay in order); EventID lets consumers drop repeats
-// of at-least-once delivery.
+// StatusEvent is one state change. It is the JSON value of the records on
+// the status topic (keyed by notification id, so events of one
+// notification stay in order) and, in a compact form (statuscodec.go), the
+// value of the status store; EventID lets consumers drop repeats of
+// at-least-once delivery.
 type StatusEvent struct {
 	EventID           string    `json:"event_id"`
 	ID                string    `json:"id"`

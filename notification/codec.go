@@ -59,9 +59,9 @@ func (c *Codec) Decode(data []byte) (*Notification, error) { return c.DecodeIn(n
 // array or an NDJSON line) and validates it.
 //
 // Decoding is on the engine's hot path (every record, once per poll), so
-// it allocates the Notification and its Content together and copies every
-// string of the record into one buffer: two allocations for a record
-// without vars or metadata, instead of one per field.
+// it copies every string of the record into one buffer: two allocations
+// for a record without content, vars or metadata, instead of one per field
+// (DecodeIn: none of its own).
 func (c *Codec) DecodeValue(v *fastjson.Value) (*Notification, error) {
 	return c.decodeValue(v, nil, 0)
 }
