@@ -531,6 +531,7 @@ func (h *delayHeap) Pop() any {
 var delayBlocker = blocker{lane: -1}
 
 func (e *Engine) pollLoop(ctx context.Context) error {
+	var lastUrgent time.Time // the last poll with critical or high records
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -541,7 +542,14 @@ func (e *Engine) pollLoop(ctx context.Context) error {
 		if wait, busy := e.pollWait(); busy {
 			pctx, cancel = context.WithTimeout(ctx, wait)
 		}
-		recs, err := e.log.Poll(pctx, e.cfg.PollMax)
+		// While codes flow, polls are a quarter of the size: a code that
+		// comes in while the poller decodes and claims bulk waits for one
+		// poll's worth of it.
+		max := e.cfg.PollMax
+		if time.Since(lastUrgent) < urgentHold {
+			max = (max + 3) / 4
+		}
+		recs, err := e.log.Poll(pctx, max)
 		cancel()
 		if ctx.Err() != nil {
 			return nil
@@ -559,6 +567,9 @@ func (e *Engine) pollLoop(ctx context.Context) error {
 			// routed before the rest of the poll is even decoded: a code in a
 			// poll of a thousand bulk records waited for all of them.
 			urgent, rest := e.splitUrgent(recs)
+			if len(urgent) > 0 {
+				lastUrgent = time.Now()
+			}
 			for _, part := range [][]partition.Record{urgent, rest} {
 				if len(part) > 0 {
 					e.ingest(ctx, part)
