@@ -179,15 +179,23 @@ func (l *KafkaLog) EnsureTopics(ctx context.Context, specs ...TopicSpec) error {
 
 // Produce implements Log.
 func (l *KafkaLog) Produce(ctx context.Context, recs []Record) error {
-	krs := make([]*kgo.Record, len(recs))
+	// The records and their headers come from one slab each, not an
+	// allocation a record: ProduceSync is done with them when it returns.
+	krs, slab := make([]*kgo.Record, len(recs)), make([]kgo.Record, len(recs))
+	nh := 0
 	for i := range recs {
-		r := &recs[i]
-		kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value}
+		nh += len(recs[i].Headers)
+	}
+	headers := make([]kgo.RecordHeader, 0, nh)
+	for i := range recs {
+		r, kr := &recs[i], &slab[i]
+		kr.Topic, kr.Key, kr.Value = r.Topic, r.Key, r.Value
 		if len(r.Headers) > 0 {
-			kr.Headers = make([]kgo.RecordHeader, len(r.Headers))
-			for j, h := range r.Headers {
-				kr.Headers[j] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+			start := len(headers)
+			for _, h := range r.Headers {
+				headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
 			}
+			kr.Headers = headers[start:len(headers):len(headers)]
 		}
 		krs[i] = kr
 	}
