@@ -147,6 +147,9 @@ func (f *FCM) authorization() (string, error) {
 	return "Bearer " + t.AccessToken, nil
 }
 
+// Templates implements Renderer.
+func (f *FCM) Templates() *Templates { return f.cfg.Templates }
+
 func (f *FCM) Name() string     { return f.cfg.Name }
 func (f *FCM) MaxBatch() int    { b, _ := perItemShape(f.cfg.Concurrency); return b }
 func (f *FCM) Concurrency() int { _, c := perItemShape(f.cfg.Concurrency); return c }

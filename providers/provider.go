@@ -71,6 +71,14 @@ type Provider interface {
 	Send(ctx context.Context, batch []*notification.Notification, results []Result)
 }
 
+// Renderer is a provider that must render a notification's template to
+// send it (Twilio, SendGrid, FCM): a template it lacks, or a var the
+// template reads, fails the send for good. The API checks both at ingest
+// against the provider's templates, on the channels of such providers.
+type Renderer interface {
+	Templates() *Templates
+}
+
 // ErrBreakerOpen is the reason of results failed fast by an open breaker.
 var ErrBreakerOpen = errors.New("circuit breaker open")
 

@@ -73,6 +73,9 @@ func NewSendGrid(cfg SendGridConfig) (*SendGrid, error) {
 	return sg, nil
 }
 
+// Templates implements Renderer.
+func (s *SendGrid) Templates() *Templates { return s.cfg.Templates }
+
 func (s *SendGrid) Name() string     { return s.cfg.Name }
 func (s *SendGrid) MaxBatch() int    { return s.cfg.MaxBatch }
 func (s *SendGrid) Concurrency() int { return s.cfg.Concurrency }

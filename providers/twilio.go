@@ -63,6 +63,9 @@ func NewTwilio(cfg TwilioConfig) (*Twilio, error) {
 		auth: "Basic " + base64.StdEncoding.EncodeToString([]byte(cfg.AccountSID+":"+cfg.AuthToken))}, nil
 }
 
+// Templates implements Renderer.
+func (t *Twilio) Templates() *Templates { return t.cfg.Templates }
+
 func (t *Twilio) Name() string     { return t.cfg.Name }
 func (t *Twilio) MaxBatch() int    { b, _ := perItemShape(t.cfg.Concurrency); return b }
 func (t *Twilio) Concurrency() int { _, c := perItemShape(t.cfg.Concurrency); return c }

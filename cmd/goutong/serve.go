@@ -261,9 +261,10 @@ func buildChannels(cfg Config, mock *mockserver.Server) (builtChannels, error) {
 	}
 	out := map[notification.Channel]engine.ChannelConfig{}
 	var closers []io.Closer
-	// Channels whose provider must render a template to send; the log
-	// provider writes an unknown one's name and vars, a webhook sends them.
-	renders := map[notification.Channel]bool{}
+	// The templates of channels whose provider must render one to send
+	// (providers.Renderer); the log provider writes an unknown one's name
+	// and vars, a webhook sends them.
+	renders := map[notification.Channel]*providers.Templates{}
 	names := make([]string, 0, len(confs))
 	for n := range confs {
 		names = append(names, n)
@@ -286,7 +287,9 @@ func buildChannels(cfg Config, mock *mockserver.Server) (builtChannels, error) {
 		if err != nil {
 			return builtChannels{}, fmt.Errorf("config channels.%s: %w", name, err)
 		}
-		renders[notification.Channel(name)] = c.Provider == "twilio" || c.Provider == "sendgrid" || c.Provider == "fcm"
+		if r, ok := p.(providers.Renderer); ok {
+			renders[notification.Channel(name)] = r.Templates()
+		}
 		if closer != nil {
 			closers = append(closers, closer)
 		}
@@ -298,10 +301,11 @@ func buildChannels(cfg Config, mock *mockserver.Server) (builtChannels, error) {
 			Linger: c.Linger, Concurrency: c.Concurrency}
 	}
 	check := func(n *notification.Notification) error {
-		if !renders[n.Channel] {
+		t := renders[n.Channel]
+		if t == nil {
 			return nil
 		}
-		return tpl.Check(n)
+		return t.Check(n)
 	}
 	return builtChannels{configs: out, closers: closers, checkTemplate: check}, nil
 }
