@@ -160,8 +160,15 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 	defer parserPool.Put(p)
 	// The request's notifications live until it is answered: one arena.
 	arena := notification.NewArena(bytes.Count(body, []byte{'\n'})+1, len(body))
-	add := func(i int, v *fastjson.Value) {
-		n, err := codec.DecodeValueIn(arena, v)
+	// raw is the text v was parsed from alone, when there is one.
+	add := func(i int, v *fastjson.Value, raw []byte) {
+		var n *notification.Notification
+		var err error
+		if raw != nil {
+			n, err = codec.DecodeParsedIn(arena, v, raw)
+		} else {
+			n, err = codec.DecodeValueIn(arena, v)
+		}
 		if err == nil {
 			err = bindTenant(n, key)
 		}
@@ -194,7 +201,7 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 					errs = append(errs, apiError{Code: "malformed_json", Index: ptr(i), Message: "malformed JSON: " + err.Error()})
 				}
 			} else {
-				add(i, v)
+				add(i, v, line)
 			}
 			i++
 		}
@@ -208,7 +215,7 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 			return nil, false, []apiError{tooMany(maxItems)}, fasthttp.StatusRequestEntityTooLarge
 		}
 		for i, it := range arr {
-			add(i, it)
+			add(i, it, nil)
 		}
 	case trimmed[0] == '{':
 		v, err := p.ParseBytes(body)
@@ -216,7 +223,7 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 			return nil, false, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
 		}
 		single = true
-		add(0, v)
+		add(0, v, body)
 		if len(errs) == 1 {
 			errs[0].Index = nil
 		}

@@ -71,6 +71,13 @@ func (c *Codec) DecodeValueIn(a *Arena, v *fastjson.Value) (*Notification, error
 	return c.decodeValue(v, a, 0)
 }
 
+// DecodeParsedIn is DecodeValueIn for a value parsed from raw alone (an
+// NDJSON line, a single-object body): raw's length bounds the value's
+// strings, which saves a pass over it to add them up.
+func (c *Codec) DecodeParsedIn(a *Arena, v *fastjson.Value, raw []byte) (*Notification, error) {
+	return c.decodeValue(v, a, len(raw))
+}
+
 // DecodeIn is Decode with the Notification and its strings taken from a
 // (none: allocated on their own): no allocation of its own for a record
 // without vars or metadata.

@@ -36,6 +36,10 @@ func FuzzDecode(f *testing.F) {
 			if (err == nil) != (verr == nil) || (err == nil && !reflect.DeepEqual(n, nv)) {
 				t.Fatalf("DecodeValueIn: %+v, %v; Decode: %+v, %v", nv, verr, n, err)
 			}
+			np, perr := c.DecodeParsedIn(arena, v, data)
+			if (err == nil) != (perr == nil) || (err == nil && !reflect.DeepEqual(n, np)) {
+				t.Fatalf("DecodeParsedIn: %+v, %v; Decode: %+v, %v", np, perr, n, err)
+			}
 		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
