@@ -586,6 +586,16 @@ func (e *Engine) splitUrgent(recs []partition.Record) (urgent, rest []partition.
 	if crit == e.cfg.Topics.Ingress && high == e.cfg.Topics.Ingress {
 		return nil, recs // one topic for every priority: nothing to tell apart
 	}
+	k := 0
+	for i := range recs {
+		if t := recs[i].Topic; t == crit || t == high {
+			k++
+		}
+	}
+	if k == 0 {
+		return nil, recs
+	}
+	urgent = make([]partition.Record, 0, k)
 	n := 0
 	for i := range recs {
 		if t := recs[i].Topic; t == crit || t == high {
