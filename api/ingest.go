@@ -160,15 +160,9 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 	defer parserPool.Put(p)
 	// The request's notifications live until it is answered: one arena.
 	arena := notification.NewArena(bytes.Count(body, []byte{'\n'})+1, len(body))
-	// raw is the text v was parsed from alone, when there is one.
+	// raw is the text v was parsed from alone, nil for an array's item.
 	add := func(i int, v *fastjson.Value, raw []byte) {
-		var n *notification.Notification
-		var err error
-		if raw != nil {
-			n, err = codec.DecodeParsedIn(arena, v, raw)
-		} else {
-			n, err = codec.DecodeValueIn(arena, v)
-		}
+		n, err := codec.DecodeParsedIn(arena, v, raw)
 		if err == nil {
 			err = bindTenant(n, key)
 		}

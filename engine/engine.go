@@ -661,8 +661,6 @@ type outcomes struct {
 	enc    eventEncoder // the events' ids, keys and JSON
 }
 
-// reserve sizes o for n items' outcomes (an event and a record each), so
-// a batch does not grow its slices step by step.
 // reserve sizes o for a stage producing up to records records (its events'
 // included) and events events, and finishing done items. Sized to what the
 // stage makes, not one bound for all: the ingest of a 1,000-item request

@@ -73,7 +73,8 @@ func (c *Codec) DecodeValueIn(a *Arena, v *fastjson.Value) (*Notification, error
 
 // DecodeParsedIn is DecodeValueIn for a value parsed from raw alone (an
 // NDJSON line, a single-object body): raw's length bounds the value's
-// strings, which saves a pass over it to add them up.
+// strings, which saves a pass over it to add them up. A nil raw (an
+// array's item) is DecodeValueIn.
 func (c *Codec) DecodeParsedIn(a *Arena, v *fastjson.Value, raw []byte) (*Notification, error) {
 	return c.decodeValue(v, a, len(raw))
 }

@@ -101,13 +101,7 @@ func (t *Templates) Check(n *notification.Notification) error {
 	if n.Content != nil {
 		return nil
 	}
-	var c compiled
-	ok := false
-	if t != nil {
-		t.mu.RLock()
-		c, ok = t.m[n.Template]
-		t.mu.RUnlock()
-	}
+	c, ok := t.get(n.Template)
 	if !ok {
 		return &notification.FieldError{Field: "template", Reason: fmt.Sprintf("unknown template %q", n.Template)}
 	}
@@ -117,6 +111,17 @@ func (t *Templates) Check(n *notification.Notification) error {
 		}
 	}
 	return nil
+}
+
+// get returns the template called name; a nil t has none.
+func (t *Templates) get(name string) (compiled, bool) {
+	if t == nil {
+		return compiled{}, false
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	c, ok := t.m[name]
+	return c, ok
 }
 
 // Render returns the subject and body of n: its literal content, or its
@@ -129,9 +134,7 @@ func (t *Templates) Render(n *notification.Notification) (subject, body string, 
 	if t == nil {
 		return "", "", fmt.Errorf("unknown template %q (no templates configured)", n.Template)
 	}
-	t.mu.RLock()
-	c, ok := t.m[n.Template]
-	t.mu.RUnlock()
+	c, ok := t.get(n.Template)
 	if !ok {
 		return "", "", fmt.Errorf("unknown template %q", n.Template)
 	}
