@@ -508,6 +508,18 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 	out.reserve(len(batch), len(batch), len(batch))
 	confirm := make([]dedupe.Done, 0, len(batch))
 	var release []*item
+	// Sends are counted per run of equal labels (a batch usually has one),
+	// not per item: the label lookup costs more than the count.
+	var counted struct {
+		provider string
+		outcome  providers.Outcome
+		n        int
+	}
+	countSends := func() {
+		if counted.n > 0 {
+			e.m.sends.WithLabelValues(string(cs.name), counted.provider, counted.outcome.String()).Add(float64(counted.n))
+		}
+	}
 	for i, it := range batch {
 		n, r := it.n, results[i]
 		provider := r.Provider
@@ -517,7 +529,12 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 		if r.Outcome == 0 {
 			r = providers.Result{Outcome: providers.Retriable, Reason: "provider returned no result"}
 		}
-		e.m.sends.WithLabelValues(string(cs.name), provider, r.Outcome.String()).Inc()
+		if counted.n > 0 && (counted.provider != provider || counted.outcome != r.Outcome) {
+			countSends()
+			counted.n = 0
+		}
+		counted.provider, counted.outcome = provider, r.Outcome
+		counted.n++
 		out.done = append(out.done, it)
 		switch r.Outcome {
 		case providers.Sent:
@@ -559,6 +576,7 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 			out.event(e, n, StateDeadLettered, now, provider, "", r.Reason)
 		}
 	}
+	countSends()
 	// The send happened whatever comes next: record it first.
 	if len(confirm) > 0 {
 		if err := e.cfg.Dedupe.Confirm(e.outCtx, confirm); err != nil {
