@@ -221,8 +221,8 @@ func WithSync(sync bool) Option { return func(o *options) { o.sync = sync } }
 func WithCreate() Option { return func(o *options) { o.create = true } }
 
 // WithFilter sizes the in-memory Bloom filter of each time bucket for n keys
-// (default 4,194,304: about 3.1 MiB a bucket at 5 % false positives; more
-// keys raise the rate, never the answer). New keys then skip the disk
+// (default 4,194,304: 4 MiB a bucket, one byte a key, at 3.3 % false
+// positives; more keys raise the rate, never the answer). New keys then skip the disk
 // probe. 0 turns the filters off. The filters are built from the keys on
 // disk at open.
 func WithFilter(n uint) Option { return func(o *options) { o.filterKeys = n } }
