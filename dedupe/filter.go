@@ -51,7 +51,9 @@ const (
 	filterBitsPerKey = 8
 )
 
-func filterBlocks(keys uint) uint { return max(1, (keys*filterBitsPerKey+blockBytes*8-1)/(blockBytes*8)) }
+func filterBlocks(keys uint) uint {
+	return max(1, (keys*filterBitsPerKey+blockBytes*8-1)/(blockBytes*8))
+}
 
 func newBlockFilter(keys uint) *blockFilter {
 	return &blockFilter{blocks: make([][8]uint32, filterBlocks(keys))}
