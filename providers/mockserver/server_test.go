@@ -12,7 +12,10 @@ import (
 // nothing depends on the request's memory after the call (a parser reuses
 // it).
 func TestAcceptCounts(t *testing.T) {
-	s := &Server{seen: map[idHash]uint32{}, seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}, stats: Stats{ByChannel: map[string]int64{}}}
+	s := &Server{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}, stats: Stats{ByChannel: map[string]int64{}}}
+	if got := s.Count("a"); got != 0 {
+		t.Fatalf("count of %q before any request = %d", "a", got)
+	}
 	req := make([]byte, 0, 64)
 	send := func(ids ...string) {
 		views := make([]string, len(ids))
@@ -53,7 +56,14 @@ func TestAcceptCounts(t *testing.T) {
 	if wantR := int64(8 + 2*n); st.Received != wantR || st.ByChannel["webhook"] != wantR {
 		t.Errorf("received = %d (by channel %d), want %d", st.Received, st.ByChannel["webhook"], wantR)
 	}
-	if len(s.seen) != 4+n {
-		t.Errorf("%d ids kept, want %d", len(s.seen), 4+n)
+	if s.seen.len() != 4+n {
+		t.Errorf("%d ids kept, want %d", s.seen.len(), 4+n)
+	}
+	if got := s.Count("never sent"); got != 0 {
+		t.Errorf("count of an id never sent = %d", got)
+	}
+	s.Reset()
+	if got := s.Count("a"); got != 0 || s.stats.Unique != 0 {
+		t.Errorf("after Reset: count of %q = %d, unique = %d", "a", got, s.stats.Unique)
 	}
 }
