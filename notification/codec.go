@@ -114,6 +114,16 @@ func NewArena(n, bytes int) *Arena {
 	return &Arena{ns: make([]withContent, 0, max(n, 1)), buf: make([]byte, 0, max(bytes, 64))}
 }
 
+// Reset empties a for reuse, keeping its last chunk of each kind. Every
+// notification decoded into a before is overwritten by the next decodes:
+// only a caller that holds none of them, nor any of their strings, may
+// reset.
+func (a *Arena) Reset() {
+	clear(a.ns)
+	a.ns = a.ns[:0]
+	a.buf = a.buf[:0]
+}
+
 // alloc returns a zeroed Notification, a zeroed Content beside it (for the
 // decoder to attach if the record has one) and an empty buffer of capacity
 // size for its strings.

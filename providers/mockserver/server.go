@@ -110,6 +110,7 @@ type Server struct {
 	seq     uint64
 	codec   *notification.Codec
 	parsers fastjson.ParserPool
+	arenas  sync.Pool // of *notification.Arena
 	tokens  map[string]time.Time // granted access tokens and their expiry
 }
 
@@ -557,7 +558,16 @@ func (s *Server) webhook(ctx *fasthttp.RequestCtx, d decision) {
 	if batched {
 		items, _ = v.Array()
 	}
-	arena := notification.NewArena(len(items), len(body))
+	// The arena is reused: nothing decoded into it outlives this call (the
+	// ids are hashed, the answer is encoded into the response).
+	arena, _ := s.arenas.Get().(*notification.Arena)
+	if arena == nil {
+		arena = notification.NewArena(len(items), len(body))
+	}
+	defer func() {
+		arena.Reset()
+		s.arenas.Put(arena)
+	}()
 	results := make([]providers.WebhookItemResult, 0, len(items))
 	var ok []string
 	for _, item := range items {
