@@ -110,7 +110,7 @@ type Server struct {
 	seq     uint64
 	codec   *notification.Codec
 	parsers fastjson.ParserPool
-	arenas  sync.Pool // of *notification.Arena
+	arenas  sync.Pool            // of *notification.Arena
 	tokens  map[string]time.Time // granted access tokens and their expiry
 }
 
