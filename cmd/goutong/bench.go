@@ -45,6 +45,7 @@ It writes <out>/results.json (the input of goutong plan) and <out>/report.html
 			if scale <= 0 || timeScale <= 0 {
 				return errors.New("--scale and --time-scale must be positive")
 			}
+			setProcs(0) // as serve runs; the results record it
 			scenarios, err := loadScenarios(args)
 			if err != nil {
 				return err

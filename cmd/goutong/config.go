@@ -35,6 +35,9 @@ type Config struct {
 	// MockProvider, when set, starts the mock provider on that address and
 	// points every channel without a provider of its own at it.
 	MockProvider string `koanf:"mock_provider"`
+	// GoMaxProcs is the Go scheduler's processors: 0 for one more than the
+	// CPUs the process may use (see setProcs), n for exactly n.
+	GoMaxProcs int `koanf:"gomaxprocs"`
 
 	Engine    EngineConfig            `koanf:"engine"`
 	Dedupe    DedupeConfig            `koanf:"dedupe"`

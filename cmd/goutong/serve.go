@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -65,6 +66,7 @@ the engine drains its rings within engine.drain_timeout, commits and closes.`,
 			if f.Changed("mock-provider") {
 				cfg.MockProvider = over.MockProvider
 			}
+			setProcs(cfg.GoMaxProcs)
 			return serve(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}
@@ -200,7 +202,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	apiDone := make(chan error, 1)
 	go func() { apiDone <- srv.Serve(ln) }()
 	lg.Info("serving", zap.String("api", "http://"+ln.Addr().String()), zap.String("data", cfg.Data),
-		zap.Strings("kafka", cfg.Kafka), zap.Int("channels", len(channels)))
+		zap.Strings("kafka", cfg.Kafka), zap.Int("channels", len(channels)), zap.Int("gomaxprocs", runtime.GOMAXPROCS(0)))
 	fmt.Fprintf(out, "goutong serving on http://%s (data %s)\n", ln.Addr(), cfg.Data)
 
 	var runErr error
