@@ -49,7 +49,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
-	"github.com/cockroachdb/pebble/v2/sstable"
 )
 
 // Status is the answer to a claim.
@@ -355,16 +354,9 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// (alternated); a lookup the filters pass probes a few more files.
 	popts := &pebble.Options{MemTableSize: o.memtable, ErrorIfNotExists: !o.create, Cache: cache, Logger: o.logger,
 		L0CompactionThreshold: 8, L0StopWritesThreshold: 32}
-	// Only the bottom level, where the entries settle, is compressed: snappy
-	// saves a fifth of their bytes there (95 against 122 a key), and above it
-	// the write buffer's ingests and every compaction through L0 paid it
-	// again for files soon rewritten. API NDJSON +2-6 % (alternated).
-	// (A level left without a Compression takes the one above's.)
 	for i := range popts.Levels {
 		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-		popts.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.NoCompression }
 	}
-	popts.Levels[len(popts.Levels)-1].Compression = func() *sstable.CompressionProfile { return sstable.SnappyCompression }
 	popts.EnsureDefaults() // the write buffer builds sstables with these options
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
