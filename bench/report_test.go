@@ -25,6 +25,7 @@ func reportResults() *Results {
 				Backlog: int64(100 * j), Queued: int64(10 * j), Lag: int64(50 * j), P99ms: map[string]float64{s.Loads[0].Name: float64(j)}})
 		}
 	}
+	r.Scenarios[0].CPUSeconds, r.Scenarios[0].CPUMicrosPerNotification = 12.5, 8.3
 	// A scenario with a single sample still renders, with a note.
 	r.Scenarios = append(r.Scenarios, ScenarioResult{Name: "tiny", Backend: "wal", Series: []Sample{{T: 1}}})
 	return r
@@ -46,7 +47,10 @@ func TestReportHTML(t *testing.T) {
 	if regexp.MustCompile(`(?i)<script|(src|href)\s*=\s*"(https?:)?//`).MatchString(html) {
 		t.Error("the report loads something from elsewhere")
 	}
-	for _, want := range []string{`id="otp-flood"`, `id="marketing-burst"`, "campaign-email", "held rate/s"} {
+	if n := strings.Count(html, "CPU a notification"); n != 1 {
+		t.Errorf("CPU shown for %d scenarios, want the one that measured it", n)
+	}
+	for _, want := range []string{`id="otp-flood"`, `id="marketing-burst"`, "campaign-email", "held rate/s", "12.5 s", "8.3 µs"} {
 		if !strings.Contains(html, want) {
 			t.Errorf("the report lacks %q", want)
 		}

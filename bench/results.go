@@ -62,6 +62,12 @@ type ScenarioResult struct {
 	DeliveredPerSec     float64 `json:"delivered_per_sec"` // from the first delivery to the last
 	PeakDeliveredPerSec float64 `json:"peak_delivered_per_sec"`
 	PeakBacklog         int64   `json:"peak_backlog"`
+	// CPUSeconds is the process's CPU time over the run: the API, the
+	// engine, the stores and the in-process mock provider. Per accepted
+	// notification it is the figure to size machines by, and the one that
+	// holds still on a shared machine when the rates do not.
+	CPUSeconds               float64 `json:"cpu_seconds"`
+	CPUMicrosPerNotification float64 `json:"cpu_us_per_notification"`
 
 	Channels map[string]ChannelInfo `json:"channels"`
 	Latency  []Latency              `json:"latency"` // per channel and priority
@@ -174,7 +180,7 @@ func ReadResults(path string) (*Results, error) {
 
 // Summary prints a short text account of the results.
 func (r *Results) Summary(w io.Writer) {
-	fmt.Fprintf(w, "%s/%s, %d CPUs, %s", r.Machine.OS, r.Machine.Arch, r.Machine.CPUs, r.Machine.GoVersion)
+	fmt.Fprintf(w, "%s/%s, %d CPUs (GOMAXPROCS %d), %s", r.Machine.OS, r.Machine.Arch, r.Machine.CPUs, r.Machine.GOMAXPROCS, r.Machine.GoVersion)
 	if r.Scale != 1 || r.TimeScale != 1 {
 		fmt.Fprintf(w, ", scaled: counts x%g, times x%g", r.Scale, r.TimeScale)
 	}
@@ -187,6 +193,9 @@ func (r *Results) Summary(w io.Writer) {
 			fmt.Fprintf(w, ", unfinished %d when the drain time ran out", s.Lost)
 		} else {
 			fmt.Fprintf(w, ", lost %d", s.Lost)
+		}
+		if s.CPUSeconds > 0 {
+			fmt.Fprintf(w, "; CPU %.1fs, %.1f µs a notification", s.CPUSeconds, s.CPUMicrosPerNotification)
 		}
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

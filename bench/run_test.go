@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"math"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +51,11 @@ func checkAccounted(t *testing.T, r *ScenarioResult) {
 	}
 	if acked != r.Delivered {
 		t.Fatalf("%s: histograms hold %d acks, the mock counted %d", r.Name, acked, r.Delivered)
+	}
+	if r.CPUSeconds <= 0 || r.CPUSeconds > r.Seconds*float64(runtime.NumCPU())*1.05 ||
+		math.Abs(r.CPUMicrosPerNotification-r.CPUSeconds*1e6/float64(max(r.Accepted, 1))) > 1 {
+		t.Fatalf("%s: CPU %.3fs (%.1f µs a notification) over %.1fs on %d CPUs", r.Name, r.CPUSeconds,
+			r.CPUMicrosPerNotification, r.Seconds, runtime.NumCPU())
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,9 +54,11 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 			b.SetBytes(int64(len(r.codec.AppendEncode(nil, ns[0])))) // one notification's record
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := processCPU()
 			_, stop := r.start(cfg)
 			waitFor(b, 2*time.Minute, "every send", func() bool { return r.mock.Stats().Unique == int64(b.N) })
 			b.StopTimer()
+			reportCPU(b, cpu, b.N)
 			stop()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 		})
@@ -72,9 +75,11 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 		cfg := r.config(ch)
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu := processCPU()
 		_, stop := r.start(cfg)
 		waitFor(b, 2*time.Minute, "every send", func() bool { return p.sent.Load() >= int64(b.N) })
 		b.StopTimer()
+		reportCPU(b, cpu, b.N)
 		stop()
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	})
@@ -91,6 +96,7 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 		}
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu := processCPU()
 		sem := make(chan struct{}, 8)
 		res := make([]providers.Result, len(ns))
 		for i := 0; i < len(ns); i += 500 {
@@ -105,6 +111,7 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 			sem <- struct{}{}
 		}
 		b.StopTimer()
+		reportCPU(b, cpu, b.N)
 		if got := r.mock.Stats().Unique; got != int64(b.N) {
 			b.Fatalf("mock got %d of %d", got, b.N)
 		}
@@ -154,6 +161,22 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	})
+}
+
+// processCPU is the process's CPU time, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the process's CPU time per record since from
+// (processCPU): engine, stores and the in-process mock together. On a
+// shared machine it holds still when records/s does not.
+func reportCPU(b *testing.B, from time.Duration, records int) {
+	if used := processCPU() - from; used > 0 && records > 0 {
+		b.ReportMetric(float64(used.Microseconds())/float64(records), "cpu-us/record")
+	}
 }
 
 // instantProvider accepts every item of every batch at once.
