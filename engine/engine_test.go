@@ -64,14 +64,18 @@ type rig struct {
 	prod   partition.Log
 }
 
-func newRig(t testing.TB, b backend) *rig {
+func newRig(t testing.TB, b backend) *rig { return newRigSync(t, b, false) }
+
+// newRigSync is newRig with the dedupe store's confirms synced or not
+// (serve syncs them; the tests do not need to).
+func newRigSync(t testing.TB, b backend, ddSync bool) *rig {
 	dir := t.TempDir()
 	m, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", Seed: 7})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate(), dedupe.WithSync(false))
+	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate(), dedupe.WithSync(ddSync))
 	if err != nil {
 		t.Fatal(err)
 	}
