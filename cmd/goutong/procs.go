@@ -18,7 +18,8 @@ import (
 // the cores. On the 2-core machine (3 against 2, alternated): API NDJSON
 // +8 %, single objects +17 %, critical p99 during a 1M burst 20-22 → 17 ms
 // and p50 2.5 → 1.6 ms, bulk +3 %; end to end unchanged (-2 %, noise). 4
-// cost the end to end 8 %.
+// cost the end to end 8 %. Setting it stops Go's own updates when the
+// container's CPU limit changes: a restart picks a new limit up.
 func setProcs(n int) int {
 	if n <= 0 {
 		if os.Getenv("GOMAXPROCS") != "" {
