@@ -5,10 +5,10 @@ import (
 	"time"
 )
 
-// ProcessCPU is the CPU time (user and system) this process has used:
-// the figure that does not move with the other tenants of a shared
-// machine, where throughput does.
-func ProcessCPU() time.Duration {
+// processCPU is the CPU time (user and system) this process has used:
+// on a shared machine it moves far less with the other tenants than the
+// rates do.
+func processCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

@@ -347,7 +347,7 @@ func (r *rig) snapshot() snapshot {
 // is finished (or the drain time runs out) and builds the result.
 func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	start, cpu := time.Now(), ProcessCPU()
+	start, cpu := time.Now(), processCPU()
 	var faults, gens sync.WaitGroup
 	// Every goroutine started here ends before drive returns, on any path.
 	defer func() {
@@ -445,7 +445,7 @@ func (r *rig) drive(ctx context.Context) (*ScenarioResult, error) {
 	}
 	end := r.snapshot()
 	r.finish(res, start, end)
-	if used := ProcessCPU() - cpu; used > 0 {
+	if used := processCPU() - cpu; used > 0 {
 		res.CPUSeconds = used.Seconds()
 		res.CPUMicrosPerNotification = float64(used.Microseconds()) / float64(max(res.Accepted, 1))
 	}
