@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -59,9 +60,11 @@ type writeBuffer struct {
 
 	// Group commit of the active log: writers that need it durable wait for
 	// one fsync that covers everything written so far.
-	syncMu  sync.Mutex
-	syncing bool
-	synced  *sync.Cond // on syncMu
+	syncMu    sync.Mutex
+	syncing   bool
+	synced    *sync.Cond    // on syncMu
+	syncDelay time.Duration // a leader waits this long for others to join its fsync
+	syncs     atomic.Int64
 
 	kick chan struct{} // a generation was frozen
 	stop chan struct{}
@@ -508,11 +511,17 @@ func (b *writeBuffer) syncTo(g *bufGen, off int64) error {
 	}
 	b.syncing = true
 	b.syncMu.Unlock()
+	if b.syncDelay > 0 {
+		// Writers arriving now wait on synced; what they wrote before upTo
+		// is read below rides on this fsync.
+		time.Sleep(b.syncDelay)
+	}
 	b.mu.RLock()
 	upTo, err := g.written, b.err
 	b.mu.RUnlock()
 	if err == nil {
 		err = g.f.Sync()
+		b.syncs.Add(1)
 	}
 	b.syncMu.Lock()
 	b.syncing = false

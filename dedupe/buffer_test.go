@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -308,4 +309,64 @@ func (b *writeBuffer) activeSeq() uint64 {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return b.active.seq
+}
+
+// TestSyncDelaySharesFsyncs confirms from eight goroutines at once with a
+// sync delay: the fsyncs must be shared (fewer than a quarter of the confirms), and
+// every confirmed key must still answer Duplicate after a reopen. (10 for
+// 80 confirms here; 42 without the delay.)
+func TestSyncDelaySharesFsyncs(t *testing.T) {
+	dir := t.TempDir()
+	clk := newClock()
+	s := open(t, dir, clk, WithSync(true), WithSyncDelay(5*time.Millisecond))
+	const workers, rounds, batch = 8, 10, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for r := range rounds {
+				reqs := make([]ClaimRequest, batch)
+				for i := range reqs {
+					reqs[i] = ClaimRequest{Key: fmt.Sprintf("w%d-r%d-k%d", w, r, i), ID: fmt.Sprintf("id-%d-%d-%d", w, r, i)}
+				}
+				out := make([]ClaimResult, batch)
+				if err := s.Claim(ctx, reqs, out); err != nil {
+					errs <- err
+					return
+				}
+				done := make([]Done, batch)
+				for i := range done {
+					done[i] = Done{Key: reqs[i].Key, Token: out[i].Token, ID: reqs[i].ID, Outcome: "sent"}
+				}
+				if err := s.Confirm(ctx, done); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	m := s.Metrics()
+	if m.Syncs == 0 || m.Syncs >= workers*rounds/4 {
+		t.Fatalf("%d fsyncs for %d synced confirms: the delay should let them share", m.Syncs, workers*rounds)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, clk)
+	defer s.Close()
+	reqs := []ClaimRequest{{Key: "w0-r0-k0", ID: "again"}, {Key: fmt.Sprintf("w%d-r%d-k%d", workers-1, rounds-1, batch-1), ID: "again"}}
+	out := make([]ClaimResult, len(reqs))
+	if err := s.Claim(ctx, reqs, out); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range out {
+		if r.Status != Duplicate {
+			t.Fatalf("key %s after reopen: %+v, want Duplicate", reqs[i].Key, r)
+		}
+	}
 }

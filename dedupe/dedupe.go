@@ -147,6 +147,7 @@ type options struct {
 	lease      time.Duration
 	bucket     time.Duration
 	sync       bool
+	syncDelay  time.Duration
 	create     bool
 	memtable   uint64
 	cache      int64
@@ -215,6 +216,18 @@ func WithBucket(d time.Duration) Option { return func(o *options) { o.bucket = d
 // WithSync makes every batch fsync before returning (default true: a claim
 // lost to power failure would allow a second send).
 func WithSync(sync bool) Option { return func(o *options) { o.sync = sync } }
+
+// WithSyncDelay makes a synced write that would start an fsync of the write
+// buffer's log wait d first, so the writes of other callers made meanwhile
+// share that fsync (the commit delay of PostgreSQL and MySQL). Senders'
+// confirms arrive staggered: without a delay each fsync covered ~1.1 of
+// them, and the fsyncs, one per batch sent, left the cores idle in IO
+// waits a tenth of the time. Each synced write returns up to d later;
+// default DefaultSyncDelay, 0 starts every fsync at once. On the 2-core
+// machine, with confirms synced: the end to end +5 % (211K → 222-223K/s),
+// the codes' p99 during a burst 15-18 → 12.5-15 ms, but the burst's rate
+// while codes flow -5-8 % (its one sender waits the delay on every batch).
+func WithSyncDelay(d time.Duration) Option { return func(o *options) { o.syncDelay = d } }
 
 // WithCreate allows Open to create a missing store. Without it a missing
 // directory is an error: a store that vanished must not silently forget.
@@ -302,10 +315,11 @@ type Store struct {
 
 // Defaults that size a store's memory (the capacity planner adds them up).
 const (
-	DefaultMemTableSize = 8 << 20   // see WithMemTableSize
-	DefaultCacheSize    = 256 << 20 // see WithCacheSize
-	DefaultFilterKeys   = 4 << 20   // see WithFilter
-	DefaultRecentBytes  = 0         // see WithRecent
+	DefaultMemTableSize = 8 << 20                // see WithMemTableSize
+	DefaultCacheSize    = 256 << 20              // see WithCacheSize
+	DefaultFilterKeys   = 4 << 20                // see WithFilter
+	DefaultRecentBytes  = 0                      // see WithRecent
+	DefaultSyncDelay    = 500 * time.Microsecond // see WithSyncDelay
 	// DefaultWriteBufferBytes is one generation of the write buffer; up to
 	// two exist, with an index entry of about 16 bytes a key each.
 	DefaultWriteBufferBytes = 32 << 20 // see WithWriteBuffer
@@ -321,7 +335,7 @@ const (
 func Open(dir string, opts ...Option) (*Store, error) {
 	o := options{now: time.Now, window: 24 * time.Hour, scopes: map[string]time.Duration{},
 		policies: map[string]UncertainPolicy{}, lease: 30 * time.Second, sync: true, memtable: DefaultMemTableSize,
-		cache: DefaultCacheSize, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: DefaultFilterKeys,
+		cache: DefaultCacheSize, syncDelay: DefaultSyncDelay, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: DefaultFilterKeys,
 		recent: DefaultRecentBytes, buffer: DefaultWriteBufferBytes}
 	for _, opt := range opts {
 		opt(&o)
@@ -453,6 +467,7 @@ func (s *Store) openBuffer(dir string, popts *pebble.Options) error {
 	if err != nil {
 		return err
 	}
+	b.syncDelay = s.o.syncDelay
 	s.buf = b
 	return nil
 }
@@ -1072,6 +1087,9 @@ type Metrics struct {
 	Releases  int64
 	Lookups   int64
 	Reclaims  int64 // range deletes of expired buckets
+	// Syncs counts the write buffer's fsyncs for synced writes: against
+	// Confirms, how well they are shared.
+	Syncs int64
 	// KeysApprox counts entries in sstables less deletions; what is still in
 	// the memtable is not counted (Pebble keeps no exact count).
 	KeysApprox  int64
@@ -1093,6 +1111,9 @@ func (s *Store) Metrics() Metrics {
 		TakenOver: s.m.takeovers.Load(), Uncertain: s.m.uncertain.Load(), Confirms: s.m.confirms.Load(),
 		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(),
 		DiskBytes: pm.DiskSpaceUsage(),
+	}
+	if s.buf != nil {
+		m.Syncs = s.buf.syncs.Load()
 	}
 	if tables, err := s.db.SSTables(pebble.WithProperties()); err == nil {
 		for _, level := range tables {

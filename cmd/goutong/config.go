@@ -87,6 +87,9 @@ type DedupeConfig struct {
 	Window time.Duration `koanf:"window"`
 	Lease  time.Duration `koanf:"lease"`
 	Sync   bool          `koanf:"sync"`
+	// SyncDelay: a synced confirm that starts an fsync waits this long for
+	// others to share it (0: never waits).
+	SyncDelay time.Duration `koanf:"sync_delay"`
 	// FilterKeys sizes the in-memory filter of each time bucket (window/4):
 	// new keys skip the disk probe. 0 turns the filters off.
 	FilterKeys uint `koanf:"filter_keys"`
@@ -156,7 +159,7 @@ func defaultConfig() Config {
 			BackoffBase: 500 * time.Millisecond, BackoffMax: 5 * time.Minute, DrainTimeout: 10 * time.Second,
 			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, KeepPayloads: true},
 		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
-		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true,
+		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true, SyncDelay: dedupe.DefaultSyncDelay,
 			FilterKeys: dedupe.DefaultFilterKeys, RecentBytes: dedupe.DefaultRecentBytes,
 			WriteBufferBytes: dedupe.DefaultWriteBufferBytes},
 		API: APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
