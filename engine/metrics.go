@@ -122,6 +122,7 @@ var dedupeMetrics = []dedupeSeries{
 	dedupeGauge("buffer_records", "Writes in the write buffer, not yet ingested into Pebble.", func(m dedupe.Metrics) float64 { return float64(m.BufferKeys) }),
 	dedupeGauge("buffer_bytes", "Bytes of writes in the write buffer.", func(m dedupe.Metrics) float64 { return float64(m.BufferBytes) }),
 	dedupeCounter("buffer_ingests", "Write-buffer generations ingested into Pebble as sorted sstables.", func(m dedupe.Metrics) int64 { return m.BufferIngests }),
+	dedupeCounter("buffer_syncs", "fsyncs of the write buffer's log for synced writes (against confirms: how well they are shared).", func(m dedupe.Metrics) int64 { return m.Syncs }),
 }
 
 func dedupeCounter(name, help string, v func(dedupe.Metrics) int64) dedupeSeries {
