@@ -393,8 +393,18 @@ func (g *bufGen) deleted(h uint64, ekey []byte) (del, known bool) {
 // write logs and indexes a batch's operations; with sync it returns once
 // they are on disk.
 func (b *writeBuffer) write(ops []writeOp, sync bool) error {
+	wait, err := b.writeThen(ops, sync)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// writeThen logs and indexes a batch's operations; with sync, wait returns
+// once they are on disk.
+func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, err error) {
 	if len(ops) == 0 {
-		return nil
+		return noWait, nil
 	}
 	frame := appendFrame(nil, ops)
 
@@ -408,19 +418,19 @@ func (b *writeBuffer) write(ops []writeOp, sync bool) error {
 			err = errClosed
 		}
 		b.mu.Unlock()
-		return err
+		return nil, err
 	}
 	if b.activeFull(len(ops)) {
 		if err := b.freezeLocked(len(ops)); err != nil {
 			b.mu.Unlock()
-			return err
+			return nil, err
 		}
 	}
 	g := b.active
 	if _, err := g.f.Write(frame); err != nil {
 		b.err = fmt.Errorf("dedupe: write buffer log: %w", err)
 		b.mu.Unlock()
-		return b.err
+		return nil, b.err
 	}
 	g.written += int64(len(frame))
 	for _, op := range ops {
@@ -429,9 +439,9 @@ func (b *writeBuffer) write(ops []writeOp, sync bool) error {
 	off := g.written
 	b.mu.Unlock()
 	if !sync {
-		return nil
+		return noWait, nil
 	}
-	return b.syncTo(g, off)
+	return func() error { return b.syncTo(g, off) }, nil
 }
 
 // activeFull reports whether the active generation must be frozen before

@@ -370,3 +370,35 @@ func TestSyncDelaySharesFsyncs(t *testing.T) {
 		}
 	}
 }
+
+// TestConfirmThenSync: the confirm answers claims as soon as it returns,
+// and its fsync happens in wait (none before, one after).
+func TestConfirmThenSync(t *testing.T) {
+	s := open(t, t.TempDir(), newClock(), WithSync(true), WithSyncDelay(0*time.Millisecond))
+	defer s.Close()
+	reqs := []ClaimRequest{{Key: "k", ID: "id-1"}}
+	out := make([]ClaimResult, 1)
+	if err := s.Claim(ctx, reqs, out); err != nil {
+		t.Fatal(err)
+	}
+	wait, err := s.ConfirmThenSync(ctx, []Done{{Key: "k", Token: out[0].Token, ID: "id-1", Outcome: "sent"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Metrics().Syncs; n != 0 {
+		t.Fatalf("%d fsyncs before wait", n)
+	}
+	again := make([]ClaimResult, 1)
+	if err := s.Claim(ctx, []ClaimRequest{{Key: "k", ID: "id-2"}}, again); err != nil {
+		t.Fatal(err)
+	}
+	if again[0].Status != Duplicate || again[0].OriginalID != "id-1" {
+		t.Fatalf("claim after the confirm returned: %+v, want Duplicate of id-1", again[0])
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Metrics().Syncs; n != 1 {
+		t.Fatalf("%d fsyncs after wait, want 1", n)
+	}
+}

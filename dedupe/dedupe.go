@@ -489,14 +489,25 @@ func (s *Store) Close() error {
 
 // commit makes a batch's writes durable per sync (and visible).
 func (s *Store) commit(w *sortedWriter, sync bool) error {
+	wait, err := s.commitThen(w, sync)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// commitThen makes a batch's writes visible, and durable per sync by the
+// time wait returns. Without the write buffer Pebble's commit is synced at
+// once (its own group commit shares the fsync).
+func (s *Store) commitThen(w *sortedWriter, sync bool) (wait func() error, err error) {
 	if s.buf != nil {
-		return s.buf.write(w.ops, sync)
+		return s.buf.writeThen(w.ops, sync)
 	}
 	wo := pebble.NoSync
 	if sync {
 		wo = pebble.Sync
 	}
-	return w.commit(s.db, wo)
+	return noWait, w.commit(s.db, wo)
 }
 
 func (s *Store) bucketOf(t time.Time) uint32 { return uint32(t.Unix() / s.bucketSec) }
@@ -823,6 +834,16 @@ func (s *Store) Confirm(ctx context.Context, done []Done) error {
 	return s.finish(ctx, done, true, s.o.sync)
 }
 
+// ConfirmThenSync is Confirm in two steps, for a caller with work to do
+// meanwhile: when it returns the outcomes are written (claims of the keys
+// answer Duplicate), and wait makes them durable per the store's sync
+// policy. Whatever must follow a durable confirm (marking the records
+// finished, so their offsets commit) waits for wait; a crash before it
+// returns replays those records, as a crash before Confirm returned would.
+func (s *Store) ConfirmThenSync(ctx context.Context, done []Done) (wait func() error, err error) {
+	return s.finishThen(ctx, done, true, s.o.sync)
+}
+
 // ConfirmNoSync is Confirm without waiting for the disk, whatever the
 // store's sync policy: for callers to whom a confirm lost in a crash costs
 // nothing but a later duplicate answer (the next synced write makes it
@@ -837,11 +858,22 @@ func (s *Store) Release(ctx context.Context, done []Done) error {
 }
 
 func (s *Store) finish(ctx context.Context, done []Done, confirm bool, sync bool) error {
+	wait, err := s.finishThen(ctx, done, confirm, sync)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// noWait is the wait of a write with nothing left to make durable.
+func noWait() error { return nil }
+
+func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync bool) (func() error, error) {
 	if len(done) == 0 {
-		return nil
+		return noWait, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	w := sortedWriter{buf: make([]byte, 0, len(done)*entrySizeHint)}
 	now := s.o.now()
@@ -861,8 +893,9 @@ func (s *Store) finish(ctx context.Context, done []Done, confirm bool, sync bool
 	// write. Holding the lock through the commit serialised every poll's
 	// claims behind every batch's confirm.
 	s.remember(&w)
-	if err := s.commit(&w, sync); err != nil {
-		return fmt.Errorf("dedupe: commit: %w", err)
+	synced, err := s.commitThen(&w, sync)
+	if err != nil {
+		return nil, fmt.Errorf("dedupe: commit: %w", err)
 	}
 	s.committed(&w) // before the keys leave live: a claim sees them live or here
 	s.claimMu.Lock()
@@ -875,7 +908,12 @@ func (s *Store) finish(ctx context.Context, done []Done, confirm bool, sync bool
 	} else {
 		s.m.releases.Add(int64(len(done)))
 	}
-	return nil
+	return func() error {
+		if err := synced(); err != nil {
+			return fmt.Errorf("dedupe: commit: %w", err)
+		}
+		return nil
+	}, nil
 }
 
 // remember feeds the keys a batch is about to write to the filters, before

@@ -577,10 +577,20 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 		}
 	}
 	countSends()
-	// The send happened whatever comes next: record it first.
+	// The send happened whatever comes next: record it first. The confirm's
+	// fsync runs while the outcomes are produced; the records are marked
+	// finished (their offsets may commit) only once it is done.
+	durable := noWait
 	if len(confirm) > 0 {
-		if err := e.cfg.Dedupe.Confirm(e.outCtx, confirm); err != nil {
+		wait, err := e.cfg.Dedupe.ConfirmThenSync(e.outCtx, confirm)
+		if err != nil {
 			e.cfg.Logger.Sugar().Warnw("dedupe confirm failed", "error", err)
+		} else {
+			durable = func() {
+				if err := wait(); err != nil {
+					e.cfg.Logger.Sugar().Warnw("dedupe confirm failed", "error", err)
+				}
+			}
 		}
 		e.claimed.Add(-int64(len(confirm)))
 	}
@@ -590,5 +600,7 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item) {
 	if len(release) > 0 {
 		e.releaseClaims(release)
 	}
-	out.flush(e.outCtx, e)
+	out.flushThen(e.outCtx, e, durable)
 }
+
+func noWait() {}

@@ -729,11 +729,16 @@ func deadLetterRecord(topic string, key, value []byte, reason, errText string, a
 // flush produces the outcomes, then applies the status events and
 // finishes the records. When the log refuses (shutting down), nothing is
 // finished: the records are replayed.
-func (o *outcomes) flush(ctx context.Context, e *Engine) bool {
+func (o *outcomes) flush(ctx context.Context, e *Engine) bool { return o.flushThen(ctx, e, noWait) }
+
+// flushThen is flush with before run ahead of marking the items finished:
+// what must be durable before their offsets may commit.
+func (o *outcomes) flushThen(ctx context.Context, e *Engine, before func()) bool {
 	if len(o.recs) > 0 {
 		if err := e.log.Produce(ctx, o.recs); err != nil {
 			e.cfg.Logger.Warn("produce outcomes failed; records stay in flight and will be replayed",
 				zap.Int("records", len(o.recs)), zap.Error(err))
+			before()
 			return false
 		}
 	}
@@ -742,6 +747,7 @@ func (o *outcomes) flush(ctx context.Context, e *Engine) bool {
 			e.cfg.Logger.Warn("status store write failed", zap.Error(err))
 		}
 	}
+	before()
 	e.finish(o.done...)
 	return true
 }
