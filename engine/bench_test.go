@@ -237,12 +237,14 @@ func (l *latencyProbe) Send(ctx context.Context, batch []*notification.Notificat
 // critical traffic ran on an idle engine). The idle sub-benchmark sends the
 // same critical traffic with no burst: the baseline of the same run.
 func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
-	b.Run("idle", func(b *testing.B) { criticalLatency(b, 0) })
-	b.Run("burst-1M", func(b *testing.B) { criticalLatency(b, 1_000_000) })
+	b.Run("idle", func(b *testing.B) { criticalLatency(b, 0, false) })
+	b.Run("burst-1M", func(b *testing.B) { criticalLatency(b, 1_000_000, false) })
+	// With the dedupe confirms synced, as serve runs them.
+	b.Run("burst-1M-dedupe-sync", func(b *testing.B) { criticalLatency(b, 1_000_000, true) })
 }
 
-func criticalLatency(b *testing.B, burst int) {
-	r := newRig(b, backends[0])
+func criticalLatency(b *testing.B, burst int, ddSync bool) {
+	r := newRigSync(b, backends[0], ddSync)
 	wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
 		Path: "/webhook/orders", Secret: "whsec", Batch: 500, Concurrency: 8})
 	if err != nil {
