@@ -393,11 +393,7 @@ func (g *bufGen) deleted(h uint64, ekey []byte) (del, known bool) {
 // write logs and indexes a batch's operations; with sync it returns once
 // they are on disk.
 func (b *writeBuffer) write(ops []writeOp, sync bool) error {
-	wait, err := b.writeThen(ops, sync)
-	if err != nil {
-		return err
-	}
-	return wait()
+	return await(b.writeThen(ops, sync))
 }
 
 // writeThen logs and indexes a batch's operations; with sync, wait returns

@@ -235,9 +235,9 @@ func WithCreate() Option { return func(o *options) { o.create = true } }
 
 // WithFilter sizes the in-memory Bloom filter of each time bucket for n keys
 // (default 4,194,304: 4 MiB a bucket, one byte a key, at 3.3 % false
-// positives; more keys raise the rate, never the answer). New keys then skip the disk
-// probe. 0 turns the filters off. The filters are built from the keys on
-// disk at open.
+// positives; more keys raise the rate, never the answer). New keys then
+// skip the disk probe. 0 turns the filters off. The filters are built from
+// the keys on disk at open.
 func WithFilter(n uint) Option { return func(o *options) { o.filterKeys = n } }
 
 // WithRecent keeps copies of the newest entries written in n bytes of
@@ -489,11 +489,7 @@ func (s *Store) Close() error {
 
 // commit makes a batch's writes durable per sync (and visible).
 func (s *Store) commit(w *sortedWriter, sync bool) error {
-	wait, err := s.commitThen(w, sync)
-	if err != nil {
-		return err
-	}
-	return wait()
+	return await(s.commitThen(w, sync))
 }
 
 // commitThen makes a batch's writes visible, and durable per sync by the
@@ -858,15 +854,20 @@ func (s *Store) Release(ctx context.Context, done []Done) error {
 }
 
 func (s *Store) finish(ctx context.Context, done []Done, confirm bool, sync bool) error {
-	wait, err := s.finishThen(ctx, done, confirm, sync)
+	return await(s.finishThen(ctx, done, confirm, sync))
+}
+
+// noWait is the wait of a write with nothing left to make durable.
+func noWait() error { return nil }
+
+// await completes a two-step write (the ...Then methods): its wait, once
+// the first step succeeded.
+func await(wait func() error, err error) error {
 	if err != nil {
 		return err
 	}
 	return wait()
 }
-
-// noWait is the wait of a write with nothing left to make durable.
-func noWait() error { return nil }
 
 func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync bool) (func() error, error) {
 	if len(done) == 0 {

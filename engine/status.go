@@ -135,6 +135,10 @@ func eventSeq(ev *StatusEvent, i int) uint16 {
 	return uint16(h.Sum32())
 }
 
+// statusKeyTail is the bytes of a status key after the id: the event's
+// time (8) and sequence (2).
+const statusKeyTail = 10
+
 func statusKey(dst []byte, id string, at time.Time, seq uint16) []byte {
 	dst = append(dst, 's')
 	dst = append(dst, id...)
@@ -308,10 +312,10 @@ func (s *StatusStore) Scan(from, to time.Time, fn func(id string, history []Stat
 	var hist []StatusEvent
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
-		if len(k) < 11 {
+		if len(k) < 1+statusKeyTail {
 			continue
 		}
-		kid := string(k[1 : len(k)-10])
+		kid := string(k[1 : len(k)-statusKeyTail])
 		if kid != id && len(hist) > 0 {
 			if err := fn(id, hist); err != nil {
 				return err
@@ -351,7 +355,7 @@ func (s *StatusStore) Get(id string) (Status, error) {
 	st := Status{ID: id}
 	for it.First(); it.Valid(); it.Next() {
 		// Keys of a longer id sharing this prefix are not ours.
-		if len(it.Key()) != len(prefix)+10 {
+		if len(it.Key()) != len(prefix)+statusKeyTail {
 			continue
 		}
 		e, err := decodeStoredEvent(id, it.Key(), it.Value())

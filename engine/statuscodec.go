@@ -59,11 +59,11 @@ func decodeStoredEvent(id string, key, v []byte) (StatusEvent, error) {
 		err := json.Unmarshal(v, &ev)
 		return ev, err
 	}
-	if len(key) < 10 || len(v) < 2 || v[0] != storedEventV1 || int(v[1]) >= len(States) {
+	if len(key) < statusKeyTail || len(v) < 2 || v[0] != storedEventV1 || int(v[1]) >= len(States) {
 		return ev, errStoredEvent
 	}
 	ev.ID = id
-	ev.At = time.Unix(0, int64(binary.BigEndian.Uint64(key[len(key)-10:]))).UTC()
+	ev.At = time.Unix(0, int64(binary.BigEndian.Uint64(key[len(key)-statusKeyTail:]))).UTC()
 	ev.State = States[v[1]]
 	attempts, n := binary.Uvarint(v[2:])
 	if n <= 0 || attempts > 1<<31 {
