@@ -2,6 +2,7 @@ package dedupe
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -215,32 +217,57 @@ func xxhashOf(b []byte) uint64 { return xxhash.Sum64(b) }
 // they share and however their lengths end inside a 16-byte digit.
 func TestWriteBufferSortByKey(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(9, 9))
-	g := &bufGen{idx: newHashIndex(0)}
-	var want [][]byte
-	seen := map[string]bool{}
-	for len(want) < 5000 {
-		k := []byte(fmt.Sprintf("ingest\x00tenant-%d\x00", rnd.IntN(3)))
-		for range rnd.IntN(40) {
-			k = append(k, "ab\x00"[rnd.IntN(3)])
-		}
-		ekey := entryKey(nil, uint32(rnd.IntN(2)), string(k))
-		if seen[string(ekey)] {
-			continue
-		}
-		seen[string(ekey)] = true
-		want = append(want, ekey)
-		g.add(false, ekey, recentEntry("x"))
-	}
-	refs := g.sortRefs(0)
-	g.sortByKey(refs, 0)
-	slices.SortFunc(want, bytes.Compare)
-	if len(refs) != len(want) {
-		t.Fatalf("%d sorted, want %d", len(refs), len(want))
-	}
-	for i, r := range refs {
-		if _, _, got, _ := g.record(r.ref - 1); !bytes.Equal(got, want[i]) {
-			t.Fatalf("position %d: %q, want %q", i, got, want[i])
-		}
+	for _, c := range []struct {
+		name string
+		key  func() []byte
+	}{
+		{"tenants and short alphabets", func() []byte {
+			k := []byte(fmt.Sprintf("ingest\x00tenant-%d\x00", rnd.IntN(3)))
+			for range rnd.IntN(40) {
+				k = append(k, "ab\x00"[rnd.IntN(3)])
+			}
+			return k
+		}},
+		// One tenant's default keys: everything up to the hash is shared.
+		{"one tenant's hashes", func() []byte {
+			return fmt.Appendf(nil, "ingest\x00acme\x00k1-%032x", rnd.Uint64()>>rnd.IntN(64))
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := &bufGen{idx: newHashIndex(0)}
+			type rec struct {
+				ekey []byte
+				nth  int // write order
+			}
+			var want []rec
+			for len(want) < 5000 {
+				ekey := entryKey(nil, uint32(rnd.IntN(2)), string(c.key()))
+				if len(want) > 0 && rnd.IntN(10) == 0 {
+					ekey = want[rnd.IntN(len(want))].ekey // a newer write of a key
+				}
+				want = append(want, rec{ekey, len(want)})
+				g.add(false, ekey, recentEntry(strconv.Itoa(len(want)-1)))
+			}
+			refs, depth := g.sortRefs(0)
+			g.sortByKey(refs, depth)
+			// By key, and the newest write of a key first.
+			slices.SortFunc(want, func(a, b rec) int {
+				return cmp.Or(bytes.Compare(a.ekey, b.ekey), cmp.Compare(b.nth, a.nth))
+			})
+			if len(refs) != len(want) {
+				t.Fatalf("%d sorted, want %d", len(refs), len(want))
+			}
+			for i, r := range refs {
+				_, _, got, val := g.record(r.ref - 1)
+				e, err := parseEntry(val)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want[i].ekey) || e.id != strconv.Itoa(want[i].nth) {
+					t.Fatalf("position %d: %q (write %s), want %q (write %d)", i, got, e.id, want[i].ekey, want[i].nth)
+				}
+			}
+		})
 	}
 }
 
