@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -239,8 +240,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			workers.Go(func() { e.sender(outCtx, cs) })
 		}
 		workers.Go(func() {
+			var bufs sendBuffers
 			for batch := range cs.urgent {
-				e.sendUrgent(outCtx, cs, batch)
+				e.sendUrgent(outCtx, cs, batch, &bufs)
 			}
 		})
 	}
@@ -670,6 +672,24 @@ func (o *outcomes) reserve(records, events, done int) {
 	o.events = make([]StatusEvent, 0, events)
 	o.done = make([]*item, 0, done)
 	o.enc.buf = make([]byte, 0, events*eventSizeHint)
+}
+
+// reuse is o reserved as reserve does, over the arrays of its last use
+// where they are large enough; what they held must be dead.
+func (o *outcomes) reuse(records, events, done int) {
+	o.recs = reuse(o.recs, records)[:0]
+	o.events = reuse(o.events, events)[:0]
+	o.done = reuse(o.done, done)[:0]
+	o.keep = o.keep[:0]
+	o.enc.buf = slices.Grow(o.enc.buf[:0], events*eventSizeHint)
+}
+
+// reuse returns s resliced to n, or a new slice when s is too small.
+func reuse[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
 }
 
 // eventSizeHint is an encoded status event with its id and key.
