@@ -140,6 +140,16 @@ func TestIdempotencyKeyCanonical(t *testing.T) {
 	if got := DefaultIdempotencyKey(a); got != "k1-"+"9dba38bacf85514cda613d76178eddd9" {
 		t.Fatalf("default key changed to %s; old dedupe entries would stop matching", got)
 	}
+	// And one past the short paths: more vars than fit the stack, content
+	// longer than the stack buffer.
+	long := &Notification{Tenant: "acme", Channel: "email", Recipient: "a@example.com", Vars: map[string]string{},
+		Content: &Content{Subject: "Hello", Body: strings.Repeat("body ", 200)}}
+	for i := range 12 {
+		long.Vars[fmt.Sprint("v", i)] = strings.Repeat("x", i)
+	}
+	if got := DefaultIdempotencyKey(long); got != "k1-"+"eefd8ba992ed3ee08fc33141ffb8c215" {
+		t.Fatalf("default key of a long notification changed to %s", got)
+	}
 }
 
 func TestPrepare(t *testing.T) {

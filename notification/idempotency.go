@@ -26,24 +26,28 @@ func DefaultIdempotencyKey(n *Notification) string {
 const DefaultKeyLen = len("k1-") + 32
 
 // AppendDefaultIdempotencyKey appends DefaultIdempotencyKey(n) to dst.
+// The hashed fields are laid out in one buffer (on the stack unless they
+// are long) and hashed in one call: feeding a hash.Hash field by field
+// cost a third more.
 func AppendDefaultIdempotencyKey(dst []byte, n *Notification) []byte {
-	h := sha256.New()
-	var buf [binary.MaxVarintLen64]byte
+	var scratch [512]byte
+	in := scratch[:0]
 	put := func(s string) {
-		h.Write(buf[:binary.PutUvarint(buf[:], uint64(len(s)))])
-		h.Write([]byte(s))
+		in = binary.AppendUvarint(in, uint64(len(s)))
+		in = append(in, s...)
 	}
 	put("v1")
 	put(n.Tenant)
 	put(string(n.Channel))
 	put(n.Recipient)
 	put(n.Template)
-	keys := make([]string, 0, len(n.Vars))
+	var few [8]string
+	keys := few[:0]
 	for k := range n.Vars {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	h.Write(buf[:binary.PutUvarint(buf[:], uint64(len(keys)))])
+	in = binary.AppendUvarint(in, uint64(len(keys)))
 	for _, k := range keys {
 		put(k)
 		put(n.Vars[k])
@@ -52,8 +56,8 @@ func AppendDefaultIdempotencyKey(dst []byte, n *Notification) []byte {
 		put(n.Content.Subject)
 		put(n.Content.Body)
 	}
-	var sum [sha256.Size]byte
+	sum := sha256.Sum256(in)
 	// 128 bits is ample against accidental collisions and halves key size
 	// in the dedupe store.
-	return hex.AppendEncode(append(dst, "k1-"...), h.Sum(sum[:0])[:16])
+	return hex.AppendEncode(append(dst, "k1-"...), sum[:16])
 }
