@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -37,7 +39,9 @@ var ErrUnavailable = errors.New("engine: unavailable")
 // before it returns. A key already accepted within the dedupe window is a
 // duplicate of the first notification and is not enqueued again.
 func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, now time.Time) ([]Admission, int, error) {
-	reqs := make([]dedupe.ClaimRequest, len(ns))
+	ib := ingestPool.Get().(*ingestBuffers)
+	defer ib.put()
+	reqs := reuse(ib.reqs, len(ns))
 	// The ids, default keys and claim keys of the batch share one buffer;
 	// strings made in an array the buffer outgrows stay valid.
 	buf := make([]byte, 0, len(ns)*(ulid.EncodedSize+2*notification.DefaultKeyLen+16))
@@ -58,17 +62,19 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		buf = append(append(append(append(buf, "ingest\x00"...), n.Tenant...), 0), n.IdempotencyKey...)
 		reqs[i] = dedupe.ClaimRequest{Key: str(start), Scope: ingestScope, ID: n.ID}
 	}
-	claims := make([]dedupe.ClaimResult, len(ns))
+	claims := reuse(ib.claims, len(ns))
+	clear(claims)
 	if err := e.cfg.Dedupe.Claim(ctx, reqs, claims); err != nil {
 		return nil, 0, fmt.Errorf("%w: idempotency store: %v", ErrUnavailable, err)
 	}
 	out := make([]Admission, len(ns))
-	var o outcomes
-	o.reserve(2*len(ns), len(ns), 0) // a record and an event each
-	done := make([]dedupe.Done, 0, len(ns))
+	o := &ib.out
+	o.reuse(2*len(ns), len(ns), 0) // a record and an event each
+	done := ib.done[:0]
 	// The records' values share one buffer (a value keeps the array it was
 	// written into if the buffer outgrows it), not an allocation each.
-	values := make([]byte, 0, len(ns)*recordSizeHint)
+	values := slices.Grow(ib.values[:0], len(ns)*recordSizeHint)
+	defer func() { ib.reqs, ib.claims, ib.done, ib.values = reqs, claims, done, values }()
 	for i, n := range ns {
 		if !claims[i].Status.ShouldSend() {
 			out[i] = Admission{ID: claims[i].OriginalID, Duplicate: true}
@@ -85,7 +91,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	if len(done) == 0 {
 		return out, 0, nil
 	}
-	if err := e.emit(ctx, &o); err != nil {
+	if err := e.emit(ctx, o); err != nil {
 		if rerr := e.cfg.Dedupe.Release(context.WithoutCancel(ctx), done); rerr != nil {
 			e.cfg.Logger.Warn("release of ingest claims failed", zap.Error(rerr))
 		}
@@ -101,6 +107,31 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		e.cfg.Logger.Warn("confirm of ingest claims failed", zap.Error(err))
 	}
 	return out, len(done), nil
+}
+
+// ingestBuffers are an Ingest call's working slices, pooled: nothing keeps
+// them once it returns (the log and the stores copy what they write, and
+// the ids and keys live in a buffer of their own, which is not pooled). A
+// 1,000-item request made ~1.3 MB of them anew.
+type ingestBuffers struct {
+	reqs   []dedupe.ClaimRequest
+	claims []dedupe.ClaimResult
+	done   []dedupe.Done
+	values []byte
+	out    outcomes
+}
+
+var ingestPool = sync.Pool{New: func() any { return new(ingestBuffers) }}
+
+// maxPooledIngest keeps the pool from pinning the buffers of one huge
+// request.
+const maxPooledIngest = 4 << 20
+
+func (ib *ingestBuffers) put() {
+	if cap(ib.values) > maxPooledIngest || cap(ib.out.enc.buf) > maxPooledIngest {
+		return
+	}
+	ingestPool.Put(ib)
 }
 
 // recordSizeHint is a typical notification's encoded record.
