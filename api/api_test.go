@@ -322,6 +322,61 @@ func TestBadInputNamesTheField(t *testing.T) {
 	}
 }
 
+// Bodies are read by their declared length into pooled buffers, or to
+// their end when chunked: a small body after a large one is read alone,
+// and a chunked body over the limit is refused like a declared one.
+func TestBodiesDeclaredAndChunked(t *testing.T) {
+	n := newNode(t, nodeOpts{maxBody: 64 << 10, maxItems: 500})
+	post := func(body string, chunked bool) reply {
+		var r io.Reader = strings.NewReader(body)
+		if chunked {
+			r = io.MultiReader(r) // hides the length: net/http sends it chunked
+		}
+		req, err := http.NewRequest("POST", n.url+"/v1/notifications", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var rep reply
+		rep.code, rep.raw = resp.StatusCode, string(raw)
+		_ = json.Unmarshal(raw, &rep.body)
+		return rep
+	}
+	ndjson := func(from, count int) string {
+		var b strings.Builder
+		for i := range count {
+			b.WriteString(webhookJSON(from+i, ""))
+			b.WriteByte('\n')
+		}
+		return b.String()
+	}
+	for i, c := range []struct {
+		body     string
+		chunked  bool
+		code     int
+		accepted int
+	}{
+		{ndjson(0, 300), false, 202, 300}, // ~40 KB
+		{ndjson(1000, 1), false, 202, 1},  // into the same pooled buffer
+		{ndjson(2000, 2), true, 202, 2},
+		{ndjson(3000, 600), true, 413, 0}, // ~80 KB, over the limit
+		{ndjson(4000, 600), false, 413, 0},
+		{ndjson(5000, 3), false, 202, 3}, // the server is still serving
+	} {
+		r := post(c.body, c.chunked)
+		accepted, _ := r.body["accepted"].(float64)
+		if r.code != c.code || int(accepted) != c.accepted {
+			t.Fatalf("request %d (chunked %v): %d with %v accepted, want %d with %d\n%.300s", i, c.chunked, r.code, accepted, c.code, c.accepted, r.raw)
+		}
+	}
+}
+
 func TestAuthAndTenants(t *testing.T) {
 	n := newNode(t, nodeOpts{auth: true})
 	body := webhookJSON(1, "")
