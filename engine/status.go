@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -164,14 +165,27 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	var key, value []byte
+	// Inserted in key order: the memtable's skiplist starts each insert
+	// from where the last one went, so sorted keys skip most of its levels.
+	type kv struct{ key, value []byte }
+	kvs := make([]kv, len(events))
+	buf := make([]byte, 0, len(events)*160)
 	for i := range events {
-		key = statusKey(key[:0], events[i].ID, events[i].At, eventSeq(&events[i], i))
+		start := len(buf)
+		buf = statusKey(buf, events[i].ID, events[i].At, eventSeq(&events[i], i))
+		mid := len(buf)
 		var err error
-		if value, err = appendStoredEvent(value[:0], &events[i]); err != nil {
+		if buf, err = appendStoredEvent(buf, &events[i]); err != nil {
 			return err
 		}
-		if err := b.Set(key, value, nil); err != nil {
+		kvs[i] = kv{buf[start:mid:mid], buf[mid:len(buf):len(buf)]}
+	}
+	if !slices.IsSortedFunc(kvs, func(a, b kv) int { return bytes.Compare(a.key, b.key) }) {
+		// Stable: of two writes of one key, the later still wins.
+		slices.SortStableFunc(kvs, func(a, b kv) int { return bytes.Compare(a.key, b.key) })
+	}
+	for _, e := range kvs {
+		if err := b.Set(e.key, e.value, nil); err != nil {
 			return err
 		}
 	}
