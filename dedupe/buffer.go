@@ -82,6 +82,7 @@ type bufGen struct {
 	seq     uint64
 	f       *os.File
 	written int64      // bytes in f
+	started int64      // bytes of f whose writeback was started (unsynced writes)
 	synced  int64      // bytes of f known durable; under writeBuffer.syncMu
 	idx     *hashIndex // xxhash of the key -> offset+1 of its newest record
 	data    []byte
@@ -462,12 +463,23 @@ func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, er
 		g.add(op.del, op.key, op.val)
 	}
 	off := g.written
+	from := g.started
+	if !sync && off-from >= writebackBytes {
+		g.started = off
+	}
 	b.mu.Unlock()
 	if !sync {
+		if off-from >= writebackBytes {
+			startWriteback(g.f, from, off-from)
+		}
 		return noWait, nil
 	}
 	return func() error { return b.syncTo(g, off) }, nil
 }
+
+// writebackBytes is how much an unsynced generation log gathers before its
+// writeback is started.
+const writebackBytes = 1 << 20
 
 // activeFull reports whether the active generation must be frozen before
 // n more records: its bytes reached the limit, or its index lacks room.
@@ -661,6 +673,9 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 		return err
 	}
 	defer os.Remove(path) // Pebble links or copies it in
+	// Written back a megabyte at a time, as Pebble writes its own tables,
+	// not all at the close's fsync.
+	f = vfs.NewSyncingFile(f, vfs.SyncingFileOptions{BytesPerSync: writebackBytes})
 	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), b.wopts)
 	var last []byte
 	for _, r := range refs {
