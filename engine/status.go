@@ -10,6 +10,7 @@ import (
 	"hash/fnv"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -167,9 +168,15 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 	defer b.Close()
 	// Inserted in key order: the memtable's skiplist starts each insert
 	// from where the last one went, so sorted keys skip most of its levels.
-	type kv struct{ key, value []byte }
-	kvs := make([]kv, len(events))
-	buf := make([]byte, 0, len(events)*160)
+	sc := applyScratch.Get().(*applyBuffers)
+	defer func() {
+		if cap(sc.buf) <= maxPooledApply {
+			applyScratch.Put(sc)
+		}
+	}()
+	kvs := reuse(sc.kvs, len(events))
+	buf := slices.Grow(sc.buf[:0], len(events)*160)
+	defer func() { sc.kvs, sc.buf = kvs, buf }()
 	for i := range events {
 		start := len(buf)
 		buf = statusKey(buf, events[i].ID, events[i].At, eventSeq(&events[i], i))
@@ -196,6 +203,19 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 	}
 	return b.Commit(pebble.NoSync)
 }
+
+// applyBuffers are apply's keys and values, pooled: the batch copies them.
+type applyBuffers struct {
+	kvs []kv
+	buf []byte
+}
+
+type kv struct{ key, value []byte }
+
+var applyScratch = sync.Pool{New: func() any { return new(applyBuffers) }}
+
+// maxPooledApply keeps the pool from pinning one huge batch's buffer.
+const maxPooledApply = 4 << 20
 
 // Payload returns the encoded notification kept for id (see
 // Config.KeepPayloads), or ErrNotFound.
