@@ -109,7 +109,9 @@ type Arena struct {
 }
 
 // NewArena sizes an arena for about n notifications whose records total
-// bytes; it grows past that in chunks of the same size.
+// bytes; past that it grows in chunks each twice the last (up to
+// maxArenaChunk notifications and maxArenaBytes), so an arena reused for
+// larger and larger batches stops allocating once it has grown.
 func NewArena(n, bytes int) *Arena {
 	return &Arena{ns: make([]withContent, 0, max(n, 1)), buf: make([]byte, 0, max(bytes, 64))}
 }
@@ -124,17 +126,23 @@ func (a *Arena) Reset() {
 	a.buf = a.buf[:0]
 }
 
+// Chunk bounds of a growing arena.
+const (
+	maxArenaChunk = 4096
+	maxArenaBytes = 4 << 20
+)
+
 // alloc returns a zeroed Notification, a zeroed Content beside it (for the
 // decoder to attach if the record has one) and an empty buffer of capacity
 // size for its strings.
 func (a *Arena) alloc(size int) (*Notification, *Content, []byte) {
 	if len(a.ns) == cap(a.ns) {
-		a.ns = make([]withContent, 0, cap(a.ns))
+		a.ns = make([]withContent, 0, min(2*cap(a.ns), maxArenaChunk))
 	}
 	a.ns = a.ns[:len(a.ns)+1]
 	nc := &a.ns[len(a.ns)-1]
 	if cap(a.buf)-len(a.buf) < size {
-		a.buf = make([]byte, 0, max(cap(a.buf), size))
+		a.buf = make([]byte, 0, max(min(2*cap(a.buf), maxArenaBytes), size))
 	}
 	start := len(a.buf)
 	a.buf = a.buf[:start+size]

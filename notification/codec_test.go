@@ -247,3 +247,28 @@ func TestArenaReset(t *testing.T) {
 		a.Reset()
 	}
 }
+
+// An arena reused for batches larger than it was made for grows until they
+// fit, then stops allocating (the mock provider reuses its arenas so).
+func TestArenaGrowsToItsBatches(t *testing.T) {
+	c := NewCodec()
+	a := NewArena(1, 64)
+	rec := []byte(`{"channel":"webhook","recipient":"https://hooks.example/orders","content":{"body":"{\"order\":1}"}}`)
+	batch := func() {
+		a.Reset()
+		for range 500 {
+			if _, err := c.DecodeIn(a, rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 3 {
+		batch()
+	}
+	// Grown: one batch fits the chunks it kept, which it no longer replaces.
+	ns, buf := unsafe.SliceData(a.ns), unsafe.SliceData(a.buf)
+	batch()
+	if cap(a.ns) < 500 || unsafe.SliceData(a.ns) != ns || unsafe.SliceData(a.buf) != buf {
+		t.Fatalf("a grown arena still allocates a batch (chunk of %d notifications)", cap(a.ns))
+	}
+}
