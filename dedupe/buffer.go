@@ -432,7 +432,14 @@ func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, er
 	if len(ops) == 0 {
 		return noWait, nil
 	}
-	frame := appendFrame(nil, ops)
+	fb := frames.Get().(*[]byte)
+	defer func() {
+		if cap(*fb) <= maxPooledFrame {
+			frames.Put(fb)
+		}
+	}()
+	frame := appendFrame((*fb)[:0], ops)
+	*fb = frame
 
 	b.mu.Lock()
 	for b.err == nil && !b.closed && b.activeFull(len(ops)) && b.frozen != nil {
@@ -476,6 +483,13 @@ func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, er
 	}
 	return func() error { return b.syncTo(g, off) }, nil
 }
+
+// frames hold writeThen's log frames between writes (the write copies
+// them to the file).
+var frames = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledFrame keeps the pool from pinning one huge frame.
+const maxPooledFrame = 4 << 20
 
 // writebackBytes is how much an unsynced generation log gathers before its
 // writeback is started.

@@ -876,7 +876,10 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	w := sortedWriter{buf: make([]byte, 0, len(done)*entrySizeHint)}
+	w := writers.Get().(*sortedWriter)
+	defer w.release()
+	w.buf = slices.Grow(w.buf[:0], len(done)*entrySizeHint)
+	w.ops = w.ops[:0]
 	now := s.o.now()
 	for _, d := range done {
 		if !confirm {
@@ -893,12 +896,12 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	// it live (InFlight), and once the claim is dropped below, finds the
 	// write. Holding the lock through the commit serialised every poll's
 	// claims behind every batch's confirm.
-	s.remember(&w)
-	synced, err := s.commitThen(&w, sync)
+	s.remember(w)
+	synced, err := s.commitThen(w, sync)
 	if err != nil {
 		return nil, fmt.Errorf("dedupe: commit: %w", err)
 	}
-	s.committed(&w) // before the keys leave live: a claim sees them live or here
+	s.committed(w) // before the keys leave live: a claim sees them live or here
 	s.claimMu.Lock()
 	for _, d := range done {
 		delete(s.live, d.Key)
@@ -989,6 +992,19 @@ type writeOp struct {
 
 // entrySizeHint is a typical entry key and value, for sizing buf.
 const entrySizeHint = 96
+
+// writers are finishThen's sortedWriters, pooled: a commit copies what it
+// keeps (the log frame, the buffer's generation, the filters).
+var writers = sync.Pool{New: func() any { return new(sortedWriter) }}
+
+// maxPooledWriter keeps the pool from pinning one huge batch's buffer.
+const maxPooledWriter = 4 << 20
+
+func (w *sortedWriter) release() {
+	if cap(w.buf) <= maxPooledWriter {
+		writers.Put(w)
+	}
+}
 
 func (w *sortedWriter) set(b uint32, key string, e *entry) {
 	start := len(w.buf)
