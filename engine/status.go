@@ -185,11 +185,11 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 		if buf, err = appendStoredEvent(buf, &events[i]); err != nil {
 			return err
 		}
-		kvs[i] = kv{buf[start:mid:mid], buf[mid:len(buf):len(buf)]}
+		kvs[i] = statusKV{buf[start:mid:mid], buf[mid:len(buf):len(buf)]}
 	}
-	if !slices.IsSortedFunc(kvs, func(a, b kv) int { return bytes.Compare(a.key, b.key) }) {
-		// Stable: of two writes of one key, the later still wins.
-		slices.SortStableFunc(kvs, func(a, b kv) int { return bytes.Compare(a.key, b.key) })
+	byKey := func(a, b statusKV) int { return bytes.Compare(a.key, b.key) }
+	if !slices.IsSortedFunc(kvs, byKey) {
+		slices.SortStableFunc(kvs, byKey) // stable: of two writes of one key, the later still wins
 	}
 	for _, e := range kvs {
 		if err := b.Set(e.key, e.value, nil); err != nil {
@@ -206,11 +206,12 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 
 // applyBuffers are apply's keys and values, pooled: the batch copies them.
 type applyBuffers struct {
-	kvs []kv
+	kvs []statusKV
 	buf []byte
 }
 
-type kv struct{ key, value []byte }
+// statusKV is an encoded event: its key and value.
+type statusKV struct{ key, value []byte }
 
 var applyScratch = sync.Pool{New: func() any { return new(applyBuffers) }}
 
