@@ -320,7 +320,7 @@ func (g *bufGen) add(del bool, ekey, val []byte) {
 	if !g.idx.room(1) {
 		g.idx.grow() // a replay, or one batch larger than a generation
 	}
-	prev, _ := g.idx.get(h) // 0 when none
+	prev, _ := g.idx.swap(h, uint64(off)+1) // 0 when none
 	g.data = binary.LittleEndian.AppendUint32(g.data, uint32(prev))
 	if del {
 		g.data = append(g.data, 1)
@@ -332,7 +332,6 @@ func (g *bufGen) add(del bool, ekey, val []byte) {
 	g.data = append(g.data, ekey...)
 	g.data = binary.AppendUvarint(g.data, uint64(len(val)))
 	g.data = append(g.data, val...)
-	g.idx.put(h, uint64(off)+1)
 	g.keys++
 }
 

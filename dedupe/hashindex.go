@@ -69,21 +69,26 @@ func (x *hashIndex) get(h uint64) (ref uint64, ok bool) {
 
 // put sets h's reference; the caller checks full first (a full index would
 // probe forever once no slot is empty).
-func (x *hashIndex) put(h, ref uint64) {
+func (x *hashIndex) put(h, ref uint64) { x.swap(h, ref) }
+
+// swap sets h's reference and returns the one it replaces (0 and false
+// when none): one probe where a get, then a put, took two.
+func (x *hashIndex) swap(h, ref uint64) (prev uint64, ok bool) {
 	for i := h & x.mask; ; i = (i + 1) & x.mask {
 		s := x.slots[2*i+1]
 		if s == 0 {
 			x.slots[2*i], x.slots[2*i+1] = h, ref+1
 			x.used++
 			x.live++
-			return
+			return 0, false
 		}
 		if x.slots[2*i] == h {
+			x.slots[2*i+1] = ref + 1
 			if s == tomb {
 				x.live++
+				return 0, false
 			}
-			x.slots[2*i+1] = ref + 1
-			return
+			return s - 1, true
 		}
 	}
 }

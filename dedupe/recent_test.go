@@ -168,8 +168,8 @@ func matchesPebbleOnly(t *testing.T, what string, optsA []Option, each func(a *S
 	return a
 }
 
-// The flat index answers as a map does over random puts, deletes and gets,
-// with hashes crowded into few slots so probes run long and pass
+// The flat index answers as a map does over random puts, swaps, deletes
+// and gets, with hashes crowded into few slots so probes run long and pass
 // tombstones, until it reports full.
 func TestHashIndexMatchesMap(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(5, 6))
@@ -180,9 +180,16 @@ func TestHashIndexMatchesMap(t *testing.T) {
 		case 0:
 			x.del(h)
 			delete(model, h)
-		default:
+		case 1:
 			ref := rnd.Uint64N(1 << 40)
 			x.put(h, ref)
+			model[h] = ref
+		default:
+			ref := rnd.Uint64N(1 << 40)
+			prev, ok := x.swap(h, ref)
+			if want, wantOK := model[h]; ok != wantOK || prev != want {
+				t.Fatalf("step %d: swap(%x) replaced %d %v, want %d %v", step, h, prev, ok, want, wantOK)
+			}
 			model[h] = ref
 		}
 		probe := rnd.Uint64N(8000) << 40
