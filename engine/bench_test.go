@@ -210,9 +210,14 @@ type latencyProbe struct {
 	// returned (it was in the log); after measures from there.
 	durable map[string]time.Time
 	after   *hdrhistogram.Histogram
+	// after split at the provider call: from durable to the call (poll,
+	// claim, rings, dispatch, a sender), and the call itself (HTTP and the
+	// mock on the same cores).
+	toCall, call *hdrhistogram.Histogram
 }
 
 func (l *latencyProbe) Send(ctx context.Context, batch []*notification.Notification, results []providers.Result) {
+	called := time.Now()
 	l.Provider.Send(ctx, batch, results)
 	now := time.Now()
 	l.mu.Lock()
@@ -222,6 +227,8 @@ func (l *latencyProbe) Send(ctx context.Context, batch []*notification.Notificat
 			_ = l.hist.RecordValue(now.Sub(n.AcceptedAt).Microseconds())
 			if t, ok := l.durable[n.ID]; ok && l.after != nil {
 				_ = l.after.RecordValue(max(now.Sub(t).Microseconds(), 1))
+				_ = l.toCall.RecordValue(max(called.Sub(t).Microseconds(), 1))
+				_ = l.call.RecordValue(max(now.Sub(called).Microseconds(), 1))
 			}
 		}
 	}
@@ -251,7 +258,8 @@ func criticalLatency(b *testing.B, burst int, ddSync bool) {
 		b.Fatal(err)
 	}
 	probe := &latencyProbe{Provider: wh, hist: hdrhistogram.New(1, 60_000_000, 3), durable: map[string]time.Time{},
-		after: hdrhistogram.New(1, 60_000_000, 3)}
+		after: hdrhistogram.New(1, 60_000_000, 3), toCall: hdrhistogram.New(1, 60_000_000, 3),
+		call: hdrhistogram.New(1, 60_000_000, 3)}
 	ch := r.channels(false)
 	ch[notification.Webhook] = engine.ChannelConfig{Provider: probe, Rate: 1e9}
 	bulk := webhookBatch(burst, 0)
@@ -304,6 +312,9 @@ func criticalLatency(b *testing.B, burst int, ddSync bool) {
 	// to the provider's ack: the engine's own share of the latency.
 	b.ReportMetric(float64(probe.after.ValueAtQuantile(50))/1000, "after-enqueue-p50-ms")
 	b.ReportMetric(float64(probe.after.ValueAtQuantile(99))/1000, "after-enqueue-p99-ms")
+	// That share split: up to the provider call, and the call.
+	b.ReportMetric(float64(probe.toCall.ValueAtQuantile(99))/1000, "to-call-p99-ms")
+	b.ReportMetric(float64(probe.call.ValueAtQuantile(99))/1000, "call-p99-ms")
 	// How long runnable goroutines waited for a CPU, all of them: a p99 near
 	// the critical one says the tail is contention for the two cores, not
 	// a queue in the engine.
