@@ -234,40 +234,50 @@ func TestWriteBufferSortByKey(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			g := &bufGen{idx: newHashIndex(0)}
-			type rec struct {
-				ekey []byte
-				nth  int // write order
-			}
-			var want []rec
-			for len(want) < 5000 {
+			var writes [][]byte
+			for len(writes) < 5000 {
 				ekey := entryKey(nil, uint32(rnd.IntN(2)), string(c.key()))
-				if len(want) > 0 && rnd.IntN(10) == 0 {
-					ekey = want[rnd.IntN(len(want))].ekey // a newer write of a key
+				if len(writes) > 0 && rnd.IntN(10) == 0 {
+					ekey = writes[rnd.IntN(len(writes))] // a newer write of a key
 				}
-				want = append(want, rec{ekey, len(want)})
-				g.add(false, ekey, recentEntry(strconv.Itoa(len(want)-1)))
+				writes = append(writes, ekey)
 			}
-			refs, depth := g.sortRefs(0)
-			g.sortByKey(refs, depth)
-			// By key, and the newest write of a key first.
-			slices.SortFunc(want, func(a, b rec) int {
-				return cmp.Or(bytes.Compare(a.ekey, b.ekey), cmp.Compare(b.nth, a.nth))
-			})
-			if len(refs) != len(want) {
-				t.Fatalf("%d sorted, want %d", len(refs), len(want))
-			}
-			for i, r := range refs {
-				_, _, got, val := g.record(r.ref - 1)
-				e, err := parseEntry(val)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !bytes.Equal(got, want[i].ekey) || e.id != strconv.Itoa(want[i].nth) {
-					t.Fatalf("position %d: %q (write %s), want %q (write %d)", i, got, e.id, want[i].ekey, want[i].nth)
-				}
-			}
+			checkGenerationSort(t, &bufGen{idx: newHashIndex(0)}, writes)
 		})
+	}
+}
+
+// checkGenerationSort writes ekeys into g in order (the value of the i-th
+// names i) and checks that the ingest's sort returns them by key, the
+// newest write of a key first, as the sstable writer needs them.
+func checkGenerationSort(t testing.TB, g *bufGen, ekeys [][]byte) {
+	t.Helper()
+	type write struct {
+		ekey []byte
+		nth  int
+	}
+	want := make([]write, len(ekeys))
+	for i, ekey := range ekeys {
+		want[i] = write{ekey, i}
+		g.add(false, ekey, recentEntry(strconv.Itoa(i)))
+	}
+	refs, depth := g.sortRefs(0)
+	g.sortByKey(refs, depth)
+	slices.SortFunc(want, func(a, b write) int {
+		return cmp.Or(bytes.Compare(a.ekey, b.ekey), cmp.Compare(b.nth, a.nth))
+	})
+	if len(refs) != len(want) {
+		t.Fatalf("%d sorted, want %d", len(refs), len(want))
+	}
+	for i, r := range refs {
+		_, _, got, val := g.record(r.ref - 1)
+		e, err := parseEntry(val)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want[i].ekey) || e.id != strconv.Itoa(want[i].nth) {
+			t.Fatalf("position %d: %q (write %s), want %q (write %d)", i, got, e.id, want[i].ekey, want[i].nth)
+		}
 	}
 }
 

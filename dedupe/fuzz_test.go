@@ -1,11 +1,7 @@
 package dedupe
 
 import (
-	"bytes"
-	"cmp"
 	"math/rand/v2"
-	"slices"
-	"strconv"
 	"testing"
 )
 
@@ -40,43 +36,18 @@ func FuzzSortByKey(f *testing.F) {
 		}
 		n %= 3000
 		rnd := rand.New(rand.NewPCG(seed, 1))
-		g := &bufGen{idx: newHashIndex(int(n))}
-		type rec struct {
-			ekey []byte
-			nth  int
-		}
-		want := make([]rec, 0, n)
-		for i := range int(n) {
-			var ekey []byte
-			if i > 0 && rnd.IntN(8) == 0 {
-				ekey = want[rnd.IntN(len(want))].ekey // a newer write of a key
-			} else {
-				k := append([]byte(nil), prefix...)
-				for range rnd.IntN(int(maxLen) + 1) {
-					k = append(k, alphabet[rnd.IntN(len(alphabet))])
-				}
-				ekey = entryKey(nil, uint32(rnd.IntN(2)), string(k))
+		writes := make([][]byte, 0, n)
+		for range int(n) {
+			if len(writes) > 0 && rnd.IntN(8) == 0 {
+				writes = append(writes, writes[rnd.IntN(len(writes))]) // a newer write of a key
+				continue
 			}
-			want = append(want, rec{ekey, i})
-			g.add(false, ekey, (&entry{state: stateConfirmed, id: strconv.Itoa(i)}).append(nil))
-		}
-		refs, depth := g.sortRefs(0)
-		g.sortByKey(refs, depth)
-		slices.SortStableFunc(want, func(a, b rec) int {
-			return cmp.Or(bytes.Compare(a.ekey, b.ekey), cmp.Compare(b.nth, a.nth))
-		})
-		if len(refs) != len(want) {
-			t.Fatalf("%d sorted, want %d", len(refs), len(want))
-		}
-		for i, r := range refs {
-			_, _, ekey, val := g.record(r.ref - 1)
-			e, err := parseEntry(val)
-			if err != nil {
-				t.Fatal(err)
+			k := append([]byte(nil), prefix...)
+			for range rnd.IntN(int(maxLen) + 1) {
+				k = append(k, alphabet[rnd.IntN(len(alphabet))])
 			}
-			if !bytes.Equal(ekey, want[i].ekey) || e.id != strconv.Itoa(want[i].nth) {
-				t.Fatalf("position %d: %q (write %s), want %q (write %d)", i, ekey, e.id, want[i].ekey, want[i].nth)
-			}
+			writes = append(writes, entryKey(nil, uint32(rnd.IntN(2)), string(k)))
 		}
+		checkGenerationSort(t, &bufGen{idx: newHashIndex(int(n))}, writes)
 	})
 }
