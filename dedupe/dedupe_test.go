@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 type clock struct {
@@ -474,5 +476,54 @@ func TestClaimRacingConfirm(t *testing.T) {
 	}
 	if first != nil {
 		t.Fatal(first)
+	}
+}
+
+// Entries are written compact and read in both forms: a store written
+// before the compact form keeps answering for its keys.
+func TestEntryForms(t *testing.T) {
+	for _, e := range []entry{
+		{state: stateConfirmed, claimedAt: 1795667791472846500, id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "accepted"},
+		{state: stateConfirmed, claimedAt: 1795667791472846500, id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "SM5f2a"},
+		{state: stateClaimed, claimedAt: 1795667791472846500, leaseTill: 1795667821472846500, id: "01jd3zq8x4k2m9n7p5r3t1v0wy"},
+		{state: stateConfirmed, claimedAt: 3, id: "order-42", outcome: "uncertain"},
+		{state: stateClaimed, claimedAt: -1, leaseTill: -2, id: "x"}, // only the fixed form holds these
+	} {
+		for form, b := range map[string][]byte{"compact": e.append(nil), "fixed": e.appendFixed(nil)} {
+			got, err := parseEntry(b)
+			if err != nil || got != e {
+				t.Fatalf("%s form of %+v read back as %+v, %v", form, e, got, err)
+			}
+		}
+	}
+	ingest := entry{state: stateConfirmed, claimedAt: 1795667791472846500, id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "accepted"}
+	if c, f := len(ingest.append(nil)), len(ingest.appendFixed(nil)); c > 30 || f != 53 {
+		t.Fatalf("an ingest entry takes %d bytes compact, %d fixed; want at most 30 and 53", c, f)
+	}
+}
+
+// A store holding entries in the fixed form (as written before the compact
+// one) still answers for their keys after an upgrade, beside new entries.
+func TestFixedFormEntriesStillAnswer(t *testing.T) {
+	clk, dir := newClock(), t.TempDir()
+	s := open(t, dir, clk)
+	old := entry{state: stateConfirmed, claimedAt: clk.Now().UnixNano(), id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "SM-old"}
+	if err := s.db.Set(entryKey(nil, s.bucketOf(clk.Now()), "acme\x00old-key"), old.appendFixed(nil), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	confirm1(t, s, "acme\x00new-key", claim1(t, s, "acme\x00new-key", "sms", "01JD3ZQ8X4K2M9N7P5R3T1V0WZ"), "SM-new")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, clk) // the filters are rebuilt from what is on disk
+	defer s.Close()
+	for key, want := range map[string]ClaimResult{
+		"acme\x00old-key": {Status: Duplicate, OriginalID: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", Outcome: "SM-old"},
+		"acme\x00new-key": {Status: Duplicate, OriginalID: "01JD3ZQ8X4K2M9N7P5R3T1V0WZ", Outcome: "SM-new"},
+	} {
+		got := claim1(t, s, key, "sms", "01JD3ZQ8X4K2M9N7P5R3T1V0X0")
+		if got.Status != want.Status || got.OriginalID != want.OriginalID || got.Outcome != want.Outcome {
+			t.Fatalf("%q: %+v, want %+v", key, got, want)
+		}
 	}
 }

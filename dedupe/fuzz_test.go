@@ -8,6 +8,8 @@ import (
 func FuzzParseEntry(f *testing.F) {
 	e := entry{state: stateConfirmed, claimedAt: 1, leaseTill: 2, id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "SM1"}
 	f.Add(e.append(nil))
+	f.Add(e.appendFixed(nil))
+	f.Add((&entry{state: stateClaimed, claimedAt: 5, leaseTill: 9, id: "not-a-ulid", outcome: "SM1"}).append(nil))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := parseEntry(b)
