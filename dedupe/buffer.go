@@ -341,11 +341,10 @@ func (g *bufGen) idxRef(h uint64) uint32 {
 }
 
 // sortRefs reads g's records in write order into refs to sort, skipping
-// those in buckets below floor, with each ref's digit taken after the
-// prefix every key shares (a bucket, a tenant, "ingest"), so the digits of
-// one tenant's hashed keys are all hash and rarely tie. It returns that
-// prefix's length.
-func (g *bufGen) sortRefs(floor uint32) ([]sortRef, int) {
+// those in buckets below floor, their digits taken after the prefix all
+// their keys share (see digitsAfterShared). The prefix is measured as the
+// records are read, not in a pass of its own.
+func (g *bufGen) sortRefs(floor uint32) []sortRef {
 	refs := make([]sortRef, 0, g.keys)
 	var first []byte
 	common := 0
@@ -362,11 +361,29 @@ func (g *bufGen) sortRefs(floor uint32) ([]sortRef, int) {
 		}
 		off = len(g.data) - len(r)
 	}
+	g.setDigits(refs, common)
+	return refs
+}
+
+// digitsAfterShared sets each ref's digit after the prefix all their keys
+// share (a bucket, a tenant, "ingest"): the digits of one tenant's hashed
+// keys are then all hash and rarely tie. refs must not be empty.
+func (g *bufGen) digitsAfterShared(refs []sortRef) {
+	_, _, first, _ := g.record(refs[0].ref - 1)
+	common := len(first)
+	for _, r := range refs[1:] {
+		_, _, ekey, _ := g.record(r.ref - 1)
+		common = commonPrefix(first[:common], ekey)
+	}
+	g.setDigits(refs, common)
+}
+
+// setDigits sets each ref's digit at depth of its key.
+func (g *bufGen) setDigits(refs []sortRef, depth int) {
 	for i := range refs {
 		_, _, ekey, _ := g.record(refs[i].ref - 1)
-		refs[i].digit(ekey, common)
+		refs[i].digit(ekey, depth)
 	}
-	return refs, common
 }
 
 // commonPrefix is the length of the prefix a and b share.
@@ -468,16 +485,16 @@ func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, er
 	for _, op := range ops {
 		g.add(op.del, op.key, op.val)
 	}
-	off := g.written
-	from := g.started
-	if !sync && off-from >= writebackBytes {
+	off, from := g.written, g.started
+	writeback := !sync && off-from >= writebackBytes
+	if writeback {
 		g.started = off
 	}
 	b.mu.Unlock()
+	if writeback {
+		startWriteback(g.f, from, off-from)
+	}
 	if !sync {
-		if off-from >= writebackBytes {
-			startWriteback(g.f, from, off-from)
-		}
 		return noWait, nil
 	}
 	return func() error { return b.syncTo(g, off) }, nil
@@ -675,11 +692,11 @@ func (b *writeBuffer) ingestLoop() {
 func (b *writeBuffer) ingest(g *bufGen) error {
 	b.exclusive.Lock()
 	defer b.exclusive.Unlock()
-	refs, depth := g.sortRefs(b.floor())
+	refs := g.sortRefs(b.floor())
 	if len(refs) == 0 {
 		return nil
 	}
-	g.sortByKey(refs, depth)
+	g.sortByKey(refs)
 	path := filepath.Join(b.dir, fmt.Sprintf("%020d.sst", g.seq))
 	f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
@@ -741,10 +758,10 @@ func compareDigits(x, y sortRef) int {
 	return cmp.Compare(x.n, y.n) // a key that ends here sorts before a longer one
 }
 
-// sortByKey sorts refs by entry key, 16 bytes at a time from depth (the
-// digits' start): comparing whole keys would read two records at random.
-// Only runs still tied are re-read, from after their common prefix.
-func (g *bufGen) sortByKey(refs []sortRef, depth int) {
+// sortByKey sorts refs, their digits set, by entry key, 16 bytes at a time
+// (a digit): comparing whole keys would read two records at random. Only
+// runs still tied are re-read, from after their common prefix.
+func (g *bufGen) sortByKey(refs []sortRef) {
 	sortDigits(refs)
 	for i := 0; i < len(refs); {
 		j := i + 1
@@ -752,20 +769,11 @@ func (g *bufGen) sortByKey(refs []sortRef, depth int) {
 			j++
 		}
 		if j-i > 1 && refs[i].n == 17 { // tied and going on: the next digit decides
-			// The run's keys agree up to depth+16 at least; its digits are
-			// taken after all they share, as the first ones were.
+			// The run's keys agree through this digit at least; its next
+			// digits are taken after all they share, as the first ones were.
 			run := refs[i:j]
-			_, _, first, _ := g.record(run[0].ref - 1)
-			common := len(first)
-			for _, r := range run[1:] {
-				_, _, ekey, _ := g.record(r.ref - 1)
-				common = commonPrefix(first[:common], ekey)
-			}
-			for k := range run {
-				_, _, ekey, _ := g.record(run[k].ref - 1)
-				run[k].digit(ekey, common)
-			}
-			g.sortByKey(run, common)
+			g.digitsAfterShared(run)
+			g.sortByKey(run)
 		}
 		i = j
 	}

@@ -261,8 +261,8 @@ func checkGenerationSort(t testing.TB, g *bufGen, ekeys [][]byte) {
 		want[i] = write{ekey, i}
 		g.add(false, ekey, recentEntry(strconv.Itoa(i)))
 	}
-	refs, depth := g.sortRefs(0)
-	g.sortByKey(refs, depth)
+	refs := g.sortRefs(0)
+	g.sortByKey(refs)
 	slices.SortFunc(want, func(a, b write) int {
 		return cmp.Or(bytes.Compare(a.ekey, b.ekey), cmp.Compare(b.nth, a.nth))
 	})

@@ -615,14 +615,17 @@ func ulidBytes(id string) (ulid.ULID, bool) {
 
 func parseEntry(b []byte) (entry, error) { return parseEntryStrings(b, false) }
 
-var errMalformedEntry = errors.New("dedupe: malformed entry")
+var (
+	errShortEntry     = errors.New("dedupe: short entry")
+	errMalformedEntry = errors.New("dedupe: malformed entry")
+)
 
 // parseEntryStrings parses b; with view, the id and outcome point into b
 // instead of being copied, for bytes that are never written again.
 func parseEntryStrings(b []byte, view bool) (entry, error) {
 	var e entry
 	if len(b) == 0 {
-		return e, errors.New("dedupe: short entry")
+		return e, errShortEntry
 	}
 	str := func() (string, bool) {
 		n, k := binary.Uvarint(b)
@@ -640,7 +643,7 @@ func parseEntryStrings(b []byte, view bool) (entry, error) {
 	}
 	if b[0]&packedEntry == 0 {
 		if len(b) < 17 {
-			return e, errors.New("dedupe: short entry")
+			return e, errShortEntry
 		}
 		e.state = b[0]
 		e.claimedAt = int64(binary.BigEndian.Uint64(b[1:]))
