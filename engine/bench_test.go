@@ -68,11 +68,7 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 	})
 	b.Run("baseline-provider-only", func(b *testing.B) {
 		r := newRig(b, backends[0])
-		wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
-			Path: "/webhook/orders", Secret: "whsec", Batch: 500, Concurrency: 8})
-		if err != nil {
-			b.Fatal(err)
-		}
+		wh := r.webhook(b, 500, 8)
 		ns := webhookBatch(b.N, 0)
 		for _, n := range ns {
 			n.Prepare(time.Now())
@@ -105,11 +101,7 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 	// after each poll.
 	b.Run("baseline-one-request-per-record", func(b *testing.B) {
 		r := newRig(b, backends[0])
-		wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
-			Path: "/webhook/orders", Secret: "whsec", Batch: 1, Concurrency: 1})
-		if err != nil {
-			b.Fatal(err)
-		}
+		wh := r.webhook(b, 1, 1)
 		r.enqueue(webhookBatch(b.N, 0)...)
 		log, err := r.open(partition.ConsumerConfig{Group: "naive", Topics: r.topics.Consumed()})
 		if err != nil {
@@ -166,11 +158,7 @@ func reportCPU(b *testing.B, from time.Duration, records int) {
 // (batches of 500, 8 calls in flight) and reports records/s and CPU.
 func endToEnd(b *testing.B, r *rig) {
 	ch := r.channels(false)
-	wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
-		Path: "/webhook/orders", Secret: "whsec", Batch: 500, Concurrency: 8})
-	if err != nil {
-		b.Fatal(err)
-	}
+	wh := r.webhook(b, 500, 8)
 	ch[notification.Webhook] = engine.ChannelConfig{Provider: wh, Rate: 1e9}
 	ns := webhookBatch(b.N, 0)
 	r.enqueue(ns...)
@@ -185,6 +173,17 @@ func endToEnd(b *testing.B, r *rig) {
 	reportCPU(b, cpu, b.N)
 	stop()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+// webhook is the benchmarks' provider: the webhook adapter to r's mock,
+// batch items a call and concurrency calls in flight.
+func (r *rig) webhook(b *testing.B, batch, concurrency int) *providers.Webhook {
+	wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
+		Path: "/webhook/orders", Secret: "whsec", Batch: batch, Concurrency: concurrency})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return wh
 }
 
 // instantProvider accepts every item of every batch at once.
@@ -252,11 +251,7 @@ func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
 
 func criticalLatency(b *testing.B, burst int, ddSync bool) {
 	r := newRigSync(b, backends[0], ddSync)
-	wh, err := providers.NewWebhook(providers.WebhookConfig{Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL()},
-		Path: "/webhook/orders", Secret: "whsec", Batch: 500, Concurrency: 8})
-	if err != nil {
-		b.Fatal(err)
-	}
+	wh := r.webhook(b, 500, 8)
 	probe := &latencyProbe{Provider: wh, hist: hdrhistogram.New(1, 60_000_000, 3), durable: map[string]time.Time{},
 		after: hdrhistogram.New(1, 60_000_000, 3), toCall: hdrhistogram.New(1, 60_000_000, 3),
 		call: hdrhistogram.New(1, 60_000_000, 3)}
