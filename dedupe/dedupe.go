@@ -19,7 +19,9 @@
 //   - Release, after a permanent failure: a deliberate retry with the same
 //     key may go out.
 //
-// Entries live under time-bucketed key prefixes ('b' + bucket + key). A key
+// Entries live under time-bucketed key prefixes ('b' + bucket + the key's
+// 16-byte digest, see keyform.go; stores written before hold the keys as
+// given, and are still read). A key
 // stops deduplicating once older than its scope's window, and whole buckets
 // older than the longest window are removed with one range delete followed
 // by a compaction of that range, so disk is bounded by the window times the
@@ -305,6 +307,8 @@ type Store struct {
 
 	buf *writeBuffer // nil when WithWriteBuffer(0)
 
+	form keyForm // how keys are stored (keyform.go)
+
 	filt *filters // nil when WithFilter(0)
 	rec  *recent  // nil when WithRecent(0)
 
@@ -384,7 +388,16 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if o.sync {
 		s.wo = pebble.Sync
 	}
+	_, closer, err := db.Get(layoutKey)
+	existed := err == nil
+	if existed {
+		closer.Close()
+	}
 	if err := s.checkLayout(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.loadKeyForm(existed); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -422,19 +435,28 @@ func mapsValues(m map[string]time.Duration) []time.Duration {
 
 var layoutKey = []byte("m/bucket-seconds")
 
+// checkLayout holds the store to the bucket size it was created with. The
+// layout also carries the key form's byte, which turns an older binary
+// (that stored keys as given) away with ErrLayout: it would not find the
+// digests, and would send again what they deduplicate. A store written
+// before carries the bucket size alone; its layout gains the byte here.
 func (s *Store) checkLayout() error {
+	want := append(binary.BigEndian.AppendUint64(nil, uint64(s.bucketSec)), keyFormDigests)
 	v, closer, err := s.db.Get(layoutKey)
 	if errors.Is(err, pebble.ErrNotFound) {
-		return s.db.Set(layoutKey, binary.BigEndian.AppendUint64(nil, uint64(s.bucketSec)), pebble.Sync)
+		return s.db.Set(layoutKey, want, pebble.Sync)
 	}
 	if err != nil {
 		return fmt.Errorf("dedupe: %w", err)
 	}
 	defer closer.Close()
-	if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) != s.bucketSec {
-		return fmt.Errorf("%w: stored %x, configured %ds", ErrLayout, v, s.bucketSec)
+	switch {
+	case bytes.Equal(v, want):
+		return nil
+	case bytes.Equal(v, want[:8]):
+		return s.db.Set(layoutKey, want, pebble.Sync)
 	}
-	return nil
+	return fmt.Errorf("%w: stored %x, configured %ds", ErrLayout, v, s.bucketSec)
 }
 
 var bufferKey = []byte("m/write-buffer")
@@ -723,10 +745,12 @@ type found struct {
 // Pebble's bloom filters skip the buckets a key is not in. Large batches are
 // split across GOMAXPROCS workers: a probe is a few microseconds of CPU.
 func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
+	return s.lookupIn(keys, s.bucketOf(now), max(s.bucketOf(now.Add(-s.maxWindow)), s.floor.Load()))
+}
+
+// lookupIn is lookup over the buckets from newest down to oldest.
+func (s *Store) lookupIn(keys []string, newest, oldest uint32) ([]found, error) {
 	res := make([]found, len(keys))
-	newest := s.bucketOf(now)
-	oldest := s.bucketOf(now.Add(-s.maxWindow))
-	oldest = max(oldest, s.floor.Load())
 	// Keys no bucket's filter may hold are new: they skip every layer below.
 	// For the others the mask says which buckets to probe.
 	// The recent entries go first when kept: every write passes through
@@ -854,10 +878,8 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 	}
 	now := s.o.now()
 	nowNs := now.UnixNano()
-	keys := make([]string, len(reqs))
-	for i := range reqs {
-		keys[i] = reqs[i].Key
-	}
+	reqKey := func(i int) string { return reqs[i].Key }
+	keys := s.digests(len(reqs), reqKey)
 	s.claimMu.Lock()
 	defer s.claimMu.Unlock()
 	if len(s.live)+len(reqs) > s.o.maxLive {
@@ -867,6 +889,9 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 	// under it only after its write, so a key is either still live here
 	// (InFlight) or its write is visible to this lookup.
 	fs, err := s.lookup(keys, now)
+	if err == nil {
+		err = s.lookupLegacy(len(reqs), reqKey, fs, now)
+	}
 	if err != nil {
 		return err
 	}
@@ -877,20 +902,20 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		skip := s.policyOf(r.Scope) == Skip
 		lease := now.Add(s.o.lease).UnixNano()
 		// A claim made by this process and not finished yet.
-		if lc, ok := s.live[r.Key]; ok {
+		if lc, ok := s.live[keys[i]]; ok {
 			switch {
 			case nowNs < lc.leaseTill:
 				out[i] = ClaimResult{Status: InFlight, OriginalID: lc.id, Token: lc.bucket}
 				inflight++
 			case skip:
 				e := entry{state: stateConfirmed, claimedAt: lc.claimedAt, id: lc.id, outcome: "uncertain"}
-				w.set(lc.bucket, r.Key, &e)
-				delete(s.live, r.Key)
+				w.set(lc.bucket, keys[i], &e)
+				delete(s.live, keys[i])
 				out[i] = ClaimResult{Status: Uncertain, OriginalID: lc.id, Outcome: e.outcome, Token: lc.bucket}
 				uncertain++
 			default:
 				lc.leaseTill, lc.id = lease, r.ID
-				s.live[r.Key] = lc
+				s.live[keys[i]] = lc
 				out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: lc.bucket}
 				takeovers++
 			}
@@ -906,9 +931,9 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 			lc := liveClaim{id: r.ID, claimedAt: nowNs, leaseTill: lease, bucket: cur}
 			if skip {
 				e := entry{state: stateClaimed, claimedAt: nowNs, leaseTill: lease, id: r.ID}
-				w.set(cur, r.Key, &e)
+				w.set(cur, keys[i], &e)
 			}
-			s.live[r.Key] = lc
+			s.live[keys[i]] = lc
 			out[i] = ClaimResult{Status: Claimed, OriginalID: r.ID, Token: cur}
 			claims++
 		case f.e.state == stateConfirmed:
@@ -921,12 +946,12 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		case skip:
 			e := f.e
 			e.state, e.outcome = stateConfirmed, "uncertain"
-			w.set(f.bucket, r.Key, &e)
+			w.set(f.bucket, keys[i], &e)
 			out[i] = ClaimResult{Status: Uncertain, OriginalID: e.id, Outcome: e.outcome, Token: f.bucket}
 			uncertain++
 		default:
 			// The window keeps running from the first claim.
-			s.live[r.Key] = liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket}
+			s.live[keys[i]] = liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket}
 			out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: f.bucket}
 			takeovers++
 		}
@@ -934,9 +959,9 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 	s.remember(&w)
 	if err := s.commit(&w, s.o.sync); err != nil {
 		// Undo the in-memory claims of this batch: the caller will retry it.
-		for i, r := range reqs {
+		for i := range reqs {
 			if out[i].Status.ShouldSend() {
-				delete(s.live, r.Key)
+				delete(s.live, keys[i])
 			}
 		}
 		return fmt.Errorf("dedupe: commit claims: %w", err)
@@ -1006,16 +1031,21 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	defer w.release()
 	w.buf = slices.Grow(w.buf[:0], len(done)*entrySizeHint)
 	w.ops = w.ops[:0]
-	now := s.o.now()
+	w.digests = slices.Grow(w.digests[:0], len(done)*digestLen)
 	for _, d := range done {
+		w.digests = s.appendDigest(w.digests, d.Key)
+	}
+	key := func(i int) string { return unsafe.String(&w.digests[i*digestLen], digestLen) }
+	now := s.o.now()
+	for i, d := range done {
 		if !confirm {
-			w.del(d.Token, d.Key)
+			w.del(d.Token, key(i))
 			continue
 		}
 		// The window restarts at the confirm, seconds after the claim; that
 		// saves a read per key and changes nothing a user could notice.
 		e := entry{state: stateConfirmed, claimedAt: now.UnixNano(), id: d.ID, outcome: d.Outcome}
-		w.set(d.Token, d.Key, &e)
+		w.set(d.Token, key(i), &e)
 	}
 	// The write goes out without the claim lock, which only guards the
 	// claims in memory: a claim of one of these keys meanwhile still finds
@@ -1029,8 +1059,8 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	}
 	s.committed(w) // before the keys leave live: a claim sees them live or here
 	s.claimMu.Lock()
-	for _, d := range done {
-		delete(s.live, d.Key)
+	for i := range done {
+		delete(s.live, key(i))
 	}
 	s.claimMu.Unlock()
 	if confirm {
@@ -1106,8 +1136,9 @@ func (s *Store) warm() error {
 // which turns a cache miss per level per key into a short walk. Keys and
 // values are encoded into one buffer (not two allocations per write).
 type sortedWriter struct {
-	buf []byte
-	ops []writeOp
+	buf     []byte
+	ops     []writeOp
+	digests []byte // finishThen's stored keys
 }
 
 type writeOp struct {
@@ -1181,7 +1212,11 @@ type LookupResult struct {
 // repeated request with the original notification).
 func (s *Store) Lookup(keys []string, scope string) ([]LookupResult, error) {
 	now := s.o.now()
-	fs, err := s.lookup(keys, now)
+	key := func(i int) string { return keys[i] }
+	fs, err := s.lookup(s.digests(len(keys), key), now)
+	if err == nil {
+		err = s.lookupLegacy(len(keys), key, fs, now)
+	}
 	if err != nil {
 		return nil, err
 	}

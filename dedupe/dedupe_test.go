@@ -2,10 +2,12 @@ package dedupe
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -302,13 +304,13 @@ func dirSize(t testing.TB, dir string) int64 {
 }
 
 // TestDiskBoundedOverManyWindows claims 10,000 new keys per (fake) second
-// for ten windows and reclaims as the server would: the directory must
+// for twenty windows and reclaims as the server would: the directory must
 // stop growing once the first windows have passed, while every key inside
 // its window still deduplicates.
 func TestDiskBoundedOverManyWindows(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	const window, perSec, windows = 2 * time.Second, 10_000, 10
+	const window, perSec, windows = 2 * time.Second, 10_000, 20
 	// The memtable and write buffer are sized down with the test: at their
 	// defaults they alone would hold more than its 200,000 keys.
 	s := open(t, dir, clk, WithWindow(window), WithBucket(time.Second), WithMemTableSize(1<<20), WithWriteBuffer(1<<20))
@@ -350,10 +352,14 @@ func TestDiskBoundedOverManyWindows(t *testing.T) {
 		}
 	}
 	t.Logf("directory size at the end of each window: %v", sizes)
-	settled := sizes[2]
-	for w, sz := range sizes[3:] {
-		if sz > settled*2 {
-			t.Fatalf("window %d: %d bytes, more than twice the %d of window 3: disk is not bounded (%v)", w+4, sz, settled, sizes)
+	// A snapshot finds the write buffer's log anywhere from empty to full
+	// (1 MiB here) and a compaction's inputs perhaps not deleted yet, so
+	// one window's size may be ~2.5 times another's. Growth without bound
+	// is 2 windows' keys more each window: by the last, 7 times the third.
+	settled := slices.Max(sizes[1:4])
+	for w, sz := range sizes[4:] {
+		if sz > settled*3 {
+			t.Fatalf("window %d: %d bytes, more than three times the %d of windows 2-4: disk is not bounded (%v)", w+5, sz, settled, sizes)
 		}
 	}
 	if last, total := sizes[len(sizes)-1], int64(seq)*60; last > total/3 {
@@ -508,7 +514,8 @@ func TestFixedFormEntriesStillAnswer(t *testing.T) {
 	clk, dir := newClock(), t.TempDir()
 	s := open(t, dir, clk)
 	old := entry{state: stateConfirmed, claimedAt: clk.Now().UnixNano(), id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "SM-old"}
-	if err := s.db.Set(entryKey(nil, s.bucketOf(clk.Now()), "acme\x00old-key"), old.appendFixed(nil), pebble.Sync); err != nil {
+	stored := string(s.appendDigest(nil, "acme\x00old-key"))
+	if err := s.db.Set(entryKey(nil, s.bucketOf(clk.Now()), stored), old.appendFixed(nil), pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 	confirm1(t, s, "acme\x00new-key", claim1(t, s, "acme\x00new-key", "sms", "01JD3ZQ8X4K2M9N7P5R3T1V0WZ"), "SM-new")
@@ -525,5 +532,101 @@ func TestFixedFormEntriesStillAnswer(t *testing.T) {
 		if got.Status != want.Status || got.OriginalID != want.OriginalID || got.Outcome != want.Outcome {
 			t.Fatalf("%q: %+v, want %+v", key, got, want)
 		}
+	}
+}
+
+// TestLegacyKeysStillAnswer opens a store as it was before keys were stored
+// as digests (entries under the keys themselves, no key-form marker): its
+// keys must answer until the window has passed them, the writes since go
+// under digests and win, and the secret survives a reopen.
+func TestLegacyKeysStillAnswer(t *testing.T) {
+	clk, dir := newClock(), t.TempDir()
+	s := open(t, dir, clk, WithUncertainPolicy("push", Skip))
+	if s.form.legacy {
+		t.Fatal("a new store has no legacy keys")
+	}
+	b := s.bucketOf(clk.Now())
+	for key, e := range map[string]entry{
+		"acme\x00sent":  {state: stateConfirmed, claimedAt: clk.Now().UnixNano(), id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "SM-1"},
+		"acme\x00fixed": {state: stateConfirmed, claimedAt: clk.Now().UnixNano(), id: "id-fixed", outcome: "SM-2"},
+		// A Skip scope's claim whose lease ran out before the upgrade.
+		"acme\x00claimed": {state: stateClaimed, claimedAt: clk.Now().UnixNano(), leaseTill: clk.Now().Add(time.Second).UnixNano(), id: "id-claimed"},
+	} {
+		v := e.append(nil)
+		if key == "acme\x00fixed" {
+			v = e.appendFixed(nil)
+		}
+		if err := s.db.Set(entryKey(nil, b, key), v, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// As before the digests: no key form, the layout the bucket size alone.
+	if err := s.db.Delete(keyFormKey, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Set(layoutKey, binary.BigEndian.AppendUint64(nil, uint64(s.bucketSec)), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Minute)
+	s = open(t, dir, clk, WithUncertainPolicy("push", Skip))
+	if !s.form.legacy || s.form.legacyTop < b {
+		t.Fatalf("key form %+v: want legacy up to at least bucket %d", s.form, b)
+	}
+	// An older binary, which reads the layout as the bucket size alone,
+	// must now refuse the store rather than miss its digests.
+	if v, closer, err := s.db.Get(layoutKey); err != nil || len(v) == 8 {
+		t.Fatalf("layout %x, %v: an older binary would open this store", v, err)
+	} else {
+		closer.Close()
+	}
+	want := map[string]ClaimResult{
+		"acme\x00sent":    {Status: Duplicate, OriginalID: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", Outcome: "SM-1"},
+		"acme\x00fixed":   {Status: Duplicate, OriginalID: "id-fixed", Outcome: "SM-2"},
+		"acme\x00claimed": {Status: Uncertain, OriginalID: "id-claimed", Outcome: "uncertain"},
+		"acme\x00new":     {Status: Claimed, OriginalID: "id-new"},
+	}
+	check := func(when string, want map[string]ClaimResult) {
+		t.Helper()
+		for key, w := range want {
+			got := claim1(t, s, key, "push", "id-new")
+			if got.Status != w.Status || got.OriginalID != w.OriginalID || got.Outcome != w.Outcome {
+				t.Fatalf("%s: %q: %+v, want %+v", when, key, got, w)
+			}
+			if got.Status == Claimed {
+				confirm1(t, s, key, got, "SM-new")
+			}
+		}
+	}
+	check("after the upgrade", want)
+	lr, err := s.Lookup([]string{"acme\x00sent", "acme\x00never"}, "push")
+	if err != nil || !lr[0].Found || lr[0].ID != "01JD3ZQ8X4K2M9N7P5R3T1V0WY" || lr[1].Found {
+		t.Fatalf("lookup %+v %v", lr, err)
+	}
+	// The uncertain outcome and the new key went under digests, which win
+	// over the legacy claim; the secret they were made with is kept.
+	after := map[string]ClaimResult{
+		"acme\x00sent":    want["acme\x00sent"],
+		"acme\x00claimed": {Status: Duplicate, OriginalID: "id-claimed", Outcome: "uncertain"},
+		"acme\x00new":     {Status: Duplicate, OriginalID: "id-new", Outcome: "SM-new"},
+	}
+	check("again", after)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, clk, WithUncertainPolicy("push", Skip))
+	defer s.Close()
+	check("after a reopen", after)
+	if _, _, ok := s.legacyRange(clk.Now()); !ok {
+		t.Fatal("legacy buckets are still in the window")
+	}
+	clk.Add(s.maxWindow + 2*time.Duration(s.bucketSec)*time.Second)
+	if err := s.Reclaim(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := s.legacyRange(clk.Now()); ok {
+		t.Fatal("lookups still search legacy buckets the window has passed")
 	}
 }
