@@ -300,7 +300,7 @@ type Store struct {
 	wo        *pebble.WriteOptions
 
 	claimMu sync.Mutex // claims are check-then-write; one batch at a time
-	live    map[string]liveClaim
+	live    map[digest]liveClaim // by the keys' digests, held inline: no pointer to follow or scan
 
 	reclaimMu sync.Mutex    // one reclaim or write-buffer ingest at a time
 	floor     atomic.Uint32 // buckets below are gone
@@ -383,7 +383,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("dedupe: open %s: %w", dir, err)
 	}
 	s := &Store{db: db, o: o, maxWindow: maxW, bucketSec: int64(o.bucket / time.Second), stop: make(chan struct{}),
-		live: map[string]liveClaim{}}
+		live: map[digest]liveClaim{}}
 	s.wo = pebble.NoSync
 	if o.sync {
 		s.wo = pebble.Sync
@@ -901,8 +901,9 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 	for i, r := range reqs {
 		skip := s.policyOf(r.Scope) == Skip
 		lease := now.Add(s.o.lease).UnixNano()
+		dk := digestOf(keys[i])
 		// A claim made by this process and not finished yet.
-		if lc, ok := s.live[keys[i]]; ok {
+		if lc, ok := s.live[dk]; ok {
 			switch {
 			case nowNs < lc.leaseTill:
 				out[i] = ClaimResult{Status: InFlight, OriginalID: lc.id, Token: lc.bucket}
@@ -910,12 +911,12 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 			case skip:
 				e := entry{state: stateConfirmed, claimedAt: lc.claimedAt, id: lc.id, outcome: "uncertain"}
 				w.set(lc.bucket, keys[i], &e)
-				delete(s.live, keys[i])
+				delete(s.live, dk)
 				out[i] = ClaimResult{Status: Uncertain, OriginalID: lc.id, Outcome: e.outcome, Token: lc.bucket}
 				uncertain++
 			default:
 				lc.leaseTill, lc.id = lease, r.ID
-				s.live[keys[i]] = lc
+				s.live[dk] = lc
 				out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: lc.bucket}
 				takeovers++
 			}
@@ -933,7 +934,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 				e := entry{state: stateClaimed, claimedAt: nowNs, leaseTill: lease, id: r.ID}
 				w.set(cur, keys[i], &e)
 			}
-			s.live[keys[i]] = lc
+			s.live[dk] = lc
 			out[i] = ClaimResult{Status: Claimed, OriginalID: r.ID, Token: cur}
 			claims++
 		case f.e.state == stateConfirmed:
@@ -951,7 +952,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 			uncertain++
 		default:
 			// The window keeps running from the first claim.
-			s.live[keys[i]] = liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket}
+			s.live[dk] = liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket}
 			out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: f.bucket}
 			takeovers++
 		}
@@ -961,7 +962,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		// Undo the in-memory claims of this batch: the caller will retry it.
 		for i := range reqs {
 			if out[i].Status.ShouldSend() {
-				delete(s.live, keys[i])
+				delete(s.live, digestOf(keys[i]))
 			}
 		}
 		return fmt.Errorf("dedupe: commit claims: %w", err)
@@ -1060,7 +1061,7 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	s.committed(w) // before the keys leave live: a claim sees them live or here
 	s.claimMu.Lock()
 	for i := range done {
-		delete(s.live, key(i))
+		delete(s.live, digestOf(key(i)))
 	}
 	s.claimMu.Unlock()
 	if confirm {

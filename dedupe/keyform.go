@@ -102,6 +102,15 @@ func (s *Store) loadKeyForm(existed bool) error {
 	return nil
 }
 
+// digest is a stored key.
+type digest [digestLen]byte
+
+// digestOf is the digest held in the string d.
+func digestOf(d string) (k digest) {
+	copy(k[:], d)
+	return k
+}
+
 // appendDigest appends key's stored form to dst.
 func (s *Store) appendDigest(dst []byte, key string) []byte {
 	h0, h1 := siphash.Hash128(s.form.k0, s.form.k1, unsafe.Slice(unsafe.StringData(key), len(key)))
