@@ -299,7 +299,7 @@ type Store struct {
 	bucketSec int64
 	wo        *pebble.WriteOptions
 
-	claimMu sync.Mutex // claims are check-then-write; one batch at a time
+	claimMu sync.Mutex           // claims are check-then-write; one batch at a time
 	live    map[digest]liveClaim // by the keys' digests, held inline: no pointer to follow or scan
 
 	reclaimMu sync.Mutex    // one reclaim or write-buffer ingest at a time
