@@ -90,7 +90,9 @@ func newNode(t testing.TB, o nodeOpts) *node {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	eng, err := engine.New(engine.Config{Open: open, Dedupe: dd, Status: st, Registry: reg, Partitions: 4,
+	topics := engine.DefaultTopics()
+	topics.KeylessLanes = true // as serve runs on the embedded log
+	eng, err := engine.New(engine.Config{Open: open, Topics: topics, Dedupe: dd, Status: st, Registry: reg, Partitions: 4,
 		Channels: map[notification.Channel]engine.ChannelConfig{
 			notification.Webhook: {Provider: wh, Rate: 50_000},
 			notification.SMS:     {Provider: tw, Rate: 50_000},

@@ -161,8 +161,11 @@ func Run(ctx context.Context, sc Scenario, opt Options) (*ScenarioResult, error)
 	if err != nil {
 		return nil, err
 	}
-	// As goutong serve runs by default: sent payloads kept for reconciliation.
-	r.eng, err = engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st, KeepPayloads: true,
+	// As goutong serve runs by default: sent payloads kept for
+	// reconciliation, and keyless lanes on the embedded log.
+	topics := engine.DefaultTopics()
+	topics.KeylessLanes = !r.opt.KafkaFake
+	r.eng, err = engine.New(engine.Config{Open: open, Topics: topics, Channels: channels, Dedupe: dd, Status: st, KeepPayloads: true,
 		Partitions: int32(sc.Partitions), RingSize: sc.RingSize, MaxAttempts: sc.MaxAttempts,
 		Backoff:      engine.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
 		DrainTimeout: 5 * time.Second, Logger: opt.Logger, Registry: r.reg})

@@ -84,7 +84,11 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		// The record first, its event after: addEvent appends to o.recs too.
 		start := len(values)
 		values = e.cfg.Codec.AppendEncode(values, n)
-		o.recs = append(o.recs, laneRecord(e.cfg.Topics, n, o.enc.bytes(n.ID), values[start:len(values):len(values)]))
+		var key []byte
+		if !e.cfg.Topics.KeylessLanes {
+			key = o.enc.bytes(n.IdempotencyKey)
+		}
+		o.recs = append(o.recs, laneRecord(e.cfg.Topics, n, key, values[start:len(values):len(values)]))
 		o.event(e, n, StateAccepted, now, "", "", "")
 		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
 	}

@@ -28,10 +28,13 @@ func Enqueue(ctx context.Context, log partition.Log, topics Topics, codec *notif
 }
 
 // laneRecord is n's record, value its encoding, on its priority lane,
-// keyed by id (key holds it, or nil for a copy of n.ID).
+// keyed by its idempotency key (key holds it, or nil for a copy) unless
+// the lanes are keyless (Topics.KeylessLanes).
 func laneRecord(topics Topics, n *notification.Notification, key, value []byte) partition.Record {
-	if key == nil {
-		key = []byte(n.ID)
+	if topics.KeylessLanes {
+		key = nil
+	} else if key == nil {
+		key = []byte(n.IdempotencyKey)
 	}
 	return partition.Record{Topic: topics.Lane(n.Priority), Key: key, Value: value}
 }

@@ -5,8 +5,10 @@
 //
 // Semantics shared by both:
 //   - Produce partitions by key (records with the same key keep their order
-//     in one partition; nil keys spread), and returns once the records are
-//     durable per the log's policy, with Partition and Offset filled in.
+//     in one partition; keyless records go to a partition in runs, then
+//     the next: franz-go's sticky partitioner per batch, the wal's per
+//     stickyRun records), and returns once the records are durable per the
+//     log's policy, with Partition and Offset filled in.
 //   - Poll hands over records in bulk from the partitions assigned to this
 //     member of its consumer group, in offset order per partition, blocking
 //     until there is at least one or ctx ends.

@@ -77,6 +77,13 @@ func (l *WALLog) partitionFor(topic string, key []byte) (int32, error) {
 	return int32(xxhash.Sum64(key) % n), nil
 }
 
+// stickyRun is how many keyless records of one Produce a partition takes
+// before the next does, as Kafka's sticky partitioner fills a batch before
+// it moves on: a request's records are then one append and one group
+// commit, where one partition a record made one of each per partition,
+// and large batches and many calls still spread over every partition.
+const stickyRun = 1024
+
 // Produce implements Log: records are grouped per partition and appended
 // concurrently, each group as one append, so a batch for many partitions
 // costs one group commit per partition.
@@ -87,13 +94,26 @@ func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 		idx  []int
 		recs []wal.Record
 	}
+	// run is the group taking this call's keyless records of a topic.
+	type run struct {
+		g    *group
+		left int
+	}
 	var groups []*group
 	find := map[TopicPartition]*group{}
 	// Two passes: the groups' sizes first, then their slices cut from one
 	// array each, where appending to each group grew it a doubling at a time
 	// (a tenth of the API's allocated bytes).
 	of := make([]*group, len(recs))
+	var runs map[string]*run
 	for i := range recs {
+		r := runs[recs[i].Topic]
+		if recs[i].Key == nil && r != nil && r.left > 0 {
+			r.left--
+			of[i] = r.g
+			r.g.n++
+			continue
+		}
 		p, err := l.partitionFor(recs[i].Topic, recs[i].Key)
 		if err != nil {
 			return err
@@ -107,6 +127,12 @@ func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 		}
 		g.n++
 		of[i] = g
+		if recs[i].Key == nil {
+			if runs == nil {
+				runs = map[string]*run{}
+			}
+			runs[recs[i].Topic] = &run{g: g, left: stickyRun - 1}
+		}
 	}
 	idx, wrecs := make([]int, len(recs)), make([]wal.Record, len(recs))
 	for _, g := range groups {

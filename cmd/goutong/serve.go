@@ -170,7 +170,11 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 			return fmt.Errorf("config reconcile.redrive: %q, want some of %v", k, engine.RedriveKinds)
 		}
 	}
-	eng, err := engine.New(engine.Config{Open: open, Channels: channels, Dedupe: dd, Status: st, StatusWebhooks: hooks,
+	// One engine consumes every partition of the embedded log: keyless
+	// lane records cost it one group commit a request (Topics.KeylessLanes).
+	topics := engine.DefaultTopics()
+	topics.KeylessLanes = len(cfg.Kafka) == 0
+	eng, err := engine.New(engine.Config{Open: open, Topics: topics, Channels: channels, Dedupe: dd, Status: st, StatusWebhooks: hooks,
 		KeepPayloads: cfg.Engine.KeepPayloads, NodeID: nodeID, ReconcileDir: filepath.Join(cfg.Data, "reconcile"), ReceiptDeadlines: cfg.Reconcile.Deadlines,
 		Partitions: cfg.Partitions, PollMax: cfg.Engine.PollMax, RingSize: cfg.Engine.RingSize,
 		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
