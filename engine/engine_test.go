@@ -411,10 +411,20 @@ func (r *rig) dlqReader(group string) partition.Log {
 func readDLQ(t *testing.T, l partition.Log, want int) []engine.DeadLetter {
 	t.Helper()
 	var out []engine.DeadLetter
+	for _, rec := range readRecords(t, l, want, "dead letters") {
+		out = append(out, engine.ParseDeadLetter(rec))
+	}
+	return out
+}
+
+// readRecords polls l until it has want records, for a minute at most.
+func readRecords(t *testing.T, l partition.Log, want int, what string) []partition.Record {
+	t.Helper()
+	var out []partition.Record
 	deadline := time.Now().Add(60 * time.Second)
 	for len(out) < want {
 		if time.Now().After(deadline) {
-			t.Fatalf("dead letters: got %d, want %d", len(out), want)
+			t.Fatalf("%s: got %d, want %d", what, len(out), want)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		recs, err := l.Poll(ctx, 100)
@@ -422,9 +432,7 @@ func readDLQ(t *testing.T, l partition.Log, want int) []engine.DeadLetter {
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatal(err)
 		}
-		for _, rec := range recs {
-			out = append(out, engine.ParseDeadLetter(rec))
-		}
+		out = append(out, recs...)
 	}
 	return out
 }

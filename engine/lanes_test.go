@@ -2,7 +2,6 @@ package engine_test
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -44,32 +43,19 @@ func TestLaneRecordKeys(t *testing.T) {
 			}
 			defer l.Close()
 			parts := map[int32]bool{}
-			deadline := time.Now().Add(20 * time.Second)
-			for got := 0; got < len(ns); {
-				if time.Now().After(deadline) {
-					t.Fatalf("read %d of %d lane records", got, len(ns))
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-				recs, err := l.Poll(ctx, 100)
-				cancel()
-				if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			for _, rec := range readRecords(t, l, len(ns), "lane records") {
+				n, err := r.codec.Decode(rec.Value)
+				if err != nil {
 					t.Fatal(err)
 				}
-				for _, rec := range recs {
-					n, err := r.codec.Decode(rec.Value)
-					if err != nil {
-						t.Fatal(err)
-					}
-					want := keyOf[n.ID]
-					if keyless {
-						want = ""
-					}
-					if string(rec.Key) != want {
-						t.Fatalf("record of %s keyed %q, want %q", n.ID, rec.Key, want)
-					}
-					parts[rec.Partition] = true
-					got++
+				want := keyOf[n.ID]
+				if keyless {
+					want = ""
 				}
+				if string(rec.Key) != want {
+					t.Fatalf("record of %s keyed %q, want %q", n.ID, rec.Key, want)
+				}
+				parts[rec.Partition] = true
 			}
 			if keyless && len(parts) != 1 {
 				t.Fatalf("a request's keyless records went to %d partitions, want one run", len(parts))
