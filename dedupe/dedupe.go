@@ -260,18 +260,18 @@ func WithRecent(n int) Option { return func(o *options) { o.recent = n } }
 // WithWriteBuffer sets how many bytes of writes collect in memory (and in
 // a log file, synced per WithSync) before they go into Pebble as one sorted
 // sstable (default 22 MiB; up to two such generations exist, one filling
-// and one being ingested). 22, not 32: since keys are stored as digests a
-// generation of 32 MiB held ~600K entries where it had held ~450K, and its
-// ingest, a burst of CPU and disk, put the codes' p99 during a burst at
-// 25-29 ms against 15-19 at 22 MiB (-cpu 2, alternated); the API's NDJSON
-// ingest ran 10 % faster with the larger generations.
-//
-// Keys arrive in random order: inserted one by one, each walked Pebble's
-// memtable skiplist through cache misses, about
+// and one being ingested). Keys arrive in random order: inserted one by
+// one, each walked Pebble's memtable skiplist through cache misses, about
 // half the CPU of a new key, and every small flush overlapped its whole
 // bucket (write amplification ~5). New keys ran 1.6-1.9x faster with it
 // (BenchmarkClaimConfirmNew, buffer=off in the same run). 0 writes every
 // batch into Pebble directly.
+//
+// 22 MiB, not 32: since keys are stored as digests, 32 MiB hold ~600K
+// entries where they held ~450K, and the longer ingest of each generation
+// (a burst of CPU and disk) raised the codes' p99 during a 1M burst to a
+// median of ~21 ms against ~15 at 22 MiB (-cpu 2, alternated, 14 and 6
+// runs); the API's NDJSON ingest ran ~10 % faster with 32.
 func WithWriteBuffer(n int) Option { return func(o *options) { o.buffer = n } }
 
 // WriteBufferMemory is what a write buffer of n bytes a generation takes
