@@ -251,6 +251,7 @@ func BenchmarkCriticalLatencyDuringBurst(b *testing.B) {
 
 func criticalLatency(b *testing.B, burst int, ddSync bool) {
 	r := newRigSync(b, backends[0], ddSync)
+	r.topics.KeylessLanes = true // as serve writes the embedded log's lanes
 	wh := r.webhook(b, 500, 8)
 	probe := &latencyProbe{Provider: wh, hist: hdrhistogram.New(1, 60_000_000, 3), durable: map[string]time.Time{},
 		after: hdrhistogram.New(1, 60_000_000, 3), toCall: hdrhistogram.New(1, 60_000_000, 3),
