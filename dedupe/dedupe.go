@@ -396,12 +396,8 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if o.sync {
 		s.wo = pebble.Sync
 	}
-	_, closer, err := db.Get(layoutKey)
-	existed := err == nil
-	if existed {
-		closer.Close()
-	}
-	if err := s.checkLayout(); err != nil {
+	existed, err := s.checkLayout()
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -448,23 +444,24 @@ var layoutKey = []byte("m/bucket-seconds")
 // (that stored keys as given) away with ErrLayout: it would not find the
 // digests, and would send again what they deduplicate. A store written
 // before carries the bucket size alone; its layout gains the byte here.
-func (s *Store) checkLayout() error {
+// existed reports whether the store had a layout (it was opened before).
+func (s *Store) checkLayout() (existed bool, err error) {
 	want := append(binary.BigEndian.AppendUint64(nil, uint64(s.bucketSec)), keyFormDigests)
 	v, closer, err := s.db.Get(layoutKey)
 	if errors.Is(err, pebble.ErrNotFound) {
-		return s.db.Set(layoutKey, want, pebble.Sync)
+		return false, s.db.Set(layoutKey, want, pebble.Sync)
 	}
 	if err != nil {
-		return fmt.Errorf("dedupe: %w", err)
+		return false, fmt.Errorf("dedupe: %w", err)
 	}
 	defer closer.Close()
 	switch {
 	case bytes.Equal(v, want):
-		return nil
+		return true, nil
 	case bytes.Equal(v, want[:8]):
-		return s.db.Set(layoutKey, want, pebble.Sync)
+		return true, s.db.Set(layoutKey, want, pebble.Sync)
 	}
-	return fmt.Errorf("%w: stored %x, configured %ds", ErrLayout, v, s.bucketSec)
+	return true, fmt.Errorf("%w: stored %x, configured %ds", ErrLayout, v, s.bucketSec)
 }
 
 var bufferKey = []byte("m/write-buffer")
@@ -753,7 +750,14 @@ type found struct {
 // Pebble's bloom filters skip the buckets a key is not in. Large batches are
 // split across GOMAXPROCS workers: a probe is a few microseconds of CPU.
 func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
-	return s.lookupIn(keys, s.bucketOf(now), max(s.bucketOf(now.Add(-s.maxWindow)), s.floor.Load()))
+	newest, oldest := s.liveBuckets(now)
+	return s.lookupIn(keys, newest, oldest)
+}
+
+// liveBuckets is the buckets a lookup at now searches: the newest, and the
+// oldest the longest window reaches that is not reclaimed.
+func (s *Store) liveBuckets(now time.Time) (newest, oldest uint32) {
+	return s.bucketOf(now), max(s.bucketOf(now.Add(-s.maxWindow)), s.floor.Load())
 }
 
 // lookupIn is lookup over the buckets from newest down to oldest.

@@ -136,8 +136,8 @@ func (s *Store) legacyRange(now time.Time) (newest, oldest uint32, ok bool) {
 	if !s.form.legacy {
 		return 0, 0, false
 	}
-	newest = min(s.bucketOf(now), s.form.legacyTop)
-	oldest = max(s.bucketOf(now.Add(-s.maxWindow)), s.floor.Load())
+	newest, oldest = s.liveBuckets(now)
+	newest = min(newest, s.form.legacyTop)
 	return newest, oldest, newest >= oldest
 }
 
