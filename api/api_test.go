@@ -187,7 +187,19 @@ func (r reply) errField() (code, field string, index float64) {
 }
 
 func webhookJSON(i int, extra string) string {
-	return fmt.Sprintf(`{"channel":"webhook","recipient":"https://hooks.example/orders","content":{"body":"{\"order\":%d}"}%s}`, i, extra)
+	return string(appendWebhookJSON(nil, i, extra))
+}
+
+// appendWebhookJSON appends webhookJSON(i, extra) to dst: the benchmarks'
+// clients build every body this way, into a buffer they reuse. With
+// fmt.Sprintf and a fresh buffer a batch, the clients took ~3 % of the
+// process's CPU, which the server then did not have.
+func appendWebhookJSON(dst []byte, i int, extra string) []byte {
+	dst = append(dst, `{"channel":"webhook","recipient":"https://hooks.example/orders","content":{"body":"{\"order\":`...)
+	dst = strconv.AppendInt(dst, int64(i), 10)
+	dst = append(dst, `}"}`...)
+	dst = append(dst, extra...)
+	return append(dst, '}')
 }
 
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
@@ -654,9 +666,10 @@ func BenchmarkIngest(b *testing.B) {
 		b.ResetTimer()
 		cpu := cpuMicros()
 		b.RunParallel(func(pb *testing.PB) {
+			var body []byte
 			for pb.Next() {
-				body := webhookJSON(int(seq.Add(1)), "") // distinct, or every repeat is a duplicate
-				if !postAccepted(b, client, n.url, "application/json", []byte(body)) {
+				body = appendWebhookJSON(body[:0], int(seq.Add(1)), "") // distinct, or every repeat is a duplicate
+				if !postAccepted(b, client, n.url, "application/json", body) {
 					return
 				}
 			}
@@ -672,24 +685,25 @@ func BenchmarkIngest(b *testing.B) {
 		n := newNode(b, nodeOpts{syncDedupe: true})
 		_ = n.eng.PauseChannel(notification.Webhook, true)
 		var seq atomic.Int64
-		batch := func() []byte {
-			var nd bytes.Buffer
+		batch := func(dst []byte) []byte {
 			base := int(seq.Add(1000))
 			for i := range 1000 {
-				nd.WriteString(webhookJSON(base+i, ""))
-				nd.WriteByte('\n')
+				dst = appendWebhookJSON(dst, base+i, "")
+				dst = append(dst, '\n')
 			}
-			return nd.Bytes()
+			return dst
 		}
-		b.SetBytes(int64(len(batch())))
+		b.SetBytes(int64(len(batch(nil))))
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
 		b.SetParallelism((clients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
 		b.ReportAllocs()
 		b.ResetTimer()
 		cpu := cpuMicros()
 		b.RunParallel(func(pb *testing.PB) {
+			var body []byte
 			for pb.Next() {
-				if !postAccepted(b, client, n.url, "application/x-ndjson", batch()) {
+				body = batch(body[:0])
+				if !postAccepted(b, client, n.url, "application/x-ndjson", body) {
 					return
 				}
 			}
