@@ -5,9 +5,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"context"
+	"flag"
 	"fmt"
 	"math"
+	"os"
 	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -156,6 +159,12 @@ func reportCPU(b *testing.B, from time.Duration, records int) {
 
 // endToEnd drives b.N webhook notifications through r's engine to the mock
 // (batches of 500, 8 calls in flight) and reports records/s and CPU.
+// drainProfile names a file for a CPU profile of EngineEndToEnd's drain
+// alone (go test -cpuprofile also takes in the preload, mostly fsyncs and
+// encoding): go test ./engine -bench ... -args -drainprofile=drain.out.
+// With several sub-benchmarks, the last one run writes it.
+var drainProfile = flag.String("drainprofile", "", "write a CPU profile of each EngineEndToEnd drain to this file")
+
 func endToEnd(b *testing.B, r *rig) {
 	ch := r.channels(false)
 	wh := r.webhook(b, 500, 8)
@@ -167,12 +176,36 @@ func endToEnd(b *testing.B, r *rig) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	cpu := processCPU()
+	stopProfile := startDrainProfile(b)
 	_, stop := r.start(cfg)
 	waitFor(b, 2*time.Minute, "every send", func() bool { return r.mock.Stats().Unique == int64(b.N) })
 	b.StopTimer()
+	stopProfile()
 	reportCPU(b, cpu, b.N)
 	stop()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+// startDrainProfile starts the -drainprofile CPU profile, if asked for,
+// and returns what stops it.
+func startDrainProfile(b *testing.B) (stop func()) {
+	if *drainProfile == "" {
+		return func() {}
+	}
+	f, err := os.Create(*drainProfile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
 }
 
 // webhook is the benchmarks' provider: the webhook adapter to r's mock,
