@@ -1,6 +1,7 @@
 package dedupe
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"testing"
 )
@@ -51,5 +52,24 @@ func FuzzSortByKey(f *testing.F) {
 			writes = append(writes, entryKey(nil, uint32(rnd.IntN(2)), string(k)))
 		}
 		checkGenerationSort(t, &bufGen{idx: newHashIndex(int(n))}, writes)
+	})
+}
+
+// FuzzParseKeyForm feeds arbitrary bytes to the key-form marker's parser,
+// as a damaged store (or a newer version's) would hold: it refuses or
+// returns a form that append writes back byte for byte.
+func FuzzParseKeyForm(f *testing.F) {
+	f.Add(keyForm{k0: 1, k1: 2}.append(nil))
+	f.Add(keyForm{k0: 1, k1: 2, legacy: true, legacyTop: 7}.append(nil))
+	f.Add([]byte{keyFormDigests})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		kf, err := parseKeyForm(b)
+		if err != nil {
+			return
+		}
+		if again := kf.append(nil); !bytes.Equal(again, b) {
+			t.Fatalf("append gives back %x, not %x", again, b)
+		}
 	})
 }
