@@ -157,14 +157,14 @@ func reportCPU(b *testing.B, from time.Duration, records int) {
 	}
 }
 
-// endToEnd drives b.N webhook notifications through r's engine to the mock
-// (batches of 500, 8 calls in flight) and reports records/s and CPU.
 // drainProfile names a file for a CPU profile of EngineEndToEnd's drain
 // alone (go test -cpuprofile also takes in the preload, mostly fsyncs and
 // encoding): go test ./engine -bench ... -args -drainprofile=drain.out.
 // With several sub-benchmarks, the last one run writes it.
 var drainProfile = flag.String("drainprofile", "", "write a CPU profile of each EngineEndToEnd drain to this file")
 
+// endToEnd drives b.N webhook notifications through r's engine to the mock
+// (batches of 500, 8 calls in flight) and reports records/s and CPU.
 func endToEnd(b *testing.B, r *rig) {
 	ch := r.channels(false)
 	wh := r.webhook(b, 500, 8)
