@@ -749,9 +749,15 @@ type found struct {
 // newest down with one iterator per bucket and keys in sorted order, so
 // Pebble's bloom filters skip the buckets a key is not in. Large batches are
 // split across GOMAXPROCS workers: a probe is a few microseconds of CPU.
-func (s *Store) lookup(keys []string, now time.Time) ([]found, error) {
+// Each key is given twice: stored (digests[i]), and as the caller gave it
+// (key(i)), which stores written before the digests hold (lookupLegacy).
+func (s *Store) lookup(digests []string, key func(i int) string, now time.Time) ([]found, error) {
 	newest, oldest := s.liveBuckets(now)
-	return s.lookupIn(keys, newest, oldest)
+	res, err := s.lookupIn(digests, newest, oldest)
+	if err != nil {
+		return nil, err
+	}
+	return res, s.lookupLegacy(len(digests), key, res, now)
 }
 
 // liveBuckets is the buckets a lookup at now searches: the newest, and the
@@ -900,10 +906,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 	// The lookup runs under the lock: a finish drops its claims from live
 	// under it only after its write, so a key is either still live here
 	// (InFlight) or its write is visible to this lookup.
-	fs, err := s.lookup(keys, now)
-	if err == nil {
-		err = s.lookupLegacy(len(reqs), reqKey, fs, now)
-	}
+	fs, err := s.lookup(keys, reqKey, now)
 	if err != nil {
 		return err
 	}
@@ -1226,10 +1229,7 @@ type LookupResult struct {
 func (s *Store) Lookup(keys []string, scope string) ([]LookupResult, error) {
 	now := s.o.now()
 	key := func(i int) string { return keys[i] }
-	fs, err := s.lookup(s.digests(len(keys), key), now)
-	if err == nil {
-		err = s.lookupLegacy(len(keys), key, fs, now)
-	}
+	fs, err := s.lookup(s.digests(len(keys), key), key, now)
 	if err != nil {
 		return nil, err
 	}
