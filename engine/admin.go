@@ -170,13 +170,35 @@ func (e *Engine) retryUnknownReceipts(ctx context.Context, interval time.Duratio
 }
 
 func (e *Engine) emit(ctx context.Context, o *outcomes) error {
+	if err := e.produceAndApply(ctx, o); err != nil {
+		return err
+	}
+	return o.applyErr
+}
+
+// produceAndApply produces o's records, then writes its events (and kept
+// payloads) to the status store, inside a status checkpoint's epoch (see
+// statusCheckpoints). It returns the produce's error; a store write's is
+// logged and kept in o.applyErr (the events are on the status topic).
+func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) error {
+	o.applyErr = nil
+	if e.cfg.Status == nil {
+		if len(o.recs) == 0 {
+			return nil
+		}
+		return e.log.Produce(ctx, o.recs)
+	}
+	ep := e.ckpt.enter()
+	defer e.ckpt.exit(ep)
 	if len(o.recs) > 0 {
 		if err := e.log.Produce(ctx, o.recs); err != nil {
 			return err
 		}
+		e.ckpt.produced(e.cfg.Topics.Status, o.recs)
 	}
-	if e.cfg.Status != nil && len(o.events) > 0 {
-		return e.cfg.Status.Apply(o.events)
+	if err := e.cfg.Status.apply(o.events, o.keep); err != nil {
+		e.cfg.Logger.Warn("status store write failed", zap.Error(err))
+		o.applyErr = err
 	}
 	return nil
 }

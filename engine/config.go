@@ -197,6 +197,11 @@ type Config struct {
 	// ReceiptRetryInterval: how often receipts that arrived for ids not
 	// known yet are tried again, for 15 minutes (default 5 s).
 	ReceiptRetryInterval time.Duration
+	// StatusCheckpointInterval: how often the status store's events are
+	// flushed and the status topic's applied offsets recorded (default 5
+	// s). After a crash the store replays the topic from the last one, so
+	// it bounds that replay, not what is kept.
+	StatusCheckpointInterval time.Duration
 
 	Partitions  int32   // of topics the engine creates (default 8)
 	PollMax     int     // records per poll (default 1000)
@@ -301,6 +306,9 @@ func (c *Config) defaults() error {
 	}
 	if c.CommitInterval <= 0 {
 		c.CommitInterval = 200 * time.Millisecond
+	}
+	if c.StatusCheckpointInterval <= 0 {
+		c.StatusCheckpointInterval = 5 * time.Second
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second

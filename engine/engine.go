@@ -66,6 +66,7 @@ type Engine struct {
 	hooks    *hookForwarder // nil without status webhooks
 	backlog  atomic.Int64   // total consumer lag at the last measurement
 	ready    atomic.Bool    // topics exist and the poller runs
+	ckpt     statusCheckpoints
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or
@@ -221,6 +222,32 @@ func (e *Engine) Run(ctx context.Context) error {
 		_ = e.log.Close()
 		return err
 	}
+	// The store's events have no WAL: what a crash took from it is
+	// replayed before anything new is written. A node following the whole
+	// status topic replays through its replica instead.
+	var ckpt *statusCheckpointer
+	if e.cfg.Status != nil && e.cfg.NodeID == "" {
+		var replayed int
+		var err error
+		if ckpt, replayed, err = e.openStatusCheckpointer(ctx); err != nil {
+			_ = e.log.Close()
+			if ctx.Err() != nil {
+				return nil // stopped while replaying: the next start replays again
+			}
+			return err
+		}
+		if replayed > 0 {
+			e.cfg.Logger.Info("status store: replayed the status topic since the last checkpoint", zap.Int("records", replayed))
+		}
+	}
+	ckptStop := make(chan struct{})
+	ckptDone := make(chan struct{})
+	go func() {
+		defer close(ckptDone)
+		if ckpt != nil {
+			ckpt.run(e.cfg.StatusCheckpointInterval, e.cfg.DrainTimeout, ckptStop)
+		}
+	}()
 	e.ready.Store(true)
 	defer e.ready.Store(false)
 	pollDone := make(chan struct{})
@@ -270,7 +297,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.cfg.Status != nil {
 		if e.cfg.NodeID != "" {
 			statusAux.Go(func() {
-				if err := e.followStatus(hooksCtx, time.Second); err != nil {
+				if err := e.followStatus(hooksCtx, e.cfg.StatusCheckpointInterval); err != nil {
 					e.cfg.Logger.Error("status replica stopped", zap.Error(err))
 				}
 			})
@@ -307,6 +334,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	close(commitStop)
 	<-commitDone
+	close(ckptStop)
+	<-ckptDone
 	// The forwarder's dead letters go through e.log: it stops first.
 	<-hooksDone
 	err := e.log.Close()
@@ -661,6 +690,9 @@ type outcomes struct {
 	keep   []payload
 	done   []*item
 	enc    eventEncoder // the events' ids, keys and JSON
+	// applyErr is the status store's refusal of the events at the last
+	// produceAndApply.
+	applyErr error
 }
 
 // reuse empties o for a stage producing up to records records (its events'
@@ -747,18 +779,11 @@ func (o *outcomes) flush(ctx context.Context, e *Engine) bool { return o.flushTh
 // flushThen is flush with before run ahead of marking the items finished:
 // what must be durable before their offsets may commit.
 func (o *outcomes) flushThen(ctx context.Context, e *Engine, before func()) bool {
-	if len(o.recs) > 0 {
-		if err := e.log.Produce(ctx, o.recs); err != nil {
-			e.cfg.Logger.Warn("produce outcomes failed; records stay in flight and will be replayed",
-				zap.Int("records", len(o.recs)), zap.Error(err))
-			before()
-			return false
-		}
-	}
-	if e.cfg.Status != nil {
-		if err := e.cfg.Status.apply(o.events, o.keep); err != nil {
-			e.cfg.Logger.Warn("status store write failed", zap.Error(err))
-		}
+	if err := e.produceAndApply(ctx, o); err != nil {
+		e.cfg.Logger.Warn("produce outcomes failed; records stay in flight and will be replayed",
+			zap.Int("records", len(o.recs)), zap.Error(err))
+		before()
+		return false
 	}
 	before()
 	e.finish(o.done...)

@@ -1,12 +1,18 @@
 package engine
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
+
+	"github.com/goutong/goutong/partition"
 )
 
 func idAt(t time.Time, n byte) string {
@@ -67,5 +73,106 @@ func TestStatusStoreHistoryAndWindow(t *testing.T) {
 	}
 	if st, err := s.Get(fresh); err != nil || st.State != StateExpired {
 		t.Fatalf("status inside the window dropped: %+v %v", st, err)
+	}
+}
+
+// A store written before the events lost their WAL: its unflushed events
+// are in Pebble's WAL, its payloads and unknown receipts among the events.
+// It opens with every one of them, the payloads and receipts moved to aux,
+// durably (a crash right after the open keeps them).
+func TestStatusStoreOpensOlderLayout(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	db, err := pebble.Open("status", &pebble.Options{FS: fs, Logger: quietPebble{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	id := idAt(now, 1)
+	ev := StatusEvent{EventID: "e1", ID: id, State: StateSent, At: now, Channel: "sms"}
+	key := statusKey(nil, id, ev.At, eventSeq(&ev, 0))
+	val, err := appendStoredEvent(nil, &ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	receipt := []byte(`{"provider":"twilio","id":"x","state":"delivered","at":"2026-11-26T00:00:00Z","received_at":"2026-11-26T00:00:00Z"}`)
+	ukey := binary.BigEndian.AppendUint64([]byte{'u'}, uint64(now.UnixNano()))
+	for _, kv := range [][2][]byte{{key, val}, {append([]byte{'p'}, id...), []byte("payload")}, {append(ukey, 0, 0, 'x'), receipt}} {
+		if err := db.Set(kv[0], kv[1], pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// As a kill -9 leaves it: nothing flushed, all in the WAL.
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{})
+	db.Close()
+
+	s, err := openStatus("status", time.Hour, false, crashed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(s *StatusStore) {
+		t.Helper()
+		if st, err := s.Get(id); err != nil || st.State != StateSent {
+			t.Fatalf("event: %+v %v", st, err)
+		}
+		if p, err := s.Payload(id); err != nil || string(p) != "payload" {
+			t.Fatalf("payload %q %v", p, err)
+		}
+		var got []UnknownReceipt
+		if err := s.UnknownReceipts(now.Add(-time.Second), now.Add(time.Second), func(r UnknownReceipt) error { got = append(got, r); return nil }); err != nil || len(got) != 1 || got[0].ID != "x" {
+			t.Fatalf("unknown receipts %+v %v", got, err)
+		}
+	}
+	check(s)
+	for _, prefix := range []byte{'p', 'u'} {
+		if ok, err := anyIn(s.db, []byte{prefix}, []byte{prefix + 1}); err != nil || ok {
+			t.Fatalf("%c keys left among the events: %v %v", prefix, ok, err)
+		}
+	}
+	again := crashed.CrashClone(vfs.CrashCloneCfg{})
+	s.Close()
+	s, err = openStatus("status", time.Hour, false, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	check(s)
+}
+
+// A checkpoint's offsets are settled only once every writer that entered
+// before them has applied its events.
+func TestStatusCheckpointWaitsForWriters(t *testing.T) {
+	var c statusCheckpoints
+	ep := c.enter()
+	c.produced("status", []partition.Record{{Topic: "status", Partition: 2, Offset: 41}, {Topic: "lanes", Partition: 2, Offset: 900}})
+	got := make(chan map[partition.TopicPartition]int64, 1)
+	go func() {
+		o, err := c.settled(context.Background(), "status")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- o
+	}()
+	select {
+	case o := <-got:
+		t.Fatalf("settled %v while a writer had not applied its events", o)
+	case <-time.After(50 * time.Millisecond):
+	}
+	// A writer entering now joins the next epoch: it does not hold this
+	// checkpoint back.
+	later := c.enter()
+	c.exit(ep)
+	o := <-got
+	if len(o) != 1 || o[partition.TopicPartition{Topic: "status", Partition: 2}] != 42 {
+		t.Fatalf("settled %v, want status/2 at 42", o)
+	}
+	// The next waits for that later writer.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := c.settled(ctx, "status"); err == nil {
+		t.Fatal("settled while a writer of the last epoch was inside")
+	}
+	c.exit(later)
+	if _, err := c.settled(context.Background(), "status"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 func sameEvent(a, b StatusEvent) bool {
@@ -80,7 +82,7 @@ func TestStatusStoreReadsJSONEvents(t *testing.T) {
 	id := idAt(now, 1)
 	old := StatusEvent{EventID: "e1", ID: id, State: StateAccepted, At: now.Add(-time.Second).UTC(), Tenant: "acme", Channel: "email", Priority: "bulk"}
 	v, _ := json.Marshal(&old)
-	if err := s.db.Set(statusKey(nil, id, old.At, eventSeq(&old, 0)), v, nil); err != nil {
+	if err := s.db.Set(statusKey(nil, id, old.At, eventSeq(&old, 0)), v, pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
 	cur := StatusEvent{EventID: "e2", ID: id, State: StateSent, At: now, Tenant: "acme", Channel: "email", Priority: "bulk", Attempts: 1, Provider: "sendgrid"}

@@ -78,6 +78,9 @@ type EngineConfig struct {
 	DrainTimeout   time.Duration `koanf:"drain_timeout"`
 	CommitInterval time.Duration `koanf:"commit_interval"`
 	StatusWindow   time.Duration `koanf:"status_window"`
+	// StatusCheckpointInterval bounds the status topic's replay into the
+	// status store after a crash.
+	StatusCheckpointInterval time.Duration `koanf:"status_checkpoint_interval"`
 	// KeepPayloads keeps sent notifications in the status store for its
 	// window, so reconciliation can redrive them.
 	KeepPayloads bool `koanf:"keep_payloads"`
@@ -157,7 +160,7 @@ func defaultConfig() Config {
 		Data: "./data", Listen: "127.0.0.1:8080", Partitions: 8, LogLevel: "info",
 		Engine: EngineConfig{RingSize: 8192, PollMax: 1000, MaxDelayed: 100_000, MaxAttempts: 8,
 			BackoffBase: 500 * time.Millisecond, BackoffMax: 5 * time.Minute, DrainTimeout: 10 * time.Second,
-			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, KeepPayloads: true},
+			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, StatusCheckpointInterval: 5 * time.Second, KeepPayloads: true},
 		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
 		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true, SyncDelay: dedupe.DefaultSyncDelay,
 			FilterKeys: dedupe.DefaultFilterKeys, RecentBytes: dedupe.DefaultRecentBytes,

@@ -180,7 +180,8 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
 		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax},
 		CommitInterval: cfg.Engine.CommitInterval, DrainTimeout: cfg.Engine.DrainTimeout,
-		Logger: lg, Registry: reg})
+		StatusCheckpointInterval: cfg.Engine.StatusCheckpointInterval,
+		Logger:                   lg, Registry: reg})
 	if err != nil {
 		return err
 	}

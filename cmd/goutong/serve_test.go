@@ -189,6 +189,7 @@ log_level: warn
 partitions: 4
 engine:
   drain_timeout: 2s
+  status_checkpoint_interval: 100ms
 channels:
   webhook:
     provider: webhook

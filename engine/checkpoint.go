@@ -1,0 +1,282 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/partition"
+)
+
+// The status store's events have no WAL of their own (see StatusStore):
+// the status topic is their log. A checkpoint records, in the consumer
+// group statusCheckpointGroup, offsets of the status topic below which
+// every event is in the store's flushed tables; at start, Run replays the
+// topic from there.
+//
+// Every event is produced to the topic first and applied to the store
+// after, by many goroutines at once, so "produced below offset O" does not
+// yet mean "applied". A checkpoint therefore takes O as the highest
+// offsets produced so far, then waits for every writer that entered before
+// it to finish applying: offsets are given out in order, so whoever
+// produced below O entered before O was read. Writers pay two atomic adds
+// a batch, not a lock.
+//
+// A node following the whole status topic (Config.NodeID) needs none of
+// this: its replica's committed offsets are checkpoints already.
+const statusCheckpointGroup = "goutong-status-checkpoint"
+
+type statusCheckpoints struct {
+	epoch    atomic.Uint64
+	inflight [2]atomic.Int64 // writers inside, by epoch parity
+
+	mu   sync.Mutex
+	high map[int32]int64 // per status partition, one past the highest offset produced
+}
+
+// enter registers a writer about to produce and apply events; it returns
+// the epoch to exit with.
+func (c *statusCheckpoints) enter() uint64 {
+	for {
+		ep := c.epoch.Load()
+		c.inflight[ep&1].Add(1)
+		if c.epoch.Load() == ep {
+			return ep
+		}
+		// A checkpoint began in between: join the new epoch instead, or
+		// it could wait for us without need, or miss us.
+		c.inflight[ep&1].Add(-1)
+	}
+}
+
+func (c *statusCheckpoints) exit(ep uint64) { c.inflight[ep&1].Add(-1) }
+
+// produced notes the offsets Produce gave the records of topic.
+func (c *statusCheckpoints) produced(topic string, recs []partition.Record) {
+	// A flush's events go to a handful of partitions: the highest of each
+	// first, then one lock.
+	var local [16]int64
+	var spill map[int32]int64
+	seen := false
+	for i := range recs {
+		r := &recs[i]
+		if r.Topic != topic {
+			continue
+		}
+		seen = true
+		if int(r.Partition) < len(local) {
+			local[r.Partition] = max(local[r.Partition], r.Offset+1)
+			continue
+		}
+		if spill == nil {
+			spill = map[int32]int64{}
+		}
+		spill[r.Partition] = max(spill[r.Partition], r.Offset+1)
+	}
+	if !seen {
+		return
+	}
+	c.mu.Lock()
+	if c.high == nil {
+		c.high = map[int32]int64{}
+	}
+	for p, off := range local {
+		if off > c.high[int32(p)] {
+			c.high[int32(p)] = off
+		}
+	}
+	for p, off := range spill {
+		if off > c.high[p] {
+			c.high[p] = off
+		}
+	}
+	c.mu.Unlock()
+}
+
+// settled returns offsets below which every event is applied to the store:
+// the highest produced, once the writers that could have produced below
+// them are done. One caller at a time.
+func (c *statusCheckpoints) settled(ctx context.Context, topic string) (map[partition.TopicPartition]int64, error) {
+	// Writers left over from an epoch whose wait was cut short count in
+	// the parity the next epoch uses: they go first.
+	if err := c.drain(ctx, c.epoch.Load()+1); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	offsets := make(map[partition.TopicPartition]int64, len(c.high))
+	for p, off := range c.high {
+		offsets[partition.TopicPartition{Topic: topic, Partition: p}] = off
+	}
+	c.mu.Unlock()
+	if err := c.drain(ctx, c.epoch.Add(1)-1); err != nil {
+		return nil, err
+	}
+	return offsets, nil
+}
+
+// drain waits until no writer counts in ep's parity.
+func (c *statusCheckpoints) drain(ctx context.Context, ep uint64) error {
+	for c.inflight[ep&1].Load() != 0 {
+		// Writers leave within a produce and a store write: milliseconds.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
+	return nil
+}
+
+// statusCheckpointer replays the status topic into the store at start and
+// then takes checkpoints; it owns its consumer of the topic.
+type statusCheckpointer struct {
+	e         *Engine
+	log       partition.Log
+	committed map[partition.TopicPartition]int64
+}
+
+// openStatusCheckpointer opens the checkpoint group's consumer and
+// replays what the store lost since the last checkpoint. It returns how
+// many events it applied.
+func (e *Engine) openStatusCheckpointer(ctx context.Context) (*statusCheckpointer, int, error) {
+	log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusCheckpointGroup, Topics: []string{e.cfg.Topics.Status}})
+	if err != nil {
+		return nil, 0, fmt.Errorf("engine: status checkpoints: %w", err)
+	}
+	c := &statusCheckpointer{e: e, log: log, committed: map[partition.TopicPartition]int64{}}
+	n, err := c.replay(ctx)
+	if err != nil {
+		log.Close()
+		return nil, n, fmt.Errorf("engine: status replay: %w", err)
+	}
+	// Nothing more is read: on Kafka, paused partitions are not fetched.
+	log.Pause(log.Assigned()...)
+	return c, n, nil
+}
+
+// replay applies the status topic from the last checkpoint to its end.
+// Nothing produces to the topic yet (Run has not started the engine), so
+// the end is where a poll finds nothing and the group has no lag left.
+func (c *statusCheckpointer) replay(ctx context.Context) (int, error) {
+	n := 0
+	next := map[partition.TopicPartition]int64{}
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		recs, err := c.log.Poll(pctx, 4096)
+		cancel()
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return n, err
+		}
+		if len(recs) > 0 {
+			if err := c.e.cfg.Status.Apply(decodeStatusEvents(recs, next)); err != nil {
+				return n, err
+			}
+			n += len(recs)
+			continue
+		}
+		if len(next) > 0 {
+			if err := c.commit(ctx, next); err != nil {
+				return n, err
+			}
+			clear(next)
+		}
+		// A Kafka group may not be joined yet when the first poll times
+		// out: the lag says whether the end is reached.
+		lag, err := c.log.Lag(ctx)
+		if err != nil {
+			return n, err
+		}
+		left := int64(0)
+		for _, l := range lag {
+			left += l
+		}
+		if left == 0 && len(c.log.Assigned()) > 0 {
+			return n, nil
+		}
+	}
+}
+
+// checkpoint flushes the store and records the offsets settled before the
+// flush.
+func (c *statusCheckpointer) checkpoint(ctx context.Context) error {
+	offsets, err := c.e.ckpt.settled(ctx, c.e.cfg.Topics.Status)
+	if err != nil {
+		return err
+	}
+	return c.commit(ctx, offsets)
+}
+
+// commit flushes the store and commits the offsets that moved.
+func (c *statusCheckpointer) commit(ctx context.Context, offsets map[partition.TopicPartition]int64) error {
+	moved := map[partition.TopicPartition]int64{}
+	for tp, off := range offsets {
+		if off > c.committed[tp] {
+			moved[tp] = off
+		}
+	}
+	if len(moved) == 0 {
+		return nil
+	}
+	if err := c.e.cfg.Status.Checkpoint(); err != nil {
+		return err
+	}
+	if err := c.log.Commit(ctx, moved); err != nil {
+		return err
+	}
+	for tp, off := range moved {
+		c.committed[tp] = off
+	}
+	return nil
+}
+
+// run takes a checkpoint every interval until stop closes, then a last
+// one (the engine has finished its writes by then) and closes its
+// consumer.
+func (c *statusCheckpointer) run(interval, last time.Duration, stop <-chan struct{}) {
+	defer c.log.Close()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	take := func(limit time.Duration, warning string) {
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
+		defer cancel()
+		if err := c.checkpoint(ctx); err != nil {
+			c.e.cfg.Logger.Warn(warning, zap.Error(err))
+		}
+	}
+	for {
+		select {
+		case <-stop:
+			take(last, "status checkpoint at shutdown failed; the next start replays more")
+			return
+		case <-t.C:
+			// Bounded loosely: the wait is for writers inside a produce
+			// and a store write, and a late checkpoint costs nothing.
+			take(max(interval, time.Minute), "status checkpoint failed; the next covers it")
+		}
+	}
+}
+
+// decodeStatusEvents decodes the events among recs, noting in next the
+// offset after each record; records that are not events are skipped.
+func decodeStatusEvents(recs []partition.Record, next map[partition.TopicPartition]int64) []StatusEvent {
+	events := make([]StatusEvent, 0, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
+		var ev StatusEvent
+		if err := gojson.Unmarshal(r.Value, &ev); err != nil || ev.ID == "" {
+			continue // not an event of ours: nothing to keep
+		}
+		events = append(events, ev)
+	}
+	return events
+}

@@ -1,0 +1,157 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+)
+
+// freezableCommits wraps the rig's logs: once frozen, commits of the
+// status checkpoint group fail. A crash stops the whole process; here only
+// the status store is crashed (a copy of its file system as synced), so
+// the engine must not record checkpoints the copy does not have.
+type freezableCommits struct {
+	partition.Log
+	frozen *atomic.Bool
+}
+
+func (f freezableCommits) Commit(ctx context.Context, offsets map[partition.TopicPartition]int64) error {
+	if f.frozen.Load() {
+		return errors.New("frozen: the process has crashed")
+	}
+	return f.Log.Commit(ctx, offsets)
+}
+
+// The status store's events have no WAL of their own (the status topic is
+// their log): a crash loses what was not flushed, and the next start
+// replays it from the last checkpoint. Every accepted and sent event is
+// there after the restart, and nothing is sent again.
+func TestStatusStoreCrashReplaysTopic(t *testing.T) {
+	for _, b := range backends {
+		for _, mode := range []struct {
+			name     string
+			interval time.Duration
+			crashAt  int // sends at the mock
+		}{
+			// Checkpoints only at start and stop: the crash certainly
+			// takes the second batch's events, all sent.
+			{"quiet", time.Hour, 2000},
+			// Checkpoints every few ms, the crash in the middle of the
+			// drain.
+			{"busy", 5 * time.Millisecond, 1000},
+		} {
+			t.Run(b.name+"/"+mode.name, func(t *testing.T) {
+				r := newRig(t, b)
+				var frozen atomic.Bool
+				open := r.open
+				r.open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+					l, err := open(cc)
+					if err != nil || cc.Group != "goutong-status-checkpoint" {
+						return l, err
+					}
+					return freezableCommits{l, &frozen}, nil
+				}
+				fs := vfs.NewCrashableMem()
+				st, err := engine.OpenStatusOn(fs, "status")
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.status = st
+				cfg := r.config(r.channels(false))
+				cfg.StatusCheckpointInterval = mode.interval
+				cfg.Registry = nil // three engines, one after the other
+				ingest := func(e *engine.Engine, ns []*notification.Notification) {
+					t.Helper()
+					waitFor(t, 20*time.Second, "the engine", e.Ready)
+					for i := 0; i < len(ns); i += 500 {
+						if _, _, err := e.Ingest(context.Background(), ns[i:i+500], time.Now()); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+
+				// A first batch, then a clean stop: its last checkpoint
+				// flushes their events.
+				first := webhookBatch(1000, 0)
+				e, stop := r.start(cfg)
+				ingest(e, first)
+				waitFor(t, 60*time.Second, "the first batch at the mock", func() bool { return r.mock.Stats().Unique == int64(len(first)) })
+				waitFor(t, 30*time.Second, "the first batch sent", func() bool { return allSent(r.status, first) })
+				stop()
+
+				second := webhookBatch(2000, len(first))
+				e, stop = r.start(cfg)
+				ingest(e, second)
+				waitFor(t, 60*time.Second, "the crash point", func() bool {
+					return r.mock.Stats().Unique >= int64(len(first)+mode.crashAt)
+				})
+				if mode.crashAt == len(second) {
+					waitFor(t, 30*time.Second, "the second batch sent", func() bool { return allSent(r.status, second) })
+				}
+				frozen.Store(true)
+				crashed := fs.CrashClone(vfs.CrashCloneCfg{})
+				stop()
+				if err := st.Close(); err != nil {
+					t.Fatal(err)
+				}
+
+				st, err = engine.OpenStatusOn(crashed, "status")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				lost := func(ns []*notification.Notification) int {
+					n := 0
+					for _, x := range ns {
+						if _, err := st.Get(x.ID); errors.Is(err, engine.ErrNotFound) {
+							n++
+						}
+					}
+					return n
+				}
+				lostFirst, lostSecond := lost(first), lost(second)
+				t.Logf("the crash took the events of %d + %d notifications", lostFirst, lostSecond)
+				if lostFirst > 0 {
+					t.Fatalf("the crash took the events of %d of the first batch, flushed at the clean stop", lostFirst)
+				}
+				if mode.crashAt == len(second) && lostSecond < len(second) {
+					t.Fatalf("the crash took the events of %d of the second batch, want all %d: flushed without a checkpoint?", lostSecond, len(second))
+				}
+
+				r.status = st
+				frozen.Store(false)
+				cfg.Status = st
+				e, stop = r.start(cfg)
+				waitFor(t, 20*time.Second, "the engine", e.Ready)
+				all := append(first, second...)
+				waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(all)) })
+				waitFor(t, 30*time.Second, "every notification sent", func() bool { return allSent(st, all) })
+				stop()
+				r.checkEachOnce(all)
+				for _, n := range all {
+					s, _ := st.Get(n.ID)
+					if s.History[0].State != engine.StateAccepted {
+						t.Fatalf("%s: history %+v, want accepted first", n.ID, s.History)
+					}
+				}
+			})
+		}
+	}
+}
+
+func allSent(st *engine.StatusStore, ns []*notification.Notification) bool {
+	for _, n := range ns {
+		if s, err := st.Get(n.ID); err != nil || s.State != engine.StateSent {
+			return false
+		}
+	}
+	return true
+}
