@@ -162,12 +162,19 @@ func (e *Engine) openStatusCheckpointer(ctx context.Context) (*statusCheckpointe
 
 // replay applies the status topic from the last checkpoint to its end.
 // Nothing produces to the topic yet (Run has not started the engine), so
-// the end is where a poll finds nothing and the group has no lag left.
+// the end is where the group, committed as far as replayed, has no lag.
 func (c *statusCheckpointer) replay(ctx context.Context) (int, error) {
-	n := 0
+	n, polls := 0, 0
 	next := map[partition.TopicPartition]int64{}
 	for {
-		pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		// A poll returns at once what the log holds: an empty one is only
+		// a cue to look at the lag. A Kafka group still joining after the
+		// first has no lag to look at: it waits longer.
+		wait := 5 * time.Millisecond
+		if polls++; polls > 1 && len(c.log.Assigned()) == 0 {
+			wait = 200 * time.Millisecond
+		}
+		pctx, cancel := context.WithTimeout(ctx, wait)
 		recs, err := c.log.Poll(pctx, 4096)
 		cancel()
 		if ctx.Err() != nil {
@@ -189,8 +196,9 @@ func (c *statusCheckpointer) replay(ctx context.Context) (int, error) {
 			}
 			clear(next)
 		}
-		// A Kafka group may not be joined yet when the first poll times
-		// out: the lag says whether the end is reached.
+		if len(c.log.Assigned()) == 0 {
+			continue
+		}
 		lag, err := c.log.Lag(ctx)
 		if err != nil {
 			return n, err
@@ -199,7 +207,7 @@ func (c *statusCheckpointer) replay(ctx context.Context) (int, error) {
 		for _, l := range lag {
 			left += l
 		}
-		if left == 0 && len(c.log.Assigned()) > 0 {
+		if left == 0 {
 			return n, nil
 		}
 	}
