@@ -348,7 +348,8 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 
 	// Memory: the stores' fixed share, and the rings full.
 	rings := float64(max(len(chans), 1)*notification.NumPriorities*p.RingSize) * queuedBytes
-	statusMem := float64(engine.StatusMemTables*engine.StatusMemTableSize + engine.StatusCacheSize)
+	statusMem := float64(engine.StatusMemTables*engine.StatusMemTableSize + engine.StatusAuxMemTables*engine.StatusAuxMemTableSize +
+		engine.StatusCacheSize)
 	dedupeMem := float64(dedupe.MemTables*dedupe.DefaultMemTableSize+dedupe.DefaultCacheSize+dedupe.DefaultRecentBytes) +
 		float64(dedupe.WriteBufferMemory(dedupe.DefaultWriteBufferBytes)) +
 		float64(dedupe.FilterBuckets*dedupe.FilterBytes(dedupe.DefaultFilterKeys))

@@ -82,9 +82,10 @@ func TestPlanArithmetic(t *testing.T) {
 		t.Errorf("disk %.0f, want %.0f", p.DiskBytes, want)
 	}
 	// Memory: twice the rings (2 channels x 4 lanes x 4,096 slots x 1 KiB =
-	// 32 MiB) and the stores' and log's fixed share; the dedupe write buffer
+	// 32 MiB) and the stores' and log's fixed share (the status store: four
+	// 64 MiB memtables, aux's two of 4 MiB, 8 MiB of cache); the dedupe write buffer
 	// is two generations of 22 MiB, 2.75 MiB slack and a 16 MiB index.
-	fixed := float64(4*64<<20+8<<20) + float64(2*8<<20+256<<20) + 5*float64(dedupe.FilterBytes(4<<20)) + 64<<20 +
+	fixed := float64(4*64<<20+2*4<<20+8<<20) + float64(2*8<<20+256<<20) + 5*float64(dedupe.FilterBytes(4<<20)) + 64<<20 +
 		2*(22<<20+22<<20/8+16<<20)
 	if want := 2 * (32<<20 + fixed); p.MemoryBytes != want {
 		t.Errorf("memory %.0f, want %.0f", p.MemoryBytes, want)
