@@ -257,8 +257,11 @@ func (c *statusCheckpointer) run(interval, last time.Duration, stop <-chan struc
 		ctx, cancel := context.WithTimeout(context.Background(), limit)
 		defer cancel()
 		if err := c.checkpoint(ctx); err != nil {
+			c.e.m.checkpoints.WithLabelValues("failed").Inc()
 			c.e.cfg.Logger.Warn(warning, zap.Error(err))
+			return
 		}
+		c.e.m.checkpoints.WithLabelValues("ok").Inc()
 	}
 	for {
 		select {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
@@ -129,8 +130,14 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 				r.status = st
 				frozen.Store(false)
 				cfg.Status = st
+				reg := prometheus.NewRegistry()
+				cfg.Registry = reg
 				e, stop = r.start(cfg)
 				waitFor(t, 20*time.Second, "the engine", e.Ready)
+				// The second batch's accepted and sent events at least.
+				if got := counterSum(t, reg, "goutong_status_replayed_events_total"); mode.crashAt == len(second) && got < float64(2*len(second)) {
+					t.Fatalf("replayed %v events, want at least %d", got, 2*len(second))
+				}
 				all := append(first, second...)
 				waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(all)) })
 				waitFor(t, 30*time.Second, "every notification sent", func() bool { return allSent(st, all) })

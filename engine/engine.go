@@ -236,6 +236,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			return err
 		}
+		e.m.replayed.Add(float64(replayed))
 		if replayed > 0 {
 			e.cfg.Logger.Info("status store: replayed the status topic since the last checkpoint", zap.Int("records", replayed))
 		}

@@ -23,6 +23,10 @@ type metrics struct {
 	paused     prometheus.Gauge
 	delayed    prometheus.Gauge
 	commits    prometheus.Counter
+	// The status store's checkpoints (checkpoint.go): taken or failed, and
+	// the events the last start replayed.
+	checkpoints *prometheus.CounterVec
+	replayed    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -59,6 +63,11 @@ func newMetrics() *metrics {
 			Help: "Records held until their not_before or retry time."}),
 		commits: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_offset_commits_total",
 			Help: "Offset commits."}),
+		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_status_checkpoints_total",
+			Help: "Status store checkpoints (a flush, then the status topic's applied offsets committed), by result (ok, failed). " +
+				"After a crash the store replays the topic from the last ok one."}, []string{"result"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_status_replayed_events_total",
+			Help: "Status topic records replayed into the status store at start: what a crash took from it since the last checkpoint."}),
 	}
 }
 
@@ -91,7 +100,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.commits}
+		m.limitWait, m.lag, m.paused, m.delayed, m.commits, m.checkpoints, m.replayed}
 }
 
 // dedupeCollector exports the idempotency store's counters and sizes, read
