@@ -87,7 +87,7 @@ func (c *statusCheckpoints) produced(topic string, recs []partition.Record) {
 		c.high = map[int32]int64{}
 	}
 	for p, off := range local {
-		if off > c.high[int32(p)] {
+		if off > 0 && off > c.high[int32(p)] {
 			c.high[int32(p)] = off
 		}
 	}

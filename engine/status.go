@@ -284,8 +284,7 @@ func (s *StatusStore) keepPayloads(payloads []payload) error {
 			return err
 		}
 	}
-	s.auxDirty.Store(true)
-	return b.Commit(pebble.NoSync)
+	return s.commitAux(b)
 }
 
 // applyBuffers are apply's keys and values, pooled: the batch copies them.
@@ -346,8 +345,7 @@ func (s *StatusStore) AddUnknownReceipts(rs []UnknownReceipt) error {
 			return err
 		}
 	}
-	s.auxDirty.Store(true)
-	return b.Commit(pebble.NoSync)
+	return s.commitAux(b)
 }
 
 // ResolveUnknownReceipts calls resolve for each unknown receipt that
@@ -369,8 +367,7 @@ func (s *StatusStore) ResolveUnknownReceipts(from, to time.Time, resolve func(Un
 	if err := apply(); err != nil {
 		return err
 	}
-	s.auxDirty.Store(true)
-	return b.Commit(pebble.NoSync)
+	return s.commitAux(b)
 }
 
 // UnknownReceipts calls fn for each unknown receipt that arrived in
@@ -453,6 +450,17 @@ func (s *StatusStore) Scan(from, to time.Time, fn func(id string, history []Stat
 	if len(hist) > 0 {
 		return fn(id, hist)
 	}
+	return nil
+}
+
+// commitAux commits b to aux, for the next Sync to make durable. Marked
+// after the commit: a Sync between a mark and its commit would leave the
+// write unsynced and the mark cleared.
+func (s *StatusStore) commitAux(b *pebble.Batch) error {
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return err
+	}
+	s.auxDirty.Store(true)
 	return nil
 }
 

@@ -176,3 +176,61 @@ func TestStatusCheckpointWaitsForWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Sync makes payloads and unknown receipts durable (aux keeps a WAL); the
+// events need a checkpoint (they have none: the status topic is theirs).
+func TestStatusStoreSyncAndCheckpoint(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	s, err := openStatus("status", time.Hour, true, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	a, b := idAt(now, 1), idAt(now, 2)
+	if err := s.apply([]StatusEvent{{EventID: "e1", ID: a, State: StateSent, At: now}}, []payload{{id: a, value: []byte("pa")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddUnknownReceipts([]UnknownReceipt{{Provider: "twilio", ID: "x", State: StateDelivered, At: now, ReceivedAt: now}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	afterSync := fs.CrashClone(vfs.CrashCloneCfg{})
+	if err := s.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply([]StatusEvent{{EventID: "e2", ID: b, State: StateSent, At: now}}); err != nil {
+		t.Fatal(err)
+	}
+	afterCheckpoint := fs.CrashClone(vfs.CrashCloneCfg{})
+	s.Close()
+
+	crashed, err := openStatus("status", time.Hour, false, afterSync)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := crashed.Payload(a); err != nil || string(p) != "pa" {
+		t.Fatalf("payload after a synced crash: %q %v", p, err)
+	}
+	n := 0
+	if err := crashed.UnknownReceipts(now.Add(-time.Second), now.Add(time.Second), func(UnknownReceipt) error { n++; return nil }); err != nil || n != 1 {
+		t.Fatalf("unknown receipts after a synced crash: %d %v", n, err)
+	}
+	if _, err := crashed.Get(a); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an event survived a crash before any checkpoint (%v): does the store have a WAL again?", err)
+	}
+	crashed.Close()
+
+	crashed, err = openStatus("status", time.Hour, false, afterCheckpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer crashed.Close()
+	if st, err := crashed.Get(a); err != nil || st.State != StateSent {
+		t.Fatalf("an event checkpointed before the crash: %+v %v", st, err)
+	}
+	if _, err := crashed.Get(b); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an event applied after the last checkpoint survived: %v", err)
+	}
+}
