@@ -468,8 +468,17 @@ func (e *Engine) commit(ctx context.Context, only []*partState) {
 		}
 	}
 	if e.cfg.Status != nil {
-		// The events of the records being committed must outlive a kill -9:
-		// after the commit nothing replays them.
+		// The events of the records being committed, and their kept
+		// payloads, must outlive a power cut: after the commit nothing
+		// replays them. The events are on the status topic, whose produce
+		// returns before its fsync (LazySync); the store replays them from
+		// it after a crash.
+		if s, ok := e.log.(partition.Syncer); ok {
+			if err := s.Sync(ctx, e.cfg.Topics.Status); err != nil {
+				retryLater("status topic sync failed; commit postponed", err)
+				return
+			}
+		}
 		if err := e.cfg.Status.Sync(); err != nil {
 			retryLater("status store sync failed; commit postponed", err)
 			return

@@ -83,6 +83,13 @@ type TopicSpec struct {
 	LazySync bool
 }
 
+// Syncer is a Log that may acknowledge a produce before it is durable
+// (TopicSpec.LazySync). Sync makes every record of the topics acknowledged
+// before it durable.
+type Syncer interface {
+	Sync(ctx context.Context, topics ...string) error
+}
+
 // ConsumerConfig makes a Log a member of a consumer group. With no Group
 // the Log only produces.
 type ConsumerConfig struct {

@@ -388,6 +388,16 @@ func (l *WALLog) Assigned() []TopicPartition {
 	return slices.Clone(l.order)
 }
 
+// Sync implements Syncer.
+func (l *WALLog) Sync(ctx context.Context, topics ...string) error {
+	for _, t := range topics {
+		if err := l.w.Sync(ctx, t); err != nil {
+			return fmt.Errorf("partition: sync %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
 // Lag implements Log.
 func (l *WALLog) Lag(context.Context) (map[TopicPartition]int64, error) {
 	committed := l.w.CommittedOffsets(l.cfg.Group)

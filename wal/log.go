@@ -370,6 +370,29 @@ func (l *Log) Append(ctx context.Context, topic string, part int32, recs []Recor
 	return r.base, r.err
 }
 
+// Sync makes every append to topic acknowledged before it durable: for a
+// topic with FsyncInterval, it fsyncs what each partition has written
+// since its last fsync, without waiting for the interval.
+func (l *Log) Sync(ctx context.Context, topic string) error {
+	l.mu.RLock()
+	t, ok := l.topics[topic]
+	closed := l.closed
+	l.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownTopic, topic)
+	}
+	errs := make([]error, len(t.parts))
+	var wg sync.WaitGroup
+	for i, p := range t.parts {
+		wg.Go(func() { errs[i] = p.sync(ctx) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Read returns up to maxRecords records (and roughly maxBytes of values)
 // from offset on. It returns no records, and no error, at the end of the
 // partition; ErrOffsetOutOfRange below the start or past the end. The

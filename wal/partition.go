@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,8 +32,12 @@ type partition struct {
 	closeMu sync.RWMutex
 	closing bool
 	reqs    chan appendReq
-	stopped chan struct{} // closed when the writer has drained and exited
-	stopReq chan struct{}
+	syncs   chan chan error // Sync's requests, answered by the writer
+	// lazySyncs counts the fsyncs of data acknowledged unsynced (interval
+	// ticks, Sync): tests see from it that Sync syncs only what is dirty.
+	lazySyncs atomic.Int64
+	stopped   chan struct{} // closed when the writer has drained and exited
+	stopReq   chan struct{}
 
 	// mu guards segs, each segment's index slice header and refs, and the
 	// visible bounds. Readers hold it only to snapshot; I/O runs unlocked.
@@ -78,7 +83,7 @@ func openPartition(l *Log, t *topic, id int32) (*partition, error) {
 		return nil, fmt.Errorf("wal: %w", err)
 	}
 	p := &partition{log: l, topic: t, id: id, dir: dir,
-		reqs: make(chan appendReq, l.opts.queueDepth), stopped: make(chan struct{}), stopReq: make(chan struct{})}
+		reqs: make(chan appendReq, l.opts.queueDepth), syncs: make(chan chan error), stopped: make(chan struct{}), stopReq: make(chan struct{})}
 	if err := p.recover(); err != nil {
 		p.close()
 		return nil, fmt.Errorf("wal: %s/%d: %w", t.name, id, err)
@@ -337,6 +342,23 @@ func (p *partition) enqueue(ctx context.Context, recs []Record, done func(int64,
 	}
 }
 
+// sync fsyncs what the partition has written and not synced (see
+// Log.Sync).
+func (p *partition) sync(ctx context.Context) error {
+	p.closeMu.RLock()
+	defer p.closeMu.RUnlock()
+	if p.closing {
+		return ErrClosed // shutdown syncs what is left
+	}
+	done := make(chan error, 1)
+	select {
+	case p.syncs <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-done
+}
+
 // shutdown stops the writer after it drained the queue, then closes files.
 func (p *partition) shutdown() error {
 	p.closeMu.Lock()
@@ -379,6 +401,13 @@ func (p *partition) writeLoop() {
 			clear(group) // drop references to callers' records
 		case <-tick:
 			p.syncIfDirty()
+		case done := <-p.syncs:
+			// Every append acknowledged before this request was written
+			// by this goroutine already.
+			p.syncIfDirty()
+			p.mu.Lock()
+			done <- p.failed
+			p.mu.Unlock()
 		case <-p.stopReq:
 			// No sender can enqueue once closing is set; drain what is queued.
 			for {
@@ -514,6 +543,7 @@ func (p *partition) syncIfDirty() {
 		p.mu.Unlock()
 		return
 	}
+	p.lazySyncs.Add(1)
 	p.dirty = false
 }
 

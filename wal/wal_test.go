@@ -371,3 +371,47 @@ func TestFrameCache(t *testing.T) {
 		})
 	}
 }
+
+// Sync makes an interval topic's acknowledged appends durable at once, and
+// fsyncs only partitions written since their last fsync.
+func TestSyncOfIntervalTopic(t *testing.T) {
+	l := mustOpen(t, t.TempDir())
+	defer l.Close()
+	if err := l.CreateTopic("t", TopicConfig{Partitions: 2, Fsync: FsyncInterval, FsyncInterval: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	syncs := func() (n [2]int64) {
+		for i := range n {
+			p, err := l.partition("t", int32(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n[i] = p.lazySyncs.Load()
+		}
+		return n
+	}
+	appendN(t, l, "t", 0, 0, 10, 5)
+	if got := syncs(); got != [2]int64{0, 0} {
+		t.Fatalf("fsyncs before Sync %v: the interval is an hour", got)
+	}
+	if err := l.Sync(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if got := syncs(); got != [2]int64{1, 0} {
+		t.Fatalf("fsyncs after Sync %v, want the written partition's only", got)
+	}
+	if err := l.Sync(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if got := syncs(); got != [2]int64{1, 0} {
+		t.Fatalf("fsyncs after a Sync with nothing written %v, want none more", got)
+	}
+	if err := l.Sync(ctx, "nope"); !errors.Is(err, ErrUnknownTopic) {
+		t.Fatalf("Sync of an unknown topic: %v", err)
+	}
+	l.Close()
+	if err := l.Sync(ctx, "t"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Sync after Close: %v", err)
+	}
+}
