@@ -187,6 +187,9 @@ type Config struct {
 	// consumer group goutong-status-store.<NodeID>), so every node answers
 	// for every notification and matches every receipt, whichever node
 	// accepted or sent it. Each node needs its own, kept across restarts.
+	// Without it the engine takes itself for the status topic's only
+	// writer: it checkpoints the topic for its store's replay after a
+	// crash (consumer group goutong-status-checkpoint, see checkpoint.go).
 	NodeID string
 	// ReconcileDir keeps reconciliation runs (RunReconcile).
 	ReconcileDir string
