@@ -41,14 +41,18 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 		for _, mode := range []struct {
 			name     string
 			interval time.Duration
-			crashAt  int // sends at the mock
+			crashAt  int    // sends at the mock
+			node     string // Config.NodeID: the store follows the topic, its replica commits
 		}{
 			// Checkpoints only at start and stop: the crash certainly
 			// takes the second batch's events, all sent.
-			{"quiet", time.Hour, 2000},
+			{"quiet", time.Hour, 2000, ""},
 			// Checkpoints every few ms, the crash in the middle of the
 			// drain.
-			{"busy", 5 * time.Millisecond, 1000},
+			{"busy", 5 * time.Millisecond, 1000, ""},
+			// The same through a node's replica of the status topic.
+			{"replica-quiet", time.Hour, 2000, "n1"},
+			{"replica-busy", 5 * time.Millisecond, 1000, "n1"},
 		} {
 			t.Run(b.name+"/"+mode.name, func(t *testing.T) {
 				r := newRig(t, b)
@@ -56,7 +60,7 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 				open := r.open
 				r.open = func(cc partition.ConsumerConfig) (partition.Log, error) {
 					l, err := open(cc)
-					if err != nil || cc.Group != "goutong-status-checkpoint" {
+					if err != nil || (cc.Group != "goutong-status-checkpoint" && cc.Group != "goutong-status-store."+mode.node) {
 						return l, err
 					}
 					return freezableCommits{l, &frozen}, nil
@@ -69,6 +73,7 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 				r.status = st
 				cfg := r.config(r.channels(false))
 				cfg.StatusCheckpointInterval = mode.interval
+				cfg.NodeID = mode.node
 				cfg.Registry = nil // three engines, one after the other
 				ingest := func(e *engine.Engine, ns []*notification.Notification) {
 					t.Helper()
@@ -136,7 +141,7 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 				e, stop = r.start(cfg)
 				waitFor(t, 20*time.Second, "the engine", e.Ready)
 				// The second batch's accepted and sent events at least.
-				if got := counterSum(t, reg, "goutong_status_replayed_events_total"); mode.crashAt == len(second) && got < float64(2*len(second)) {
+				if got := counterSum(t, reg, "goutong_status_replayed_events_total"); mode.node == "" && mode.crashAt == len(second) && got < float64(2*len(second)) {
 					t.Fatalf("replayed %v events, want at least %d", got, 2*len(second))
 				}
 				all := append(first, second...)
