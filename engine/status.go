@@ -77,7 +77,7 @@ type Status struct {
 //
 // The events' store has no write-ahead log of its own: every event is
 // first a record on the status topic, and that topic is its log. Pebble's
-// WAL wrote each event a second time (the drain ran 1-6 % slower with it).
+// WAL wrote each event a second time (the drain ran 2-3 % slower with it).
 // What is not flushed yet is lost in a crash and replayed from the topic
 // (the engine's status checkpoints, see Checkpoint). Payloads and unknown
 // receipts are on no topic: they live in a second, small store (aux) that
