@@ -262,6 +262,13 @@ func (c *statusCheckpointer) run(interval, last time.Duration, stop <-chan struc
 			return
 		}
 		c.e.m.checkpoints.WithLabelValues("ok").Inc()
+		if lag, err := c.log.Lag(ctx); err == nil {
+			var n int64
+			for _, l := range lag {
+				n += l
+			}
+			c.e.m.replayable.Set(float64(n))
+		}
 	}
 	for {
 		select {

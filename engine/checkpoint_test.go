@@ -148,6 +148,19 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 				waitFor(t, 60*time.Second, "every notification at the mock", func() bool { return r.mock.Stats().Unique == int64(len(all)) })
 				waitFor(t, 30*time.Second, "every notification sent", func() bool { return allSent(st, all) })
 				stop()
+				// What the store and its checkpoints look like on /metrics.
+				if got := plainGauge(t, reg, "goutong_status_store_disk_bytes"); got <= 0 {
+					t.Fatalf("goutong_status_store_disk_bytes %v", got)
+				}
+				if mode.node == "" {
+					if got := counterSum(t, reg, "goutong_status_checkpoints_total"); got < 1 {
+						t.Fatalf("goutong_status_checkpoints_total %v after a stop", got)
+					}
+					// The stop's checkpoint covers every event.
+					if got := plainGauge(t, reg, "goutong_status_replay_backlog"); got != 0 {
+						t.Fatalf("goutong_status_replay_backlog %v after a stop", got)
+					}
+				}
 				r.checkEachOnce(all)
 				for _, n := range all {
 					s, _ := st.Get(n.ID)
@@ -204,4 +217,19 @@ func BenchmarkStatusReplay(b *testing.B) {
 		b.Fatalf("the last event not replayed: %+v %v", st, err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// plainGauge is the value of a gauge without labels, or -1.
+func plainGauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
 }

@@ -125,6 +125,9 @@ func New(cfg Config) (*Engine, error) {
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource()}
 	defer close(e.logReady)
 	collectors := append(e.m.collectors(), dedupeCollector{cfg.Dedupe})
+	if cfg.Status != nil {
+		collectors = append(collectors, statusCollector{cfg.Status})
+	}
 	if len(cfg.StatusWebhooks) > 0 {
 		hooks, err := newHookForwarder(e)
 		if err != nil {

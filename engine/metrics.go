@@ -27,6 +27,7 @@ type metrics struct {
 	// the events the last start replayed.
 	checkpoints *prometheus.CounterVec
 	replayed    prometheus.Counter
+	replayable  prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -68,6 +69,8 @@ func newMetrics() *metrics {
 				"After a crash the store replays the topic from the last ok one."}, []string{"result"}),
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_status_replayed_events_total",
 			Help: "Status topic records replayed into the status store at start: what a crash took from it since the last checkpoint."}),
+		replayable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "goutong_status_replay_backlog",
+			Help: "Status topic records past the last checkpoint, measured at each: what a crash now would have the next start replay."}),
 	}
 }
 
@@ -100,7 +103,35 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.commits, m.checkpoints, m.replayed}
+		m.limitWait, m.lag, m.paused, m.delayed, m.commits, m.checkpoints, m.replayed, m.replayable}
+}
+
+// statusCollector exports the status store's sizes, read at scrape time.
+type statusCollector struct{ s *StatusStore }
+
+var statusSeries = []struct {
+	desc  *prometheus.Desc
+	value func(StatusMetrics) float64
+}{
+	{prometheus.NewDesc("goutong_status_store_disk_bytes", "Bytes the status store takes on disk.", nil, nil),
+		func(m StatusMetrics) float64 { return float64(m.DiskBytes) }},
+	{prometheus.NewDesc("goutong_status_store_l0_files", "Status store tables in level 0, waiting for compaction.", nil, nil),
+		func(m StatusMetrics) float64 { return float64(m.L0Files) }},
+	{prometheus.NewDesc("goutong_status_store_compaction_debt_bytes", "Bytes the status store estimates it must compact to settle.", nil, nil),
+		func(m StatusMetrics) float64 { return float64(m.CompactionDebt) }},
+}
+
+func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, s := range statusSeries {
+		ch <- s.desc
+	}
+}
+
+func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.s.Metrics()
+	for _, s := range statusSeries {
+		ch <- prometheus.MustNewConstMetric(s.desc, prometheus.GaugeValue, s.value(m))
+	}
 }
 
 // dedupeCollector exports the idempotency store's counters and sizes, read

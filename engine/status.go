@@ -190,6 +190,20 @@ func (s *StatusStore) Close() error {
 	return errors.Join(s.db.Flush(), s.db.Close(), s.aux.Close())
 }
 
+// StatusMetrics are a status store's sizes, read from Pebble.
+type StatusMetrics struct {
+	DiskBytes      uint64 // events and aux, on disk
+	L0Files        int64  // event tables in level 0, waiting for compaction
+	CompactionDebt uint64 // bytes Pebble estimates it must compact to settle
+}
+
+// Metrics returns the store's sizes.
+func (s *StatusStore) Metrics() StatusMetrics {
+	m, aux := s.db.Metrics(), s.aux.Metrics()
+	return StatusMetrics{DiskBytes: m.DiskSpaceUsage() + aux.DiskSpaceUsage(), L0Files: m.Levels[0].TablesCount,
+		CompactionDebt: m.Compact.EstimatedDebt}
+}
+
 // Checkpoint makes every event applied before it durable: it flushes the
 // events' memtables to tables. The engine calls it before it records, for
 // the events' replay after a crash, how far the status topic is applied.
