@@ -42,8 +42,8 @@ func (r *recordingRegisterer) MustRegister(cs ...prometheus.Collector) {
 }
 func (r *recordingRegisterer) Unregister(prometheus.Collector) bool { return true }
 
-// exportedSeries builds a node (engine and API, every channel behind a
-// breaker, a tenant's status webhook) and returns the names of the series it
+// exportedSeries builds a node (engine with its status store and API,
+// every channel behind a breaker, a tenant's status webhook) and returns the names of the series it
 // registers.
 func exportedSeries(t *testing.T) map[string]bool {
 	dir := t.TempDir()
@@ -57,6 +57,11 @@ func exportedSeries(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	defer dd.Close()
+	st, err := engine.OpenStatus(filepath.Join(dir, "status"), time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
 	cfg := defaultConfig()
 	cfg.Data = dir
 	cfg.Channels = map[string]ChannelConf{"sms": {Breaker: true, Rate: 100}}
@@ -70,7 +75,7 @@ func exportedSeries(t *testing.T) map[string]bool {
 	}
 	reg := &recordingRegisterer{names: map[string]bool{}}
 	eng, err := engine.New(engine.Config{Open: func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil },
-		Channels: chans, Dedupe: dd, Registry: reg, DrainTimeout: time.Second,
+		Channels: chans, Dedupe: dd, Status: st, Registry: reg, DrainTimeout: time.Second,
 		StatusWebhooks: map[string]engine.StatusWebhook{"acme": {URL: "http://127.0.0.1:1/events", Secret: "s"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +86,7 @@ func exportedSeries(t *testing.T) map[string]bool {
 	return reg.names
 }
 
-var seriesRef = regexp.MustCompile(`goutong_[a-z_]+`)
+var seriesRef = regexp.MustCompile(`goutong_[a-z0-9_]+`)
 
 // checkSeries fails for every goutong_* series expr uses that no node exports.
 func checkSeries(t *testing.T, where, expr string, known map[string]bool) {
