@@ -15,8 +15,8 @@ import (
 )
 
 // The status store's events have no WAL of their own (see StatusStore):
-// the status topic is their log. A checkpoint records, in the consumer
-// group statusCheckpointGroup, offsets of the status topic below which
+// the status topic is their log. A checkpoint records, in the store's
+// consumer group (statusCheckpointGroup and its id), offsets of the status topic below which
 // every event is in the store's flushed tables; at start, Run replays the
 // topic from there.
 //
@@ -30,7 +30,7 @@ import (
 //
 // A node following the whole status topic (Config.NodeID) needs none of
 // this: its replica's committed offsets are checkpoints already.
-const statusCheckpointGroup = "goutong-status-checkpoint"
+const statusCheckpointGroup = "goutong-status-checkpoint."
 
 type statusCheckpoints struct {
 	epoch    atomic.Uint64
@@ -145,12 +145,20 @@ type statusCheckpointer struct {
 // replays what the store lost since the last checkpoint. It returns how
 // many events it applied.
 func (e *Engine) openStatusCheckpointer(ctx context.Context) (*statusCheckpointer, int, error) {
-	log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusCheckpointGroup, Topics: []string{e.cfg.Topics.Status}})
+	log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusCheckpointGroup + e.cfg.Status.id, Topics: []string{e.cfg.Topics.Status}})
 	if err != nil {
 		return nil, 0, fmt.Errorf("engine: status checkpoints: %w", err)
 	}
 	c := &statusCheckpointer{e: e, log: log, committed: map[partition.TopicPartition]int64{}}
-	n, err := c.replay(ctx)
+	var n int
+	if e.cfg.Status.upgraded {
+		err = c.skipToEnd(ctx)
+	} else {
+		n, err = c.replay(ctx)
+	}
+	if err == nil {
+		err = e.cfg.Status.markCheckpointed()
+	}
 	if err != nil {
 		log.Close()
 		return nil, n, fmt.Errorf("engine: status replay: %w", err)
@@ -211,6 +219,39 @@ func (c *statusCheckpointer) replay(ctx context.Context) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// skipToEnd makes the status topic's end the first checkpoint of a store
+// upgraded from one with its own WAL: it holds every event already, and
+// replaying the topic's retention (a day of events) would only rewrite
+// them.
+func (c *statusCheckpointer) skipToEnd(ctx context.Context) error {
+	// A Kafka group commits only once it has joined, which a poll does;
+	// what the polls bring is applied (a few thousand events at most).
+	next := map[partition.TopicPartition]int64{}
+	for wait := 5 * time.Millisecond; len(c.log.Assigned()) == 0; wait = 200 * time.Millisecond {
+		pctx, cancel := context.WithTimeout(ctx, wait)
+		recs, err := c.log.Poll(pctx, 4096)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		if err := c.e.cfg.Status.Apply(decodeStatusEvents(recs, next)); err != nil {
+			return err
+		}
+	}
+	end, err := c.log.EndOffsets(ctx, c.e.cfg.Topics.Status)
+	if err != nil {
+		return err
+	}
+	if err := c.commit(ctx, end); err != nil {
+		return err
+	}
+	c.e.cfg.Logger.Info("status store: the first start without its own WAL; its events are complete, checkpointed at the status topic's end")
+	return nil
 }
 
 // checkpoint flushes the store and records the offsets settled before the

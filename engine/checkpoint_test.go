@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -60,7 +62,7 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 				open := r.open
 				r.open = func(cc partition.ConsumerConfig) (partition.Log, error) {
 					l, err := open(cc)
-					if err != nil || (cc.Group != "goutong-status-checkpoint" && cc.Group != "goutong-status-store."+mode.node) {
+					if err != nil || (!strings.HasPrefix(cc.Group, "goutong-status-checkpoint.") && cc.Group != "goutong-status-store."+mode.node) {
 						return l, err
 					}
 					return freezableCommits{l, &frozen}, nil
@@ -232,4 +234,66 @@ func plainGauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return -1
+}
+
+// A store from before (its own WAL, so complete, and no checkpoint) starts
+// at the status topic's end instead of replaying the topic's retention; a
+// new store beside the same topic replays all of it (a rebuild).
+func TestStatusStoreUpgradeStartsAtTopicEnd(t *testing.T) {
+	r := newRig(t, backends[0])
+	ns := webhookBatch(300, 0)
+	now := time.Now().UTC()
+	var recs []partition.Record
+	var events []engine.StatusEvent
+	for _, n := range ns {
+		n.ID = notification.NewID()
+		ev := engine.StatusEvent{EventID: notification.NewID(), ID: n.ID, State: engine.StateSent, At: now, Tenant: "acme",
+			Channel: "webhook", Priority: "normal", Attempts: 1, Provider: "webhook"}
+		v, err := json.Marshal(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, partition.Record{Topic: r.topics.Status, Key: []byte(n.ID), Value: v})
+		events = append(events, ev)
+	}
+	if err := r.prod.Produce(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	// The old engine applied them too; its store had them.
+	if err := r.status.Apply(events); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(r.dir, "status")
+	if err := r.status.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name     string
+		dir      string
+		replayed float64
+	}{
+		{"upgraded", dir, 0},
+		{"rebuilt", filepath.Join(r.dir, "status-new"), float64(len(ns))},
+		{"upgraded, second start", dir, 0},
+	} {
+		st, err := engine.OpenStatus(c.dir, time.Hour, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := r.config(r.channels(false))
+		reg := prometheus.NewRegistry()
+		cfg.Status, cfg.Registry = st, reg
+		e, stop := r.start(cfg)
+		waitFor(t, 20*time.Second, "the engine", e.Ready)
+		stop()
+		if got := counterSum(t, reg, "goutong_status_replayed_events_total"); got != c.replayed {
+			t.Errorf("%s: replayed %v events, want %v", c.name, got, c.replayed)
+		}
+		if !allSent(st, ns) {
+			t.Errorf("%s: events missing", c.name)
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -189,7 +189,8 @@ type Config struct {
 	// accepted or sent it. Each node needs its own, kept across restarts.
 	// Without it the engine takes itself for the status topic's only
 	// writer: it checkpoints the topic for its store's replay after a
-	// crash (consumer group goutong-status-checkpoint, see checkpoint.go).
+	// crash (consumer group goutong-status-checkpoint.<store id>, see
+	// checkpoint.go).
 	NodeID string
 	// ReconcileDir keeps reconciliation runs (RunReconcile).
 	ReconcileDir string

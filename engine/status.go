@@ -19,6 +19,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 
+	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
 )
 
@@ -86,8 +87,22 @@ type StatusStore struct {
 	db       *pebble.DB
 	aux      *pebble.DB
 	auxDirty atomic.Bool // aux written since its last sync
+	closed   atomic.Bool
 	window   time.Duration
+	// id names the store's checkpoint group (checkpointedKey keeps it), so
+	// a new store, beside a status topic that another one checkpointed,
+	// replays the topic from its start: a rebuild.
+	id string
+	// checkpointed: checkpointedKey is set. upgraded: events, but no
+	// checkpoint ever: a store written with its own WAL, complete once
+	// Open replayed it, whose first checkpoint is the status topic's end,
+	// not a replay of the topic.
+	checkpointed, upgraded bool
 }
+
+// checkpointedKey marks a store whose events the engine has checkpointed
+// against the status topic at least once; its value is the store's id.
+var checkpointedKey = []byte("!checkpointed")
 
 // ErrNotFound is returned for an id the store does not know.
 var ErrNotFound = errors.New("engine: notification not found")
@@ -138,7 +153,36 @@ func openStatus(dir string, window time.Duration, create bool, fs vfs.FS) (*Stat
 		s.Close()
 		return nil, fmt.Errorf("engine: open status store: %w", err)
 	}
+	id, closer, err := db.Get(checkpointedKey)
+	switch {
+	case err == nil:
+		s.id, s.checkpointed = string(id), true
+		err = closer.Close()
+	case errors.Is(err, pebble.ErrNotFound):
+		s.id = notification.NewID()
+		s.upgraded, err = anyIn(db, []byte{'s'}, []byte{'t'})
+	}
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("engine: open status store: %w", err)
+	}
 	return s, nil
+}
+
+// markCheckpointed records, durably, that the store has been checkpointed
+// against the status topic.
+func (s *StatusStore) markCheckpointed() error {
+	if s.checkpointed {
+		return nil
+	}
+	if err := s.db.Set(checkpointedKey, []byte(s.id), pebble.NoSync); err != nil {
+		return err
+	}
+	if err := s.db.Flush(); err != nil {
+		return err
+	}
+	s.checkpointed, s.upgraded = true, false
+	return nil
 }
 
 // moveToAux moves the payloads and unknown receipts that a store from
@@ -185,8 +229,12 @@ const (
 	StatusCacheSize       = 8 << 20
 )
 
-// Close flushes the events (they have no WAL) and closes the store.
+// Close flushes the events (they have no WAL) and closes the store. Only
+// the first call does anything.
 func (s *StatusStore) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
 	return errors.Join(s.db.Flush(), s.db.Close(), s.aux.Close())
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -79,6 +80,7 @@ var conformanceCases = []struct {
 	{"AssignRevokeAndCommitInRevoke", testAssignRevoke},
 	{"HeadersAndNilKeys", testHeadersAndNilKeys},
 	{"Lag", testLag},
+	{"EndOffsets", testEndOffsets},
 	{"ProducerOnly", testProducerOnly},
 }
 
@@ -441,6 +443,31 @@ func testLag(t *testing.T, open func(ConsumerConfig) Log) {
 	}
 	if lag[TopicPartition{"l", 0}] != 6 {
 		t.Fatalf("lag %v, want 6", lag)
+	}
+}
+
+// EndOffsets answers for every partition, produced to or not, and from a
+// producer-only Log as from a consumer.
+func testEndOffsets(t *testing.T, open func(ConsumerConfig) Log) {
+	p := open(ConsumerConfig{})
+	ensure(t, p, "e", 3)
+	recs := produce(t, p, "e", []string{"a", "a", "a", "b"}, []string{"1", "2", "3", "4"})
+	want := map[TopicPartition]int64{{"e", 0}: 0, {"e", 1}: 0, {"e", 2}: 0}
+	for _, r := range recs {
+		want[TopicPartition{"e", r.Partition}] = max(want[TopicPartition{"e", r.Partition}], r.Offset+1)
+	}
+	c := open(ConsumerConfig{Group: "g", Topics: []string{"e"}})
+	for name, l := range map[string]Log{"producer": p, "consumer": c} {
+		got, err := l.EndOffsets(context.Background(), "e")
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("%s: end offsets %v, want %v", name, got, want)
+		}
+	}
+	if _, err := p.EndOffsets(context.Background(), "missing"); err == nil {
+		t.Fatal("end offsets of a missing topic")
 	}
 }
 

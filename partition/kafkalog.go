@@ -318,6 +318,20 @@ func (l *KafkaLog) Assigned() []TopicPartition {
 	return toTPs(fromTPs(out))
 }
 
+// EndOffsets implements Log.
+func (l *KafkaLog) EndOffsets(ctx context.Context, topic string) (map[TopicPartition]int64, error) {
+	listed, err := l.adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = listed.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("partition: end offsets of %s: %w", topic, err)
+	}
+	out := map[TopicPartition]int64{}
+	listed.Each(func(o kadm.ListedOffset) { out[TopicPartition{o.Topic, o.Partition}] = o.Offset })
+	return out, nil
+}
+
 // Lag implements Log through kadm.
 func (l *KafkaLog) Lag(ctx context.Context) (map[TopicPartition]int64, error) {
 	if !l.group {

@@ -119,6 +119,9 @@ type Log interface {
 	// Lag returns, per assigned partition, how many records lie between the
 	// committed offset and the end of the log.
 	Lag(ctx context.Context) (map[TopicPartition]int64, error)
+	// EndOffsets returns, for every partition of topic, the offset the next
+	// record produced to it will get.
+	EndOffsets(ctx context.Context, topic string) (map[TopicPartition]int64, error)
 	// Close runs OnRevoked for what is still assigned and releases resources.
 	Close() error
 }

@@ -398,6 +398,23 @@ func (l *WALLog) Sync(ctx context.Context, topics ...string) error {
 	return nil
 }
 
+// EndOffsets implements Log.
+func (l *WALLog) EndOffsets(_ context.Context, topic string) (map[TopicPartition]int64, error) {
+	cfg, ok := l.w.TopicConfig(topic)
+	if !ok {
+		return nil, fmt.Errorf("partition: end offsets of %s: %w", topic, wal.ErrUnknownTopic)
+	}
+	out := make(map[TopicPartition]int64, cfg.Partitions)
+	for p := range cfg.Partitions {
+		_, end, err := l.w.Offsets(topic, p)
+		if err != nil {
+			return nil, err
+		}
+		out[TopicPartition{topic, p}] = end
+	}
+	return out, nil
+}
+
 // Lag implements Log.
 func (l *WALLog) Lag(context.Context) (map[TopicPartition]int64, error) {
 	committed := l.w.CommittedOffsets(l.cfg.Group)
