@@ -186,8 +186,8 @@ func allSent(st *engine.StatusStore, ns []*notification.Notification) bool {
 
 // BenchmarkStatusReplay measures a start's replay of the status topic into
 // an empty store: what a crash costs at the next start for every event
-// since the last checkpoint (and, once, the first start after an upgrade
-// from a store with its own WAL, which replays the topic's retention).
+// since the last checkpoint, and what a new store takes to rebuild from
+// the topic's retention.
 func BenchmarkStatusReplay(b *testing.B) {
 	r := newRig(b, backends[0])
 	recs := make([]partition.Record, 0, 5000)
