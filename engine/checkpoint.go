@@ -16,9 +16,9 @@ import (
 
 // The status store's events have no WAL of their own (see StatusStore):
 // the status topic is their log. A checkpoint records, in the store's
-// consumer group (statusCheckpointGroup and its id), offsets of the status topic below which
-// every event is in the store's flushed tables; at start, Run replays the
-// topic from there.
+// consumer group (statusCheckpointGroup and the store's id), offsets of
+// the status topic below which every event is in the store's flushed
+// tables; at start, Run replays the topic from there.
 //
 // Every event is produced to the topic first and applied to the store
 // after, by many goroutines at once, so "produced below offset O" does not
