@@ -124,9 +124,9 @@ func New(cfg Config) (*Engine, error) {
 		parts: map[partition.TopicPartition]*partState{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource()}
 	defer close(e.logReady)
-	collectors := append(e.m.collectors(), dedupeCollector{cfg.Dedupe})
+	collectors := append(e.m.collectors(), storeCollector[dedupe.Metrics]{cfg.Dedupe.Metrics, dedupeMetrics})
 	if cfg.Status != nil {
-		collectors = append(collectors, statusCollector{cfg.Status})
+		collectors = append(collectors, storeCollector[StatusMetrics]{cfg.Status.Metrics, statusMetrics})
 	}
 	if len(cfg.StatusWebhooks) > 0 {
 		hooks, err := newHookForwarder(e)

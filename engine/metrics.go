@@ -106,46 +106,45 @@ func (m *metrics) collectors() []prometheus.Collector {
 		m.limitWait, m.lag, m.paused, m.delayed, m.commits, m.checkpoints, m.replayed, m.replayable}
 }
 
-// statusCollector exports the status store's sizes, read at scrape time.
-type statusCollector struct{ s *StatusStore }
-
-var statusSeries = []struct {
-	desc  *prometheus.Desc
-	value func(StatusMetrics) float64
-}{
-	{prometheus.NewDesc("goutong_status_store_disk_bytes", "Bytes the status store takes on disk.", nil, nil),
-		func(m StatusMetrics) float64 { return float64(m.DiskBytes) }},
-	{prometheus.NewDesc("goutong_status_store_l0_files", "Status store tables in level 0, waiting for compaction.", nil, nil),
-		func(m StatusMetrics) float64 { return float64(m.L0Files) }},
-	{prometheus.NewDesc("goutong_status_store_compaction_debt_bytes", "Bytes the status store estimates it must compact to settle.", nil, nil),
-		func(m StatusMetrics) float64 { return float64(m.CompactionDebt) }},
+// storeCollector exports a store's metrics, read once a scrape (the stores
+// keep their counters; a scrape asks Pebble for its sizes, which is cheap
+// at scrape intervals).
+type storeCollector[M any] struct {
+	metrics func() M
+	series  []storeSeries[M]
 }
 
-func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, s := range statusSeries {
+type storeSeries[M any] struct {
+	desc  *prometheus.Desc
+	vtype prometheus.ValueType
+	value func(M) float64
+}
+
+func (c storeCollector[M]) Describe(ch chan<- *prometheus.Desc) {
+	for _, s := range c.series {
 		ch <- s.desc
 	}
 }
 
-func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
-	m := c.s.Metrics()
-	for _, s := range statusSeries {
-		ch <- prometheus.MustNewConstMetric(s.desc, prometheus.GaugeValue, s.value(m))
+func (c storeCollector[M]) Collect(ch chan<- prometheus.Metric) {
+	m := c.metrics()
+	for _, s := range c.series {
+		ch <- prometheus.MustNewConstMetric(s.desc, s.vtype, s.value(m))
 	}
 }
 
-// dedupeCollector exports the idempotency store's counters and sizes, read
-// at scrape time (the store keeps them; a scrape asks Pebble for its table
-// properties, which is cheap at scrape intervals).
-type dedupeCollector struct{ s *dedupe.Store }
-
-type dedupeSeries struct {
-	desc  *prometheus.Desc
-	vtype prometheus.ValueType
-	value func(dedupe.Metrics) float64
+func statusGauge(name, help string, v func(StatusMetrics) float64) storeSeries[StatusMetrics] {
+	return storeSeries[StatusMetrics]{prometheus.NewDesc("goutong_status_store_"+name, help, nil, nil), prometheus.GaugeValue, v}
 }
 
-var dedupeMetrics = []dedupeSeries{
+var statusMetrics = []storeSeries[StatusMetrics]{
+	statusGauge("disk_bytes", "Bytes the status store takes on disk.", func(m StatusMetrics) float64 { return float64(m.DiskBytes) }),
+	statusGauge("l0_files", "Status store tables in level 0, waiting for compaction.", func(m StatusMetrics) float64 { return float64(m.L0Files) }),
+	statusGauge("compaction_debt_bytes", "Bytes the status store estimates it must compact to settle.",
+		func(m StatusMetrics) float64 { return float64(m.CompactionDebt) }),
+}
+
+var dedupeMetrics = []storeSeries[dedupe.Metrics]{
 	dedupeCounter("claims", "Keys claimed new (sent).", func(m dedupe.Metrics) int64 { return m.Claims }),
 	dedupeCounter("duplicates", "Claims of keys already confirmed (not sent).", func(m dedupe.Metrics) int64 { return m.Hits }),
 	dedupeCounter("in_flight", "Claims of keys another claimant holds a live lease on.", func(m dedupe.Metrics) int64 { return m.InFlight }),
@@ -165,24 +164,11 @@ var dedupeMetrics = []dedupeSeries{
 	dedupeCounter("buffer_syncs", "fsyncs of the write buffer's log for synced writes (against confirms: how well they are shared).", func(m dedupe.Metrics) int64 { return m.Syncs }),
 }
 
-func dedupeCounter(name, help string, v func(dedupe.Metrics) int64) dedupeSeries {
-	return dedupeSeries{prometheus.NewDesc("goutong_dedupe_"+name+"_total", help, nil, nil), prometheus.CounterValue,
+func dedupeCounter(name, help string, v func(dedupe.Metrics) int64) storeSeries[dedupe.Metrics] {
+	return storeSeries[dedupe.Metrics]{prometheus.NewDesc("goutong_dedupe_"+name+"_total", help, nil, nil), prometheus.CounterValue,
 		func(m dedupe.Metrics) float64 { return float64(v(m)) }}
 }
 
-func dedupeGauge(name, help string, v func(dedupe.Metrics) float64) dedupeSeries {
-	return dedupeSeries{prometheus.NewDesc("goutong_dedupe_"+name, help, nil, nil), prometheus.GaugeValue, v}
-}
-
-func (c dedupeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, s := range dedupeMetrics {
-		ch <- s.desc
-	}
-}
-
-func (c dedupeCollector) Collect(ch chan<- prometheus.Metric) {
-	m := c.s.Metrics()
-	for _, s := range dedupeMetrics {
-		ch <- prometheus.MustNewConstMetric(s.desc, s.vtype, s.value(m))
-	}
+func dedupeGauge(name, help string, v func(dedupe.Metrics) float64) storeSeries[dedupe.Metrics] {
+	return storeSeries[dedupe.Metrics]{prometheus.NewDesc("goutong_dedupe_"+name, help, nil, nil), prometheus.GaugeValue, v}
 }
