@@ -170,37 +170,36 @@ func (e *Engine) retryUnknownReceipts(ctx context.Context, interval time.Duratio
 }
 
 func (e *Engine) emit(ctx context.Context, o *outcomes) error {
-	if err := e.produceAndApply(ctx, o); err != nil {
+	applyErr, err := e.produceAndApply(ctx, o)
+	if err != nil {
 		return err
 	}
-	return o.applyErr
+	return applyErr
 }
 
 // produceAndApply produces o's records, then writes its events (and kept
 // payloads) to the status store, inside a status checkpoint's epoch (see
-// statusCheckpoints). It returns the produce's error; a store write's is
-// logged and kept in o.applyErr (the events are on the status topic).
-func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) error {
-	o.applyErr = nil
-	if e.cfg.Status == nil {
-		if len(o.recs) == 0 {
-			return nil
-		}
-		return e.log.Produce(ctx, o.recs)
+// statusCheckpoints). err is the produce's; applyErr the store's, logged
+// (the events are on the status topic either way).
+func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, err error) {
+	if e.cfg.Status != nil {
+		ep := e.ckpt.enter()
+		defer e.ckpt.exit(ep)
 	}
-	ep := e.ckpt.enter()
-	defer e.ckpt.exit(ep)
 	if len(o.recs) > 0 {
 		if err := e.log.Produce(ctx, o.recs); err != nil {
-			return err
+			return nil, err
 		}
-		e.ckpt.produced(e.cfg.Topics.Status, o.recs)
 	}
+	if e.cfg.Status == nil {
+		return nil, nil
+	}
+	e.ckpt.produced(e.cfg.Topics.Status, o.recs)
 	if err := e.cfg.Status.apply(o.events, o.keep); err != nil {
 		e.cfg.Logger.Warn("status store write failed", zap.Error(err))
-		o.applyErr = err
+		return err, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // Status returns a notification's status and history.

@@ -60,40 +60,28 @@ func (c *statusCheckpoints) exit(ep uint64) { c.inflight[ep&1].Add(-1) }
 // produced notes the offsets Produce gave the records of topic.
 func (c *statusCheckpoints) produced(topic string, recs []partition.Record) {
 	// A flush's events go to a handful of partitions: the highest of each
-	// first, then one lock.
-	var local [16]int64
-	var spill map[int32]int64
-	seen := false
+	// first (on the stack, by partition), then one lock.
+	high := make([]int64, 0, 16)
 	for i := range recs {
 		r := &recs[i]
 		if r.Topic != topic {
 			continue
 		}
-		seen = true
-		if int(r.Partition) < len(local) {
-			local[r.Partition] = max(local[r.Partition], r.Offset+1)
-			continue
+		for len(high) <= int(r.Partition) {
+			high = append(high, 0)
 		}
-		if spill == nil {
-			spill = map[int32]int64{}
-		}
-		spill[r.Partition] = max(spill[r.Partition], r.Offset+1)
+		high[r.Partition] = max(high[r.Partition], r.Offset+1)
 	}
-	if !seen {
+	if len(high) == 0 {
 		return
 	}
 	c.mu.Lock()
 	if c.high == nil {
 		c.high = map[int32]int64{}
 	}
-	for p, off := range local {
-		if off > 0 && off > c.high[int32(p)] {
+	for p, off := range high {
+		if off > c.high[int32(p)] {
 			c.high[int32(p)] = off
-		}
-	}
-	for p, off := range spill {
-		if off > c.high[p] {
-			c.high[p] = off
 		}
 	}
 	c.mu.Unlock()
@@ -182,20 +170,12 @@ func (c *statusCheckpointer) replay(ctx context.Context) (int, error) {
 		if polls++; polls > 1 && len(c.log.Assigned()) == 0 {
 			wait = 200 * time.Millisecond
 		}
-		pctx, cancel := context.WithTimeout(ctx, wait)
-		recs, err := c.log.Poll(pctx, 4096)
-		cancel()
-		if ctx.Err() != nil {
-			return n, ctx.Err()
-		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		got, err := c.pollApply(ctx, wait, next)
+		n += got
+		if err != nil {
 			return n, err
 		}
-		if len(recs) > 0 {
-			if err := c.e.cfg.Status.Apply(decodeStatusEvents(recs, next)); err != nil {
-				return n, err
-			}
-			n += len(recs)
+		if got > 0 {
 			continue
 		}
 		if len(next) > 0 {
@@ -207,18 +187,44 @@ func (c *statusCheckpointer) replay(ctx context.Context) (int, error) {
 		if len(c.log.Assigned()) == 0 {
 			continue
 		}
-		lag, err := c.log.Lag(ctx)
+		left, err := totalLag(ctx, c.log)
 		if err != nil {
 			return n, err
-		}
-		left := int64(0)
-		for _, l := range lag {
-			left += l
 		}
 		if left == 0 {
 			return n, nil
 		}
 	}
+}
+
+// pollApply polls the topic once, waiting up to wait, and applies what
+// came to the store; it returns how many records came, noting in next the
+// offset after each.
+func (c *statusCheckpointer) pollApply(ctx context.Context, wait time.Duration, next map[partition.TopicPartition]int64) (int, error) {
+	pctx, cancel := context.WithTimeout(ctx, wait)
+	recs, err := c.log.Poll(pctx, 4096)
+	cancel()
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
+	}
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return 0, err
+	}
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	return len(recs), c.e.cfg.Status.Apply(decodeStatusEvents(recs, next))
+}
+
+// totalLag is the records log's group has yet to commit, over its
+// assigned partitions.
+func totalLag(ctx context.Context, log partition.Log) (int64, error) {
+	lag, err := log.Lag(ctx)
+	var n int64
+	for _, l := range lag {
+		n += l
+	}
+	return n, err
 }
 
 // skipToEnd makes the status topic's end the first checkpoint of a store
@@ -230,16 +236,7 @@ func (c *statusCheckpointer) skipToEnd(ctx context.Context) error {
 	// what the polls bring is applied (a few thousand events at most).
 	next := map[partition.TopicPartition]int64{}
 	for wait := 5 * time.Millisecond; len(c.log.Assigned()) == 0; wait = 200 * time.Millisecond {
-		pctx, cancel := context.WithTimeout(ctx, wait)
-		recs, err := c.log.Poll(pctx, 4096)
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return err
-		}
-		if err := c.e.cfg.Status.Apply(decodeStatusEvents(recs, next)); err != nil {
+		if _, err := c.pollApply(ctx, wait, next); err != nil {
 			return err
 		}
 	}
@@ -303,11 +300,7 @@ func (c *statusCheckpointer) run(interval, last time.Duration, stop <-chan struc
 			return
 		}
 		c.e.m.checkpoints.WithLabelValues("ok").Inc()
-		if lag, err := c.log.Lag(ctx); err == nil {
-			var n int64
-			for _, l := range lag {
-				n += l
-			}
+		if n, err := totalLag(ctx, c.log); err == nil {
 			c.e.m.replayable.Set(float64(n))
 		}
 	}

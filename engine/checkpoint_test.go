@@ -151,7 +151,7 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 				waitFor(t, 30*time.Second, "every notification sent", func() bool { return allSent(st, all) })
 				stop()
 				// What the store and its checkpoints look like on /metrics.
-				if got := plainGauge(t, reg, "goutong_status_store_disk_bytes"); got <= 0 {
+				if got := gaugeOf(t, reg, "goutong_status_store_disk_bytes", "", ""); got <= 0 {
 					t.Fatalf("goutong_status_store_disk_bytes %v", got)
 				}
 				if mode.node == "" {
@@ -159,7 +159,7 @@ func TestStatusStoreCrashReplaysTopic(t *testing.T) {
 						t.Fatalf("goutong_status_checkpoints_total %v after a stop", got)
 					}
 					// The stop's checkpoint covers every event.
-					if got := plainGauge(t, reg, "goutong_status_replay_backlog"); got != 0 {
+					if got := gaugeOf(t, reg, "goutong_status_replay_backlog", "", ""); got != 0 {
 						t.Fatalf("goutong_status_replay_backlog %v after a stop", got)
 					}
 				}
@@ -219,21 +219,6 @@ func BenchmarkStatusReplay(b *testing.B) {
 		b.Fatalf("the last event not replayed: %+v %v", st, err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
-}
-
-// plainGauge is the value of a gauge without labels, or -1.
-func plainGauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	return -1
 }
 
 // A store from before (its own WAL, so complete, and no checkpoint) starts

@@ -703,9 +703,6 @@ type outcomes struct {
 	keep   []payload
 	done   []*item
 	enc    eventEncoder // the events' ids, keys and JSON
-	// applyErr is the status store's refusal of the events at the last
-	// produceAndApply.
-	applyErr error
 }
 
 // reuse empties o for a stage producing up to records records (its events'
@@ -792,7 +789,7 @@ func (o *outcomes) flush(ctx context.Context, e *Engine) bool { return o.flushTh
 // flushThen is flush with before run ahead of marking the items finished:
 // what must be durable before their offsets may commit.
 func (o *outcomes) flushThen(ctx context.Context, e *Engine, before func()) bool {
-	if err := e.produceAndApply(ctx, o); err != nil {
+	if _, err := e.produceAndApply(ctx, o); err != nil {
 		e.cfg.Logger.Warn("produce outcomes failed; records stay in flight and will be replayed",
 			zap.Int("records", len(o.recs)), zap.Error(err))
 		before()

@@ -594,10 +594,11 @@ func (s *StatusStore) Reclaim(now time.Time) error {
 	} {
 		// A range delete in the memtable makes Compact flush it: where
 		// nothing is old yet (every start, in a young store), neither.
-		if old, err := anyIn(r.db, r.lo, r.hi); err != nil || !old {
-			if err != nil {
-				return err
-			}
+		old, err := anyIn(r.db, r.lo, r.hi)
+		if err != nil {
+			return err
+		}
+		if !old {
 			continue
 		}
 		if err := r.db.DeleteRange(r.lo, r.hi, pebble.NoSync); err != nil {

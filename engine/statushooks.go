@@ -246,11 +246,7 @@ func (f *hookForwarder) send(ctx, sendCtx context.Context, t *hookTenant) {
 	}
 	defer log.Close()
 	backlog := func() {
-		if lag, err := log.Lag(context.WithoutCancel(sendCtx)); err == nil {
-			var n int64
-			for _, l := range lag {
-				n += l
-			}
+		if n, err := totalLag(context.WithoutCancel(sendCtx), log); err == nil {
 			f.backlog.WithLabelValues(t.name).Set(float64(n))
 		}
 	}

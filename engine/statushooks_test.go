@@ -221,7 +221,8 @@ func TestStatusWebhooksTenantIsolation(t *testing.T) {
 	})
 }
 
-// gaugeOf is the value of the gauge name with the label key=value.
+// gaugeOf is the value of the gauge name with the label key=value (with no
+// labels when key is empty), or -1.
 func gaugeOf(t testing.TB, reg *prometheus.Registry, name, key, value string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -233,6 +234,9 @@ func gaugeOf(t testing.TB, reg *prometheus.Registry, name, key, value string) fl
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if key == "" && len(m.GetLabel()) == 0 {
+				return m.GetGauge().GetValue()
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == key && l.GetValue() == value {
 					return m.GetGauge().GetValue()
