@@ -43,9 +43,10 @@ type Topics struct {
 	// partition, and so on the node whose dedupe store claimed the first,
 	// which matters where several nodes share the log (Kafka). Where one
 	// engine consumes every partition (the embedded log) where a record
-	// lands changes nothing, and keyless records go to a partition in runs:
-	// a request's records are one group commit, where keyed ones made one
-	// per partition (the API's NDJSON ingest +18-23 %, alternated).
+	// lands changes nothing, and keyless records go to a partition in runs
+	// shared by every request: concurrent requests' records are one group
+	// commit, where keyed ones made one per partition (the API's NDJSON
+	// ingest +18-23 %, its single objects +25-50 %, alternated).
 	KeylessLanes bool
 }
 

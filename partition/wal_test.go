@@ -3,6 +3,7 @@ package partition
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/goutong/goutong/wal"
@@ -66,7 +67,7 @@ func TestWALKeylessRuns(t *testing.T) {
 			keyless = append(keyless, r.Partition)
 		} else {
 			keyedParts[r.Partition] = true
-			if want, _ := l.partitionFor("t", r.Key); r.Partition != want {
+			if want := keyPartition(r.Key, 4); r.Partition != want {
 				t.Fatalf("keyed record in partition %d, its key's is %d", r.Partition, want)
 			}
 		}
@@ -82,15 +83,85 @@ func TestWALKeylessRuns(t *testing.T) {
 	if len(keyedParts) < 2 {
 		t.Fatalf("keyed records all in %v", keyedParts)
 	}
-	used := map[int32]bool{}
-	for range 8 {
-		one := []Record{{Topic: "t", Value: []byte("v")}}
+}
+
+// Keyless records of many calls fill one partition together, stickyRun
+// records at a time: concurrent single-record calls (an API under load)
+// are one group commit, and the runs still move over every partition.
+func TestWALKeylessCallsShareARun(t *testing.T) {
+	w, err := wal.Open(t.TempDir(), wal.WithRetentionInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewWAL(w, ConsumerConfig{}).OwnWAL()
+	defer l.Close()
+	ensure(t, l, "t", 4)
+	ensure(t, l, "u", 4)
+	ensure(t, l, "v", 4)
+	const callers = 64
+	parts := make([]int32, 4*stickyRun)
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for i := c; i < len(parts); i += callers {
+				one := []Record{{Topic: "t", Value: []byte("v")}}
+				if err := l.Produce(context.Background(), one); err != nil {
+					t.Error(err)
+					return
+				}
+				parts[i] = one[0].Partition
+			}
+		})
+	}
+	wg.Wait()
+	byPart := map[int32]int{}
+	for _, p := range parts {
+		byPart[p]++
+	}
+	for p, n := range byPart {
+		if n != stickyRun {
+			t.Errorf("partition %d took %d records, want runs of %d: %v", p, n, stickyRun, byPart)
+		}
+	}
+	if len(byPart) != 4 {
+		t.Fatalf("%d calls of one keyless record used partitions %v, want all 4", len(parts), byPart)
+	}
+	// In order, calls take one partition until it has its run.
+	var seq []int32
+	for range 2 * stickyRun {
+		one := []Record{{Topic: "v", Value: []byte("v")}}
 		if err := l.Produce(context.Background(), one); err != nil {
 			t.Fatal(err)
 		}
-		used[one[0].Partition] = true
+		seq = append(seq, one[0].Partition)
 	}
-	if len(used) != 4 {
-		t.Fatalf("8 calls of one keyless record used partitions %v, want all 4", used)
+	for i, p := range seq {
+		if want := seq[i/stickyRun*stickyRun]; p != want {
+			t.Fatalf("call %d went to partition %d, its run's to %d", i, p, want)
+		}
+	}
+	if seq[0] == seq[stickyRun] {
+		t.Fatalf("two runs on partition %d", seq[0])
+	}
+	// A call larger than what its partition has left still goes to it
+	// whole (one group commit), up to stickyRun; the next call moves on.
+	first := []Record{{Topic: "u", Value: []byte("v")}}
+	big := make([]Record, stickyRun)
+	for i := range big {
+		big[i] = Record{Topic: "u", Value: []byte("v")}
+	}
+	after := []Record{{Topic: "u", Value: []byte("v")}}
+	for _, recs := range [][]Record{first, big, after} {
+		if err := l.Produce(context.Background(), recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range big {
+		if r.Partition != first[0].Partition {
+			t.Fatalf("a call's run split: partitions %d and %d", first[0].Partition, r.Partition)
+		}
+	}
+	if after[0].Partition == first[0].Partition {
+		t.Fatalf("the run after %d records stayed on partition %d", 1+stickyRun, first[0].Partition)
 	}
 }

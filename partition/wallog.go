@@ -20,7 +20,10 @@ import (
 type WALLog struct {
 	w   *wal.Log
 	cfg ConsumerConfig
-	rr  atomic.Uint64 // spreads nil-key records
+	rr  atomic.Uint64 // where a topic's first run of nil-key records goes
+
+	stickyMu sync.Mutex
+	sticky   map[string]*stickyPart // by topic: the partition nil-key records fill now
 
 	mu        sync.Mutex
 	assigned  bool
@@ -37,7 +40,8 @@ type WALLog struct {
 // the topics must exist when Poll is first called. The caller keeps
 // ownership of w unless OwnWAL is used.
 func NewWAL(w *wal.Log, cfg ConsumerConfig) *WALLog {
-	return &WALLog{w: w, cfg: cfg, pos: map[TopicPartition]int64{}, paused: map[TopicPartition]bool{}, wake: make(chan struct{})}
+	return &WALLog{w: w, cfg: cfg, pos: map[TopicPartition]int64{}, paused: map[TopicPartition]bool{}, wake: make(chan struct{}),
+		sticky: map[string]*stickyPart{}}
 }
 
 // OwnWAL makes Close also close the underlying wal.
@@ -65,24 +69,51 @@ func (l *WALLog) EnsureTopics(_ context.Context, specs ...TopicSpec) error {
 	return nil
 }
 
-func (l *WALLog) partitionFor(topic string, key []byte) (int32, error) {
+func (l *WALLog) partitions(topic string) (int32, error) {
 	cfg, ok := l.w.TopicConfig(topic)
 	if !ok {
 		return 0, fmt.Errorf("partition: produce to %s: %w", topic, wal.ErrUnknownTopic)
 	}
-	n := uint64(cfg.Partitions)
-	if key == nil {
-		return int32(l.rr.Add(1) % n), nil
-	}
-	return int32(xxhash.Sum64(key) % n), nil
+	return cfg.Partitions, nil
 }
 
-// stickyRun is how many keyless records of one Produce a partition takes
-// before the next does, as Kafka's sticky partitioner fills a batch before
-// it moves on: a request's records are then one append and one group
-// commit, where one partition a record made one of each per partition,
-// and large batches and many calls still spread over every partition.
+// keyPartition is the partition of a record with a key: the same for
+// every record of that key.
+func keyPartition(key []byte, parts int32) int32 {
+	return int32(xxhash.Sum64(key) % uint64(parts))
+}
+
+// stickyRun is how many nil-key records a partition of a topic takes, from
+// every Produce call together, before the next partition does, as Kafka's
+// sticky partitioner fills a batch before it moves on. Concurrent calls then
+// land on one partition, whose writer appends them as one group commit (one
+// write and one fsync), where spreading them took one of each per
+// partition; over time the records still spread over every partition.
 const stickyRun = 1024
+
+// stickyPart is the partition a topic's nil-key records fill now, and how
+// many it took.
+type stickyPart struct {
+	part  int32
+	taken int
+}
+
+// stick returns the partition for a run of n nil-key records of topic (n at
+// most stickyRun; a call with more takes several runs).
+func (l *WALLog) stick(topic string, parts int32, n int) int32 {
+	l.stickyMu.Lock()
+	defer l.stickyMu.Unlock()
+	s := l.sticky[topic]
+	if s == nil {
+		s = &stickyPart{part: int32(l.rr.Add(1) % uint64(parts))}
+		l.sticky[topic] = s
+	}
+	if s.taken >= stickyRun || s.part >= parts {
+		s.part, s.taken = (s.part+1)%parts, 0
+	}
+	s.taken += n
+	return s.part
+}
 
 // Produce implements Log: records are grouped per partition and appended
 // concurrently, each group as one append, so a batch for many partitions
@@ -94,10 +125,12 @@ func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 		idx  []int
 		recs []wal.Record
 	}
-	// run is the group taking this call's keyless records of a topic.
+	// run is the group taking this call's nil-key records of a topic.
 	type run struct {
-		g    *group
-		left int
+		topic string
+		g     *group
+		left  int // records the run still takes
+		rest  int // the call's records of the topic after the run's
 	}
 	var groups []*group
 	find := map[TopicPartition]*group{}
@@ -105,34 +138,54 @@ func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 	// array each, where appending to each group grew it a doubling at a time
 	// (a tenth of the API's allocated bytes).
 	of := make([]*group, len(recs))
-	var runs map[string]*run
+	var runs []run // one a topic: calls name one or two
+	runOf := func(topic string) *run {
+		for i := range runs {
+			if runs[i].topic == topic {
+				return &runs[i]
+			}
+		}
+		return nil
+	}
 	for i := range recs {
-		r := runs[recs[i].Topic]
-		if recs[i].Key == nil && r != nil && r.left > 0 {
-			r.left--
-			of[i] = r.g
-			r.g.n++
+		if recs[i].Key != nil {
 			continue
 		}
-		p, err := l.partitionFor(recs[i].Topic, recs[i].Key)
-		if err != nil {
-			return err
+		if r := runOf(recs[i].Topic); r != nil {
+			r.rest++
+		} else {
+			runs = append(runs, run{topic: recs[i].Topic, rest: 1})
 		}
-		tp := TopicPartition{recs[i].Topic, p}
+	}
+	groupOf := func(tp TopicPartition) *group {
 		g := find[tp]
 		if g == nil {
 			g = &group{tp: tp}
 			find[tp] = g
 			groups = append(groups, g)
 		}
+		return g
+	}
+	for i := range recs {
+		parts, err := l.partitions(recs[i].Topic)
+		if err != nil {
+			return err
+		}
+		var g *group
+		if recs[i].Key != nil {
+			g = groupOf(TopicPartition{recs[i].Topic, keyPartition(recs[i].Key, parts)})
+		} else {
+			r := runOf(recs[i].Topic)
+			if r.left == 0 {
+				r.left = min(r.rest, stickyRun)
+				r.rest -= r.left
+				r.g = groupOf(TopicPartition{r.topic, l.stick(r.topic, parts, r.left)})
+			}
+			r.left--
+			g = r.g
+		}
 		g.n++
 		of[i] = g
-		if recs[i].Key == nil {
-			if runs == nil {
-				runs = map[string]*run{}
-			}
-			runs[recs[i].Topic] = &run{g: g, left: stickyRun - 1}
-		}
 	}
 	idx, wrecs := make([]int, len(recs)), make([]wal.Record, len(recs))
 	for _, g := range groups {

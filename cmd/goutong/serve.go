@@ -171,7 +171,8 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 		}
 	}
 	// One engine consumes every partition of the embedded log: keyless
-	// lane records cost it one group commit a request (Topics.KeylessLanes).
+	// lane records of concurrent requests share a group commit
+	// (Topics.KeylessLanes).
 	topics := engine.DefaultTopics()
 	topics.KeylessLanes = len(cfg.Kafka) == 0
 	eng, err := engine.New(engine.Config{Open: open, Topics: topics, Channels: channels, Dedupe: dd, Status: st, StatusWebhooks: hooks,
