@@ -10,13 +10,19 @@ import (
 // TestFiltersNeverHideAKey runs the same random workload (claims of new
 // and repeated keys, confirms, releases, across buckets, a reopen and a
 // reclaim) against a store with the per-bucket filters and one without:
-// every answer must be the same. Tiny filters (64 keys a bucket) make
-// false positives common, so both paths of the filter are exercised.
+// every answer must be the same. Tiny filters (64 keys a bucket at first)
+// grow by stages; held to their first stage they make false positives
+// common, so both paths of the filter are exercised.
 func TestFiltersNeverHideAKey(t *testing.T) {
+	t.Run("growing", func(t *testing.T) { filtersNeverHideAKey(t, WithFilter(64)) })
+	t.Run("held", func(t *testing.T) { filtersNeverHideAKey(t, WithFilter(64), WithFilterMemory(0)) })
+}
+
+func filtersNeverHideAKey(t *testing.T, filter ...Option) {
 	clk := newClock()
 	dirA, dirB := t.TempDir(), t.TempDir()
 	opts := []Option{WithWindow(4 * time.Hour), WithBucket(time.Hour)}
-	a := open(t, dirA, clk, append(opts, WithFilter(64))...)
+	a := open(t, dirA, clk, append(opts, filter...)...)
 	b := open(t, dirB, clk, append(opts, WithFilter(0))...)
 	defer func() { a.Close(); b.Close() }()
 	r := rand.New(rand.NewPCG(11, 12))
@@ -65,7 +71,7 @@ func TestFiltersNeverHideAKey(t *testing.T) {
 		if round == 30 {
 			// Reopen: the filters are rebuilt from disk.
 			a.Close()
-			a = open(t, dirA, clk, append(opts, WithFilter(64))...)
+			a = open(t, dirA, clk, append(opts, filter...)...)
 		}
 		if round == 45 {
 			for _, s := range []*Store{a, b} {
@@ -98,7 +104,7 @@ func TestFiltersNeverHideAKey(t *testing.T) {
 // its standard error near 0.06 %, far inside the bounds.
 func TestBlockFilterFalsePositives(t *testing.T) {
 	const keys = 200_000
-	f := newFilters(keys)
+	f := newFilters(keys, 0)
 	bf := newBlockFilter(keys)
 	for i := range keys {
 		bf.add(f.hash(fmt.Appendf(nil, "k1-%032x", i)))
@@ -120,5 +126,74 @@ func TestBlockFilterFalsePositives(t *testing.T) {
 	}
 	if got, want := FilterBytes(keys), keys*filterBitsPerKey/8; got < want || got > want+blockBytes {
 		t.Fatalf("FilterBytes(%d) = %d, want %d (rounded up to a block)", keys, got, want)
+	}
+}
+
+// A bucket's filter past its size grows stages of twice the keys (and two
+// more bits a key) and keeps its false positives near the stages' sum,
+// where a filter held to its size (no memory for more) answers "maybe" to
+// nearly every new key.
+// Reclaiming a bucket gives its memory back to the others.
+func TestFilterGrowsWithinItsMemory(t *testing.T) {
+	const size, keys, probes = 10_000, 70_000, 50_000
+	key := func(i int) []byte { return fmt.Appendf(nil, "k1-%032x", i) }
+	fpRate := func(f *filters, b uint32) float64 {
+		fp := 0
+		for i := range probes {
+			if f.m[b].test(f.hash(fmt.Appendf(nil, "other-%d", i))) {
+				fp++
+			}
+		}
+		return float64(fp) / probes
+	}
+	grown := newFilters(size, 1<<30)
+	held := newFilters(size, 0)
+	for _, f := range []*filters{grown, held} {
+		for i := range keys {
+			f.addLocked(7, key(i))
+		}
+		for i := range keys {
+			if !f.m[7].test(f.hash(key(i))) {
+				t.Fatalf("key %d added but not found", i)
+			}
+		}
+	}
+	stageBytes := func(keys uint, i int) int { return int(stageBlocks(keys, stageBits(i))) * blockBytes }
+	bytes, stages := grown.memory()
+	if stages != 3 || bytes != stageBytes(size, 0)+stageBytes(2*size, 1)+stageBytes(4*size, 2) {
+		t.Fatalf("%d keys in stages from %d: %d stages of %d bytes, want 3 (%d, %d, %d keys)", keys, size, stages, bytes, size, 2*size, 4*size)
+	}
+	if rate := fpRate(grown, 7); rate > 0.065 {
+		t.Errorf("grown filter: %.1f %% false positives, want at most the stages' ~5 %%", rate*100)
+	}
+	if rate := fpRate(held, 7); rate < 0.9 {
+		t.Errorf("held filter at %d times its keys: %.1f %% false positives, expected most", keys/size, rate*100)
+	}
+	if bytes, stages := held.memory(); stages != 1 || bytes != FilterBytes(size) {
+		t.Fatalf("held filter: %d stages, %d bytes; want its first stage only", stages, bytes)
+	}
+
+	// A budget of two first stages and a second: bucket 1 grows once, then
+	// bucket 2 gets its first stage and no more until bucket 1 is dropped.
+	budget := 2*stageBytes(size, 0) + stageBytes(2*size, 1)
+	f := newFilters(size, budget)
+	for i := range 4 * size {
+		f.addLocked(1, key(i))
+	}
+	for i := range 4 * size {
+		f.addLocked(2, fmt.Appendf(key(i), "b2"))
+	}
+	if len(f.m[1].stages) != 2 || len(f.m[2].stages) != 1 || f.bytes != budget {
+		t.Fatalf("within %d bytes: bucket 1 has %d stages, bucket 2 %d, %d bytes in all", budget, len(f.m[1].stages), len(f.m[2].stages), f.bytes)
+	}
+	f.dropBelow(2)
+	if f.bytes != stageBytes(size, 0) {
+		t.Fatalf("after dropping bucket 1: %d bytes, want bucket 2's %d", f.bytes, stageBytes(size, 0))
+	}
+	for i := range size {
+		f.addLocked(2, fmt.Appendf(key(i), "more"))
+	}
+	if len(f.m[2].stages) != 2 {
+		t.Fatalf("bucket 2 did not grow into the freed memory: %d stages", len(f.m[2].stages))
 	}
 }

@@ -93,9 +93,12 @@ type DedupeConfig struct {
 	// SyncDelay: a synced confirm that starts an fsync waits this long for
 	// others to share it (0: never waits).
 	SyncDelay time.Duration `koanf:"sync_delay"`
-	// FilterKeys sizes the in-memory filter of each time bucket (window/4):
-	// new keys skip the disk probe. 0 turns the filters off.
+	// FilterKeys sizes the in-memory filter of each time bucket (window/4)
+	// at first: new keys skip the disk probe. 0 turns the filters off.
 	FilterKeys uint `koanf:"filter_keys"`
+	// FilterMaxBytes bounds the filters' memory as they grow with their
+	// buckets' keys.
+	FilterMaxBytes int `koanf:"filter_max_bytes"`
 	// RecentBytes is the memory for copies of the newest entries, which
 	// lookups of recent keys read before Pebble. 0 turns them off.
 	RecentBytes int `koanf:"recent_bytes"`
@@ -163,7 +166,7 @@ func defaultConfig() Config {
 			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, StatusCheckpointInterval: 5 * time.Second, KeepPayloads: true},
 		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
 		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true, SyncDelay: dedupe.DefaultSyncDelay,
-			FilterKeys: dedupe.DefaultFilterKeys, RecentBytes: dedupe.DefaultRecentBytes,
+			FilterKeys: dedupe.DefaultFilterKeys, FilterMaxBytes: dedupe.DefaultFilterBytes, RecentBytes: dedupe.DefaultRecentBytes,
 			WriteBufferBytes: dedupe.DefaultWriteBufferBytes},
 		API: APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
 		Templates: map[string]TemplateConf{

@@ -378,7 +378,7 @@ func buildProvider(cfg Config, name string, c ChannelConf, tpl *providers.Templa
 // claims are scoped by channel).
 func dedupeOptions(cfg Config) ([]dedupe.Option, error) {
 	opts := []dedupe.Option{dedupe.WithWindow(cfg.Dedupe.Window), dedupe.WithLease(cfg.Dedupe.Lease), dedupe.WithSync(cfg.Dedupe.Sync),
-		dedupe.WithSyncDelay(cfg.Dedupe.SyncDelay), dedupe.WithFilter(cfg.Dedupe.FilterKeys), dedupe.WithRecent(cfg.Dedupe.RecentBytes),
+		dedupe.WithSyncDelay(cfg.Dedupe.SyncDelay), dedupe.WithFilter(cfg.Dedupe.FilterKeys), dedupe.WithFilterMemory(cfg.Dedupe.FilterMaxBytes), dedupe.WithRecent(cfg.Dedupe.RecentBytes),
 		dedupe.WithWriteBuffer(cfg.Dedupe.WriteBufferBytes)}
 	for name, c := range cfg.Channels {
 		switch c.Uncertain {

@@ -421,7 +421,7 @@ func TestConfigLayers(t *testing.T) {
 	}
 	// Keys the file leaves out keep the stores' own defaults (the filters
 	// were off in serve while the docs said on).
-	if c.Dedupe.FilterKeys != dedupe.DefaultFilterKeys || c.Dedupe.RecentBytes != dedupe.DefaultRecentBytes ||
+	if c.Dedupe.FilterKeys != dedupe.DefaultFilterKeys || c.Dedupe.FilterMaxBytes != dedupe.DefaultFilterBytes || c.Dedupe.RecentBytes != dedupe.DefaultRecentBytes ||
 		c.Dedupe.WriteBufferBytes != dedupe.DefaultWriteBufferBytes {
 		t.Fatalf("dedupe defaults: %+v", c.Dedupe)
 	}
