@@ -39,16 +39,9 @@ func TestWALGroupSurvivesReopen(t *testing.T) {
 }
 
 // Keyless records of one Produce go to a partition in runs of stickyRun,
-// keyed ones beside them still by their key, and calls spread the runs
-// over every partition.
+// keyed ones beside them still by their key.
 func TestWALKeylessRuns(t *testing.T) {
-	w, err := wal.Open(t.TempDir(), wal.WithRetentionInterval(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := NewWAL(w, ConsumerConfig{}).OwnWAL()
-	defer l.Close()
-	ensure(t, l, "t", 4)
+	l := walWithTopics(t, "t")
 	const n = 2500 // 2,250 keyless: two whole runs and part of a third
 	recs := make([]Record, n)
 	for i := range recs {
@@ -89,15 +82,7 @@ func TestWALKeylessRuns(t *testing.T) {
 // records at a time: concurrent single-record calls (an API under load)
 // are one group commit, and the runs still move over every partition.
 func TestWALKeylessCallsShareARun(t *testing.T) {
-	w, err := wal.Open(t.TempDir(), wal.WithRetentionInterval(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := NewWAL(w, ConsumerConfig{}).OwnWAL()
-	defer l.Close()
-	ensure(t, l, "t", 4)
-	ensure(t, l, "u", 4)
-	ensure(t, l, "v", 4)
+	l := walWithTopics(t, "t", "u", "v")
 	const callers = 64
 	parts := make([]int32, 4*stickyRun)
 	var wg sync.WaitGroup
@@ -164,4 +149,20 @@ func TestWALKeylessCallsShareARun(t *testing.T) {
 	if after[0].Partition == first[0].Partition {
 		t.Fatalf("the run after %d records stayed on partition %d", 1+stickyRun, first[0].Partition)
 	}
+}
+
+// walWithTopics is a log of its own with the topics, 4 partitions each,
+// closed when the test ends.
+func walWithTopics(t *testing.T, topics ...string) *WALLog {
+	t.Helper()
+	w, err := wal.Open(t.TempDir(), wal.WithRetentionInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewWAL(w, ConsumerConfig{}).OwnWAL()
+	t.Cleanup(func() { l.Close() })
+	for _, topic := range topics {
+		ensure(t, l, topic, 4)
+	}
+	return l
 }
