@@ -167,21 +167,28 @@ func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 		return g
 	}
 	for i := range recs {
+		var r *run
+		if recs[i].Key == nil {
+			r = runOf(recs[i].Topic)
+		}
+		if r != nil && r.left > 0 {
+			r.left--
+			r.g.n++
+			of[i] = r.g
+			continue
+		}
 		parts, err := l.partitions(recs[i].Topic)
 		if err != nil {
 			return err
 		}
 		var g *group
-		if recs[i].Key != nil {
+		if r == nil {
 			g = groupOf(TopicPartition{recs[i].Topic, keyPartition(recs[i].Key, parts)})
 		} else {
-			r := runOf(recs[i].Topic)
-			if r.left == 0 {
-				r.left = min(r.rest, stickyRun)
-				r.rest -= r.left
-				r.g = groupOf(TopicPartition{r.topic, l.stick(r.topic, parts, r.left)})
-			}
-			r.left--
+			n := min(r.rest, stickyRun)
+			r.rest -= n
+			r.left = n - 1 // after this record
+			r.g = groupOf(TopicPartition{r.topic, l.stick(r.topic, parts, n)})
 			g = r.g
 		}
 		g.n++
