@@ -85,11 +85,14 @@ func keyBytes(keys []string) int64 {
 // filters (the default) and without them (the baseline they are measured
 // against), with the recent entries on (what copying each write into them
 // costs), and with the write buffer off (every batch into Pebble's memtable:
-// the baseline the buffer is measured against).
+// the baseline the buffer is measured against). The past-size variants size
+// the filters for an eighth of the stored keys: "grows" as they do (in
+// stages, within their memory), "held" at that size (the filters before
+// they grew, answering "maybe" to nearly every new key).
 func BenchmarkClaimConfirmNew(b *testing.B) {
 	for _, filter := range []bool{true, false} {
 		for _, sync := range []bool{true, false} {
-			for _, variant := range []string{"", "recent=on", "buffer=off"} {
+			for _, variant := range []string{"", "recent=on", "buffer=off", "past-size=grows", "past-size=held"} {
 				if variant != "" && (!filter || sync) {
 					continue // one comparison each is enough
 				}
@@ -107,6 +110,10 @@ func BenchmarkClaimConfirmNew(b *testing.B) {
 						opts = append(opts, WithRecent(256<<20))
 					case "buffer=off":
 						opts = append(opts, WithWriteBuffer(0))
+					case "past-size=grows":
+						opts = append(opts, WithFilter(125_000))
+					case "past-size=held":
+						opts = append(opts, WithFilter(125_000), WithFilterMemory(0))
 					}
 					s := open(b, b.TempDir(), newClock(), opts...)
 					defer s.Close()
