@@ -1337,7 +1337,10 @@ type Metrics struct {
 	// The filters' memory, and the most stages a bucket's filter has grown
 	// to (3.3 % false positives with one, 5.0 with three, 5.6 with six).
 	FilterBytes, FilterStages int
-	RecentBytes               int // the memory those copies take
+	// FilterRefused counts stages not added for want of memory
+	// (WithFilterMemory): past it a full filter's false positives rise.
+	FilterRefused int64
+	RecentBytes   int // the memory those copies take
 	// The write buffer: writes not yet ingested into Pebble, and how many
 	// generations were ingested since open.
 	BufferKeys, BufferBytes int
@@ -1374,7 +1377,7 @@ func (s *Store) Metrics() Metrics {
 		m.RecentKeys, m.RecentBytes = s.rec.len(), s.rec.bytes()
 	}
 	if s.filt != nil {
-		m.FilterBytes, m.FilterStages = s.filt.memory()
+		m.FilterBytes, m.FilterStages, m.FilterRefused = s.filt.memory()
 	}
 	return m
 }

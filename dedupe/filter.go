@@ -26,6 +26,7 @@ type filters struct {
 	// bytes is the memory of every stage; a stage is added only while it
 	// stays within maxBytes.
 	bytes, maxBytes int
+	refused         int64 // stages not added for want of memory
 	// seed hashes keys for every filter: they live in memory only, rebuilt
 	// at open, so a seed per process is enough.
 	seed maphash.Seed
@@ -221,17 +222,19 @@ func (f *filters) grow(bf *bucketFilter, keys uint) {
 		bf.left = keys
 		return
 	}
+	f.refused++
 	bf.left = bf.stages[len(bf.stages)-1].keys
 }
 
-// memory returns the filters' bytes and the most stages a bucket has.
-func (f *filters) memory() (bytes, stages int) {
+// memory returns the filters' bytes, the most stages a bucket has, and
+// how many stages were refused for want of memory.
+func (f *filters) memory() (bytes, stages int, refused int64) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, bf := range f.m {
 		stages = max(stages, len(bf.stages))
 	}
-	return f.bytes, stages
+	return f.bytes, stages, f.refused
 }
 
 // dropBelow forgets the filters of reclaimed buckets.

@@ -159,7 +159,7 @@ func TestFilterGrowsWithinItsMemory(t *testing.T) {
 		}
 	}
 	stageBytes := func(keys uint, i int) int { return int(stageBlocks(keys, stageBits(i))) * blockBytes }
-	bytes, stages := grown.memory()
+	bytes, stages, _ := grown.memory()
 	if stages != 3 || bytes != stageBytes(size, 0)+stageBytes(2*size, 1)+stageBytes(4*size, 2) {
 		t.Fatalf("%d keys in stages from %d: %d stages of %d bytes, want 3 (%d, %d, %d keys)", keys, size, stages, bytes, size, 2*size, 4*size)
 	}
@@ -169,8 +169,8 @@ func TestFilterGrowsWithinItsMemory(t *testing.T) {
 	if rate := fpRate(held, 7); rate < 0.9 {
 		t.Errorf("held filter at %d times its keys: %.1f %% false positives, expected most", keys/size, rate*100)
 	}
-	if bytes, stages := held.memory(); stages != 1 || bytes != FilterBytes(size) {
-		t.Fatalf("held filter: %d stages, %d bytes; want its first stage only", stages, bytes)
+	if bytes, stages, refused := held.memory(); stages != 1 || bytes != FilterBytes(size) || refused == 0 {
+		t.Fatalf("held filter: %d stages, %d bytes, %d refused; want its first stage only, and refusals", stages, bytes, refused)
 	}
 
 	// A budget of two first stages and a second: bucket 1 grows once, then

@@ -161,6 +161,8 @@ var dedupeMetrics = []storeSeries[dedupe.Metrics]{
 	dedupeGauge("filter_bytes", "Memory the time buckets' Bloom filters take (bounded by WithFilterMemory).", func(m dedupe.Metrics) float64 { return float64(m.FilterBytes) }),
 	dedupeGauge("filter_stages", "The most stages a time bucket's filter has grown to: 1 at 3.3 % false positives (a disk probe each), 3 at 5.0 %, 6 at 5.6 %.",
 		func(m dedupe.Metrics) float64 { return float64(m.FilterStages) }),
+	dedupeCounter("filter_stages_refused", "Filter stages not added for want of memory (dedupe.filter_max_bytes): a full bucket's filter then answers \"maybe\" to more new keys, each a disk probe.",
+		func(m dedupe.Metrics) int64 { return m.FilterRefused }),
 	dedupeGauge("buffer_records", "Writes in the write buffer, not yet ingested into Pebble.", func(m dedupe.Metrics) float64 { return float64(m.BufferKeys) }),
 	dedupeGauge("buffer_bytes", "Bytes of writes in the write buffer.", func(m dedupe.Metrics) float64 { return float64(m.BufferBytes) }),
 	dedupeCounter("buffer_ingests", "Write-buffer generations ingested into Pebble as sorted sstables.", func(m dedupe.Metrics) int64 { return m.BufferIngests }),
