@@ -866,7 +866,13 @@ func (s *Store) probe(keys []string, order []int, res []found, mask []uint64, ne
 		if len(cand) == 0 {
 			continue // no key of the batch can be in this bucket
 		}
-		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: bucketPrefix(bu), UpperBound: bucketPrefix(bu + 1)})
+		// Most probes are of new keys the in-memory filter could not rule
+		// out, and most of a large bucket is in L6, whose tables' filters
+		// Pebble skips unless asked: with them a probe that finds nothing
+		// skips the data block. New keys on Pebble alone +65 %, past-size
+		// filters 2x, 15M keys through the API +5-7 %; lookups of keys
+		// that exist -3-8 % (they read the filter too).
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: bucketPrefix(bu), UpperBound: bucketPrefix(bu + 1), UseL6Filters: true})
 		if err != nil {
 			return fmt.Errorf("dedupe: %w", err)
 		}
