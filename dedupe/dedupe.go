@@ -1340,13 +1340,13 @@ type Metrics struct {
 	DiskBytes   uint64
 	BucketFloor uint32 // buckets below are reclaimed
 	RecentKeys  int    // keys whose newest entry is copied in memory
+	RecentBytes int    // the memory those copies take
 	// The filters' memory, and the most stages a bucket's filter has grown
 	// to (3.3 % false positives with one, 5.0 with three, 5.6 with six).
 	FilterBytes, FilterStages int
 	// FilterRefused counts stages not added for want of memory
 	// (WithFilterMemory): past it a full filter's false positives rise.
 	FilterRefused int64
-	RecentBytes   int // the memory those copies take
 	// The write buffer: writes not yet ingested into Pebble, and how many
 	// generations were ingested since open.
 	BufferKeys, BufferBytes int
