@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"time"
@@ -233,4 +234,65 @@ func TestStatusStoreSyncAndCheckpoint(t *testing.T) {
 	if _, err := crashed.Get(b); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("an event applied after the last checkpoint survived: %v", err)
 	}
+}
+
+// BenchmarkStatusGetAfterBacklog writes a backlog's events the way a drain
+// does (4M notifications accepted in order, then sent across 32 lanes at
+// once, so every flush of the sends spans the whole range of ids and
+// overlaps the others), lets the store settle, and reads random
+// notifications' status: the GET of the API, a duplicate's answer, a
+// receipt's lookup. It reports both sides of the store's compaction
+// setting: write-events/s while the backlog goes in, gets/s after.
+func BenchmarkStatusGetAfterBacklog(b *testing.B) {
+	st, err := OpenStatus(b.TempDir(), time.Hour, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	const n, lanes = 4_000_000, 32
+	now := time.Now().UTC()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = ulid.MustNew(ulid.Timestamp(now.Add(time.Duration(i)*time.Microsecond)), ulid.DefaultEntropy()).String()
+	}
+	order := make([]int, n)
+	evs := make([]StatusEvent, 0, 1000)
+	start := time.Now()
+	for _, state := range []State{StateAccepted, StateSent} {
+		for k := range n / lanes {
+			for lane := range lanes {
+				if state == StateAccepted {
+					order[k*lanes+lane] = k*lanes + lane
+				} else {
+					order[k*lanes+lane] = lane*(n/lanes) + k
+				}
+			}
+		}
+		for i := 0; i < n; i += cap(evs) {
+			evs = evs[:0]
+			for _, j := range order[i : i+cap(evs)] {
+				at := now.Add(time.Duration(j) * time.Microsecond)
+				if state == StateSent {
+					at = at.Add(time.Minute)
+				}
+				evs = append(evs, StatusEvent{EventID: ids[j], ID: ids[j], State: state, At: at, Tenant: "acme", Channel: "webhook", Attempts: 1})
+			}
+			if err := st.Apply(evs); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	writes := 2 * n / time.Since(start).Seconds()
+	time.Sleep(3 * time.Second) // the compactions the writes started
+	l0 := st.Metrics().L0Files
+	r := rand.New(rand.NewPCG(9, 9))
+	b.ResetTimer()
+	for range b.N {
+		if s, err := st.Get(ids[r.IntN(n)]); err != nil || len(s.History) != 2 {
+			b.Fatalf("status %+v, %v", s, err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "gets/s")
+	b.ReportMetric(writes, "write-events/s")
+	b.ReportMetric(float64(l0), "l0-files")
 }
