@@ -659,18 +659,16 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		return fmt.Errorf("engine: status replica: %w", err)
 	}
 	defer log.Close()
+	// Its commits are the checkpoints' own: a flush, then the offsets.
+	ckpt := &statusCheckpointer{e: e, log: log, committed: map[partition.TopicPartition]int64{}}
 	next := map[partition.TopicPartition]int64{}
 	last := time.Now()
 	commit := func() {
 		if len(next) == 0 {
 			return
 		}
-		if err := e.cfg.Status.Checkpoint(); err != nil {
-			e.cfg.Logger.Warn("status replica: flush", zap.Error(err))
-			return
-		}
-		if err := log.Commit(context.WithoutCancel(ctx), next); err != nil {
-			e.cfg.Logger.Warn("status replica: commit", zap.Error(err))
+		if err := ckpt.commit(context.WithoutCancel(ctx), next); err != nil {
+			e.cfg.Logger.Warn("status replica: checkpoint", zap.Error(err))
 			return
 		}
 		clear(next)
