@@ -205,9 +205,7 @@ func (f *filters) addLocked(b uint32, key []byte) {
 		f.grow(bf, 2*bf.stages[len(bf.stages)-1].keys)
 	}
 	bf.stages[len(bf.stages)-1].add(f.hash(key))
-	if bf.left > 0 {
-		bf.left--
-	}
+	bf.left-- // grow left it at least 1
 }
 
 // grow gives bf a stage for keys more, if the budget has room (a bucket's
