@@ -313,8 +313,8 @@ type Store struct {
 	bucketSec int64
 	wo        *pebble.WriteOptions
 
-	claimMu sync.Mutex           // claims are check-then-write; one batch at a time
-	live    map[digest]liveClaim // by the keys' digests, held inline: no pointer to follow or scan
+	claimMu sync.Mutex // claims are check-then-write; one batch at a time
+	live    liveTable  // by the keys' digests
 
 	reclaimMu sync.Mutex    // one reclaim or write-buffer ingest at a time
 	floor     atomic.Uint32 // buckets below are gone
@@ -399,8 +399,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dedupe: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, o: o, maxWindow: maxW, bucketSec: int64(o.bucket / time.Second), stop: make(chan struct{}),
-		live: map[digest]liveClaim{}}
+	s := &Store{db: db, o: o, maxWindow: maxW, bucketSec: int64(o.bucket / time.Second), stop: make(chan struct{})}
 	s.wo = pebble.NoSync
 	if o.sync {
 		s.wo = pebble.Sync
@@ -915,8 +914,8 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 	keys := s.digests(len(reqs), reqKey)
 	s.claimMu.Lock()
 	defer s.claimMu.Unlock()
-	if len(s.live)+len(reqs) > s.o.maxLive {
-		return fmt.Errorf("%w: %d claims open", ErrTooManyClaims, len(s.live))
+	if s.live.len()+len(reqs) > s.o.maxLive {
+		return fmt.Errorf("%w: %d claims open", ErrTooManyClaims, s.live.len())
 	}
 	// The lookup runs under the lock: a finish drops its claims from live
 	// under it only after its write, so a key is either still live here
@@ -933,7 +932,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		lease := now.Add(s.o.lease).UnixNano()
 		dk := digestOf(keys[i])
 		// A claim made by this process and not finished yet.
-		if lc, ok := s.live[dk]; ok {
+		if lc, ok := s.live.get(dk); ok {
 			switch {
 			case nowNs < lc.leaseTill:
 				out[i] = ClaimResult{Status: InFlight, OriginalID: lc.id, Token: lc.bucket}
@@ -941,12 +940,12 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 			case skip:
 				e := entry{state: stateConfirmed, claimedAt: lc.claimedAt, id: lc.id, outcome: "uncertain"}
 				w.set(lc.bucket, keys[i], &e)
-				delete(s.live, dk)
+				s.live.del(dk)
 				out[i] = ClaimResult{Status: Uncertain, OriginalID: lc.id, Outcome: e.outcome, Token: lc.bucket}
 				uncertain++
 			default:
 				lc.leaseTill, lc.id = lease, r.ID
-				s.live[dk] = lc
+				s.live.set(dk, lc)
 				out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: lc.bucket}
 				takeovers++
 			}
@@ -964,7 +963,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 				e := entry{state: stateClaimed, claimedAt: nowNs, leaseTill: lease, id: r.ID}
 				w.set(cur, keys[i], &e)
 			}
-			s.live[dk] = lc
+			s.live.set(dk, lc)
 			out[i] = ClaimResult{Status: Claimed, OriginalID: r.ID, Token: cur}
 			claims++
 		case f.e.state == stateConfirmed:
@@ -982,7 +981,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 			uncertain++
 		default:
 			// The window keeps running from the first claim.
-			s.live[dk] = liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket}
+			s.live.set(dk, liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket})
 			out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: f.bucket}
 			takeovers++
 		}
@@ -992,7 +991,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		// Undo the in-memory claims of this batch: the caller will retry it.
 		for i := range reqs {
 			if out[i].Status.ShouldSend() {
-				delete(s.live, digestOf(keys[i]))
+				s.live.del(digestOf(keys[i]))
 			}
 		}
 		return fmt.Errorf("dedupe: commit claims: %w", err)
@@ -1091,7 +1090,7 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	s.committed(w) // before the keys leave live: a claim sees them live or here
 	s.claimMu.Lock()
 	for i := range done {
-		delete(s.live, digestOf(key(i)))
+		s.live.del(digestOf(key(i)))
 	}
 	s.claimMu.Unlock()
 	if confirm {
@@ -1313,11 +1312,7 @@ func (s *Store) sweepAbandoned(now time.Time) {
 	cut := now.Add(-2 * s.o.lease).UnixNano()
 	s.claimMu.Lock()
 	defer s.claimMu.Unlock()
-	for k, lc := range s.live {
-		if lc.leaseTill < cut {
-			delete(s.live, k)
-		}
-	}
+	s.live.deleteIf(func(lc liveClaim) bool { return lc.leaseTill < cut })
 }
 
 // Metrics is a snapshot of the store's counters since open.
