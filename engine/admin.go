@@ -94,27 +94,36 @@ func (e *Engine) ReceiptParser(name string) (providers.ReceiptParser, bool) {
 func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []providers.Receipt) (applied int, unknown []string, err error) {
 	var o outcomes
 	var orphans []UnknownReceipt
+	final := make([]providers.Receipt, 0, len(rs))
 	for _, r := range rs {
-		if !r.Final {
-			continue
+		if r.Final {
+			final = append(final, r)
 		}
+	}
+	cur, found := make([]StatusEvent, len(final)), make([]bool, len(final))
+	if e.cfg.Status != nil {
+		ids := make([]string, len(final))
+		for i, r := range final {
+			ids[i] = r.ID
+		}
+		if err := e.cfg.Status.latest(ids, cur, found); err != nil {
+			return 0, nil, err
+		}
+	}
+	for i, r := range final {
 		ev := StatusEvent{EventID: notification.NewID(), ID: r.ID, State: StateFailed, At: r.At, Provider: provider,
 			ProviderMessageID: r.ProviderMessageID, Reason: r.Reason}
 		if r.Delivered {
 			ev.State = StateDelivered
 		}
 		if e.cfg.Status != nil {
-			cur, gerr := e.cfg.Status.Get(r.ID)
-			if errors.Is(gerr, ErrNotFound) {
+			if !found[i] {
 				unknown = append(unknown, r.ID)
 				orphans = append(orphans, UnknownReceipt{Provider: provider, ID: r.ID, ProviderMessageID: r.ProviderMessageID,
 					State: ev.State, Reason: r.Reason, At: r.At, ReceivedAt: e.cfg.Clock.Now()})
 				continue
 			}
-			if gerr != nil {
-				return 0, nil, gerr
-			}
-			ev.Tenant, ev.Channel, ev.Priority, ev.Attempts = cur.Current.Tenant, cur.Current.Channel, cur.Current.Priority, cur.Current.Attempts
+			ev.Tenant, ev.Channel, ev.Priority, ev.Attempts = cur[i].Tenant, cur[i].Channel, cur[i].Priority, cur[i].Attempts
 		}
 		o.addEvent(e, ev)
 	}

@@ -10,6 +10,7 @@ import (
 	"hash/fnv"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -571,6 +572,50 @@ func (s *StatusStore) Get(id string) (Status, error) {
 	st.Current = st.History[len(st.History)-1]
 	st.State = st.Current.State
 	return st, nil
+}
+
+// latest sets out[i] to the newest event of ids[i] and found[i] to whether
+// the store knows it. The ids are looked up in key order through one
+// iterator: a provider's batch of receipts costs one iterator, not one an
+// id, and seeks that move forward reuse the index blocks already loaded
+// (one Get an id took 4x as long after a 1M campaign,
+// BenchmarkApplyReceipts).
+func (s *StatusStore) latest(ids []string, out []StatusEvent, found []bool) error {
+	order := make([]int, len(ids))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'s'}, UpperBound: []byte{'t'}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	var prefix, key, val []byte
+	for _, i := range order {
+		prefix = append(append(prefix[:0], 's'), ids[i]...)
+		found[i] = false
+		// The last of ours is the newest. Keys of a longer id sharing this
+		// prefix are not ours.
+		for valid := it.SeekGE(prefix); valid && bytes.HasPrefix(it.Key(), prefix); valid = it.Next() {
+			if len(it.Key()) == len(prefix)+statusKeyTail {
+				v, err := it.ValueAndErr()
+				if err != nil {
+					return err
+				}
+				key, val = append(key[:0], it.Key()...), append(val[:0], v...)
+				found[i] = true
+			}
+		}
+		if !found[i] {
+			continue
+		}
+		var err error
+		if out[i], err = decodeStoredEvent(ids[i], key, val); err != nil {
+			return fmt.Errorf("engine: status of %s: %w", ids[i], err)
+		}
+	}
+	return it.Error()
 }
 
 // Reclaim drops the events and payloads of notifications created before

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -74,6 +75,54 @@ func TestStatusStoreHistoryAndWindow(t *testing.T) {
 	}
 	if st, err := s.Get(fresh); err != nil || st.State != StateExpired {
 		t.Fatalf("status inside the window dropped: %+v %v", st, err)
+	}
+}
+
+// latest finds each id's newest event in one sorted pass, as Get would:
+// unknown ids, an id asked twice, and ids that are prefixes of other ids
+// (receipts carry whatever id the provider echoes back) among them.
+func TestStatusStoreLatest(t *testing.T) {
+	s, err := OpenStatus(t.TempDir(), time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t0 := time.Unix(1_900_000_000, 0)
+	a, b := idAt(t0, 1), idAt(t0, 2)
+	longer, onlyLonger := a+"Z", idAt(t0, 3)+"Q" // onlyLonger's prefix is stored under no id of its own
+	evs := []StatusEvent{
+		{ID: a, State: StateAccepted, At: t0},
+		{ID: longer, State: StateExpired, At: t0.Add(time.Millisecond)},
+		{ID: a, State: StateRetrying, At: t0.Add(time.Second), Attempts: 1},
+		{ID: a, State: StateSent, At: t0.Add(2 * time.Second), Attempts: 2, Tenant: "acme", Channel: "sms", Provider: "twilio"},
+		{ID: b, State: StateAccepted, At: t0.Add(time.Minute), Tenant: "globex"},
+		{ID: onlyLonger, State: StateAccepted, At: t0},
+	}
+	if err := s.Apply(evs); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{longer, idAt(t0, 9), a, b, a, onlyLonger[:len(onlyLonger)-1]}
+	out, found := make([]StatusEvent, len(ids)), make([]bool, len(ids))
+	if err := s.latest(ids, out, found); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		st, err := s.Get(id)
+		if errors.Is(err, ErrNotFound) {
+			if found[i] {
+				t.Errorf("%d: %s found %+v, Get does not know it", i, id, out[i])
+			}
+			continue
+		}
+		if err != nil || !found[i] || !reflect.DeepEqual(out[i], st.Current) {
+			t.Errorf("%d: %s: latest %+v %v, Get's current %+v %v", i, id, out[i], found[i], st.Current, err)
+		}
+	}
+	if want := []bool{true, false, true, true, true, false}; !reflect.DeepEqual(found, want) {
+		t.Fatalf("found %v, want %v", found, want)
+	}
+	if out[2].State != StateSent || out[2].Attempts != 2 || out[2].Tenant != "acme" || out[4] != out[2] {
+		t.Fatalf("a's newest event: %+v and %+v", out[2], out[4])
 	}
 }
 
@@ -249,46 +298,13 @@ func BenchmarkStatusGetAfterBacklog(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	const n, lanes = 4_000_000, 32
-	now := time.Now().UTC()
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = ulid.MustNew(ulid.Timestamp(now.Add(time.Duration(i)*time.Microsecond)), ulid.DefaultEntropy()).String()
-	}
-	order := make([]int, n)
-	evs := make([]StatusEvent, 0, 1000)
-	start := time.Now()
-	for _, state := range []State{StateAccepted, StateSent} {
-		for k := range n / lanes {
-			for lane := range lanes {
-				if state == StateAccepted {
-					order[k*lanes+lane] = k*lanes + lane
-				} else {
-					order[k*lanes+lane] = lane*(n/lanes) + k
-				}
-			}
-		}
-		for i := 0; i < n; i += cap(evs) {
-			evs = evs[:0]
-			for _, j := range order[i : i+cap(evs)] {
-				at := now.Add(time.Duration(j) * time.Microsecond)
-				if state == StateSent {
-					at = at.Add(time.Minute)
-				}
-				evs = append(evs, StatusEvent{EventID: ids[j], ID: ids[j], State: state, At: at, Tenant: "acme", Channel: "webhook", Attempts: 1})
-			}
-			if err := st.Apply(evs); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	writes := 2 * n / time.Since(start).Seconds()
+	ids, writes := WriteDrainBacklog(b, st, 4_000_000)
 	time.Sleep(3 * time.Second) // the compactions the writes started
 	l0 := st.Metrics().L0Files
 	r := rand.New(rand.NewPCG(9, 9))
 	b.ResetTimer()
 	for range b.N {
-		if s, err := st.Get(ids[r.IntN(n)]); err != nil || len(s.History) != 2 {
+		if s, err := st.Get(ids[r.IntN(len(ids))]); err != nil || len(s.History) != 2 {
 			b.Fatalf("status %+v, %v", s, err)
 		}
 	}
