@@ -380,7 +380,9 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && !o.create {
 		return nil, fmt.Errorf("%w: %s (a store that existed and vanished would forget every key; create it with WithCreate on first start)", ErrMissing, dir)
 	}
-	cache := pebble.NewCache(o.cache)
+	// Pebble charges its memtables to the block cache (Cache.Reserve): the
+	// blocks keep o.cache with every memtable queued.
+	cache := pebble.NewCache(o.cache + MemTables*int64(o.memtable))
 	defer cache.Unref() // the DB holds its own reference
 	// Keys are hashes: every ingested generation spans its bucket's whole
 	// key range and overlaps all the others, so L0 compactions rewrite

@@ -116,6 +116,31 @@ func TestClaimConfirmDuplicate(t *testing.T) {
 	}
 }
 
+// Pebble charges memtables to the block cache: a cache no larger than the
+// memtables kept no block. Lookups that reach Pebble hit its cache.
+func TestLookupsHitTheBlockCache(t *testing.T) {
+	dir, clk := t.TempDir(), newClock()
+	opts := []Option{WithCacheSize(1 << 20), WithFilter(0), WithRecent(0)}
+	s := open(t, dir, clk, opts...)
+	for i := range 1000 {
+		key := fmt.Sprintf("k%d", i)
+		confirm1(t, s, key, claim1(t, s, key, "", "id"), "sent")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, clk, opts...) // the write buffer's logs ingested as sstables
+	defer s.Close()
+	for range 2 {
+		if lr, err := s.Lookup([]string{"k500"}, ""); err != nil || !lr[0].Found {
+			t.Fatalf("lookup %+v %v", lr, err)
+		}
+	}
+	if m := s.db.Metrics().BlockCache; m.Hits == 0 || m.Size == 0 {
+		t.Fatalf("block cache %+v: the second lookup found nothing cached", m)
+	}
+}
+
 func TestReleaseAllowsRetry(t *testing.T) {
 	s := open(t, t.TempDir(), newClock())
 	defer s.Close()

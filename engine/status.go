@@ -128,7 +128,13 @@ func openStatus(dir string, window time.Duration, create bool, fs vfs.FS) (*Stat
 	// each: with Pebble's 4 MiB default memtable a burst flushes every few
 	// thousand sends and L0 compactions take a fifth of the engine's CPU. A
 	// 64 MiB memtable flushes sixteen times less often.
-	cache := pebble.NewCache(StatusCacheSize)
+	//
+	// Pebble charges its memtables to the block cache (Cache.Reserve): an
+	// 8 MiB cache beside 64 MiB memtables held no block at all, and every
+	// read decompressed its blocks again. The cache is sized for both, so
+	// blocks keep StatusCacheSize with every memtable queued, and the
+	// memory in all is what the capacity planner adds up.
+	cache := pebble.NewCache(StatusCacheSize + StatusMemTables*StatusMemTableSize + StatusAuxMemTables*StatusAuxMemTableSize)
 	defer cache.Unref() // the DBs hold their own references
 	// A drain's events land all over the ids it drains, so every flush
 	// overlaps the ones before and L0 compactions rewrite them: letting 8

@@ -126,6 +126,44 @@ func TestStatusStoreLatest(t *testing.T) {
 	}
 }
 
+// Pebble charges memtables to the block cache: a cache no larger than the
+// memtables kept no block, and every read decompressed its blocks again.
+// The store's reads hit its cache.
+func TestStatusStoreReadsHitTheBlockCache(t *testing.T) {
+	s, err := OpenStatus(t.TempDir(), time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// Memtables start at 256 KiB and double as they fill, up to 64 MiB:
+	// these events take them well past the 8 MiB of blocks the store keeps.
+	t0 := time.Unix(1_900_000_000, 0)
+	evs := make([]StatusEvent, 1000)
+	for round := range 400 {
+		for i := range evs {
+			id := idAt(t0.Add(time.Duration(round*len(evs)+i)*time.Millisecond), 1)
+			evs[i] = StatusEvent{ID: id, State: StateSent, At: t0, Tenant: "acme", Channel: "webhook", Provider: "webhook"}
+		}
+		if err := s.Apply(evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Checkpoint(); err != nil { // the rest into sstables too
+		t.Fatal(err)
+	}
+	if m := s.db.Metrics(); m.MemTable.Size <= StatusCacheSize || m.DiskSpaceUsage() == 0 {
+		t.Fatalf("memtables of %d bytes, %d on disk: not what this test needs", m.MemTable.Size, m.DiskSpaceUsage())
+	}
+	for range 2 {
+		if _, err := s.Get(idAt(t0.Add(1000*time.Millisecond), 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := s.db.Metrics().BlockCache; m.Hits == 0 || m.Size == 0 {
+		t.Fatalf("block cache %+v: the second read found nothing cached", m)
+	}
+}
+
 // A store written before the events lost their WAL: its unflushed events
 // are in Pebble's WAL, its payloads and unknown receipts among the events.
 // It opens with every one of them, the payloads and receipts moved to aux,
