@@ -276,6 +276,13 @@ func TestIdempotentRepeat(t *testing.T) {
 	if done.body["status"] != "sent" {
 		t.Fatalf("repeat after send reports %s", done.raw)
 	}
+	// In a batch, a duplicate after a new item reports its own original's status.
+	later := n.do("POST", "/v1/notifications", "", "application/json", "["+webhookJSON(3, "")+","+body+"]")
+	items = later.body["items"].([]any)
+	fresh, dup := items[0].(map[string]any), items[1].(map[string]any)
+	if later.code != 202 || fresh["status"] != "accepted" || dup["id"] != first.body["id"] || dup["status"] != "sent" || dup["duplicate"] != true {
+		t.Fatalf("a batch with a repeat: %d %s", later.code, later.raw)
+	}
 }
 
 func TestBadInputNamesTheField(t *testing.T) {
@@ -638,6 +645,12 @@ func benchClient(conns int) *fasthttp.Client {
 
 // postAccepted posts body for ingest and reports whether it got a 202.
 func postAccepted(b *testing.B, c *fasthttp.Client, url, contentType string, body []byte) bool {
+	return post(b, c, url, contentType, body, fasthttp.StatusAccepted)
+}
+
+// post sends body to the ingest endpoint and reports whether the answer
+// had status want.
+func post(b *testing.B, c *fasthttp.Client, url, contentType string, body []byte, want int) bool {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -649,7 +662,7 @@ func postAccepted(b *testing.B, c *fasthttp.Client, url, contentType string, bod
 		b.Error(err)
 		return false
 	}
-	if resp.StatusCode() != 202 {
+	if resp.StatusCode() != want {
 		b.Errorf("status %d: %s", resp.StatusCode(), resp.Body())
 		return false
 	}
@@ -717,6 +730,38 @@ func BenchmarkIngest(b *testing.B) {
 			for pb.Next() {
 				body = batch(body[:0])
 				if !postAccepted(b, client, n.url, "application/x-ndjson", body) {
+					return
+				}
+			}
+		})
+		b.ReportMetric((cpuMicros()-cpu)/float64(b.N*1000), "cpu-us/notification")
+		b.ReportMetric(float64(b.N)*1000/b.Elapsed().Seconds(), "notifications/s")
+	})
+	// A client that resends batches already accepted (a retry after a
+	// timeout): every item is a duplicate, answered 200 with the original
+	// id and its current status, and nothing is enqueued.
+	b.Run("ndjson-1000-repeated", func(b *testing.B) {
+		const clients, batches = 8, 300
+		n := newNode(b, nodeOpts{syncDedupe: true})
+		_ = n.eng.PauseChannel(notification.Webhook, true)
+		bodies := make([][]byte, batches)
+		client := benchClient(clients)
+		for k := range bodies {
+			for i := range 1000 {
+				bodies[k] = append(appendWebhookJSON(bodies[k], k*1000+i, ""), '\n')
+			}
+			if !postAccepted(b, client, n.url, "application/x-ndjson", bodies[k]) {
+				return
+			}
+		}
+		var seq atomic.Int64
+		b.SetParallelism((clients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu := cpuMicros()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if !post(b, client, n.url, "application/x-ndjson", bodies[int(seq.Add(1))%batches], fasthttp.StatusOK) {
 					return
 				}
 			}

@@ -100,6 +100,18 @@ func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accep
 	if accepted == 0 {
 		code = fasthttp.StatusOK
 	}
+	// The duplicates' current states, looked up together.
+	var dupIDs []string
+	for i := range adm {
+		if adm[i].Duplicate {
+			dupIDs = append(dupIDs, adm[i].ID)
+		}
+	}
+	var states []engine.State
+	if len(dupIDs) > 0 {
+		states, _ = s.cfg.Engine.States(dupIDs) // without them, each answers "accepting"
+	}
+	dup := 0
 	item := func(b []byte, i int) []byte {
 		if !adm[i].Duplicate {
 			b = append(b, `{"id":"`...)
@@ -108,9 +120,10 @@ func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accep
 		}
 		s.m.dups.Inc()
 		st := "accepting" // the first request is still writing it
-		if cur, err := s.cfg.Engine.Status(adm[i].ID); err == nil {
-			st = string(cur.State)
+		if dup < len(states) && states[dup] != "" {
+			st = string(states[dup])
 		}
+		dup++
 		b = append(b, `{"id":`...)
 		b = strconv.AppendQuote(b, adm[i].ID)
 		b = append(b, `,"status":`...)

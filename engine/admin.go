@@ -219,6 +219,26 @@ func (e *Engine) Status(id string) (Status, error) {
 	return e.cfg.Status.Get(id)
 }
 
+// States returns the current state of each id, "" for one the status
+// store does not know (yet), in one sorted pass over the store: a batch's
+// duplicates are answered together.
+func (e *Engine) States(ids []string) ([]State, error) {
+	out := make([]State, len(ids))
+	if e.cfg.Status == nil {
+		return out, nil
+	}
+	cur, found := make([]StatusEvent, len(ids)), make([]bool, len(ids))
+	if err := e.cfg.Status.latest(ids, cur, found); err != nil {
+		return nil, err
+	}
+	for i := range ids {
+		if found[i] {
+			out[i] = cur[i].State
+		}
+	}
+	return out, nil
+}
+
 // Codec is the engine's codec (it knows the configured channels).
 func (e *Engine) Codec() *notification.Codec { return e.cfg.Codec }
 
