@@ -159,18 +159,25 @@ func (e *Engine) retryUnknownReceipts(ctx context.Context, interval time.Duratio
 		}
 		now := e.cfg.Clock.Now()
 		var o outcomes
-		err := e.cfg.Status.ResolveUnknownReceipts(now.Add(-unknownReceiptRetry), now.Add(time.Nanosecond), func(r UnknownReceipt) (bool, error) {
-			cur, err := e.cfg.Status.Get(r.ID)
-			if errors.Is(err, ErrNotFound) {
-				return false, nil
+		err := e.cfg.Status.ResolveUnknownReceipts(now.Add(-unknownReceiptRetry), now.Add(time.Nanosecond), func(rs []UnknownReceipt, resolved []bool) error {
+			ids := make([]string, len(rs))
+			for i, r := range rs {
+				ids[i] = r.ID
 			}
-			if err != nil {
-				return false, err
+			cur, found := make([]StatusEvent, len(rs)), make([]bool, len(rs))
+			if err := e.cfg.Status.latest(ids, cur, found); err != nil {
+				return err
 			}
-			o.addEvent(e, StatusEvent{ID: r.ID, State: r.State, At: r.At, Provider: r.Provider, ProviderMessageID: r.ProviderMessageID,
-				Reason: r.Reason, Tenant: cur.Current.Tenant, Channel: cur.Current.Channel, Priority: cur.Current.Priority,
-				Attempts: cur.Current.Attempts})
-			return true, nil
+			for i, r := range rs {
+				if !found[i] {
+					continue
+				}
+				o.addEvent(e, StatusEvent{ID: r.ID, State: r.State, At: r.At, Provider: r.Provider, ProviderMessageID: r.ProviderMessageID,
+					Reason: r.Reason, Tenant: cur[i].Tenant, Channel: cur[i].Channel, Priority: cur[i].Priority,
+					Attempts: cur[i].Attempts})
+				resolved[i] = true
+			}
+			return nil
 		}, func() error { return e.emit(ctx, &o) })
 		if err != nil && ctx.Err() == nil {
 			e.cfg.Logger.Warn("retrying unknown receipts", zap.Error(err))

@@ -417,19 +417,41 @@ func (s *StatusStore) AddUnknownReceipts(rs []UnknownReceipt) error {
 	return s.commitAux(b)
 }
 
-// ResolveUnknownReceipts calls resolve for each unknown receipt that
-// arrived in [from, to), oldest first; when any resolved, it calls apply
-// and, if that succeeds, forgets them (so none is forgotten unapplied).
-func (s *StatusStore) ResolveUnknownReceipts(from, to time.Time, resolve func(UnknownReceipt) (bool, error), apply func() error) error {
+// ResolveUnknownReceipts hands resolve the unknown receipts that arrived in
+// [from, to), oldest first, in chunks of up to resolveChunk, for it to mark
+// those it resolved; when any were, it calls apply and, if that succeeds,
+// forgets them (so none is forgotten unapplied).
+func (s *StatusStore) ResolveUnknownReceipts(from, to time.Time, resolve func(rs []UnknownReceipt, resolved []bool) error, apply func() error) error {
 	b := s.aux.NewBatch()
 	defer b.Close()
-	err := s.eachUnknownReceipt(from, to, func(key []byte, r UnknownReceipt) error {
-		done, err := resolve(r)
-		if err != nil || !done {
+	var chunk []UnknownReceipt
+	var keys [][]byte
+	resolved := make([]bool, resolveChunk)
+	flush := func() error {
+		clear(resolved)
+		if err := resolve(chunk, resolved[:len(chunk)]); err != nil {
 			return err
 		}
-		return b.Delete(key, nil)
+		for i := range chunk {
+			if resolved[i] {
+				if err := b.Delete(keys[i], nil); err != nil {
+					return err
+				}
+			}
+		}
+		chunk, keys = chunk[:0], keys[:0]
+		return nil
+	}
+	err := s.eachUnknownReceipt(from, to, func(key []byte, r UnknownReceipt) error {
+		chunk, keys = append(chunk, r), append(keys, bytes.Clone(key))
+		if len(chunk) == resolveChunk {
+			return flush()
+		}
+		return nil
 	})
+	if err == nil && len(chunk) > 0 {
+		err = flush()
+	}
 	if err != nil || b.Empty() {
 		return err
 	}
@@ -438,6 +460,9 @@ func (s *StatusStore) ResolveUnknownReceipts(from, to time.Time, resolve func(Un
 	}
 	return s.commitAux(b)
 }
+
+// resolveChunk is how many unknown receipts a retry looks up together.
+const resolveChunk = 1000
 
 // UnknownReceipts calls fn for each unknown receipt that arrived in
 // [from, to), oldest first.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"testing"
 	"time"
 
@@ -161,6 +163,84 @@ func TestStatusStoreReadsHitTheBlockCache(t *testing.T) {
 	}
 	if m := s.db.Metrics().BlockCache; m.Hits == 0 || m.Size == 0 {
 		t.Fatalf("block cache %+v: the second read found nothing cached", m)
+	}
+}
+
+// Unknown receipts are resolved in chunks: every one is offered once, in
+// chunks no larger than resolveChunk, and only those marked resolved are
+// forgotten, after apply succeeds; a failed apply forgets none.
+func TestResolveUnknownReceiptsInChunks(t *testing.T) {
+	s, err := OpenStatus(t.TempDir(), time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Unix(1_900_000_000, 0)
+	const n = 2*resolveChunk + 500
+	rs := make([]UnknownReceipt, n)
+	for i := range rs {
+		rs[i] = UnknownReceipt{Provider: "webhook", ID: fmt.Sprintf("id-%05d", i), State: StateDelivered, At: now, ReceivedAt: now}
+	}
+	if err := s.AddUnknownReceipts(rs); err != nil {
+		t.Fatal(err)
+	}
+	// Every third: chunks of 1,000 then start at different places in the
+	// pattern, so a mark left over from the chunk before would show.
+	third := func(id string) bool {
+		k, _ := strconv.Atoi(id[len("id-"):])
+		return k%3 == 0
+	}
+	resolveThirds := func(offered map[string]int) func([]UnknownReceipt, []bool) error {
+		return func(chunk []UnknownReceipt, resolved []bool) error {
+			if len(chunk) > resolveChunk || len(resolved) != len(chunk) {
+				t.Fatalf("a chunk of %d with %d marks", len(chunk), len(resolved))
+			}
+			for i, r := range chunk {
+				offered[r.ID]++
+				if third(r.ID) { // marks only, as the engine does: the rest must come unmarked
+					resolved[i] = true
+				}
+			}
+			return nil
+		}
+	}
+	left := func() (ids []string) {
+		if err := s.UnknownReceipts(now.Add(-time.Second), now.Add(time.Second), func(r UnknownReceipt) error {
+			ids = append(ids, r.ID)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	offered := map[string]int{}
+	failed := errors.New("the log is down")
+	if err := s.ResolveUnknownReceipts(now.Add(-time.Second), now.Add(time.Second), resolveThirds(offered), func() error { return failed }); !errors.Is(err, failed) {
+		t.Fatalf("apply's error: %v", err)
+	}
+	if got := len(left()); got != n {
+		t.Fatalf("%d left after a failed apply, want all %d", got, n)
+	}
+	offered, applied := map[string]int{}, 0
+	if err := s.ResolveUnknownReceipts(now.Add(-time.Second), now.Add(time.Second), resolveThirds(offered), func() error { applied++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(offered) != n || applied != 1 {
+		t.Fatalf("%d receipts offered, apply called %d times", len(offered), applied)
+	}
+	for id, k := range offered {
+		if k != 1 {
+			t.Fatalf("%s offered %d times", id, k)
+		}
+	}
+	rest := left()
+	if want := n - (n+2)/3; len(rest) != want {
+		t.Fatalf("%d left, want %d", len(rest), want)
+	}
+	for _, id := range rest {
+		if third(id) {
+			t.Fatalf("%s was resolved and is still kept", id)
+		}
 	}
 }
 
