@@ -1338,6 +1338,8 @@ type Metrics struct {
 	BucketFloor uint32 // buckets below are reclaimed
 	RecentKeys  int    // keys whose newest entry is copied in memory
 	RecentBytes int    // the memory those copies take
+	// Pebble's block cache: reads found cached and not.
+	CacheHits, CacheMisses int64
 	// The filters' memory, and the most stages a bucket's filter has grown
 	// to (3.3 % false positives with one, 5.0 with three, 5.6 with six).
 	FilterBytes, FilterStages int
@@ -1357,7 +1359,7 @@ func (s *Store) Metrics() Metrics {
 		Claims: s.m.claims.Load(), Hits: s.m.hits.Load(), InFlight: s.m.inflight.Load(),
 		TakenOver: s.m.takeovers.Load(), Uncertain: s.m.uncertain.Load(), Confirms: s.m.confirms.Load(),
 		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(),
-		DiskBytes: pm.DiskSpaceUsage(),
+		DiskBytes: pm.DiskSpaceUsage(), CacheHits: pm.BlockCache.Hits, CacheMisses: pm.BlockCache.Misses,
 	}
 	if s.buf != nil {
 		m.Syncs = s.buf.syncs.Load()

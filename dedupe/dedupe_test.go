@@ -136,8 +136,8 @@ func TestLookupsHitTheBlockCache(t *testing.T) {
 			t.Fatalf("lookup %+v %v", lr, err)
 		}
 	}
-	if m := s.db.Metrics().BlockCache; m.Hits == 0 || m.Size == 0 {
-		t.Fatalf("block cache %+v: the second lookup found nothing cached", m)
+	if m := s.Metrics(); m.CacheHits == 0 || s.db.Metrics().BlockCache.Size == 0 {
+		t.Fatalf("block cache: %d hits, %d misses: the second lookup found nothing cached", m.CacheHits, m.CacheMisses)
 	}
 }
 

@@ -142,6 +142,15 @@ var statusMetrics = []storeSeries[StatusMetrics]{
 	statusGauge("l0_files", "Status store tables in level 0, waiting for compaction.", func(m StatusMetrics) float64 { return float64(m.L0Files) }),
 	statusGauge("compaction_debt_bytes", "Bytes the status store estimates it must compact to settle.",
 		func(m StatusMetrics) float64 { return float64(m.CompactionDebt) }),
+	statusCounter("block_cache_hits", "Status store reads (GET, duplicates' answers, receipts) whose blocks were cached.",
+		func(m StatusMetrics) int64 { return m.CacheHits }),
+	statusCounter("block_cache_misses", "Status store reads whose blocks were read from disk and decompressed.",
+		func(m StatusMetrics) int64 { return m.CacheMisses }),
+}
+
+func statusCounter(name, help string, v func(StatusMetrics) int64) storeSeries[StatusMetrics] {
+	return storeSeries[StatusMetrics]{prometheus.NewDesc("goutong_status_store_"+name+"_total", help, nil, nil), prometheus.CounterValue,
+		func(m StatusMetrics) float64 { return float64(v(m)) }}
 }
 
 var dedupeMetrics = []storeSeries[dedupe.Metrics]{
@@ -156,6 +165,10 @@ var dedupeMetrics = []storeSeries[dedupe.Metrics]{
 	dedupeCounter("reclaims", "Range deletes of expired time buckets.", func(m dedupe.Metrics) int64 { return m.Reclaims }),
 	dedupeGauge("keys", "Entries on disk, approximately (the memtable is not counted).", func(m dedupe.Metrics) float64 { return float64(m.KeysApprox) }),
 	dedupeGauge("disk_bytes", "Bytes the store takes on disk.", func(m dedupe.Metrics) float64 { return float64(m.DiskBytes) }),
+	dedupeCounter("block_cache_hits", "Pebble reads (claims and lookups the filters let through) whose blocks were cached.",
+		func(m dedupe.Metrics) int64 { return m.CacheHits }),
+	dedupeCounter("block_cache_misses", "Pebble reads whose blocks were read from disk and decompressed.",
+		func(m dedupe.Metrics) int64 { return m.CacheMisses }),
 	dedupeGauge("recent_keys", "Keys whose newest entry is copied in memory (WithRecent).", func(m dedupe.Metrics) float64 { return float64(m.RecentKeys) }),
 	dedupeGauge("recent_bytes", "Memory the copies of recent entries take.", func(m dedupe.Metrics) float64 { return float64(m.RecentBytes) }),
 	dedupeGauge("filter_bytes", "Memory the time buckets' Bloom filters take (bounded by WithFilterMemory).", func(m dedupe.Metrics) float64 { return float64(m.FilterBytes) }),

@@ -250,13 +250,16 @@ type StatusMetrics struct {
 	DiskBytes      uint64 // events and aux, on disk
 	L0Files        int64  // event tables in level 0, waiting for compaction
 	CompactionDebt uint64 // bytes Pebble estimates it must compact to settle
+	// The block cache the events and aux share: its reads found cached and
+	// not (a store whose hits stay at 0 decompresses every read again).
+	CacheHits, CacheMisses int64
 }
 
 // Metrics returns the store's sizes.
 func (s *StatusStore) Metrics() StatusMetrics {
 	m, aux := s.db.Metrics(), s.aux.Metrics()
 	return StatusMetrics{DiskBytes: m.DiskSpaceUsage() + aux.DiskSpaceUsage(), L0Files: m.Levels[0].TablesCount,
-		CompactionDebt: m.Compact.EstimatedDebt}
+		CompactionDebt: m.Compact.EstimatedDebt, CacheHits: m.BlockCache.Hits, CacheMisses: m.BlockCache.Misses}
 }
 
 // Checkpoint makes every event applied before it durable: it flushes the
