@@ -80,15 +80,23 @@ func TestStatusStoreHistoryAndWindow(t *testing.T) {
 	}
 }
 
-// latest finds each id's newest event in one sorted pass, as Get would:
-// unknown ids, an id asked twice, and ids that are prefixes of other ids
-// (receipts carry whatever id the provider echoes back) among them.
-func TestStatusStoreLatest(t *testing.T) {
+// openTempStatus opens a status store in a directory of t's, closed when
+// t ends.
+func openTempStatus(t *testing.T) *StatusStore {
+	t.Helper()
 	s, err := OpenStatus(t.TempDir(), time.Hour, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// latest finds each id's newest event in one sorted pass, as Get would:
+// unknown ids, an id asked twice, and ids that are prefixes of other ids
+// (receipts carry whatever id the provider echoes back) among them.
+func TestStatusStoreLatest(t *testing.T) {
+	s := openTempStatus(t)
 	t0 := time.Unix(1_900_000_000, 0)
 	a, b := idAt(t0, 1), idAt(t0, 2)
 	longer, onlyLonger := a+"Z", idAt(t0, 3)+"Q" // onlyLonger's prefix is stored under no id of its own
@@ -132,11 +140,7 @@ func TestStatusStoreLatest(t *testing.T) {
 // memtables kept no block, and every read decompressed its blocks again.
 // The store's reads hit its cache.
 func TestStatusStoreReadsHitTheBlockCache(t *testing.T) {
-	s, err := OpenStatus(t.TempDir(), time.Hour, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTempStatus(t)
 	// Memtables start at 256 KiB and double as they fill, up to 64 MiB:
 	// these events take them well past the 8 MiB of blocks the store keeps.
 	t0 := time.Unix(1_900_000_000, 0)
@@ -170,11 +174,7 @@ func TestStatusStoreReadsHitTheBlockCache(t *testing.T) {
 // chunks no larger than resolveChunk, and only those marked resolved are
 // forgotten, after apply succeeds; a failed apply forgets none.
 func TestResolveUnknownReceiptsInChunks(t *testing.T) {
-	s, err := OpenStatus(t.TempDir(), time.Hour, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTempStatus(t)
 	now := time.Unix(1_900_000_000, 0)
 	const n = 2*resolveChunk + 500
 	rs := make([]UnknownReceipt, n)
