@@ -74,9 +74,25 @@ func (t *liveTable) set(d digest, c liveClaim) {
 	t.vals[i] = c
 }
 
-func (t *liveTable) grow() {
+func (t *liveTable) grow() { t.resize(max(minLiveSlots, 2*len(t.keys))) }
+
+// shrink halves the table while it is under an eighth full, so the peak
+// of one burst's open claims does not hold its memory for good. It leaves
+// the table at least an eighth full, well below the half that grows it.
+func (t *liveTable) shrink() {
+	size := len(t.keys)
+	for size > minLiveSlots && 8*t.n < size {
+		size /= 2
+	}
+	if size < len(t.keys) {
+		t.resize(size)
+	}
+}
+
+const minLiveSlots = 64
+
+func (t *liveTable) resize(size int) {
 	oldKeys, oldVals := t.keys, t.vals
-	size := max(64, 2*len(oldKeys))
 	t.keys, t.vals, t.mask = make([]digest, size), make([]liveClaim, size), uint64(size-1)
 	for i := range oldKeys {
 		if oldKeys[i] != (digest{}) {
@@ -115,8 +131,10 @@ func (t *liveTable) del(d digest) {
 	t.keys[i], t.vals[i] = digest{}, liveClaim{} // the id's string goes with it
 }
 
-// deleteIf forgets every entry drop reports true for.
+// deleteIf forgets every entry drop reports true for, then shrinks the
+// table if it is mostly empty.
 func (t *liveTable) deleteIf(drop func(liveClaim) bool) {
+	defer t.shrink()
 	if t.zeroSet && drop(t.zero) {
 		t.del(digest{})
 	}

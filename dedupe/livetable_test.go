@@ -85,3 +85,28 @@ func TestLiveTableDeleteLeavesNoTrace(t *testing.T) {
 		}
 	}
 }
+
+// A sweep that leaves the table mostly empty shrinks it, and keeps what is
+// left: a burst's peak of open claims does not hold its memory for good.
+func TestLiveTableShrinksAfterASweep(t *testing.T) {
+	var lt liveTable
+	var ds []digest
+	for i := range 100_000 {
+		var d digest
+		binary.LittleEndian.PutUint64(d[:], uint64(i+1)*0x9E3779B97F4A7C15)
+		binary.LittleEndian.PutUint64(d[8:], uint64(i))
+		ds = append(ds, d)
+		lt.set(d, liveClaim{id: "x", leaseTill: int64(i)})
+	}
+	peak := len(lt.keys)
+	lt.deleteIf(func(c liveClaim) bool { return c.leaseTill >= 100 }) // 100 left
+	if len(lt.keys) > peak/256 || 8*lt.len() < len(lt.keys) {
+		t.Fatalf("%d slots for %d entries after the sweep (%d at the peak)", len(lt.keys), lt.len(), peak)
+	}
+	for i, d := range ds {
+		c, ok := lt.get(d)
+		if ok != (i < 100) || (ok && c.leaseTill != int64(i)) {
+			t.Fatalf("entry %d after the shrink: %+v %v", i, c, ok)
+		}
+	}
+}
