@@ -93,8 +93,6 @@ func stageBlocks(keys, bitsPerKey uint) uint {
 // positives of the one before and their sum stays under 6 %.
 func stageBits(i int) uint { return filterBitsPerKey + 2*uint(min(i, 4)) }
 
-func newBlockFilter(keys uint) *blockFilter { return newStage(keys, filterBitsPerKey) }
-
 func newStage(keys, bitsPerKey uint) *blockFilter {
 	return &blockFilter{blocks: make([][8]uint32, stageBlocks(keys, bitsPerKey)), keys: keys}
 }

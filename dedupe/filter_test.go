@@ -105,7 +105,7 @@ func filtersNeverHideAKey(t *testing.T, filter ...Option) {
 func TestBlockFilterFalsePositives(t *testing.T) {
 	const keys = 200_000
 	f := newFilters(keys, 0)
-	bf := newBlockFilter(keys)
+	bf := newStage(keys, filterBitsPerKey)
 	for i := range keys {
 		bf.add(f.hash(fmt.Appendf(nil, "k1-%032x", i)))
 	}

@@ -100,13 +100,14 @@ func (e *Engine) ApplyReceipts(ctx context.Context, provider string, rs []provid
 			final = append(final, r)
 		}
 	}
-	cur, found := make([]StatusEvent, len(final)), make([]bool, len(final))
+	var cur []StatusEvent
+	var found []bool
 	if e.cfg.Status != nil {
 		ids := make([]string, len(final))
 		for i, r := range final {
 			ids[i] = r.ID
 		}
-		if err := e.cfg.Status.latest(ids, cur, found); err != nil {
+		if cur, found, err = e.cfg.Status.latest(ids); err != nil {
 			return 0, nil, err
 		}
 	}
@@ -164,8 +165,8 @@ func (e *Engine) retryUnknownReceipts(ctx context.Context, interval time.Duratio
 			for i, r := range rs {
 				ids[i] = r.ID
 			}
-			cur, found := make([]StatusEvent, len(rs)), make([]bool, len(rs))
-			if err := e.cfg.Status.latest(ids, cur, found); err != nil {
+			cur, found, err := e.cfg.Status.latest(ids)
+			if err != nil {
 				return err
 			}
 			for i, r := range rs {
@@ -234,8 +235,8 @@ func (e *Engine) States(ids []string) ([]State, error) {
 	if e.cfg.Status == nil {
 		return out, nil
 	}
-	cur, found := make([]StatusEvent, len(ids)), make([]bool, len(ids))
-	if err := e.cfg.Status.latest(ids, cur, found); err != nil {
+	cur, found, err := e.cfg.Status.latest(ids)
+	if err != nil {
 		return nil, err
 	}
 	for i := range ids {

@@ -608,13 +608,14 @@ func (s *StatusStore) Get(id string) (Status, error) {
 	return st, nil
 }
 
-// latest sets out[i] to the newest event of ids[i] and found[i] to whether
-// the store knows it. The ids are looked up in key order through one
+// latest returns the newest event of each id, and whether the store knows
+// it. The ids are looked up in key order through one
 // iterator: a provider's batch of receipts costs one iterator, not one an
 // id, and seeks that move forward reuse the blocks already loaded
 // (BenchmarkApplyReceipts, 1,000 a call after a 1M campaign: 62K → 86K
 // receipts/s against a Get each).
-func (s *StatusStore) latest(ids []string, out []StatusEvent, found []bool) error {
+func (s *StatusStore) latest(ids []string) (out []StatusEvent, found []bool, err error) {
+	out, found = make([]StatusEvent, len(ids)), make([]bool, len(ids))
 	order := make([]int, len(ids))
 	for i := range order {
 		order[i] = i
@@ -622,20 +623,19 @@ func (s *StatusStore) latest(ids []string, out []StatusEvent, found []bool) erro
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'s'}, UpperBound: []byte{'t'}})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	defer it.Close()
 	var prefix, key, val []byte
 	for _, i := range order {
 		prefix = append(append(prefix[:0], 's'), ids[i]...)
-		found[i] = false
 		// The last of ours is the newest. Keys of a longer id sharing this
 		// prefix are not ours.
 		for valid := it.SeekGE(prefix); valid && bytes.HasPrefix(it.Key(), prefix); valid = it.Next() {
 			if len(it.Key()) == len(prefix)+statusKeyTail {
 				v, err := it.ValueAndErr()
 				if err != nil {
-					return err
+					return nil, nil, err
 				}
 				key, val = append(key[:0], it.Key()...), append(val[:0], v...)
 				found[i] = true
@@ -644,12 +644,11 @@ func (s *StatusStore) latest(ids []string, out []StatusEvent, found []bool) erro
 		if !found[i] {
 			continue
 		}
-		var err error
 		if out[i], err = decodeStoredEvent(ids[i], key, val); err != nil {
-			return fmt.Errorf("engine: status of %s: %w", ids[i], err)
+			return nil, nil, fmt.Errorf("engine: status of %s: %w", ids[i], err)
 		}
 	}
-	return it.Error()
+	return out, found, it.Error()
 }
 
 // Reclaim drops the events and payloads of notifications created before

@@ -112,8 +112,8 @@ func TestStatusStoreLatest(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := []string{longer, idAt(t0, 9), a, b, a, onlyLonger[:len(onlyLonger)-1]}
-	out, found := make([]StatusEvent, len(ids)), make([]bool, len(ids))
-	if err := s.latest(ids, out, found); err != nil {
+	out, found, err := s.latest(ids)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for i, id := range ids {
