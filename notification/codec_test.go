@@ -81,6 +81,10 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 		{`{"channel":"sms","recipient":"+1","content":{"body":"x","html":"y"}}`, "content.html"},
 		{`{` + base + `,"not_before":"2026-01-02T00:00:00Z","expires_at":"2026-01-01T00:00:00Z"}`, "expires_at"},
 		{`{` + base + `,"recipient":"` + strings.Repeat("9", MaxRecipientLen+1) + `"}`, "recipient"},
+		{`{"channel":"sms","recipient":"+1","content":{"body":"x"},"vars":{"code":"1"}}`, "vars"},
+		{`{` + base + `,"vars":{"code":"` + strings.Repeat("9", MaxValueLen+1) + `"}}`, "vars.code"},
+		{`{` + base + `,"vars":{"code":` + strings.Repeat("9", MaxValueLen+1) + `}}`, "vars.code"},
+		{`{` + base + `,"vars":{"code":"` + "\xff" + `"}}`, "vars.code"},
 		{`[1]`, ""},
 		{`{"channel":`, ""},
 	}

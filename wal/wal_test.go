@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -102,6 +103,42 @@ func TestAppendReadEveryCodecAcrossSegments(t *testing.T) {
 			appendN(t, l, "t", 1, 3000, 10, 3)
 			checkSeq(t, readAll(t, l, "t", 1, 2990), 2990, 20)
 		})
+	}
+}
+
+// A sealed segment missing from the middle of a partition (a slip of an
+// operator's rm, a failed restore) leaves a gap of offsets: open refuses
+// the log rather than serve the records around it as if none were lost.
+func TestMissingSegmentRefusesToOpen(t *testing.T) {
+	dir := t.TempDir()
+	l := mustOpen(t, dir)
+	if err := l.CreateTopic("t", TopicConfig{Partitions: 1, SegmentBytes: 8 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, "t", 0, 0, 2000, 10)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "topics/t/0/*.log"))
+	if len(segs) < 3 {
+		t.Fatalf("expected several segments, got %d", len(segs))
+	}
+	// Glob sorts by name, not by base offset; any but the first and last will do.
+	victim := segs[1]
+	if victim == filepath.Join(dir, "topics/t/0/0.log") {
+		victim = segs[2]
+	}
+	if err := os.Remove(victim); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(strings.TrimSuffix(victim, ".log") + ".idx")
+	l2, err := Open(dir, WithRetentionInterval(0))
+	if err == nil {
+		l2.Close()
+		t.Fatalf("opened with %s missing", filepath.Base(victim))
+	}
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("want ErrCorrupt, got %v", err)
 	}
 }
 
@@ -247,8 +284,21 @@ func TestCreateTopicRules(t *testing.T) {
 			t.Fatalf("name %q accepted", bad)
 		}
 	}
-	if l.CreateTopic("z", TopicConfig{Partitions: 0}) == nil || l.CreateTopic("z", TopicConfig{Partitions: 1, Fsync: "sometimes"}) == nil {
-		t.Fatal("bad config accepted")
+	for _, bad := range []TopicConfig{
+		{Partitions: 0},
+		{Partitions: 4097},
+		{Partitions: 1, Fsync: "sometimes"},
+		{Partitions: 1, Codec: CodecZstd + 1},
+		{Partitions: 1, SegmentBytes: 4095},
+		{Partitions: 1, RetentionAge: -time.Second},
+		{Partitions: 1, RetentionBytes: -1},
+	} {
+		if err := l.CreateTopic("z", bad); err == nil {
+			t.Fatalf("bad config %+v accepted", bad)
+		}
+	}
+	if _, ok := l.TopicConfig("z"); ok {
+		t.Fatal("a refused topic exists")
 	}
 	if _, err := l.Append(context.Background(), "nope", 0, []Record{{}}); !errors.Is(err, ErrUnknownTopic) {
 		t.Fatal(err)
