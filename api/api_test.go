@@ -307,6 +307,12 @@ func TestBadInputNamesTheField(t *testing.T) {
 		{"missing template var", "application/json", `[{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":"1"}},` +
 			`{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"kode":"1"}}]`, 400, "invalid_field", "vars.code", 1},
 		{"malformed ndjson line", "application/x-ndjson", webhookJSON(0, "") + "\n\n" + webhookJSON(1, "") + "\n{oops\n", 400, "malformed_json", "", 2},
+		// What fastjson's parser lets through and JSON does not.
+		{"invalid escape", "application/json", webhookJSON(1, `,"metadata":{"k":"a\qb"}`), 400, "malformed_json", "", -1},
+		{"control character", "application/x-ndjson", webhookJSON(0, "") + "\n" + webhookJSON(1, `,"metadata":{"k":"a`+"\x01"+`b"}`) + "\n", 400, "malformed_json", "", 1},
+		{"lone surrogate", "application/json", `[` + webhookJSON(0, `,"metadata":{"k":"\ud800"}`) + `]`, 400, "malformed_json", "", -1},
+		{"NaN", "application/json", `[{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":"1"}},` +
+			`{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":NaN}}]`, 400, "invalid_field", "vars.code", 1},
 		{"too many items", "application/json", big, 413, "too_many_items", "items", -1},
 		{"oversize", "application/json", `{"channel":"webhook","recipient":"x","content":{"body":"` + strings.Repeat("a", 70<<10) + `"}}`, 413, "body_too_large", "", -1},
 		{"empty", "application/json", "  ", 400, "invalid_body", "", -1},
@@ -326,6 +332,12 @@ func TestBadInputNamesTheField(t *testing.T) {
 	r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(0, ""))
 	if r.code != 202 {
 		t.Fatalf("the valid item of a rejected batch was enqueued: %d %s", r.code, r.raw)
+	}
+	// Pretty-printed JSON and every escape JSON has are accepted.
+	pretty := "[\n\t{\n\t\t\"channel\": \"webhook\",\r\n\t\t\"recipient\": \"https://hooks.example/x\",\n" +
+		"\t\t\"content\": {\"body\": \"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"}\n\t}\n]\n"
+	if r := n.do("POST", "/v1/notifications", "", "application/json", pretty); r.code != 202 {
+		t.Fatalf("%s: %d %s", pretty, r.code, r.raw)
 	}
 	// A template is checked only where the provider renders it.
 	body := `{"channel":"webhook","recipient":"https://hooks.example/x","template":"promo"}`

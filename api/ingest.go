@@ -204,7 +204,7 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 			if i >= maxItems {
 				return nil, false, []apiError{tooMany(maxItems)}, fasthttp.StatusRequestEntityTooLarge
 			}
-			v, err := p.ParseBytes(line)
+			v, err := parseChecked(p, line)
 			if err != nil {
 				if len(errs) < maxErrors {
 					errs = append(errs, apiError{Code: "malformed_json", Index: ptr(i), Message: "malformed JSON: " + err.Error()})
@@ -215,7 +215,7 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 			i++
 		}
 	case trimmed[0] == '[':
-		v, err := p.ParseBytes(body)
+		v, err := parseChecked(p, body)
 		if err != nil {
 			return nil, false, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
 		}
@@ -227,7 +227,7 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 			add(i, it, nil)
 		}
 	case trimmed[0] == '{':
-		v, err := p.ParseBytes(body)
+		v, err := parseChecked(p, body)
 		if err != nil {
 			return nil, false, []apiError{{Code: "malformed_json", Message: "malformed JSON: " + err.Error()}}, fasthttp.StatusBadRequest
 		}
@@ -251,6 +251,15 @@ func decodeBody(codec *notification.Codec, body []byte, ct string, key Key, maxI
 		return nil, false, []apiError{{Code: "invalid_body", Message: "no notifications in the body"}}, fasthttp.StatusBadRequest
 	}
 	return ns, single, nil, 0
+}
+
+// parseChecked parses JSON text after refusing what fastjson's parser would
+// let through and JSON does not (see notification.CheckJSON).
+func parseChecked(p *fastjson.Parser, text []byte) (*fastjson.Value, error) {
+	if err := notification.CheckJSON(text); err != nil {
+		return nil, err
+	}
+	return p.ParseBytes(text)
 }
 
 var errForeignTenant = errors.New("tenant differs from the API key's tenant")

@@ -56,7 +56,8 @@ func (c *Codec) KnownChannel(ch Channel) bool {
 func (c *Codec) Decode(data []byte) (*Notification, error) { return c.DecodeIn(nil, data) }
 
 // DecodeValue decodes an already parsed JSON value (an element of a JSON
-// array or an NDJSON line) and validates it.
+// array or an NDJSON line) and validates it. fastjson's parser is lenient
+// where JSON is not: run CheckJSON on the text before parsing it.
 //
 // Decoding is on the engine's hot path (every record, once per poll), so
 // it copies every string of the record into one buffer: two allocations
@@ -72,9 +73,9 @@ func (c *Codec) DecodeValueIn(a *Arena, v *fastjson.Value) (*Notification, error
 }
 
 // DecodeParsedIn is DecodeValueIn for a value parsed from raw alone (an
-// NDJSON line, a single-object body): raw's length bounds the value's
-// strings, which saves a pass over it to add them up. A nil raw (an
-// array's item) is DecodeValueIn.
+// NDJSON line, a single-object body; checked with CheckJSON, as DecodeValue
+// asks): raw's length bounds the value's strings, which saves a pass over
+// it to add them up. A nil raw (an array's item) is DecodeValueIn.
 func (c *Codec) DecodeParsedIn(a *Arena, v *fastjson.Value, raw []byte) (*Notification, error) {
 	return c.decodeValue(v, a, len(raw))
 }
@@ -83,6 +84,9 @@ func (c *Codec) DecodeParsedIn(a *Arena, v *fastjson.Value, raw []byte) (*Notifi
 // (none: allocated on their own): no allocation of its own for a record
 // without vars or metadata.
 func (c *Codec) DecodeIn(a *Arena, data []byte) (*Notification, error) {
+	if err := CheckJSON(data); err != nil {
+		return nil, fieldErr("", "malformed JSON: %v", err)
+	}
 	p := c.parsers.Get()
 	defer c.parsers.Put(p)
 	v, err := p.ParseBytes(data)
@@ -294,6 +298,13 @@ func (d *decoder) field(key []byte, v *fastjson.Value) error {
 		n.AcceptedAt, err = timestamp("accepted_at", v)
 	case "attempts":
 		a, aerr := v.Int()
+		if aerr == nil {
+			// The arena has room for the number's text: it came from the record.
+			start := len(d.arena)
+			d.arena = v.MarshalTo(d.arena)
+			aerr = strictNumber(d.arena[start:])
+			d.arena = d.arena[:start]
+		}
 		if aerr != nil || a < 0 {
 			return fieldErr("attempts", "want a non-negative integer")
 		}
@@ -366,6 +377,12 @@ func (d *decoder) stringMap(field string, v *fastjson.Value, max int) (map[strin
 			if len(d.arena)-start > MaxValueLen {
 				ferr = fieldErr(field+"."+string(k), "longer than %d bytes", MaxValueLen)
 				return
+			}
+			if ev.Type() == fastjson.TypeNumber {
+				if err := strictNumber(d.arena[start:]); err != nil {
+					ferr = fieldErr(field+"."+string(k), "%v", err)
+					return
+				}
 			}
 			s = unsafe.String(&d.arena[start], len(d.arena)-start)
 		default:

@@ -16,6 +16,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"channel":"push","recipient":"tok","template":"t","vars":{"a":1.5e3,"b":true}}`))
 	f.Add([]byte(`[]`))
 	f.Add([]byte(`{"vars":null,"content":null}`))
+	f.Add([]byte(`{"channel":"sms","template":"t","recipient":"a\u00e9\ud83d\ude00\\ud800","vars":{"c":-0.5e1}}`))
 	c := NewCodec("custom")
 	// One small arena across all inputs: decoding into it must give what
 	// Decode gives, whatever was decoded into it before.
@@ -31,7 +32,8 @@ func FuzzDecode(f *testing.F) {
 		}
 		// A parsed value (an array's item) is sized by a pass over its
 		// strings rather than by the record's length: the same result.
-		if v, perr := new(fastjson.Parser).ParseBytes(data); perr == nil {
+		// Their callers check the text (CheckJSON) before they parse it.
+		if v, perr := new(fastjson.Parser).ParseBytes(data); perr == nil && CheckJSON(data) == nil {
 			nv, verr := c.DecodeValueIn(arena, v)
 			if (err == nil) != (verr == nil) || (err == nil && !reflect.DeepEqual(n, nv)) {
 				t.Fatalf("DecodeValueIn: %+v, %v; Decode: %+v, %v", nv, verr, n, err)
@@ -46,6 +48,26 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("error does not wrap ErrInvalid: %v", err)
 			}
 			return
+		}
+		// What decodes is JSON, and its strings read as encoding/json reads them.
+		if !json.Valid(data) {
+			t.Fatalf("accepted text that is not JSON: %q", data)
+		}
+		var std struct {
+			ID             string `json:"id"`
+			IdempotencyKey string `json:"idempotency_key"`
+			Tenant         string `json:"tenant"`
+			Recipient      string `json:"recipient"`
+			Template       string `json:"template"`
+			Content        *struct {
+				Subject string `json:"subject"`
+				Body    string `json:"body"`
+			} `json:"content"`
+		}
+		if json.Unmarshal(data, &std) == nil && (std.ID != n.ID || std.IdempotencyKey != n.IdempotencyKey ||
+			std.Tenant != n.Tenant || std.Recipient != n.Recipient || std.Template != n.Template ||
+			(std.Content != nil && n.Content != nil && (std.Content.Subject != n.Content.Subject || std.Content.Body != n.Content.Body))) {
+			t.Fatalf("strings differ from encoding/json's reading of %q:\n%+v\n%+v", data, n, std)
 		}
 		// Whatever decodes must re-encode to something that decodes to the same.
 		b := c.Encode(n)
