@@ -96,16 +96,22 @@ func (c *ChannelLimit) Budget(now time.Time) (urgent, low int) {
 	return max(urgent, 0), max(low, 0)
 }
 
-// Take spends the tokens of a batch gathered within Budget.
+// Take spends the tokens of a batch gathered within Budget. Tokens taken
+// past the bucket's content (a batch gathered over a larger budget) become
+// a debt the next budgets pay, where AllowN would take nothing at all and
+// let the whole batch go free.
 func (c *ChannelLimit) Take(now time.Time, urgent, low int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if low > 0 {
-		c.low.AllowN(now, low)
+	take := func(l *rate.Limiter, n int) {
+		for n > 0 {
+			k := min(n, l.Burst()) // ReserveN refuses more than a burst
+			l.ReserveN(now, k)
+			n -= k
+		}
 	}
-	if urgent+low > 0 {
-		c.all.AllowN(now, urgent+low)
-	}
+	take(c.low, low)
+	take(c.all, urgent+low)
 }
 
 // LowTimeFor is how long until n sends of normal or bulk may go (forever,

@@ -96,6 +96,50 @@ func TestChannelLimitReservedShare(t *testing.T) {
 	}
 }
 
+// The dispatcher's side of the limit: the budget it gathers a batch in,
+// the batch it takes, and how long it sleeps when the budget is spent.
+// 1024/s with a quarter reserved leaves 768/s to normal and bulk, and
+// waits of 1/128 s are exact in binary, so every figure below is exact.
+func TestChannelLimitBudgetTakeAndWaits(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	l, err := NewChannelLimit(1024, 64, 0.25)
+	if err != nil {
+		t.Fatal(err)
+	}
+	budget := func(at time.Time, urgent, low int) {
+		t.Helper()
+		if u, lo := l.Budget(at); u != urgent || lo != low {
+			t.Fatalf("budget %d/%d, want %d/%d", u, lo, urgent, low)
+		}
+	}
+	wait := func(what string, got, want time.Duration) {
+		t.Helper()
+		if got != want {
+			t.Fatalf("%s: %v, want %v", what, got, want)
+		}
+	}
+	budget(start, 64, 48) // full buckets: the low one holds three quarters
+	l.Take(start, 4, 40)  // urgent sends spend the channel's tokens only
+	budget(start, 20, 8)
+	l.Take(start, 12, 8)
+	budget(start, 0, 0)
+	wait("critical's next token", l.NextToken(start, notification.Critical), time.Second/1024)
+	wait("bulk's next token", l.NextToken(start, notification.Bulk), time.Second/768)
+	wait("six low sends", l.LowTimeFor(start, 6), time.Second*6/768)
+	t1 := start.Add(time.Second / 128)
+	budget(t1, 8, 6)
+	wait("a token in hand", l.NextToken(t1, notification.Bulk), time.Millisecond/10)
+	wait("six low sends, refilled", l.LowTimeFor(t1, 6), 0)
+	wait("a seventh", l.LowTimeFor(t1, 7), time.Second/768)
+	// Tokens taken past the budget are a debt, not a free batch.
+	l.Take(t1, 20, 0)
+	budget(t1, 0, 0)
+	wait("critical after the overdraft", l.NextToken(t1, notification.Critical), time.Second*13/1024)
+	l.Take(t1, 0, 200) // over both bursts at once
+	budget(t1.Add(time.Second/8), 0, 0)
+	wait("low after the overdraft", l.LowTimeFor(t1, 1), time.Second*195/768)
+}
+
 func TestBackoffFullJitterAndRetryAfter(t *testing.T) {
 	var bounds []int64
 	b := Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Rand: func(n int64) int64 { bounds = append(bounds, n); return n - 1 }}
