@@ -299,7 +299,7 @@ func (d *decoder) field(key []byte, v *fastjson.Value) error {
 	case "attempts":
 		a, aerr := v.Int()
 		if aerr == nil {
-			// The arena has room for the number's text: it came from the record.
+			// Only checked: the text borrows the arena and gives it back.
 			start := len(d.arena)
 			d.arena = v.MarshalTo(d.arena)
 			aerr = strictNumber(d.arena[start:])
