@@ -440,10 +440,36 @@ func timestamp(field string, v *fastjson.Value) (time.Time, error) {
 	}
 	// time.Parse keeps its input only in the error, which is dropped here.
 	t, err := time.Parse(time.RFC3339Nano, view(b))
-	if err != nil {
+	if err != nil || !rfc3339Shape(b) {
 		return time.Time{}, fieldErr(field, "not an RFC 3339 timestamp: %q", b)
 	}
 	return t, nil
+}
+
+// rfc3339Shape holds a timestamp time.Parse accepted to RFC 3339's own
+// grammar, where Go is looser: a one-digit hour (T1:05:00), a comma before
+// the fraction, and offsets past 23:59 (+01:60 read as +02:00).
+func rfc3339Shape(b []byte) bool {
+	if len(b) < 20 || b[13] != ':' || b[16] != ':' {
+		return false
+	}
+	rest := b[19:]
+	if rest[0] == '.' {
+		i := 1
+		for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+			i++
+		}
+		rest = rest[i:]
+	}
+	switch {
+	case len(rest) == 1:
+		return rest[0] == 'Z'
+	case len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':':
+		hh := int(rest[1]-'0')*10 + int(rest[2]-'0')
+		mm := int(rest[4]-'0')*10 + int(rest[5]-'0')
+		return hh <= 23 && mm <= 59
+	}
+	return false
 }
 
 // Validate checks the rules that hold for any notification, whether it came

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 // What fastjson's parser lets through and JSON does not must come back as
@@ -45,6 +46,7 @@ func TestDecodeKeepsWhatJSONAllows(t *testing.T) {
 		{`{"channel":"sms","template":"otp","recipient":"+1","vars":{"code":1.5e3}}`, "+1", "1.5e3"},
 		{`{"channel":"sms","template":"otp","recipient":"+1","vars":{"code":0.5E-2}}`, "+1", "0.5E-2"},
 		{`{"channel":"sms","template":"otp","recipient":"a\\ud800","vars":{"code":"x"}}`, `a\ud800`, "x"},
+		{"{\"channel\":\"sms\",\"template\":\"otp\",\"recipient\":\"+1\",\"vars\":{\"code\":\"2\"}}\r", "+1", "2"}, // an NDJSON line of a CRLF file
 	}
 	for _, tc := range cases {
 		n, err := NewCodec().Decode([]byte(tc.in))
@@ -88,6 +90,20 @@ func TestHasControlEveryPosition(t *testing.T) {
 		binary.LittleEndian.PutUint64(w[:], x)
 		if hasControl(w[:]) {
 			t.Fatalf("flagged %x", x)
+		}
+	}
+}
+
+func TestTimestampsAsRFC3339Has(t *testing.T) {
+	for _, ok := range []string{"2026-11-24T10:05:00Z", "2026-11-24T10:05:00.123456789Z", "2026-11-24T10:05:00+08:00",
+		"2026-11-24T10:05:00.5-23:59", "2026-11-24T10:05:00-00:00"} {
+		in := `{"channel":"sms","recipient":"+1","template":"otp","expires_at":"` + ok + `"}`
+		n, err := NewCodec().Decode([]byte(in))
+		if err != nil {
+			t.Fatalf("%s: %v", ok, err)
+		}
+		if want, _ := time.Parse(time.RFC3339Nano, ok); !n.ExpiresAt.Equal(want) {
+			t.Fatalf("%s read as %v", ok, n.ExpiresAt)
 		}
 	}
 }
