@@ -44,17 +44,22 @@ func (c *ChannelLimit) Reserve(now time.Time, p notification.Priority, n int) ti
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var wait time.Duration
-	take := func(l *rate.Limiter, n int) {
-		for n > 0 {
-			k := min(n, l.Burst())
-			wait = max(wait, l.ReserveN(now, k).DelayFrom(now))
-			n -= k
-		}
-	}
 	if p != notification.Critical && p != notification.High {
-		take(c.low, n)
+		wait = reserve(c.low, now, n)
 	}
-	take(c.all, n)
+	return max(wait, reserve(c.all, now, n))
+}
+
+// reserve takes n tokens from l at now, in pieces of at most a burst
+// (ReserveN refuses more), and returns how long until the last may go.
+// Tokens past what l holds become a debt later reservations pay.
+func reserve(l *rate.Limiter, now time.Time, n int) time.Duration {
+	var wait time.Duration
+	for n > 0 {
+		k := min(n, l.Burst())
+		wait = max(wait, l.ReserveN(now, k).DelayFrom(now))
+		n -= k
+	}
 	return wait
 }
 
@@ -103,15 +108,8 @@ func (c *ChannelLimit) Budget(now time.Time) (urgent, low int) {
 func (c *ChannelLimit) Take(now time.Time, urgent, low int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	take := func(l *rate.Limiter, n int) {
-		for n > 0 {
-			k := min(n, l.Burst()) // ReserveN refuses more than a burst
-			l.ReserveN(now, k)
-			n -= k
-		}
-	}
-	take(c.low, low)
-	take(c.all, urgent+low)
+	reserve(c.low, now, low)
+	reserve(c.all, now, urgent+low)
 }
 
 // LowTimeFor is how long until n sends of normal or bulk may go (forever,
