@@ -11,7 +11,12 @@ import (
 // and never sooner than the provider's Retry-After.
 type Backoff struct {
 	Base, Max time.Duration
-	Rand      func(n int64) int64 // rand.Int64N by default; tests fix it
+	// MaxRetryAfter caps the provider's hint (Config's default:
+	// providers.MaxRetryAfter; 0 here: no cap). A provider of one's own may
+	// return any RetryAfter, and a retry due past the retry topic's
+	// retention could be gone (on Kafka) before it is sent.
+	MaxRetryAfter time.Duration
+	Rand          func(n int64) int64 // rand.Int64N by default; tests fix it
 }
 
 // Delay is the wait before attempt number attempt (1 for the first retry).
@@ -28,5 +33,8 @@ func (b Backoff) Delay(attempt int, retryAfter time.Duration) time.Duration {
 		draw = rand.Int64N
 	}
 	d := time.Duration(draw(int64(bound) + 1))
+	if b.MaxRetryAfter > 0 {
+		retryAfter = min(retryAfter, b.MaxRetryAfter)
+	}
 	return max(d, retryAfter)
 }

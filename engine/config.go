@@ -98,8 +98,13 @@ func (t Topics) Consumed() []string {
 	return append(out, t.Retry)
 }
 
+// RetryRetention is how long the retry topic keeps a record (the seed's
+// plan). A retry's wait, backoff or Retry-After, must stay under it: on
+// Kafka the broker deletes by age whether the record was sent or not.
+const RetryRetention = time.Hour
+
 // Specs are the topics with the seed's retention plan: the buffer keeps
-// 2 h, the retry (processing) topic 1 h, dead letters 24 h. Status events
+// 2 h, the retry (processing) topic RetryRetention, dead letters 24 h. Status events
 // are for other systems; nobody in Goutong commits on them, so their
 // retention does not wait for a group.
 func (t Topics) Specs(partitions int32) []partition.TopicSpec {
@@ -107,7 +112,7 @@ func (t Topics) Specs(partitions int32) []partition.TopicSpec {
 	for _, name := range t.Consumed() {
 		age := 2 * time.Hour
 		if name == t.Retry {
-			age = time.Hour
+			age = RetryRetention
 		}
 		specs = append(specs, partition.TopicSpec{Name: name, Partitions: partitions, RetentionAge: age, Compression: "s2"})
 	}
@@ -305,6 +310,13 @@ func (c *Config) defaults() error {
 	}
 	if c.Backoff.Max <= 0 {
 		c.Backoff.Max = 5 * time.Minute
+	}
+	if c.Backoff.MaxRetryAfter <= 0 {
+		c.Backoff.MaxRetryAfter = providers.MaxRetryAfter
+	}
+	if c.Backoff.Max >= RetryRetention || c.Backoff.MaxRetryAfter >= RetryRetention {
+		return fmt.Errorf("engine: backoff max %v and max Retry-After %v must be under the retry topic's retention (%v)",
+			c.Backoff.Max, c.Backoff.MaxRetryAfter, RetryRetention)
 	}
 	if c.Weights == nil {
 		c.Weights = DefaultWeights

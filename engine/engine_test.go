@@ -704,6 +704,57 @@ func (p *gatedProvider) Send(_ context.Context, batch []*notification.Notificati
 	}
 }
 
+// hintingProvider refuses each notification's first send with a
+// Retry-After of a century, as a broken or hostile provider might, and
+// accepts every later one.
+type hintingProvider struct {
+	mu    sync.Mutex
+	seen  map[string]int
+	sent  atomic.Int64
+	hints atomic.Int64
+}
+
+func (*hintingProvider) Name() string     { return "hinting" }
+func (*hintingProvider) MaxBatch() int    { return 50 }
+func (*hintingProvider) Concurrency() int { return 4 }
+func (p *hintingProvider) Send(_ context.Context, batch []*notification.Notification, results []providers.Result) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, n := range batch {
+		if p.seen[n.ID]++; p.seen[n.ID] == 1 {
+			results[i] = providers.Result{Outcome: providers.Retriable, RetryAfter: 100 * 365 * 24 * time.Hour, Reason: "come back later"}
+			p.hints.Add(1)
+			continue
+		}
+		results[i] = providers.Result{Outcome: providers.Sent, Provider: "hinting"}
+		p.sent.Add(1)
+	}
+}
+
+// TestEngineCapsRetryAfter: a provider's Retry-After of a century holds a
+// retry only up to the configured cap (here 300 ms), over both logs; held
+// for the hint, the retries would outlive the retry topic's retention.
+func TestEngineCapsRetryAfter(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			p := &hintingProvider{seen: map[string]int{}}
+			ch := r.channels(false)
+			ch[notification.Webhook] = engine.ChannelConfig{Provider: p, Rate: 1e9}
+			cfg := r.config(ch)
+			cfg.Backoff.MaxRetryAfter = 300 * time.Millisecond
+			ns := webhookBatch(200, 0)
+			r.enqueue(ns...)
+			_, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 30*time.Second, "every retry sent", func() bool { return p.sent.Load() == int64(len(ns)) })
+			if h := p.hints.Load(); h != int64(len(ns)) {
+				t.Fatalf("%d first sends refused, want %d", h, len(ns))
+			}
+		})
+	}
+}
+
 // TestEngineCodesPassBlockedBulk: with every sender stuck in a bulk send and
 // the dispatcher holding the next bulk batch, codes still go out; the bulk
 // goes once released, never more than the channel's senders at once.

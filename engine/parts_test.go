@@ -1,14 +1,17 @@
 package engine
 
 import (
+	"io"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers"
 )
 
 func TestPickerCriticalFirstAndWeightedShares(t *testing.T) {
@@ -158,6 +161,34 @@ func TestBackoffFullJitterAndRetryAfter(t *testing.T) {
 	}
 	if d := b.Delay(1000, 0); d != 0 {
 		t.Fatalf("huge attempt: %v", d)
+	}
+	// A provider of one's own may hint anything; the cap holds it.
+	b.MaxRetryAfter = 10 * time.Second
+	if d := b.Delay(1, 100*365*24*time.Hour); d != 10*time.Second {
+		t.Fatalf("Retry-After past the cap: %v", d)
+	}
+	if d := b.Delay(1, 3*time.Second); d != 3*time.Second {
+		t.Fatalf("Retry-After under the cap: %v", d)
+	}
+}
+
+// A retry must be due while the retry topic still holds it: a backoff or a
+// Retry-After cap at or past its retention is refused at the start.
+func TestConfigRetryWaitsUnderRetention(t *testing.T) {
+	base := func() Config {
+		return Config{Open: func(partition.ConsumerConfig) (partition.Log, error) { return nil, nil }, Dedupe: &dedupe.Store{},
+			Channels: map[notification.Channel]ChannelConfig{notification.SMS: {Provider: providers.NewLog("log", io.Discard, nil)}}}
+	}
+	c := base()
+	if err := c.defaults(); err != nil || c.Backoff.MaxRetryAfter != providers.MaxRetryAfter {
+		t.Fatalf("defaults: %v, max Retry-After %v", err, c.Backoff.MaxRetryAfter)
+	}
+	for _, b := range []Backoff{{Max: RetryRetention}, {MaxRetryAfter: RetryRetention}, {Max: 2 * time.Hour}} {
+		c := base()
+		c.Backoff = b
+		if err := c.defaults(); err == nil || !strings.Contains(err.Error(), "retry topic's retention") {
+			t.Errorf("backoff %+v: %v", b, err)
+		}
 	}
 }
 

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 )
@@ -113,17 +115,39 @@ func classify(status int) Outcome {
 	return Permanent
 }
 
-// retryAfter parses a Retry-After header: delta seconds or an HTTP date.
+// MaxRetryAfter caps a provider's Retry-After. The hint holds a retry, a
+// channel's adaptive rate and a breaker's probe back, and it comes from
+// outside: a "Retry-After: 86400000" (or one near 2^63 seconds, which
+// wrapped to a negative duration) must not park a record past the retry
+// topic's retention or stop a channel for years.
+const MaxRetryAfter = 15 * time.Minute
+
+// retryAfter parses a Retry-After header (RFC 9110: delta seconds or an
+// HTTP date), capped at MaxRetryAfter; 0 when absent or unreadable.
 func retryAfter(resp *fasthttp.Response, now time.Time) time.Duration {
-	v := resp.Header.Peek("Retry-After")
+	return parseRetryAfter(resp.Header.Peek("Retry-After"), now)
+}
+
+func parseRetryAfter(v []byte, now time.Time) time.Duration {
 	if len(v) == 0 {
 		return 0
 	}
-	if secs, err := strconv.Atoi(string(v)); err == nil && secs >= 0 {
+	if v[0] >= '0' && v[0] <= '9' {
+		// Delta seconds are digits only (no sign, no space); any number of
+		// them saturates at the cap instead of overflowing.
+		var secs int64
+		for _, c := range v {
+			if c < '0' || c > '9' {
+				return 0
+			}
+			if secs = 10*secs + int64(c-'0'); secs > int64(MaxRetryAfter/time.Second) {
+				return MaxRetryAfter
+			}
+		}
 		return time.Duration(secs) * time.Second
 	}
-	if t, err := time.Parse(time.RFC1123, string(v)); err == nil && t.After(now) {
-		return t.Sub(now)
+	if t, err := http.ParseTime(string(v)); err == nil && t.After(now) {
+		return min(t.Sub(now), MaxRetryAfter)
 	}
 	return 0
 }
@@ -163,10 +187,14 @@ func redact(raw string) string {
 	return u.String()
 }
 
-// truncate keeps provider error text short enough for a status record.
+// truncate keeps provider error text short enough for a status record,
+// cut at a character's start so a multi-byte one is not split in two.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

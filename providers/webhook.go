@@ -257,6 +257,12 @@ func (e *Endpoint) exchange(ctx context.Context, req *fasthttp.Request, resp *fa
 	if err := e.Do(ctx, req, resp); err != nil {
 		return transportResult(err)
 	}
+	return answerResult(resp)
+}
+
+// answerResult classifies a whole answer; a failure's reason carries the
+// start of its body.
+func answerResult(resp *fasthttp.Response) Result {
 	r := httpResult(resp, "")
 	if r.Outcome != Sent {
 		r.Reason = truncate(r.Reason+": "+strings.TrimSpace(string(resp.Body())), 200)

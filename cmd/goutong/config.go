@@ -15,6 +15,7 @@ import (
 
 	"github.com/goutong/goutong/api"
 	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/providers"
 )
 
 // Config is goutong serve's configuration: defaults, then the YAML file,
@@ -75,6 +76,7 @@ type EngineConfig struct {
 	MaxAttempts    int           `koanf:"max_attempts"`
 	BackoffBase    time.Duration `koanf:"backoff_base"`
 	BackoffMax     time.Duration `koanf:"backoff_max"`
+	MaxRetryAfter  time.Duration `koanf:"max_retry_after"`
 	DrainTimeout   time.Duration `koanf:"drain_timeout"`
 	CommitInterval time.Duration `koanf:"commit_interval"`
 	StatusWindow   time.Duration `koanf:"status_window"`
@@ -162,7 +164,7 @@ func defaultConfig() Config {
 	return Config{
 		Data: "./data", Listen: "127.0.0.1:8080", Partitions: 8, LogLevel: "info",
 		Engine: EngineConfig{RingSize: 8192, PollMax: 1000, MaxDelayed: 100_000, MaxAttempts: 8,
-			BackoffBase: 500 * time.Millisecond, BackoffMax: 5 * time.Minute, DrainTimeout: 10 * time.Second,
+			BackoffBase: 500 * time.Millisecond, BackoffMax: 5 * time.Minute, MaxRetryAfter: providers.MaxRetryAfter, DrainTimeout: 10 * time.Second,
 			CommitInterval: 200 * time.Millisecond, StatusWindow: 7 * 24 * time.Hour, StatusCheckpointInterval: 5 * time.Second, KeepPayloads: true},
 		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
 		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true, SyncDelay: dedupe.DefaultSyncDelay,

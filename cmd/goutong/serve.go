@@ -179,7 +179,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 		KeepPayloads: cfg.Engine.KeepPayloads, NodeID: nodeID, ReconcileDir: filepath.Join(cfg.Data, "reconcile"), ReceiptDeadlines: cfg.Reconcile.Deadlines,
 		Partitions: cfg.Partitions, PollMax: cfg.Engine.PollMax, RingSize: cfg.Engine.RingSize,
 		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
-		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax},
+		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax, MaxRetryAfter: cfg.Engine.MaxRetryAfter},
 		CommitInterval: cfg.Engine.CommitInterval, DrainTimeout: cfg.Engine.DrainTimeout,
 		StatusCheckpointInterval: cfg.Engine.StatusCheckpointInterval,
 		Logger:                   lg, Registry: reg})
