@@ -70,14 +70,54 @@ func ParseTarget(r io.Reader) (Target, error) {
 	return t, nil
 }
 
+// Bounds of a target, far past any fleet: beyond them the arithmetic (ring
+// sizes, bytes) would overflow rather than plan.
+const (
+	maxTargetRate      = 1e9
+	maxTargetCampaign  = 1_000_000_000_000
+	maxCampaignsPerDay = 10_000
+	maxReplication     = 100
+	maxProviderLatency = time.Minute
+	maxRetention       = 366 * 24 * time.Hour
+)
+
 func (t *Target) defaults() error {
 	def := func(d *Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = Duration(v)
 		}
 	}
-	if t.OTPRate < 0 || t.CampaignSize < 0 || t.Headroom < 0 || t.Headroom >= 1 || t.DeadLetterShare < 0 || t.DeadLetterShare > 1 {
+	for name, v := range map[string]float64{"otp_rate": t.OTPRate, "campaigns_per_day": t.CampaignsPerDay,
+		"peak_hours_per_day": t.PeakHoursPerDay, "dead_letter_share": t.DeadLetterShare, "headroom": t.Headroom} {
+		if !finite(v) {
+			return fmt.Errorf("target: %s: %v is not a number", name, v)
+		}
+	}
+	for ch, v := range t.ProviderLimits {
+		if !finite(v) || v <= 0 {
+			return fmt.Errorf("target: provider_limits.%s: %v, want a positive number", ch, v)
+		}
+	}
+	if t.OTPRate < 0 || t.CampaignSize < 0 || t.CampaignsPerDay < 0 || t.Headroom < 0 || t.Headroom >= 1 ||
+		t.DeadLetterShare < 0 || t.DeadLetterShare > 1 {
 		return errors.New("target: rates and sizes must not be negative; headroom and dead_letter_share are shares below 1")
+	}
+	if t.OTPRate > maxTargetRate || t.CampaignSize > maxTargetCampaign || t.CampaignsPerDay > maxCampaignsPerDay ||
+		t.Replication > maxReplication {
+		return fmt.Errorf("target: otp_rate up to %g/s, campaign_size up to %d, campaigns_per_day up to %d, replication up to %d",
+			maxTargetRate, maxTargetCampaign, maxCampaignsPerDay, maxReplication)
+	}
+	if t.CampaignSize > 0 && t.CampaignWithin > 0 && float64(t.CampaignSize)/t.CampaignWithin.D().Seconds() > maxTargetRate {
+		return fmt.Errorf("target: campaign_size / campaign_within is more than %g/s", maxTargetRate)
+	}
+	if t.ProviderLatency.D() > maxProviderLatency {
+		return fmt.Errorf("target: provider_latency up to %v", maxProviderLatency)
+	}
+	for name, d := range map[string]Duration{"buffer_retention": t.BufferRetention, "dlq_retention": t.DLQRetention,
+		"dedupe_window": t.DedupeWindow, "status_window": t.StatusWindow} {
+		if d.D() > maxRetention {
+			return fmt.Errorf("target: %s up to %v", name, maxRetention)
+		}
 	}
 	if t.OTPRate == 0 && t.CampaignSize == 0 {
 		return errors.New("target: set otp_rate, campaign_size or both")

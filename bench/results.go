@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"text/tabwriter"
 	"time"
@@ -164,18 +165,83 @@ func ReadResults(path string) (*Results, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return decodeResults(f, path)
+}
+
+// decodeResults reads results written by WriteJSON from r, named name in
+// errors.
+func decodeResults(rd io.Reader, name string) (*Results, error) {
 	var r Results
-	dec := json.NewDecoder(f)
+	dec := json.NewDecoder(rd)
 	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("%s: not a results file: %w", path, err)
+		return nil, fmt.Errorf("%s: not a results file: %w", name, err)
 	}
 	if r.Version != ResultsVersion {
-		return nil, fmt.Errorf("%s: results version %d, this goutong reads %d", path, r.Version, ResultsVersion)
+		return nil, fmt.Errorf("%s: results version %d, this goutong reads %d", name, r.Version, ResultsVersion)
 	}
 	if len(r.Scenarios) == 0 {
-		return nil, errors.New(path + ": no scenarios in the results")
+		return nil, errors.New(name + ": no scenarios in the results")
+	}
+	if err := r.checkFigures(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &r, nil
+}
+
+// checkFigures refuses results whose figures no run could have measured
+// (negative, or past any machine), so a hand-edited or damaged file does
+// not size a fleet: a plan divides by the rates and multiplies the bytes.
+func (r *Results) checkFigures() error {
+	const maxRate, maxBytes = 1e9, 1 << 30
+	in := func(field string, v, hi float64) error {
+		if !(v >= 0 && v <= hi) { // NaN too
+			return fmt.Errorf("%s: %v, want 0 to %g", field, v, hi)
+		}
+		return nil
+	}
+	for _, s := range r.Scenarios {
+		f := "scenarios." + s.Name + "."
+		d := s.Disk
+		for _, c := range []struct {
+			field  string
+			v, max float64
+		}{
+			{"delivered_per_sec", s.DeliveredPerSec, maxRate},
+			{"disk.buffer_bytes_per_notification", d.BufferBytesPerNotification, maxBytes},
+			{"disk.status_event_bytes_per_notification", d.StatusEventBytesPerNotification, maxBytes},
+			{"disk.dead_letter_bytes", d.DeadLetterBytes, maxBytes},
+			{"disk.dedupe_bytes_per_notification", d.DedupeBytesPerNotification, maxBytes},
+			{"disk.status_bytes_per_notification", d.StatusBytesPerNotification, maxBytes},
+		} {
+			if err := in(f+c.field, c.v, c.max); err != nil {
+				return err
+			}
+		}
+		for ch, c := range s.Channels {
+			if err := in(f+"channels."+ch+".rate", c.Rate, maxRate); err != nil {
+				return err
+			}
+			if c.Batch < 0 || c.PerRequest < 0 {
+				return fmt.Errorf("%schannels.%s: negative batch or per_request", f, ch)
+			}
+		}
+		for _, l := range s.Loads {
+			for _, c := range []struct {
+				field string
+				v     float64
+			}{{"max_good_rate", l.MaxGoodRate}, {"broke_at", l.BrokeAt}} {
+				if err := in(f+"loads."+l.Name+"."+c.field, c.v, maxRate); err != nil {
+					return err
+				}
+			}
+		}
+		for _, lat := range s.Latency {
+			if err := in(f+"latency."+lat.Name+".p99_ms", lat.P99, math.MaxFloat64); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Summary prints a short text account of the results.

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"regexp"
 	"slices"
 	"strings"
@@ -147,6 +148,18 @@ func (l Load) Expected() int64 {
 	return int64(n)
 }
 
+// Bounds of a scenario's numbers: past them a file is a typo, and the
+// arithmetic on them (a load's expected count, its rising steps) would
+// overflow or run for ever.
+const (
+	maxCount       = 1_000_000_000
+	maxLoadRate    = 10_000_000.0 // notifications/s
+	maxChannelRate = 1e9          // sends/s: tests and benchmarks use 1e9 for "no limit"
+	maxSteps       = 100_000      // of a rising load
+)
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
 // nameRE limits scenario and load names to what is safe in file names,
 // tenants and the report's markup.
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -193,6 +206,9 @@ func (sc *Scenario) Validate() error {
 		if c.Rate < 0 || c.Batch < 0 || c.Concurrency < 0 {
 			return bad("channels."+name, "rate, batch and concurrency must not be negative")
 		}
+		if !finite(c.Rate) || c.Rate > maxChannelRate {
+			return bad("channels."+name+".rate", "%v: want a number up to %g", c.Rate, maxChannelRate)
+		}
 	}
 	for _, name := range channelNames {
 		c := sc.Channels[name]
@@ -221,9 +237,21 @@ func (sc *Scenario) Validate() error {
 		if _, ok := notification.ParsePriority(l.Priority); !ok {
 			return bad(f+".priority", "%q, want critical, high, normal or bulk", l.Priority)
 		}
+		for _, v := range []struct {
+			field string
+			v     float64
+		}{{"rate", l.Rate}, {"rate_step", l.RateStep}, {"invalid", l.Invalid}} {
+			if !finite(v.v) {
+				return bad(f+"."+v.field, "%v is not a number", v.v)
+			}
+		}
 		switch {
 		case l.Count < 0:
 			return bad(f+".count", "must not be negative")
+		case l.Count > maxCount:
+			return bad(f+".count", "at most %d", maxCount)
+		case l.Rate > maxLoadRate || l.RateStep > maxLoadRate || l.RateStep < 0:
+			return bad(f, "rate and rate_step: at most %g a second, rate_step not negative", maxLoadRate)
 		case l.Count > 0 && l.Rate > 0:
 			return bad(f, "a load is a burst (count) or a rate, not both")
 		case l.Count == 0 && l.Rate <= 0:
@@ -232,6 +260,8 @@ func (sc *Scenario) Validate() error {
 			return bad(f+".for", "a steady load needs a duration")
 		case (l.RateStep > 0) != (l.Step > 0):
 			return bad(f+".step", "rate_step and step go together")
+		case l.Step > 0 && l.For.D()/l.Step.D() > maxSteps:
+			return bad(f+".step", "%v over %v is more than %d steps", l.Step.D(), l.For.D(), maxSteps)
 		case l.StopOnBreak && !l.Rising():
 			return bad(f+".stop_on_break", "only a rising load (rate_step, step) can stop on break")
 		case l.StopOnBreak && sc.LatencyTarget <= 0:
@@ -240,6 +270,8 @@ func (sc *Scenario) Validate() error {
 			return bad(f, "distinct_keys, batch, start and ttl must not be negative")
 		case l.Invalid < 0 || l.Invalid > 1:
 			return bad(f+".invalid", "a share between 0 and 1")
+		case l.For < 0:
+			return bad(f+".for", "must not be negative")
 		}
 		if l.Batch == 0 {
 			l.Batch = 1000
@@ -248,9 +280,12 @@ func (sc *Scenario) Validate() error {
 	for i, st := range sc.Faults {
 		f := fmt.Sprintf("faults[%d]", i)
 		for _, p := range []float64{st.ErrorRate, st.ThrottleRate, st.SlowRate, st.ItemFailureRate} {
-			if p < 0 || p > 1 {
+			if !(p >= 0 && p <= 1) { // NaN too
 				return bad(f, "rates are shares between 0 and 1")
 			}
+		}
+		if st.At < 0 || st.RetryAfter < 0 || st.SlowDelay < 0 || st.LatencyMin < 0 || st.LatencyMax < 0 || st.Outage < 0 {
+			return bad(f, "at, retry_after, slow_delay, latency_min, latency_max and outage must not be negative")
 		}
 		if i > 0 && st.At < sc.Faults[i-1].At {
 			return bad(f+".at", "fault steps must be in time order")
