@@ -20,6 +20,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 )
 
@@ -156,6 +157,11 @@ const (
 	maxLoadRate    = 10_000_000.0 // notifications/s
 	maxChannelRate = 1e9          // sends/s: tests and benchmarks use 1e9 for "no limit"
 	maxSteps       = 100_000      // of a rising load
+	maxBatch       = 100_000      // per ingest call or provider call
+	maxConcurrency = 4096         // provider calls in flight: a sender goroutine each
+	maxPartitions  = 4096         // the embedded log's limit
+	maxRingSize    = engine.MaxRingSize
+	maxAttempts    = 1000
 )
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
@@ -208,6 +214,9 @@ func (sc *Scenario) Validate() error {
 		}
 		if !finite(c.Rate) || c.Rate > maxChannelRate {
 			return bad("channels."+name+".rate", "%v: want a number up to %g", c.Rate, maxChannelRate)
+		}
+		if c.Batch > maxBatch || c.Concurrency > maxConcurrency {
+			return bad("channels."+name, "batch up to %d, concurrency up to %d", maxBatch, maxConcurrency)
 		}
 	}
 	for _, name := range channelNames {
@@ -268,6 +277,8 @@ func (sc *Scenario) Validate() error {
 			return bad("latency_target", "required by loads[%d].stop_on_break", i)
 		case l.DistinctKeys < 0 || l.Batch < 0 || l.Start < 0 || l.TTL < 0:
 			return bad(f, "distinct_keys, batch, start and ttl must not be negative")
+		case l.Batch > maxBatch:
+			return bad(f+".batch", "at most %d (the API's max_items)", maxBatch)
 		case l.Invalid < 0 || l.Invalid > 1:
 			return bad(f+".invalid", "a share between 0 and 1")
 		case l.For < 0:
@@ -296,6 +307,9 @@ func (sc *Scenario) Validate() error {
 	}
 	if sc.Partitions < 0 || sc.RingSize < 0 || sc.MaxAttempts < 0 {
 		return bad("partitions", "partitions, ring_size and max_attempts must not be negative")
+	}
+	if sc.Partitions > maxPartitions || sc.RingSize > maxRingSize || sc.MaxAttempts > maxAttempts {
+		return bad("partitions", "partitions up to %d, ring_size up to %d, max_attempts up to %d", maxPartitions, maxRingSize, maxAttempts)
 	}
 	if sc.Partitions == 0 {
 		sc.Partitions = 8

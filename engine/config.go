@@ -98,6 +98,10 @@ func (t Topics) Consumed() []string {
 	return append(out, t.Retry)
 }
 
+// MaxRingSize bounds Config.RingSize: 2^24 pointers are 128 MiB a ring,
+// and a channel has four.
+const MaxRingSize = 1 << 24
+
 // RetryRetention is how long the retry topic keeps a record (the seed's
 // plan). A retry's wait, backoff or Retry-After, must stay under it: on
 // Kafka the broker deletes by age whether the record was sent or not.
@@ -295,6 +299,9 @@ func (c *Config) defaults() error {
 	}
 	if c.RingSize <= 0 {
 		c.RingSize = 8192
+	}
+	if c.RingSize > MaxRingSize {
+		return fmt.Errorf("engine: ring size %d: at most %d (every channel has a ring of it per priority, allocated at start)", c.RingSize, MaxRingSize)
 	}
 	if c.ReceiptRetryInterval <= 0 {
 		c.ReceiptRetryInterval = 5 * time.Second

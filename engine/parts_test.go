@@ -173,8 +173,9 @@ func TestBackoffFullJitterAndRetryAfter(t *testing.T) {
 }
 
 // A retry must be due while the retry topic still holds it: a backoff or a
-// Retry-After cap at or past its retention is refused at the start.
-func TestConfigRetryWaitsUnderRetention(t *testing.T) {
+// Retry-After cap at or past its retention is refused at the start, as is
+// a ring size that would panic or take the machine's memory.
+func TestConfigRefusesWhatCannotRun(t *testing.T) {
 	base := func() Config {
 		return Config{Open: func(partition.ConsumerConfig) (partition.Log, error) { return nil, nil }, Dedupe: &dedupe.Store{},
 			Channels: map[notification.Channel]ChannelConfig{notification.SMS: {Provider: providers.NewLog("log", io.Discard, nil)}}}
@@ -182,6 +183,11 @@ func TestConfigRetryWaitsUnderRetention(t *testing.T) {
 	c := base()
 	if err := c.defaults(); err != nil || c.Backoff.MaxRetryAfter != providers.MaxRetryAfter {
 		t.Fatalf("defaults: %v, max Retry-After %v", err, c.Backoff.MaxRetryAfter)
+	}
+	big := base()
+	big.RingSize = MaxRingSize + 1
+	if err := big.defaults(); err == nil || !strings.Contains(err.Error(), "ring size") {
+		t.Errorf("ring size past the bound: %v", err)
 	}
 	for _, b := range []Backoff{{Max: RetryRetention}, {MaxRetryAfter: RetryRetention}, {Max: 2 * time.Hour}} {
 		c := base()
