@@ -64,6 +64,31 @@ type Faults struct {
 	OutageUntil     time.Time `json:"outage_until,omitzero"`
 }
 
+// Validate checks what POST /faults and Start take: rates are shares of
+// requests, durations are not negative, and the latency range is a range.
+func (f Faults) Validate() error {
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{{"error_rate", f.ErrorRate}, {"throttle_rate", f.ThrottleRate}, {"item_failure_rate", f.ItemFailureRate}, {"slow_rate", f.SlowRate}} {
+		if !(r.v >= 0 && r.v <= 1) { // NaN too
+			return fmt.Errorf("faults: %s: %v, want a share between 0 and 1", r.name, r.v)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"latency_min", f.LatencyMin}, {"latency_max", f.LatencyMax}, {"retry_after", f.RetryAfter}, {"slow_delay", f.SlowDelay}, {"outage_for", f.OutageFor}} {
+		if d.v < 0 {
+			return fmt.Errorf("faults: %s: %v, want a duration not below zero", d.name, time.Duration(d.v))
+		}
+	}
+	if f.LatencyMax > 0 && f.LatencyMin > f.LatencyMax {
+		return fmt.Errorf("faults: latency_min %v is above latency_max %v", time.Duration(f.LatencyMin), time.Duration(f.LatencyMax))
+	}
+	return nil
+}
+
 // Config configures the server.
 type Config struct {
 	Addr          string // host:port; use 127.0.0.1:0 in tests
@@ -118,6 +143,9 @@ type Server struct {
 func Start(cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:9090"
+	}
+	if err := cfg.Faults.Validate(); err != nil {
+		return nil, fmt.Errorf("mockserver: %w", err)
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -237,8 +265,8 @@ func (s *Server) decide() decision {
 	var d decision
 	if lo, hi := time.Duration(f.LatencyMin), time.Duration(f.LatencyMax); hi > 0 {
 		d.delay = lo
-		if hi > lo {
-			d.delay += time.Duration(s.rnd.Int64N(int64(hi - lo)))
+		if span := hi - lo; span > 0 { // not when it wrapped: Int64N panics on a negative span
+			d.delay += time.Duration(s.rnd.Int64N(int64(span)))
 		}
 	}
 	if f.SlowRate > 0 && s.rnd.Float64() < f.SlowRate {
@@ -314,6 +342,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&f); err != nil {
 			writeJSON(ctx, 400, map[string]string{"error": "faults: " + err.Error()})
+			return
+		}
+		if err := f.Validate(); err != nil {
+			writeJSON(ctx, 400, map[string]string{"error": err.Error()})
 			return
 		}
 		s.SetFaults(f)
