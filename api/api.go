@@ -94,6 +94,7 @@ type apiMetrics struct {
 	requests *prometheus.CounterVec
 	accepted *prometheus.CounterVec
 	dups     prometheus.Counter
+	panics   prometheus.Counter
 }
 
 // New builds a Server.
@@ -134,9 +135,11 @@ func New(cfg Config) (*Server, error) {
 			Help: "Notifications accepted into the log, by priority."}, []string{"priority"}),
 		dups: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_api_duplicates_total",
 			Help: "Ingested notifications answered with an earlier one's id (repeated idempotency key)."}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_api_panics_total",
+			Help: "Requests whose handler panicked (a bug: each is logged with its stack), answered 500."}),
 	}
 	if cfg.Registry != nil {
-		for _, c := range []prometheus.Collector{s.m.requests, s.m.accepted, s.m.dups} {
+		for _, c := range []prometheus.Collector{s.m.requests, s.m.accepted, s.m.dups, s.m.panics} {
 			if err := cfg.Registry.Register(c); err != nil {
 				return nil, err
 			}
@@ -185,8 +188,23 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path())
-	route := s.route(ctx, path)
-	s.m.requests.WithLabelValues(route, itoa(ctx.Response.StatusCode())).Inc()
+	route := "panicked"
+	// fasthttp does not recover a handler's panic: without this, one bad
+	// request (a bug reachable from its bytes) would stop the node for
+	// every client. What the request did before is durable or not, as at
+	// a crash; a retry with the same idempotency key is safe either way.
+	defer func() {
+		if v := recover(); v != nil {
+			s.cfg.Logger.Error("request panicked", zap.String("method", string(ctx.Method())), zap.String("path", path),
+				zap.Any("panic", v), zap.Stack("stack"))
+			s.m.panics.Inc()
+			ctx.Response.Reset()
+			writeError(ctx, fasthttp.StatusInternalServerError, apiError{Code: "internal",
+				Message: "internal error (logged); whether the request took effect is unknown: retry it with the same Idempotency-Key"})
+		}
+		s.m.requests.WithLabelValues(route, itoa(ctx.Response.StatusCode())).Inc()
+	}()
+	route = s.route(ctx, path)
 }
 
 // route dispatches and returns the route's name for metrics.

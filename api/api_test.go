@@ -111,6 +111,9 @@ func newNode(t testing.TB, o nodeOpts) *node {
 		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota,
 		// As serve builds it: the SMS provider renders templates, the webhook does not.
 		CheckTemplate: func(n *notification.Notification) error {
+			if n.Template == panicTemplate {
+				panic("test: a bug reached from a request's bytes")
+			}
 			if n.Channel == notification.SMS {
 				return tpl.Check(n)
 			}
@@ -630,6 +633,28 @@ func TestAdminReconcile(t *testing.T) {
 		if r.code != c.code || code == "" || (c.field != "" && field != c.field) {
 			t.Errorf("%s %s %s: %d %s, want %d naming %q", c.method, c.path, c.body, r.code, r.raw, c.code, c.field)
 		}
+	}
+}
+
+// panicTemplate makes the test node's template check panic, as a bug
+// reachable from a request would.
+const panicTemplate = "panic-in-handler"
+
+// A handler's panic is answered 500 with a JSON error, counted and logged;
+// the node keeps serving (fasthttp itself would let it end the process).
+func TestHandlerPanicIsAnsweredAndServingGoesOn(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	r := n.do("POST", "/v1/notifications", "", "application/json",
+		`{"channel":"webhook","recipient":"https://hooks.example/x","template":"`+panicTemplate+`"}`)
+	if code, _, _ := r.errField(); r.code != 500 || code != "internal" {
+		t.Fatalf("panicking request: %d %s", r.code, r.raw)
+	}
+	if r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(1, "")); r.code != 202 {
+		t.Fatalf("after the panic: %d %s", r.code, r.raw)
+	}
+	m := n.do("GET", "/metrics", "", "", "").raw
+	if !strings.Contains(m, "goutong_api_panics_total 1") || !strings.Contains(m, `goutong_api_requests_total{code="500",route="panicked"} 1`) {
+		t.Fatalf("the panic is not in the metrics:\n%s", m)
 	}
 }
 

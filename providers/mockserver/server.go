@@ -324,6 +324,14 @@ func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	// fasthttp does not recover a handler's panic; the mock runs inside
+	// serve (--mock-provider), which must outlive a bug of the mock's.
+	defer func() {
+		if v := recover(); v != nil {
+			ctx.Response.Reset()
+			writeJSON(ctx, 500, map[string]string{"error": fmt.Sprintf("mock provider bug: %v", v)})
+		}
+	}()
 	path := string(ctx.Path())
 	method := string(ctx.Method())
 	switch {
