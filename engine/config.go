@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,14 @@ type Topics struct {
 	// StatusHooks prefixes each webhook tenant's own topic of events to
 	// send, so one tenant's failing endpoint never holds up another's.
 	StatusHooks string
+	// Park prefixes the parking topics (ParkTiers): a notification not due
+	// for a while waits in the log, not in the engine's delay heap, so that
+	// tomorrow's campaign never fills the heap and stalls today's sends
+	// behind it. Empty: no parking; the heap's overflow pauses partitions.
+	Park string
+	// ParkTiers are the parking topics' hops, shortest first (nil:
+	// DefaultParkTiers).
+	ParkTiers []ParkTier
 
 	// KeylessLanes produces notifications to the lanes without a record
 	// key. Keyed (the default, and what the wire format documents), a
@@ -72,7 +81,7 @@ func (t Topics) StatusHooksTopic(tenant string) string {
 // DefaultTopics are the names the CLI and the API use.
 func DefaultTopics() Topics {
 	t := Topics{Ingress: "goutong.notifications", Retry: "goutong.retry", DLQ: "goutong.dlq", Status: "goutong.status",
-		StatusDLQ: "goutong.status.dlq", StatusHooks: "goutong.status.hooks."}
+		StatusDLQ: "goutong.status.dlq", StatusHooks: "goutong.status.hooks.", Park: "goutong.park."}
 	for i := range t.Lanes {
 		t.Lanes[i] = "goutong.notifications." + notification.Priority(i+1).String()
 	}
@@ -87,6 +96,59 @@ func (t Topics) Lane(p notification.Priority) string {
 	return t.Ingress
 }
 
+// DefaultParkTiers are the parking topics' hops. A parked record is read
+// again one hop after it was parked (the topic holds it until then, its
+// partition paused), so a notification due in a day is re-parked about 37
+// times on its way: 23 one-hour hops, then shorter ones. The delay heap
+// keeps what is due within the second hop (10 minutes) while it has room.
+var DefaultParkTiers = []ParkTier{
+	{Hop: time.Minute, Suffix: "1m", Retention: 2 * time.Hour},
+	{Hop: 10 * time.Minute, Suffix: "10m", Retention: 2 * time.Hour},
+	{Hop: time.Hour, Suffix: "1h", Retention: 6 * time.Hour},
+}
+
+// ParkTier is one parking topic: records wait Hop in it.
+type ParkTier struct {
+	Hop       time.Duration
+	Suffix    string
+	Retention time.Duration // well past Hop: a node down that long (on Kafka) loses what it held
+}
+
+func (t Topics) parkTiers() []ParkTier {
+	if t.ParkTiers != nil {
+		return t.ParkTiers
+	}
+	return DefaultParkTiers
+}
+
+// heapHorizon: an item due sooner waits in the delay heap while it has
+// room; one due later is parked (the second tier's hop).
+func (t Topics) heapHorizon() time.Duration {
+	tiers := t.parkTiers()
+	return tiers[min(1, len(tiers)-1)].Hop
+}
+
+// ParkTopic is tier's topic; "" without parking.
+func (t Topics) ParkTopic(tier int) string {
+	if t.Park == "" {
+		return ""
+	}
+	return t.Park + t.parkTiers()[tier].Suffix
+}
+
+// parkTier is the tier of a parking topic, or -1.
+func (t Topics) parkTier(topic string) int {
+	if t.Park == "" || !strings.HasPrefix(topic, t.Park) {
+		return -1
+	}
+	for i := range t.parkTiers() {
+		if topic == t.ParkTopic(i) {
+			return i
+		}
+	}
+	return -1
+}
+
 // Consumed are the topics the engine consumes.
 func (t Topics) Consumed() []string {
 	out := []string{t.Ingress}
@@ -95,7 +157,13 @@ func (t Topics) Consumed() []string {
 			out = append(out, l)
 		}
 	}
-	return append(out, t.Retry)
+	out = append(out, t.Retry)
+	if t.Park != "" {
+		for i := range t.parkTiers() {
+			out = append(out, t.ParkTopic(i))
+		}
+	}
+	return out
 }
 
 // MaxRingSize bounds Config.RingSize: 2^24 pointers are 128 MiB a ring,
@@ -117,6 +185,9 @@ func (t Topics) Specs(partitions int32) []partition.TopicSpec {
 		age := 2 * time.Hour
 		if name == t.Retry {
 			age = RetryRetention
+		}
+		if tier := t.parkTier(name); tier >= 0 {
+			age = t.parkTiers()[tier].Retention
 		}
 		specs = append(specs, partition.TopicSpec{Name: name, Partitions: partitions, RetentionAge: age, Compression: "s2"})
 	}
@@ -299,6 +370,16 @@ func (c *Config) defaults() error {
 	}
 	if c.RingSize <= 0 {
 		c.RingSize = 8192
+	}
+	if tiers := c.Topics.ParkTiers; c.Topics.Park != "" && tiers != nil {
+		if len(tiers) == 0 {
+			return errors.New("engine: parking topics need at least one tier")
+		}
+		for i, t := range tiers {
+			if t.Hop <= 0 || t.Suffix == "" || t.Retention <= t.Hop || (i > 0 && t.Hop <= tiers[i-1].Hop) {
+				return fmt.Errorf("engine: parking tier %d (%+v): want a suffix, hops growing from one tier to the next and a retention past the hop", i, t)
+			}
+		}
 	}
 	if c.RingSize > MaxRingSize {
 		return fmt.Errorf("engine: ring size %d: at most %d (every channel has a ring of it per priority, allocated at start)", c.RingSize, MaxRingSize)

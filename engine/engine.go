@@ -27,7 +27,8 @@ import (
 
 // Record headers the engine writes on retry and dead-letter records.
 const (
-	HeaderDue       = "goutong-due"       // retry: unix milliseconds before which it must not be sent
+	HeaderDue       = "goutong-due"       // retry and parked: unix milliseconds before which it must not be sent
+	HeaderWake      = "goutong-wake"      // parked: unix milliseconds before which it is not read again
 	HeaderReason    = "goutong-reason"    // dead letter: decode, no-provider, permanent, retries-exhausted
 	HeaderError     = "goutong-error"     // dead letter and retry: the last error
 	HeaderAttempts  = "goutong-attempts"  // dead letter: send attempts made
@@ -97,6 +98,11 @@ type item struct {
 	token  uint32
 	retry  bool
 	polled time.Time
+	// parked: read from a parking topic before its wake time, held in the
+	// delay heap until then (due) with its partition paused; sendAt is
+	// when it may be sent.
+	parked bool
+	sendAt time.Time
 }
 
 type channelState struct {
@@ -507,7 +513,10 @@ func (e *Engine) updateLag(ctx context.Context) {
 	var total int64
 	for tp, n := range lag {
 		e.m.lag.WithLabelValues(tp.Topic, strconv.Itoa(int(tp.Partition))).Set(float64(n))
-		total += n
+		// Parked records are scheduled for later, not work behind.
+		if e.cfg.Topics.parkTier(tp.Topic) < 0 {
+			total += n
+		}
 	}
 	e.backlog.Store(total)
 }
@@ -533,6 +542,22 @@ func (e *Engine) pause(tp partition.TopicPartition, b blocker) {
 	if e.pauseRef[tp] == 1 {
 		e.log.Pause(tp)
 		e.m.paused.Inc()
+	}
+}
+
+// resume lifts blocker b from tp alone.
+func (e *Engine) resume(tp partition.TopicPartition, b blocker) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	set := e.blocked[b]
+	if !set[tp] {
+		return
+	}
+	delete(set, tp)
+	if e.pauseRef[tp]--; e.pauseRef[tp] <= 0 {
+		delete(e.pauseRef, tp)
+		e.m.paused.Dec()
+		e.log.Resume(tp)
 	}
 }
 
@@ -572,7 +597,13 @@ func (h *delayHeap) Pop() any {
 	return it
 }
 
-var delayBlocker = blocker{lane: -1}
+var (
+	delayBlocker = blocker{lane: -1}
+	// parkBlocker pauses a parking topic's partition while its head waits
+	// for its wake time: what follows it there was parked later, for the
+	// same hop, so it is not due sooner.
+	parkBlocker = blocker{lane: -2}
+)
 
 func (e *Engine) pollLoop(ctx context.Context) error {
 	var lastUrgent time.Time // the last poll with critical or high records
@@ -866,19 +897,18 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			continue
 		}
 		it.due = n.NotBefore
-		if v, ok := r.HeaderValue(HeaderDue); ok {
-			if ms, err := strconv.ParseInt(string(v), 10, 64); err == nil {
-				if d := time.UnixMilli(ms); d.After(it.due) {
-					it.due = d
-				}
-			}
+		if d := headerTime(r, HeaderDue); d.After(it.due) {
+			it.due = d
 		}
 		if it.due.After(now) {
-			// It may wait for hours: on its own, so that it holds neither
-			// the poll's other items nor the log's buffer its record is in.
-			own := *it
-			own.n, own.raw = it.n.Clone(), bytes.Clone(it.raw)
-			e.delay(&own)
+			if wake := headerTime(r, HeaderWake); wake.After(now) && e.cfg.Topics.parkTier(r.Topic) >= 0 {
+				own := e.own(it)
+				own.parked, own.sendAt, own.due = true, it.due, wake
+				e.delay(own)
+				e.pause(ps.tp, parkBlocker)
+				continue
+			}
+			e.wait(it, now, &out, false)
 			continue
 		}
 		ready = append(ready, it)
@@ -907,11 +937,63 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 	}
 }
 
+// headerTime is the unix-milliseconds time in r's header key, or zero.
+func headerTime(r *partition.Record, key string) time.Time {
+	if v, ok := r.HeaderValue(key); ok {
+		if ms, err := strconv.ParseInt(string(v), 10, 64); err == nil {
+			return time.UnixMilli(ms)
+		}
+	}
+	return time.Time{}
+}
+
+// own copies an item that will wait (maybe hours) so that it holds neither
+// its poll's other items nor the log's buffer its record is in.
+func (e *Engine) own(it *item) *item {
+	own := *it
+	own.n, own.raw = it.n.Clone(), bytes.Clone(it.raw)
+	return &own
+}
+
+// wait holds an item until it.due: in the delay heap, or parked in the
+// parking topic of the longest hop that does not pass its time (finished
+// here once the parked copy is in the log). A full heap parks even an
+// item due sooner, for the shortest hop: without parking it would pause
+// the item's partition, and everything behind it there, until the heap
+// drained, which for tomorrow's campaign is tomorrow.
+// An owned item is already a copy of its own (see own).
+func (e *Engine) wait(it *item, now time.Time, out *outcomes, owned bool) {
+	d := it.due.Sub(now)
+	if e.cfg.Topics.Park == "" || (d < e.cfg.Topics.heapHorizon() && len(e.delayed) < e.cfg.MaxDelayed) {
+		if !owned {
+			it = e.own(it)
+		}
+		e.delay(it)
+		return
+	}
+	tiers := e.cfg.Topics.parkTiers()
+	tier := 0
+	for i, t := range tiers {
+		if t.Hop <= d {
+			tier = i
+		}
+	}
+	wake := now.Add(tiers[tier].Hop)
+	n := it.n
+	e.m.parked.WithLabelValues(tiers[tier].Suffix).Inc()
+	out.recs = append(out.recs, partition.Record{Topic: e.cfg.Topics.ParkTopic(tier), Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n),
+		Headers: []partition.Header{
+			{Key: HeaderDue, Value: strconv.AppendInt(nil, it.due.UnixMilli(), 10)},
+			{Key: HeaderWake, Value: strconv.AppendInt(nil, wake.UnixMilli(), 10)},
+		}})
+	out.done = append(out.done, it)
+}
+
 func (e *Engine) delay(it *item) {
 	heap.Push(&e.delayed, it)
 	it.ps.delayed.Add(1)
 	e.m.delayed.Set(float64(len(e.delayed)))
-	if len(e.delayed) >= e.cfg.MaxDelayed {
+	if e.cfg.Topics.Park == "" && len(e.delayed) >= e.cfg.MaxDelayed {
 		e.pause(it.ps.tp, delayBlocker)
 	}
 }
@@ -928,6 +1010,15 @@ func (e *Engine) releaseDue(ctx context.Context) {
 		it.ps.delayed.Add(-1)
 		if it.ps.revoked.Load() {
 			continue
+		}
+		if it.parked {
+			// Awake: what follows it in its parking partition may be too.
+			it.parked, it.due = false, it.sendAt
+			e.resume(it.ps.tp, parkBlocker)
+			if it.due.After(now) {
+				e.wait(it, now, &out, true)
+				continue
+			}
 		}
 		if it.n.Expired(now) {
 			e.m.expired.WithLabelValues(string(it.n.Channel)).Inc()

@@ -704,6 +704,69 @@ func (p *gatedProvider) Send(_ context.Context, batch []*notification.Notificati
 	}
 }
 
+// scheduleProvider accepts everything and counts sends made before the
+// notification's not_before.
+type scheduleProvider struct {
+	sent, early atomic.Int64
+}
+
+func (*scheduleProvider) Name() string     { return "schedule" }
+func (*scheduleProvider) MaxBatch() int    { return 100 }
+func (*scheduleProvider) Concurrency() int { return 4 }
+func (p *scheduleProvider) Send(_ context.Context, batch []*notification.Notification, results []providers.Result) {
+	now := time.Now()
+	for i, n := range batch {
+		if now.Before(n.NotBefore) {
+			p.early.Add(1)
+		}
+		results[i] = providers.Result{Outcome: providers.Sent, Provider: "schedule"}
+	}
+	p.sent.Add(int64(len(batch)))
+}
+
+// TestEngineScheduledDoNotHoldTheRest: notifications scheduled for
+// tomorrow, more of them than the delay heap holds, do not hold up the
+// ones due now behind them in the same lanes; ones due in seconds hop
+// through the parking topics (hops of 100 ms to 2 s here) and go out on
+// time, never early; over both logs.
+func TestEngineScheduledDoNotHoldTheRest(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			p := &scheduleProvider{}
+			ch := r.channels(false)
+			ch[notification.Webhook] = engine.ChannelConfig{Provider: p, Rate: 1e9}
+			cfg := r.config(ch)
+			cfg.MaxDelayed = 50
+			cfg.Topics = r.topics
+			cfg.Topics.ParkTiers = []engine.ParkTier{{Hop: 100 * time.Millisecond, Suffix: "s", Retention: time.Hour},
+				{Hop: 500 * time.Millisecond, Suffix: "m", Retention: time.Hour}, {Hop: 2 * time.Second, Suffix: "l", Retention: time.Hour}}
+			bulk := func(ns []*notification.Notification, at time.Time) []*notification.Notification {
+				for _, n := range ns {
+					n.Priority, n.NotBefore = notification.Bulk, at
+				}
+				return ns
+			}
+			later := bulk(webhookBatch(300, 0), time.Now().Add(24*time.Hour))
+			soon := bulk(webhookBatch(300, 1000), time.Now().Add(3*time.Second))
+			r.enqueue(later...)
+			r.enqueue(soon...)
+			_, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 10*time.Second, "records parked", func() bool { return counterSum(t, r.reg, "goutong_parked_total") >= 300 })
+			now := bulk(webhookBatch(100, 2000), time.Time{})
+			r.enqueue(now...)
+			waitFor(t, 30*time.Second, "the notifications due now and soon", func() bool {
+				return p.sent.Load() == int64(len(now)+len(soon))
+			})
+			time.Sleep(300 * time.Millisecond)
+			if s, e := p.sent.Load(), p.early.Load(); s != int64(len(now)+len(soon)) || e != 0 {
+				t.Fatalf("%d sent (want %d: tomorrow's none), %d before their time", s, len(now)+len(soon), e)
+			}
+		})
+	}
+}
+
 // hintingProvider refuses each notification's first send with a
 // Retry-After of a century, as a broken or hostile provider might, and
 // accepts every later one.

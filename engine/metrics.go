@@ -22,6 +22,7 @@ type metrics struct {
 	lag        *prometheus.GaugeVec
 	paused     prometheus.Gauge
 	delayed    prometheus.Gauge
+	parked     *prometheus.CounterVec // per tier
 	commits    prometheus.Counter
 	// The status store's checkpoints (checkpoint.go): taken or failed, and
 	// the events the last start replayed.
@@ -62,6 +63,8 @@ func newMetrics() *metrics {
 			Help: "Partitions paused by backpressure."}),
 		delayed: prometheus.NewGauge(prometheus.GaugeOpts{Name: "goutong_delayed_records",
 			Help: "Records held until their not_before or retry time."}),
+		parked: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_parked_total",
+			Help: "Records parked in a parking topic until nearer their time, by the topic's hop."}, []string{"hop"}),
 		commits: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_offset_commits_total",
 			Help: "Offset commits."}),
 		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_status_checkpoints_total",
@@ -103,7 +106,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.commits, m.checkpoints, m.replayed, m.replayable}
+		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.checkpoints, m.replayed, m.replayable}
 }
 
 // storeCollector exports a store's metrics, read once a scrape (the stores

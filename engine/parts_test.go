@@ -174,7 +174,8 @@ func TestBackoffFullJitterAndRetryAfter(t *testing.T) {
 
 // A retry must be due while the retry topic still holds it: a backoff or a
 // Retry-After cap at or past its retention is refused at the start, as is
-// a ring size that would panic or take the machine's memory.
+// a ring size that would panic or take the machine's memory, or parking
+// tiers out of order.
 func TestConfigRefusesWhatCannotRun(t *testing.T) {
 	base := func() Config {
 		return Config{Open: func(partition.ConsumerConfig) (partition.Log, error) { return nil, nil }, Dedupe: &dedupe.Store{},
@@ -188,6 +189,16 @@ func TestConfigRefusesWhatCannotRun(t *testing.T) {
 	big.RingSize = MaxRingSize + 1
 	if err := big.defaults(); err == nil || !strings.Contains(err.Error(), "ring size") {
 		t.Errorf("ring size past the bound: %v", err)
+	}
+	for _, tiers := range [][]ParkTier{{}, {{Hop: time.Minute, Suffix: "a", Retention: time.Minute}},
+		{{Hop: time.Minute, Suffix: "a", Retention: time.Hour}, {Hop: time.Minute, Suffix: "b", Retention: time.Hour}},
+		{{Hop: time.Minute, Retention: time.Hour}}} {
+		c := base()
+		c.Topics = DefaultTopics()
+		c.Topics.ParkTiers = tiers
+		if err := c.defaults(); err == nil || !strings.Contains(err.Error(), "parking") {
+			t.Errorf("parking tiers %+v: %v", tiers, err)
+		}
 	}
 	for _, b := range []Backoff{{Max: RetryRetention}, {MaxRetryAfter: RetryRetention}, {Max: 2 * time.Hour}} {
 		c := base()
@@ -259,5 +270,29 @@ func TestSplitUrgentKeepsOrder(t *testing.T) {
 	e.cfg.Topics.Lanes = [notification.NumPriorities]string{}
 	if urgent, rest := e.splitUrgent(recs[:3]); len(urgent) != 0 || len(rest) != 3 {
 		t.Fatalf("single topic split %d/%d", len(urgent), len(rest))
+	}
+}
+
+// The parking topics are consumed, created with their tiers' retention,
+// and known by name; without Park there are none.
+func TestParkingTopics(t *testing.T) {
+	top := DefaultTopics()
+	specs := map[string]time.Duration{}
+	for _, s := range top.Specs(8) {
+		specs[s.Name] = s.RetentionAge
+	}
+	for i, want := range map[string]time.Duration{"goutong.park.1m": 2 * time.Hour, "goutong.park.10m": 2 * time.Hour, "goutong.park.1h": 6 * time.Hour} {
+		if specs[i] != want || !slices.Contains(top.Consumed(), i) || top.parkTier(i) < 0 {
+			t.Errorf("%s: retention %v (want %v), consumed %v", i, specs[i], want, slices.Contains(top.Consumed(), i))
+		}
+	}
+	if top.parkTier(top.Retry) >= 0 || top.parkTier("goutong.park.2h") >= 0 || top.heapHorizon() != 10*time.Minute {
+		t.Error("parkTier or heapHorizon wrong")
+	}
+	top.Park = ""
+	for _, name := range top.Consumed() {
+		if strings.Contains(name, "park") {
+			t.Errorf("parking off, yet %s is consumed", name)
+		}
 	}
 }
