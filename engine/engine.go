@@ -55,6 +55,7 @@ type Engine struct {
 
 	// Poller-owned.
 	delayed delayHeap
+	held    int // of delayed: parked records awaiting their wake (bounded by the polls of paused partitions)
 	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
@@ -904,6 +905,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			if wake := headerTime(r, HeaderWake); wake.After(now) && e.cfg.Topics.parkTier(r.Topic) >= 0 {
 				own := e.own(it)
 				own.parked, own.sendAt, own.due = true, it.due, wake
+				e.held++
 				e.delay(own)
 				e.pause(ps.tp, parkBlocker)
 				continue
@@ -964,7 +966,9 @@ func (e *Engine) own(it *item) *item {
 // An owned item is already a copy of its own (see own).
 func (e *Engine) wait(it *item, now time.Time, out *outcomes, owned bool) {
 	d := it.due.Sub(now)
-	if e.cfg.Topics.Park == "" || (d < e.cfg.Topics.heapHorizon() && len(e.delayed) < e.cfg.MaxDelayed) {
+	// Held parked records do not count: they would crowd out what is due
+	// soon, which would then wait a whole hop.
+	if e.cfg.Topics.Park == "" || (d < e.cfg.Topics.heapHorizon() && len(e.delayed)-e.held < e.cfg.MaxDelayed) {
 		if !owned {
 			it = e.own(it)
 		}
@@ -1008,6 +1012,9 @@ func (e *Engine) releaseDue(ctx context.Context) {
 	for len(e.delayed) > 0 && !e.delayed[0].due.After(now) && len(ready) < e.cfg.PollMax {
 		it := heap.Pop(&e.delayed).(*item)
 		it.ps.delayed.Add(-1)
+		if it.parked {
+			e.held--
+		}
 		if it.ps.revoked.Load() {
 			continue
 		}
