@@ -55,7 +55,7 @@ type Engine struct {
 
 	// Poller-owned.
 	delayed delayHeap
-	held    int // of delayed: parked records awaiting their wake (bounded by the polls of paused partitions)
+	held    int             // of delayed: parked records awaiting their wake (bounded by the polls of paused partitions)
 	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
