@@ -903,8 +903,13 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		}
 		if it.due.After(now) {
 			if wake := headerTime(r, HeaderWake); wake.After(now) && e.cfg.Topics.parkTier(r.Topic) >= 0 {
+				// Released at its wake, or at its time if that comes first
+				// (parked for the shortest hop by a full heap).
 				own := e.own(it)
 				own.parked, own.sendAt, own.due = true, it.due, wake
+				if it.due.Before(wake) {
+					own.due = it.due
+				}
 				e.held++
 				e.delay(own)
 				e.pause(ps.tp, parkBlocker)
