@@ -162,6 +162,7 @@ const (
 	maxPartitions  = 4096         // the embedded log's limit
 	maxRingSize    = engine.MaxRingSize
 	maxAttempts    = 1000
+	maxLoadTime    = 24 * time.Hour // a load's start and its length: a rising load's count stays in int64
 )
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
@@ -281,8 +282,8 @@ func (sc *Scenario) Validate() error {
 			return bad(f+".batch", "at most %d (the API's max_items)", maxBatch)
 		case l.Invalid < 0 || l.Invalid > 1:
 			return bad(f+".invalid", "a share between 0 and 1")
-		case l.For < 0:
-			return bad(f+".for", "must not be negative")
+		case l.For < 0 || l.For.D() > maxLoadTime || l.Start.D() > maxLoadTime:
+			return bad(f, "start and for: 0 to %v", maxLoadTime)
 		}
 		if l.Batch == 0 {
 			l.Batch = 1000
