@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,9 +30,15 @@ import (
 type Topics struct {
 	Ingress string
 	Lanes   [notification.NumPriorities]string
-	Retry   string
-	DLQ     string
-	Status  string
+	// RetryLanes take retries by priority, as Lanes take first sends: a
+	// full bulk ring pauses the partitions its records came from, and in
+	// one retry topic those carried the codes' retries too. Retry is the
+	// mixed topic of earlier versions, still consumed (and the one used
+	// when a lane is unnamed).
+	RetryLanes [notification.NumPriorities]string
+	Retry      string
+	DLQ        string
+	Status     string
 	// StatusDLQ holds status events tenants' webhooks did not take.
 	StatusDLQ string
 	// StatusHooks prefixes each webhook tenant's own topic of events to
@@ -84,8 +91,22 @@ func DefaultTopics() Topics {
 		StatusDLQ: "goutong.status.dlq", StatusHooks: "goutong.status.hooks.", Park: "goutong.park."}
 	for i := range t.Lanes {
 		t.Lanes[i] = "goutong.notifications." + notification.Priority(i+1).String()
+		t.RetryLanes[i] = "goutong.retry." + notification.Priority(i+1).String()
 	}
 	return t
+}
+
+// RetryLane is the topic a retry of priority p is produced to.
+func (t Topics) RetryLane(p notification.Priority) string {
+	if p.Valid() && t.RetryLanes[p.Index()] != "" {
+		return t.RetryLanes[p.Index()]
+	}
+	return t.Retry
+}
+
+// isRetry reports whether topic holds retries.
+func (t Topics) isRetry(topic string) bool {
+	return topic == t.Retry || (topic != "" && slices.Contains(t.RetryLanes[:], topic))
 }
 
 // Lane is the topic a notification of priority p is produced to.
@@ -158,6 +179,11 @@ func (t Topics) Consumed() []string {
 		}
 	}
 	out = append(out, t.Retry)
+	for _, l := range t.RetryLanes {
+		if l != "" && l != t.Retry {
+			out = append(out, l)
+		}
+	}
 	if t.Park != "" {
 		for i := range t.parkTiers() {
 			out = append(out, t.ParkTopic(i))
@@ -183,7 +209,7 @@ func (t Topics) Specs(partitions int32) []partition.TopicSpec {
 	var specs []partition.TopicSpec
 	for _, name := range t.Consumed() {
 		age := 2 * time.Hour
-		if name == t.Retry {
+		if t.isRetry(name) {
 			age = RetryRetention
 		}
 		if tier := t.parkTier(name); tier >= 0 {

@@ -579,7 +579,7 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item, bufs
 			}
 			due := now.Add(e.cfg.Backoff.Delay(n.Attempts, r.RetryAfter))
 			e.m.retries.WithLabelValues(string(cs.name)).Inc()
-			out.recs = append(out.recs, partition.Record{Topic: e.cfg.Topics.Retry, Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n),
+			out.recs = append(out.recs, partition.Record{Topic: e.cfg.Topics.RetryLane(n.Priority), Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n),
 				Headers: []partition.Header{
 					{Key: HeaderDue, Value: strconv.AppendInt(nil, due.UnixMilli(), 10)},
 					{Key: HeaderError, Value: []byte(r.Reason)},

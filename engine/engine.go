@@ -658,13 +658,18 @@ func (e *Engine) pollLoop(ctx context.Context) error {
 // splitUrgent moves the records of the critical and high lanes out of
 // recs, keeping the order of the rest (and so of every partition).
 func (e *Engine) splitUrgent(recs []partition.Record) (urgent, rest []partition.Record) {
-	crit, high := e.cfg.Topics.Lane(notification.Critical), e.cfg.Topics.Lane(notification.High)
-	if crit == e.cfg.Topics.Ingress && high == e.cfg.Topics.Ingress {
+	t := &e.cfg.Topics
+	crit, high := t.Lane(notification.Critical), t.Lane(notification.High)
+	rcrit, rhigh := t.RetryLane(notification.Critical), t.RetryLane(notification.High)
+	if crit == t.Ingress && high == t.Ingress && rcrit == t.Retry && rhigh == t.Retry {
 		return nil, recs // one topic for every priority: nothing to tell apart
+	}
+	isUrgent := func(topic string) bool {
+		return (topic == crit || topic == high) && topic != t.Ingress || (topic == rcrit || topic == rhigh) && topic != t.Retry
 	}
 	k := 0
 	for i := range recs {
-		if t := recs[i].Topic; t == crit || t == high {
+		if isUrgent(recs[i].Topic) {
 			k++
 		}
 	}
@@ -674,7 +679,7 @@ func (e *Engine) splitUrgent(recs []partition.Record) (urgent, rest []partition.
 	urgent = make([]partition.Record, 0, k)
 	n := 0
 	for i := range recs {
-		if t := recs[i].Topic; t == crit || t == high {
+		if isUrgent(recs[i].Topic) {
 			urgent = append(urgent, recs[i])
 		} else {
 			recs[n] = recs[i]
@@ -865,7 +870,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		}
 		ps.inflight.Add(1)
 		it := &slab[i]
-		*it = item{ps: ps, off: r.Offset, retry: r.Topic == e.cfg.Topics.Retry, polled: now}
+		*it = item{ps: ps, off: r.Offset, retry: e.cfg.Topics.isRetry(r.Topic), polled: now}
 		n, err := e.cfg.Codec.DecodeIn(arena, r.Value)
 		if err != nil {
 			out.deadLetter(e, r.Key, r.Value, reasonDecode, err.Error(), 0, source(r), now)

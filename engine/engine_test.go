@@ -704,6 +704,91 @@ func (p *gatedProvider) Send(_ context.Context, batch []*notification.Notificati
 	}
 }
 
+// retryOnceProvider refuses every notification's first send (retriable),
+// then sends critical ones at once and holds bulk batches until release.
+type retryOnceProvider struct {
+	release                     chan struct{}
+	refused, criticalSent, bulk atomic.Int64
+}
+
+func (*retryOnceProvider) Name() string     { return "retry-once" }
+func (*retryOnceProvider) MaxBatch() int    { return 10 }
+func (*retryOnceProvider) Concurrency() int { return 4 }
+func (p *retryOnceProvider) Send(_ context.Context, batch []*notification.Notification, results []providers.Result) {
+	if batch[0].Attempts == 1 {
+		for i := range batch {
+			results[i] = providers.Result{Outcome: providers.Retriable, Reason: "try again"}
+		}
+		p.refused.Add(int64(len(batch)))
+		return
+	}
+	if batch[0].Priority == notification.Bulk {
+		<-p.release
+		p.bulk.Add(int64(len(batch)))
+	} else {
+		p.criticalSent.Add(int64(len(batch)))
+	}
+	for i := range batch {
+		results[i] = providers.Result{Outcome: providers.Sent, Provider: "retry-once"}
+	}
+}
+
+// TestEngineCodeRetriesPassFullBulk: while bulk retries fill their ring
+// (the provider holds every bulk send), codes' retries still go out: they
+// are in a retry topic of their own, not in the partitions the full bulk
+// ring paused. Over both logs.
+func TestEngineCodeRetriesPassFullBulk(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			p := &retryOnceProvider{release: make(chan struct{})}
+			ch := r.channels(false)
+			ch[notification.Webhook] = engine.ChannelConfig{Provider: p, Rate: 1e9}
+			cfg := r.config(ch)
+			cfg.RingSize = 16
+			bulk := webhookBatch(400, 0)
+			for _, n := range bulk {
+				n.Priority = notification.Bulk
+			}
+			r.enqueue(bulk...)
+			_, stop := r.start(cfg)
+			released := false
+			defer func() {
+				if !released {
+					close(p.release)
+				}
+				stop()
+			}()
+			// Every bulk notification refused once, and its retries filling
+			// the ring: the partitions they come from (all four) paused.
+			waitFor(t, 10*time.Second, "bulk retries pausing their partitions", func() bool {
+				if p.refused.Load() < int64(len(bulk)) {
+					return false
+				}
+				mfs, err := r.reg.Gather()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, mf := range mfs {
+					if mf.GetName() == "goutong_partitions_paused" {
+						return mf.GetMetric()[0].GetGauge().GetValue() >= 4
+					}
+				}
+				return false
+			})
+			codes := webhookBatch(40, 1000)
+			for _, n := range codes {
+				n.Priority = notification.Critical
+			}
+			r.enqueue(codes...)
+			waitFor(t, 20*time.Second, "the codes' retries sent", func() bool { return p.criticalSent.Load() == int64(len(codes)) })
+			close(p.release)
+			released = true
+			waitFor(t, 30*time.Second, "the bulk sent once released", func() bool { return p.bulk.Load() == int64(len(bulk)) })
+		})
+	}
+}
+
 // scheduleProvider accepts everything and counts sends made before the
 // notification's not_before.
 type scheduleProvider struct {

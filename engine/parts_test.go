@@ -296,3 +296,26 @@ func TestParkingTopics(t *testing.T) {
 		}
 	}
 }
+
+// Retries go to a topic per priority, kept for RetryRetention, and the
+// mixed retry topic of earlier versions is still consumed.
+func TestRetryLanes(t *testing.T) {
+	top := DefaultTopics()
+	specs := map[string]time.Duration{}
+	for _, s := range top.Specs(8) {
+		specs[s.Name] = s.RetentionAge
+	}
+	for p := notification.Critical; p <= notification.Bulk; p++ {
+		name := top.RetryLane(p)
+		if name != "goutong.retry."+p.String() || specs[name] != RetryRetention || !top.isRetry(name) || !slices.Contains(top.Consumed(), name) {
+			t.Errorf("%v: retry lane %q, retention %v, consumed %v", p, name, specs[name], slices.Contains(top.Consumed(), name))
+		}
+	}
+	if !slices.Contains(top.Consumed(), top.Retry) || specs[top.Retry] != RetryRetention || !top.isRetry(top.Retry) || top.isRetry(top.Lane(notification.Bulk)) {
+		t.Error("the mixed retry topic is not consumed as a retry topic")
+	}
+	top.RetryLanes = [notification.NumPriorities]string{}
+	if top.RetryLane(notification.Critical) != top.Retry || top.isRetry("") {
+		t.Error("without retry lanes, retries go to the mixed topic")
+	}
+}
