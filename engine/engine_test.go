@@ -762,19 +762,7 @@ func TestEngineCodeRetriesPassFullBulk(t *testing.T) {
 			// Every bulk notification refused once, and its retries filling
 			// the ring: the partitions they come from (all four) paused.
 			waitFor(t, 10*time.Second, "bulk retries pausing their partitions", func() bool {
-				if p.refused.Load() < int64(len(bulk)) {
-					return false
-				}
-				mfs, err := r.reg.Gather()
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, mf := range mfs {
-					if mf.GetName() == "goutong_partitions_paused" {
-						return mf.GetMetric()[0].GetGauge().GetValue() >= 4
-					}
-				}
-				return false
+				return p.refused.Load() >= int64(len(bulk)) && gaugeOf(t, r.reg, "goutong_partitions_paused", "", "") >= 4
 			})
 			codes := webhookBatch(40, 1000)
 			for _, n := range codes {
