@@ -501,10 +501,16 @@ func (e *Engine) releaseClaims(items []*item) {
 // store keeps the replay from sending twice.
 func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item, bufs *sendBuffers) {
 	clock := e.cfg.Clock
-	if cs.provLimit != nil {
-		if w := cs.provLimit.Reserve(clock.Now(), len(batch)); w > 0 {
+	for cs.provLimit != nil {
+		w, ok := cs.provLimit.Reserve(clock.Now(), len(batch))
+		if w > 0 {
 			e.m.limitWait.WithLabelValues(string(cs.name)).Add(w.Seconds())
-			_ = clock.Sleep(ctx, w)
+			if clock.Sleep(ctx, w) != nil {
+				break // shutting down: the drain sends what it holds
+			}
+		}
+		if ok {
+			break
 		}
 	}
 	ns := reuse(bufs.ns, len(batch))

@@ -36,23 +36,42 @@ func NewAdaptiveLimit(max float64, burst int) *AdaptiveLimit {
 }
 
 // Reserve takes n tokens at now and returns how long the caller must wait
-// before sending them (0: send now). n above the burst is split so it
-// never fails.
-func (a *AdaptiveLimit) Reserve(now time.Time, n int) time.Duration {
+// before sending them (ok). When that wait would be longer than
+// maxRecheck, or the bucket is in debt to an earlier reservation, or a
+// Retry-After pauses it, it takes nothing and says when to ask again (at
+// most maxRecheck away): the caller waits in short steps and sees a rate
+// that climbed meanwhile. A batch larger than the burst, which no full
+// bucket covers, is reserved once the bucket is full.
+//
+// Reserving up front for a long wait is what it refuses: at a throttled
+// rate every sender's batch queued behind the last, each sender slept out
+// a wait computed at that rate, and a channel stayed stalled long after
+// the provider recovered and the rate climbed back (the provider-faults
+// scenario: batches sent tens of seconds after the faults ended).
+func (a *AdaptiveLimit) Reserve(now time.Time, n int) (wait time.Duration, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var wait time.Duration
+	if a.pausedUntil.After(now) {
+		return min(a.pausedUntil.Sub(now), maxRecheck), false
+	}
+	tokens, perSec := a.lim.TokensAt(now), float64(a.lim.Limit())
+	if tokens < 0 {
+		return min(time.Duration(-tokens/perSec*float64(time.Second)), maxRecheck) + time.Millisecond, false
+	}
+	if need := float64(min(n, a.lim.Burst())); tokens < need && time.Duration((need-tokens)/perSec*float64(time.Second)) > maxRecheck {
+		return maxRecheck, false
+	}
 	for n > 0 {
 		k := min(n, a.lim.Burst())
 		r := a.lim.ReserveN(now, k)
 		wait = max(wait, r.DelayFrom(now))
 		n -= k
 	}
-	if a.pausedUntil.After(now) {
-		wait = max(wait, a.pausedUntil.Sub(now))
-	}
-	return wait
+	return wait, true
 }
+
+// maxRecheck bounds how long a refused Reserve sends its caller away.
+const maxRecheck = 250 * time.Millisecond
 
 // OnThrottle lowers the rate after a 429 or Retry-After.
 func (a *AdaptiveLimit) OnThrottle(now time.Time, retryAfter time.Duration) {

@@ -105,18 +105,23 @@ func TestBreakerWindowForgets(t *testing.T) {
 func TestAdaptiveLimitAIMD(t *testing.T) {
 	clk := newFake()
 	a := NewAdaptiveLimit(1000, 100)
-	if w := a.Reserve(clk.Now(), 100); w != 0 {
-		t.Fatalf("a full bucket made us wait %v", w)
+	if w, ok := a.Reserve(clk.Now(), 100); w != 0 || !ok {
+		t.Fatalf("a full bucket made us wait %v (%v)", w, ok)
 	}
-	if w := a.Reserve(clk.Now(), 100); w < 90*time.Millisecond || w > 110*time.Millisecond {
-		t.Fatalf("100 more at 1000/s should wait ~100ms, got %v", w)
+	if w, ok := a.Reserve(clk.Now(), 100); !ok || w < 90*time.Millisecond || w > 110*time.Millisecond {
+		t.Fatalf("100 more at 1000/s should wait ~100ms, got %v (%v)", w, ok)
 	}
+	// Behind that debt nothing is reserved: ask again when it is paid.
+	if w, ok := a.Reserve(clk.Now(), 1); ok || w < 90*time.Millisecond || w > 110*time.Millisecond {
+		t.Fatalf("behind 100 tokens of debt: %v (%v), want a refusal to ask again in ~100ms", w, ok)
+	}
+	clk.Add(100 * time.Millisecond)
 	a.OnThrottle(clk.Now(), 2*time.Second)
 	if l := a.Limit(); l != 500 {
 		t.Fatalf("after a 429: %v/s, want 500", l)
 	}
-	if w := a.Reserve(clk.Now(), 1); w < 2*time.Second {
-		t.Fatalf("Retry-After not honoured: wait %v", w)
+	if waited := reserveAsSenders(clk, a, 1); waited < 2*time.Second {
+		t.Fatalf("Retry-After not honoured: waited %v", waited)
 	}
 	for range 10 {
 		a.OnThrottle(clk.Now(), 0)
@@ -133,6 +138,50 @@ func TestAdaptiveLimitAIMD(t *testing.T) {
 	a.SetMax(clk.Now(), 200)
 	if l := a.Limit(); l != 200 {
 		t.Fatalf("SetMax: %v", l)
+	}
+}
+
+// reserveAsSenders asks a for n tokens as the engine's senders do, asking
+// again after each refusal, and returns the time it took on clk.
+func reserveAsSenders(clk *fakeClock, a *AdaptiveLimit, n int) time.Duration {
+	start := clk.Now()
+	for {
+		w, ok := a.Reserve(clk.Now(), n)
+		clk.Add(w)
+		if ok {
+			return clk.Now().Sub(start)
+		}
+	}
+}
+
+// After a 429 storm threw the rate to its floor and the provider
+// recovered, a sender waits for what one batch costs, not for the debt
+// every sender's batch ran up at the floor.
+func TestAdaptiveLimitRecoversWithoutDebt(t *testing.T) {
+	clk := newFake()
+	a := NewAdaptiveLimit(1000, 500)
+	for range 10 {
+		a.OnThrottle(clk.Now(), 0)
+	}
+	// Eight senders with batches of 500 at 10/s: one reserves (its own
+	// wait), the rest are refused instead of queueing 50 s apart.
+	w, ok := a.Reserve(clk.Now(), 500)
+	if !ok || w != 0 {
+		t.Fatalf("the first batch from a full bucket: %v (%v)", w, ok)
+	}
+	for range 7 {
+		if w, ok := a.Reserve(clk.Now(), 500); ok || w > maxRecheck+time.Millisecond {
+			t.Fatalf("a batch behind the first at 10/s: %v (%v), want a refusal within %v", w, ok, maxRecheck)
+		}
+	}
+	// The provider answers again; the rate climbs back to 1000/s.
+	for range 100 {
+		a.OnSuccess(clk.Now())
+	}
+	// The first batch's 500 tokens are paid in 0.5 s at 1000/s, then the
+	// next batch goes; queued at 10/s it would have waited 50 s.
+	if waited := reserveAsSenders(clk, a, 500); waited > time.Second {
+		t.Fatalf("the next batch after recovery waited %v", waited)
 	}
 }
 
