@@ -64,6 +64,11 @@ type Config struct {
 	MaxBacklog   int64
 	MaxBodyBytes int // default 64 MiB; larger bodies get 413
 	MaxItems     int // per request, default 100,000
+	// MaxScheduleAhead refuses a not_before further ahead (default 35
+	// days, Twilio's bound on scheduled messages; negative: no bound). A
+	// parked notification is re-parked every hour until near its time: a
+	// typo's year 2206 would be rewritten hourly for two centuries.
+	MaxScheduleAhead time.Duration
 	// CheckTemplate, when set, is asked about every notification that names
 	// a template: an error (a *notification.FieldError naming "template" or
 	// "vars.<name>", or any error, taken as about "template") rejects the
@@ -97,6 +102,9 @@ type apiMetrics struct {
 	panics   prometheus.Counter
 }
 
+// DefaultMaxScheduleAhead is Config.MaxScheduleAhead's default.
+const DefaultMaxScheduleAhead = 35 * 24 * time.Hour
+
 // New builds a Server.
 func New(cfg Config) (*Server, error) {
 	if cfg.Engine == nil {
@@ -104,6 +112,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 20
+	}
+	if cfg.MaxScheduleAhead == 0 {
+		cfg.MaxScheduleAhead = DefaultMaxScheduleAhead
 	}
 	if cfg.MaxItems <= 0 {
 		cfg.MaxItems = 100_000

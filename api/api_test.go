@@ -316,6 +316,8 @@ func TestBadInputNamesTheField(t *testing.T) {
 		{"lone surrogate", "application/json", `[` + webhookJSON(0, `,"metadata":{"k":"\ud800"}`) + `]`, 400, "malformed_json", "", -1},
 		{"NaN", "application/json", `[{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":"1"}},` +
 			`{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":NaN}}]`, 400, "invalid_field", "vars.code", 1},
+		{"scheduled too far ahead", "application/json", `[` + webhookJSON(0, `,"not_before":"`+time.Now().Add(30*24*time.Hour).UTC().Format(time.RFC3339)+`"`) + `,` +
+			webhookJSON(1, `,"not_before":"`+time.Now().Add(36*24*time.Hour).UTC().Format(time.RFC3339)+`"`) + `]`, 400, "invalid_field", "not_before", 1},
 		{"too many items", "application/json", big, 413, "too_many_items", "items", -1},
 		{"oversize", "application/json", `{"channel":"webhook","recipient":"x","content":{"body":"` + strings.Repeat("a", 70<<10) + `"}}`, 413, "body_too_large", "", -1},
 		{"empty", "application/json", "  ", 400, "invalid_body", "", -1},

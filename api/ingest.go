@@ -49,6 +49,15 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 		}
 		return
 	}
+	if ahead := s.cfg.MaxScheduleAhead; ahead > 0 {
+		for i, n := range ns {
+			if n.NotBefore.Sub(now) > ahead {
+				writeError(ctx, fasthttp.StatusBadRequest, apiError{Code: "invalid_field", Index: ptr(i), Field: "not_before",
+					Message: fmt.Sprintf("more than %v ahead (api.max_schedule_ahead)", ahead)})
+				return
+			}
+		}
+	}
 	// Backlog shedding: urgent traffic still gets in when the log is deep.
 	if s.cfg.MaxBacklog > 0 && s.cfg.Engine.Backlog() > s.cfg.MaxBacklog {
 		for i, n := range ns {

@@ -116,6 +116,8 @@ type APIConfig struct {
 	MaxBacklog   int64                `koanf:"max_backlog"`
 	MaxBodyBytes int                  `koanf:"max_body_bytes"`
 	MaxItems     int                  `koanf:"max_items"`
+	// MaxScheduleAhead refuses a not_before further ahead; negative: none.
+	MaxScheduleAhead time.Duration `koanf:"max_schedule_ahead"`
 }
 
 // ChannelConf configures one channel and its provider.
@@ -170,7 +172,7 @@ func defaultConfig() Config {
 		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true, SyncDelay: dedupe.DefaultSyncDelay,
 			FilterKeys: dedupe.DefaultFilterKeys, FilterMaxBytes: dedupe.DefaultFilterBytes, RecentBytes: dedupe.DefaultRecentBytes,
 			WriteBufferBytes: dedupe.DefaultWriteBufferBytes},
-		API: APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000},
+		API: APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000, MaxScheduleAhead: api.DefaultMaxScheduleAhead},
 		Templates: map[string]TemplateConf{
 			"otp": {Subject: "Your verification code", Body: "Your verification code is {{.code}}"},
 		},

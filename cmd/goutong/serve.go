@@ -188,7 +188,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	srv, err := api.New(api.Config{Engine: eng, Keys: cfg.API.Keys, Quotas: cfg.API.Quotas,
 		DefaultQuota: cfg.API.DefaultQuota, MaxBacklog: cfg.API.MaxBacklog, MaxBodyBytes: cfg.API.MaxBodyBytes,
-		MaxItems: cfg.API.MaxItems, CheckTemplate: built.checkTemplate, Gatherer: reg, Registry: reg, Logger: lg})
+		MaxItems: cfg.API.MaxItems, MaxScheduleAhead: cfg.API.MaxScheduleAhead, CheckTemplate: built.checkTemplate, Gatherer: reg, Registry: reg, Logger: lg})
 	if err != nil {
 		return err
 	}
