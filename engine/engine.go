@@ -87,6 +87,8 @@ type partState struct {
 	revoked   atomic.Bool
 	inflight  atomic.Int64
 	delayed   atomic.Int64
+	// What the topic holds, known once rather than looked up per record.
+	retry, park bool
 }
 
 type item struct {
@@ -363,7 +365,8 @@ func (e *Engine) onAssigned(_ context.Context, tps []partition.TopicPartition) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, tp := range tps {
-		e.parts[tp] = &partState{tp: tp, wm: NewWatermark(0), committed: -1}
+		e.parts[tp] = &partState{tp: tp, wm: NewWatermark(0), committed: -1,
+			retry: e.cfg.Topics.isRetry(tp.Topic), park: e.cfg.Topics.parkTier(tp.Topic) >= 0}
 		delete(e.pauseRef, tp)
 	}
 	// A partition coming back may still be paused from its last stay.
@@ -870,7 +873,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		}
 		ps.inflight.Add(1)
 		it := &slab[i]
-		*it = item{ps: ps, off: r.Offset, retry: e.cfg.Topics.isRetry(r.Topic), polled: now}
+		*it = item{ps: ps, off: r.Offset, retry: ps.retry, polled: now}
 		n, err := e.cfg.Codec.DecodeIn(arena, r.Value)
 		if err != nil {
 			out.deadLetter(e, r.Key, r.Value, reasonDecode, err.Error(), 0, source(r), now)
@@ -907,7 +910,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			it.due = d
 		}
 		if it.due.After(now) {
-			if wake := headerTime(r, HeaderWake); wake.After(now) && e.cfg.Topics.parkTier(r.Topic) >= 0 {
+			if wake := headerTime(r, HeaderWake); wake.After(now) && ps.park {
 				// Released at its wake, or at its time if that comes first
 				// (parked for the shortest hop by a full heap).
 				own := e.own(it)
