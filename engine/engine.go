@@ -55,8 +55,11 @@ type Engine struct {
 
 	// Poller-owned.
 	delayed delayHeap
-	held    int             // of delayed: parked records awaiting their wake (bounded by the polls of paused partitions)
-	outCtx  context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
+	// held are the items of delayed read from a parking topic before
+	// their wake time (their due), their partitions paused, with when each
+	// may be sent: beside the heap, not in every item of every poll.
+	held   map[*item]time.Time
+	outCtx context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
 	ids     *idSource    // status event ids
@@ -101,11 +104,6 @@ type item struct {
 	token  uint32
 	retry  bool
 	polled time.Time
-	// parked: read from a parking topic before its wake time, held in the
-	// delay heap until then (due) with its partition paused; sendAt is
-	// when it may be sent.
-	parked bool
-	sendAt time.Time
 }
 
 type channelState struct {
@@ -130,7 +128,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
-		parts: map[partition.TopicPartition]*partState{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
+		parts: map[partition.TopicPartition]*partState{}, held: map[*item]time.Time{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource()}
 	defer close(e.logReady)
 	collectors := append(e.m.collectors(), storeCollector[dedupe.Metrics]{cfg.Dedupe.Metrics, dedupeMetrics})
@@ -914,11 +912,11 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 				// Released at its wake, or at its time if that comes first
 				// (parked for the shortest hop by a full heap).
 				own := e.own(it)
-				own.parked, own.sendAt, own.due = true, it.due, wake
+				own.due = wake
 				if it.due.Before(wake) {
 					own.due = it.due
 				}
-				e.held++
+				e.held[own] = it.due
 				e.delay(own)
 				e.pause(ps.tp, parkBlocker)
 				continue
@@ -981,7 +979,7 @@ func (e *Engine) wait(it *item, now time.Time, out *outcomes, owned bool) {
 	d := it.due.Sub(now)
 	// Held parked records do not count: they would crowd out what is due
 	// soon, which would then wait a whole hop.
-	if e.cfg.Topics.Park == "" || (d < e.cfg.Topics.heapHorizon() && len(e.delayed)-e.held < e.cfg.MaxDelayed) {
+	if e.cfg.Topics.Park == "" || (d < e.cfg.Topics.heapHorizon() && len(e.delayed)-len(e.held) < e.cfg.MaxDelayed) {
 		if !owned {
 			it = e.own(it)
 		}
@@ -1025,15 +1023,14 @@ func (e *Engine) releaseDue(ctx context.Context) {
 	for len(e.delayed) > 0 && !e.delayed[0].due.After(now) && len(ready) < e.cfg.PollMax {
 		it := heap.Pop(&e.delayed).(*item)
 		it.ps.delayed.Add(-1)
-		if it.parked {
-			e.held--
-		}
+		sendAt, held := e.held[it]
+		delete(e.held, it)
 		if it.ps.revoked.Load() {
 			continue
 		}
-		if it.parked {
+		if held {
 			// Awake: what follows it in its parking partition may be too.
-			it.parked, it.due = false, it.sendAt
+			it.due = sendAt
 			e.resume(it.ps.tp, parkBlocker)
 			if it.due.After(now) {
 				e.wait(it, now, &out, true)
