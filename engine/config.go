@@ -132,7 +132,7 @@ var DefaultParkTiers = []ParkTier{
 type ParkTier struct {
 	Hop       time.Duration
 	Suffix    string
-	Retention time.Duration // well past Hop: a node down that long (on Kafka) loses what it held
+	Retention time.Duration // well past Hop: on Kafka, what no node reads for that long is deleted unread
 }
 
 func (t Topics) parkTiers() []ParkTier {
@@ -159,11 +159,12 @@ func (t Topics) ParkTopic(tier int) string {
 
 // parkTier is the tier of a parking topic, or -1.
 func (t Topics) parkTier(topic string) int {
-	if t.Park == "" || !strings.HasPrefix(topic, t.Park) {
+	suffix, ok := strings.CutPrefix(topic, t.Park)
+	if t.Park == "" || !ok {
 		return -1
 	}
-	for i := range t.parkTiers() {
-		if topic == t.ParkTopic(i) {
+	for i, tier := range t.parkTiers() {
+		if tier.Suffix == suffix {
 			return i
 		}
 	}
