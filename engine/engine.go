@@ -58,8 +58,12 @@ type Engine struct {
 	// held are the items of delayed read from a parking topic before
 	// their wake time (their due), their partitions paused, with when each
 	// may be sent: beside the heap, not in every item of every poll.
-	held   map[*item]time.Time
-	outCtx context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
+	held map[*item]time.Time
+	// sentElsewhere are items another node sent before this one took their
+	// partition over (takeover.go), with the provider's answer: claim
+	// finishes them without a send.
+	sentElsewhere map[*item]string
+	outCtx        context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
 	ids     *idSource    // status event ids
@@ -72,6 +76,10 @@ type Engine struct {
 	backlog  atomic.Int64   // total consumer lag at the last measurement
 	ready    atomic.Bool    // topics exist and the poller runs
 	ckpt     statusCheckpoints
+	// Guarded by mu: assignments held until the status replica catches up.
+	takeovers []*takeover
+	kickPoll  context.CancelFunc // ends the poll under way (nil between polls)
+	replica   replicaPositions
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or
@@ -92,6 +100,9 @@ type partState struct {
 	delayed   atomic.Int64
 	// What the topic holds, known once rather than looked up per record.
 	retry, park bool
+	// checkBelow, when set, ends the records another node may have sent
+	// before this one took the partition over (takeover.go). Poller-owned.
+	checkBelow int64
 }
 
 type item struct {
@@ -128,7 +139,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
-		parts: map[partition.TopicPartition]*partState{}, held: map[*item]time.Time{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
+		parts: map[partition.TopicPartition]*partState{}, held: map[*item]time.Time{}, sentElsewhere: map[*item]string{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource()}
 	defer close(e.logReady)
 	collectors := append(e.m.collectors(), storeCollector[dedupe.Metrics]{cfg.Dedupe.Metrics, dedupeMetrics})
@@ -369,6 +380,9 @@ func (e *Engine) onAssigned(_ context.Context, tps []partition.TopicPartition) {
 	}
 	// A partition coming back may still be paused from its last stay.
 	e.log.Resume(tps...)
+	if e.takeoverOn() {
+		e.holdForTakeoverLocked(tps)
+	}
 }
 
 // onRevoked gives the records of leaving partitions RevokeWait to finish,
@@ -614,10 +628,19 @@ func (e *Engine) pollLoop(ctx context.Context) error {
 			return nil
 		}
 		e.flushPending()
+		e.advanceTakeovers(ctx)
 		e.releaseDue(ctx)
 		pctx, cancel := ctx, context.CancelFunc(func() {})
 		if wait, busy := e.pollWait(); busy {
 			pctx, cancel = context.WithTimeout(ctx, wait)
+		} else if e.takeoverOn() {
+			// An assignment to hold must wake a poll that would block.
+			pctx, cancel = context.WithCancel(ctx)
+		}
+		if e.takeoverOn() {
+			e.mu.Lock()
+			e.kickPoll = cancel
+			e.mu.Unlock()
 		}
 		// While codes flow, polls are a quarter of the size: a code that
 		// comes in while the poller decodes and claims bulk waits for one
@@ -628,10 +651,15 @@ func (e *Engine) pollLoop(ctx context.Context) error {
 		}
 		recs, err := e.log.Poll(pctx, max)
 		cancel()
+		if e.takeoverOn() {
+			e.mu.Lock()
+			e.kickPoll = nil
+			e.mu.Unlock()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 			if errors.Is(err, partition.ErrClosed) {
 				return err
 			}
@@ -709,6 +737,9 @@ func (e *Engine) pollWait() (time.Duration, bool) {
 		if b.ch != "" && len(set) > 0 {
 			wait, busy = min(wait, 5*time.Millisecond), true
 		}
+	}
+	if len(e.takeovers) > 0 {
+		wait, busy = min(wait, 20*time.Millisecond), true
 	}
 	e.mu.Unlock()
 	if len(e.delayed) > 0 {
@@ -926,6 +957,9 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		}
 		ready = append(ready, it)
 	}
+	if e.takeoverOn() {
+		e.skipSent(ready)
+	}
 	// Critical and high items are claimed and routed first, so a code in
 	// a poll full of bulk does not wait for the bulk's claims.
 	var urgent []*item
@@ -1090,8 +1124,19 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 		return nil
 	}
 	send := items[:0]
+	var elsewhere []dedupe.Done
 	for i, it := range items {
 		r := res[i]
+		if len(e.sentElsewhere) > 0 {
+			if outcome, ok := e.sentElsewhere[it]; ok {
+				delete(e.sentElsewhere, it)
+				if r.Status.ShouldSend() {
+					elsewhere = append(elsewhere, dedupe.Done{Key: it.key, Token: r.Token, ID: it.n.ID, Outcome: outcome})
+					out.done = append(out.done, it)
+					continue
+				}
+			}
+		}
 		if r.Status.ShouldSend() {
 			it.token = r.Token
 			send = append(send, it)
@@ -1114,6 +1159,8 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 		}
 		out.done = append(out.done, it)
 	}
+	// Before the items are finished (their offsets may then commit).
+	e.finishSentElsewhere(ctx, elsewhere)
 	e.claimed.Add(int64(len(send)))
 	return send
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	retries    *prometheus.CounterVec
 	deadLetter *prometheus.CounterVec // per reason
 	duplicates *prometheus.CounterVec
+	takenOver  *prometheus.CounterVec // sent by another node, found at a takeover
 	expired    *prometheus.CounterVec
 	limitWait  *prometheus.CounterVec // seconds dispatchers waited for tokens
 	lag        *prometheus.GaugeVec
@@ -53,6 +54,8 @@ func newMetrics() *metrics {
 			Help: "Records moved to the dead-letter topic, by reason."}, []string{"reason"}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_duplicates_total",
 			Help: "Records not sent because their idempotency key was already sent or in flight."}, []string{"channel"}),
+		takenOver: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_takeover_skipped_total",
+			Help: "Records of a partition taken over from another node that the status topic showed sent (or duplicates) there: finished without a send."}, []string{"channel"}),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_expired_total",
 			Help: "Notifications dropped because they expired before they could be sent."}, []string{"channel"}),
 		limitWait: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_limiter_wait_seconds_total",
@@ -105,7 +108,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.expired,
+	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.takenOver, m.expired,
 		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.checkpoints, m.replayed, m.replayable}
 }
 

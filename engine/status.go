@@ -773,6 +773,10 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 				return nil // not committed: replayed by the next run
 			}
 		}
+		e.replica.advance(next)
+		if e.replica.wanted() {
+			e.replica.measure(ctx, log, e.cfg.Topics.Status)
+		}
 		if time.Since(last) >= interval {
 			commit()
 			last = time.Now()

@@ -1,0 +1,286 @@
+package engine
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/partition"
+)
+
+// Taking over partitions from another node.
+//
+// A node that dies after sending, before its offset commit, leaves the new
+// owner of its partitions to replay those records. The new owner's dedupe
+// store never saw their keys, so on its own it would send them again. Its
+// status store has seen them: with a NodeID it follows the whole status
+// topic, which carries the old owner's `sent` events. So a partition that
+// arrives with records in it is held (paused) until the status replica has
+// applied the status topic up to where it ended at the assignment; then the
+// records below the partition's end at the assignment (the only ones the
+// old owner can have read) are looked up, and those already sent, delivered
+// or answered as duplicates are finished without a send. Their keys are
+// confirmed in the dedupe store, so a later record with the same key is a
+// duplicate here too.
+//
+// What this does not cover: a send whose `sent` event the old owner never
+// produced (it died between the provider's answer and the produce). The
+// provider sees that one twice, as on any at-least-once boundary; the
+// notification's id rides in every provider request for the provider to
+// deduplicate on.
+
+// takeoverWait bounds how long new partitions wait for the status replica.
+// Past it they are read anyway, and records the replica had not yet seen
+// may be sent again (logged).
+const takeoverWait = 30 * time.Second
+
+var takeoverBlocker = blocker{lane: -3}
+
+// takeover is one assignment's partitions, held until the status replica
+// has caught up with what the old owners produced.
+type takeover struct {
+	tps   []partition.TopicPartition
+	start time.Time
+	// want is the status topic's end offsets at the assignment; nil until
+	// read.
+	want map[partition.TopicPartition]int64
+}
+
+// replicaPositions is how far the status replica has applied the status
+// topic, per partition: the next offset to apply.
+type replicaPositions struct {
+	mu  sync.Mutex
+	pos map[partition.TopicPartition]int64
+	// asked is set while a takeover waits: the replica then also works out
+	// the positions of partitions it had nothing new to apply from.
+	asked bool
+}
+
+func (r *replicaPositions) covers(want map[partition.TopicPartition]int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.asked = true
+	for tp, end := range want {
+		if end > 0 && r.pos[tp] < end {
+			return false
+		}
+	}
+	return true
+}
+
+// advance records what the replica applied (next offsets).
+func (r *replicaPositions) advance(next map[partition.TopicPartition]int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pos == nil {
+		r.pos = map[partition.TopicPartition]int64{}
+	}
+	for tp, off := range next {
+		r.pos[tp] = max(r.pos[tp], off)
+	}
+}
+
+func (r *replicaPositions) wanted() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.asked
+}
+
+// measure sets the positions of the replica's partitions from its
+// committed offsets, for those it has applied nothing new from since its
+// start. The end offsets are read before the lag: a record produced in
+// between makes the committed offset look lower, never higher.
+func (r *replicaPositions) measure(ctx context.Context, log partition.Log, topic string) {
+	ends, err := log.EndOffsets(ctx, topic)
+	if err != nil {
+		return
+	}
+	lag, err := log.Lag(ctx)
+	if err != nil {
+		return
+	}
+	committed := map[partition.TopicPartition]int64{}
+	for tp, l := range lag {
+		if end, ok := ends[tp]; ok {
+			committed[tp] = end - l
+		}
+	}
+	r.advance(committed)
+	r.mu.Lock()
+	r.asked = false
+	r.mu.Unlock()
+}
+
+// takeoverOn: only a node that follows the status topic can know what
+// another node sent.
+func (e *Engine) takeoverOn() bool { return e.cfg.NodeID != "" && e.cfg.Status != nil }
+
+// holdForTakeover pauses newly assigned partitions until advanceTakeovers
+// lets them go. Called with e.mu held.
+func (e *Engine) holdForTakeoverLocked(tps []partition.TopicPartition) {
+	set := e.blocked[takeoverBlocker]
+	if set == nil {
+		set = map[partition.TopicPartition]bool{}
+		e.blocked[takeoverBlocker] = set
+	}
+	for _, tp := range tps {
+		if !set[tp] {
+			set[tp] = true
+			e.pauseRef[tp]++
+			e.m.paused.Inc()
+		}
+	}
+	e.log.Pause(tps...)
+	e.takeovers = append(e.takeovers, &takeover{tps: tps, start: time.Now()})
+	if e.kickPoll != nil {
+		e.kickPoll()
+	}
+}
+
+// advanceTakeovers runs on the poller: it reads the end offsets a new
+// assignment needs and releases its partitions once the status replica has
+// caught up (or takeoverWait has passed).
+func (e *Engine) advanceTakeovers(ctx context.Context) {
+	e.mu.Lock()
+	pending := e.takeovers
+	e.mu.Unlock()
+	if len(pending) == 0 {
+		return
+	}
+	var left []*takeover
+	for _, t := range pending {
+		if t.want == nil && !e.prepareTakeover(ctx, t) {
+			if time.Since(t.start) < takeoverWait {
+				left = append(left, t)
+				continue
+			}
+		}
+		switch {
+		case t.want == nil || len(t.want) == 0 || e.replica.covers(t.want):
+		case time.Since(t.start) >= takeoverWait:
+			e.cfg.Logger.Warn("taking over partitions before the status replica caught up; records another node sent may be sent again",
+				zap.Duration("waited", takeoverWait))
+		default:
+			left = append(left, t)
+			continue
+		}
+		for _, tp := range t.tps {
+			e.resume(tp, takeoverBlocker)
+		}
+	}
+	e.mu.Lock()
+	// Assignments that came in meanwhile stay.
+	e.takeovers = append(left, e.takeovers[len(pending):]...)
+	e.mu.Unlock()
+}
+
+// prepareTakeover reads which records of t's partitions another node may
+// have sent (those below each one's end) and where the status topic ends.
+// A partition with nothing uncommitted has nothing to check: if none has,
+// t needs no wait (want is left empty).
+func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
+	lag, err := e.log.Lag(ctx)
+	if err != nil {
+		return false
+	}
+	// A partition the lag does not list (the group still settling) is
+	// checked as if it had some.
+	uncommitted := func(tp partition.TopicPartition) bool {
+		l, ok := lag[tp]
+		return !ok || l > 0
+	}
+	byTopic := map[string]bool{}
+	for _, tp := range t.tps {
+		if uncommitted(tp) {
+			byTopic[tp.Topic] = true
+		}
+	}
+	if len(byTopic) == 0 {
+		t.want = map[partition.TopicPartition]int64{}
+		return true
+	}
+	want, err := e.log.EndOffsets(ctx, e.cfg.Topics.Status)
+	if err != nil {
+		return false
+	}
+	ends := map[partition.TopicPartition]int64{}
+	for topic := range byTopic {
+		te, err := e.log.EndOffsets(ctx, topic)
+		if err != nil {
+			return false
+		}
+		maps.Copy(ends, te)
+	}
+	for _, tp := range t.tps {
+		if !uncommitted(tp) {
+			continue
+		}
+		if ps := e.part(tp); ps != nil {
+			ps.checkBelow = max(ps.checkBelow, ends[tp])
+		}
+	}
+	t.want = want
+	return true
+}
+
+// skipSent marks the items of ready that another node already sent (their
+// partitions' records below checkBelow, looked up in the status store);
+// claim finishes them without a send.
+func (e *Engine) skipSent(ready []*item) {
+	var check []*item
+	for _, it := range ready {
+		below := it.ps.checkBelow
+		if below == 0 {
+			continue
+		}
+		if it.off >= below-1 {
+			// The window's last record, or past it: what follows was
+			// produced after the assignment.
+			it.ps.checkBelow = 0
+		}
+		if it.off < below {
+			check = append(check, it)
+		}
+	}
+	if len(check) == 0 {
+		return
+	}
+	ids := make([]string, len(check))
+	for i, it := range check {
+		ids[i] = it.n.ID
+	}
+	evs, found, err := e.cfg.Status.latest(ids)
+	if err != nil {
+		e.cfg.Logger.Warn("takeover: status lookup failed; sending without it", zap.Error(err))
+		return
+	}
+	for i, it := range check {
+		if !found[i] {
+			continue
+		}
+		switch evs[i].State {
+		case StateSent, StateDelivered, StateDuplicate:
+			outcome := evs[i].ProviderMessageID
+			if outcome == "" {
+				outcome = string(evs[i].State)
+			}
+			e.sentElsewhere[it] = outcome
+			e.m.takenOver.WithLabelValues(string(it.n.Channel)).Inc()
+		}
+	}
+}
+
+// finishSentElsewhere confirms the claims of items another node sent, so
+// their keys answer as duplicates here from now on.
+func (e *Engine) finishSentElsewhere(ctx context.Context, done []dedupe.Done) {
+	if len(done) == 0 {
+		return
+	}
+	if err := e.cfg.Dedupe.Confirm(ctx, done); err != nil {
+		e.cfg.Logger.Warn("takeover: dedupe confirm failed", zap.Error(err))
+	}
+}
