@@ -50,6 +50,12 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 	// serve's durability: every send's dedupe confirm is synced before its
 	// outcome is written (the rig's default leaves them to the page cache).
 	b.Run("wal-dedupe-sync", func(b *testing.B) { endToEnd(b, newRigSync(b, backends[0], true)) })
+	// A node taking the whole backlog over from another (takeover.go):
+	// every record is below the partitions' ends at the assignment, so each
+	// is looked up in the status store before its claim.
+	b.Run("wal-takeover", func(b *testing.B) {
+		endToEndWith(b, newRig(b, backends[0]), func(c *engine.Config) { c.NodeID = "bench" })
+	})
 	// The engine's own cost without HTTP: decode, dedupe, rings, the
 	// dispatcher's priority picks and batching, outcomes, status events and
 	// commits, with a provider that accepts every batch at once.
@@ -166,13 +172,16 @@ var drainProfile = flag.String("drainprofile", "", "write a CPU profile of each 
 
 // endToEnd drives b.N webhook notifications through r's engine to the mock
 // (batches of 500, 8 calls in flight) and reports records/s and CPU.
-func endToEnd(b *testing.B, r *rig) {
+func endToEnd(b *testing.B, r *rig) { endToEndWith(b, r, func(*engine.Config) {}) }
+
+func endToEndWith(b *testing.B, r *rig, set func(*engine.Config)) {
 	ch := r.channels(false)
 	wh := r.webhook(b, 500, 8)
 	ch[notification.Webhook] = engine.ChannelConfig{Provider: wh, Rate: 1e9}
 	ns := webhookBatch(b.N, 0)
 	r.enqueue(ns...)
 	cfg := r.config(ch)
+	set(&cfg)
 	b.SetBytes(int64(len(r.codec.AppendEncode(nil, ns[0])))) // one notification's record
 	b.ReportAllocs()
 	b.ResetTimer()
