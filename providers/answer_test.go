@@ -33,6 +33,10 @@ func TestParseRetryAfter(t *testing.T) {
 		{"1.5", 0},
 		{"5 ", 0},
 		{"5s", 0},
+		// Malformed is malformed whatever the digits before it.
+		{"99x", 0},
+		{"9999x", 0},
+		{"99999999999999999999x", 0},
 		{"soon", 0},
 		{date(2*time.Minute, http.TimeFormat), 2 * time.Minute},
 		{date(48*time.Hour, http.TimeFormat), MaxRetryAfter},

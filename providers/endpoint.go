@@ -134,17 +134,16 @@ func parseRetryAfter(v []byte, now time.Time) time.Duration {
 	}
 	if v[0] >= '0' && v[0] <= '9' {
 		// Delta seconds are digits only (no sign, no space); any number of
-		// them saturates at the cap instead of overflowing.
+		// them saturates at the cap instead of overflowing. A value with
+		// anything else in it is no hint at all, however long its digits.
 		var secs int64
 		for _, c := range v {
 			if c < '0' || c > '9' {
 				return 0
 			}
-			if secs = 10*secs + int64(c-'0'); secs > int64(MaxRetryAfter/time.Second) {
-				return MaxRetryAfter
-			}
+			secs = min(10*secs+int64(c-'0'), int64(MaxRetryAfter/time.Second)+1)
 		}
-		return time.Duration(secs) * time.Second
+		return min(time.Duration(secs)*time.Second, MaxRetryAfter)
 	}
 	if t, err := http.ParseTime(string(v)); err == nil && t.After(now) {
 		return min(t.Sub(now), MaxRetryAfter)
