@@ -14,7 +14,7 @@ import (
 var builtinFS embed.FS
 
 // BuiltinNames lists the built-in scenarios in the order `all` runs them.
-var BuiltinNames = []string{"marketing-burst", "otp-flood", "otp-during-burst", "alert-storm", "provider-faults"}
+var BuiltinNames = []string{"marketing-burst", "otp-flood", "otp-during-burst", "alert-storm", "provider-faults", "scheduled-campaign"}
 
 // Builtin returns a built-in scenario by name; its YAML is in
 // bench/scenarios/ and doubles as an example of the scenario format.

@@ -55,6 +55,7 @@ type ScenarioResult struct {
 	DeadLetters        int64 `json:"dead_letters"`
 	Expired            int64 `json:"expired"`
 	EngineDuplicates   int64 `json:"engine_duplicates"` // replayed records the dedupe store stopped
+	Parked             int64 `json:"parked,omitempty"`  // hops through the parking topics (a record re-parked counts again)
 	// Lost: accepted but neither delivered, dead-lettered nor expired when
 	// the run ended; when Unsettled, these may still have been on their way.
 	Lost int64 `json:"lost"`
@@ -101,13 +102,17 @@ type Latency struct {
 
 // LoadResult is one load's share of a run.
 type LoadResult struct {
-	Name         string  `json:"name"`
-	Channel      string  `json:"channel"`
-	Priority     string  `json:"priority"`
-	Accepted     int64   `json:"accepted"`
-	Repeats      int64   `json:"repeats"`
-	IngestErrors int64   `json:"ingest_errors"`
-	Latency      Latency `json:"latency"`
+	Name         string `json:"name"`
+	Channel      string `json:"channel"`
+	Priority     string `json:"priority"`
+	Accepted     int64  `json:"accepted"`
+	Repeats      int64  `json:"repeats"`
+	IngestErrors int64  `json:"ingest_errors"`
+	// Latency runs from acceptance to the provider's ack, or for a load
+	// with a delay from each notification's not_before; Early counts the
+	// sends that came before it (there must be none).
+	Latency Latency `json:"latency"`
+	Early   int64   `json:"early,omitempty"`
 	// For a rising load: the highest rate whose step held the target, and
 	// the rate at which it broke, with why.
 	MaxGoodRate float64 `json:"max_good_rate,omitempty"`
@@ -271,6 +276,10 @@ func (r *Results) Summary(w io.Writer) {
 		}
 		tw.Flush()
 		for _, l := range s.Loads {
+			if d := l.delay(s.Scenario); d > 0 {
+				fmt.Fprintf(w, "  %s: scheduled %v ahead, sent after its time by p50 %.1f ms, p99 %.1f ms, max %.1f ms; %d before it\n",
+					l.Name, d, l.Latency.P50, l.Latency.P99, l.Latency.Max, l.Early)
+			}
 			if l.MaxGoodRate > 0 || l.BrokeAt > 0 {
 				fmt.Fprintf(w, "  %s: held %.0f/s", l.Name, l.MaxGoodRate)
 				if l.BrokeAt > 0 {
@@ -282,4 +291,14 @@ func (r *Results) Summary(w io.Writer) {
 			}
 		}
 	}
+}
+
+// delay is the load's not_before offset in the scenario it ran in.
+func (l LoadResult) delay(sc Scenario) time.Duration {
+	for _, spec := range sc.Loads {
+		if spec.Name == l.Name {
+			return spec.Delay.D()
+		}
+	}
+	return 0
 }

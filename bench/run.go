@@ -56,6 +56,7 @@ type loadState struct {
 	accepted  atomic.Int64 // admitted as new by ingest
 	repeats   atomic.Int64 // answered as a repeat of an accepted key
 	delivered atomic.Int64 // provider acks (a resend counts again)
+	early     atomic.Int64 // sent before their not_before
 	ingestErr atomic.Int64
 
 	mu       sync.Mutex
@@ -87,7 +88,16 @@ func (p *probe) Send(ctx context.Context, batch []*notification.Notification, re
 		if ls == nil {
 			continue
 		}
-		us := max(now.Sub(n.AcceptedAt).Microseconds(), 1)
+		// A scheduled notification is late from its time, not from its
+		// acceptance.
+		from := n.AcceptedAt
+		if !n.NotBefore.IsZero() {
+			from = n.NotBefore
+			if now.Before(from) {
+				ls.early.Add(1)
+			}
+		}
+		us := max(now.Sub(from).Microseconds(), 1)
 		ls.delivered.Add(1)
 		ls.mu.Lock()
 		_ = ls.total.RecordValue(us)
@@ -166,7 +176,7 @@ func Run(ctx context.Context, sc Scenario, opt Options) (*ScenarioResult, error)
 	topics := engine.DefaultTopics()
 	topics.KeylessLanes = !r.opt.KafkaFake
 	r.eng, err = engine.New(engine.Config{Open: open, Topics: topics, Channels: channels, Dedupe: dd, Status: st, KeepPayloads: true,
-		Partitions: int32(sc.Partitions), RingSize: sc.RingSize, MaxAttempts: sc.MaxAttempts,
+		Partitions: int32(sc.Partitions), RingSize: sc.RingSize, MaxAttempts: sc.MaxAttempts, MaxDelayed: sc.MaxDelayed,
 		Backoff:      engine.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
 		DrainTimeout: 5 * time.Second, Logger: opt.Logger, Registry: r.reg})
 	if err != nil {
@@ -311,13 +321,13 @@ func (r *rig) counters() map[string]float64 {
 
 // snapshot is the system's state at one instant.
 type snapshot struct {
-	at                                       time.Time
-	accepted, repeats                        int64
-	unique, received, mockDup                int64
-	retries, deadLetters, expired, engineDup int64
-	finished                                 int64 // unique at the provider + dead letters + expired
-	acked                                    int64 // provider acks the probes saw (resends included)
-	lag, queued                              int64
+	at                                               time.Time
+	accepted, repeats                                int64
+	unique, received, mockDup                        int64
+	retries, deadLetters, expired, engineDup, parked int64
+	finished                                         int64 // unique at the provider + dead letters + expired
+	acked                                            int64 // provider acks the probes saw (resends included)
+	lag, queued                                      int64
 }
 
 func (r *rig) snapshot() snapshot {
@@ -336,6 +346,7 @@ func (r *rig) snapshot() snapshot {
 	s.deadLetters = int64(c["goutong_dead_letters_total"])
 	s.expired = int64(c["goutong_expired_total"])
 	s.engineDup = int64(c["goutong_duplicates_total"])
+	s.parked = int64(c["goutong_parked_total"])
 	s.finished = s.unique + s.deadLetters + s.expired
 	s.lag = r.eng.Backlog()
 	for _, cs := range r.eng.Stats() {
@@ -612,6 +623,9 @@ func (r *rig) make(ls *loadState, i int64, now time.Time) *notification.Notifica
 	if l.TTL > 0 {
 		n.ExpiresAt = now.Add(l.TTL.D())
 	}
+	if l.Delay > 0 {
+		n.NotBefore = now.Add(l.Delay.D())
+	}
 	invalid := l.Invalid > 0 && float64(key%10_000) < l.Invalid*10_000
 	switch ls.channel {
 	case notification.SMS:
@@ -672,6 +686,7 @@ func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
 	res.Accepted, res.Repeats = s.accepted, s.repeats
 	res.Delivered, res.ProviderReceived, res.ProviderDuplicates = s.unique, s.received, s.mockDup
 	res.Retries, res.DeadLetters, res.Expired, res.EngineDuplicates = s.retries, s.deadLetters, s.expired, s.engineDup
+	res.Parked = s.parked
 	res.Lost = max(0, s.accepted-s.finished)
 	first, last := -1, -1
 	for i, p := range res.Series {
@@ -705,7 +720,7 @@ func (r *rig) finish(res *ScenarioResult, start time.Time, s snapshot) {
 	for _, ls := range r.loads {
 		ls.mu.Lock()
 		lr := LoadResult{Name: ls.spec.Name, Channel: string(ls.channel), Priority: ls.priority.String(),
-			Accepted: ls.accepted.Load(), Repeats: ls.repeats.Load(), IngestErrors: ls.ingestErr.Load(),
+			Accepted: ls.accepted.Load(), Repeats: ls.repeats.Load(), IngestErrors: ls.ingestErr.Load(), Early: ls.early.Load(),
 			Latency: latencyOf(ls.spec.Name, string(ls.channel), ls.priority.String(), ls.total)}
 		if ls.spec.Rising() {
 			lr.MaxGoodRate, lr.BrokeAt, lr.BreakReason = ls.maxGoodRate, ls.brokeAt, ls.breakReason

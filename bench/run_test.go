@@ -127,6 +127,34 @@ drain: 1m
 	}
 }
 
+// A scheduled campaign larger than the delay heap: what the heap cannot
+// hold goes through the parking topics, and nothing goes out early.
+func TestScheduledCampaignNotEarly(t *testing.T) {
+	sc, err := Builtin("scheduled-campaign")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc = sc.Scaled(0.01, 0.2) // 2,500 e-mails 4 s ahead
+	sc.MaxDelayed = 1000
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, sc, Options{Dir: t.TempDir(), Interval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if testing.Verbose() {
+		(&Results{Machine: Machine(), Scenarios: []ScenarioResult{*r}}).Summary(os.Stderr)
+	}
+	checkAccounted(t, r)
+	c := r.Loads[0]
+	if c.Name != "campaign" || c.Accepted != 2500 || c.Latency.Count != c.Accepted || c.Early != 0 {
+		t.Fatalf("campaign: %+v; want 2,500 sent, none early", c)
+	}
+	if r.Parked == 0 {
+		t.Fatal("nothing was parked: the heap held the whole campaign")
+	}
+}
+
 func TestAlertStormDedupes(t *testing.T) {
 	r := runScaled(t, "alert-storm", 0.01, 0.2, false)
 	checkAccounted(t, r)

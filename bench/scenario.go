@@ -62,6 +62,7 @@ type Scenario struct {
 	Partitions  int `yaml:"partitions"`
 	RingSize    int `yaml:"ring_size"`
 	MaxAttempts int `yaml:"max_attempts"`
+	MaxDelayed  int `yaml:"max_delayed"` // the delay heap's records (default 100,000)
 }
 
 // ChannelSpec is one channel's limits in a scenario.
@@ -97,6 +98,11 @@ type Load struct {
 	DistinctKeys int `yaml:"distinct_keys"`
 	// TTL sets each notification's expiry (a verification code's life).
 	TTL Duration `yaml:"ttl"`
+	// Delay schedules each notification (its not_before) this long after
+	// it is made: a campaign set for a time. Its latency is then measured
+	// from that time, not from acceptance, and a send before it counts as
+	// early.
+	Delay Duration `yaml:"delay"`
 	// Batch is how many notifications one ingest call carries (default
 	// 1,000 for bursts; steady loads send what is due every 10 ms).
 	Batch int `yaml:"batch"`
@@ -276,8 +282,12 @@ func (sc *Scenario) Validate() error {
 			return bad(f+".stop_on_break", "only a rising load (rate_step, step) can stop on break")
 		case l.StopOnBreak && sc.LatencyTarget <= 0:
 			return bad("latency_target", "required by loads[%d].stop_on_break", i)
-		case l.DistinctKeys < 0 || l.Batch < 0 || l.Start < 0 || l.TTL < 0:
-			return bad(f, "distinct_keys, batch, start and ttl must not be negative")
+		case l.DistinctKeys < 0 || l.Batch < 0 || l.Start < 0 || l.TTL < 0 || l.Delay < 0:
+			return bad(f, "distinct_keys, batch, start, ttl and delay must not be negative")
+		case l.Delay.D() > maxLoadTime:
+			return bad(f+".delay", "at most %v", maxLoadTime)
+		case l.TTL > 0 && l.Delay >= l.TTL:
+			return bad(f+".delay", "%v is not before the ttl %v: every notification would expire unsent", l.Delay.D(), l.TTL.D())
 		case l.Batch > maxBatch:
 			return bad(f+".batch", "at most %d (the API's max_items)", maxBatch)
 		case l.Invalid < 0 || l.Invalid > 1:
@@ -308,6 +318,9 @@ func (sc *Scenario) Validate() error {
 	}
 	if sc.Partitions < 0 || sc.RingSize < 0 || sc.MaxAttempts < 0 {
 		return bad("partitions", "partitions, ring_size and max_attempts must not be negative")
+	}
+	if sc.MaxDelayed < 0 || sc.MaxDelayed > maxCount {
+		return bad("max_delayed", "0 (the engine's default) to %d", maxCount)
 	}
 	if sc.Partitions > maxPartitions || sc.RingSize > maxRingSize || sc.MaxAttempts > maxAttempts {
 		return bad("partitions", "partitions up to %d, ring_size up to %d, max_attempts up to %d", maxPartitions, maxRingSize, maxAttempts)
@@ -347,7 +360,7 @@ func (sc Scenario) Scaled(count, timeScale float64) Scenario {
 		}
 		l.Rate *= rate
 		l.RateStep *= rate
-		l.Start, l.For, l.Step = t(l.Start), t(l.For), t(l.Step)
+		l.Start, l.For, l.Step, l.Delay = t(l.Start), t(l.For), t(l.Step), t(l.Delay)
 	}
 	out.Channels = make(map[string]ChannelSpec, len(sc.Channels))
 	for name, c := range sc.Channels {

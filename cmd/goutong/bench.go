@@ -94,6 +94,11 @@ It writes <out>/results.json (the input of goutong plan) and <out>/report.html
 				case s.Lost > 0 || s.ProviderDuplicates > 0:
 					return fmt.Errorf("scenario %s: %d lost, %d sent more than once", s.Name, s.Lost, s.ProviderDuplicates)
 				}
+				for _, l := range s.Loads {
+					if l.Early > 0 {
+						return fmt.Errorf("scenario %s: %d of %s sent before their not_before", s.Name, l.Early, l.Name)
+					}
+				}
 			}
 			return nil
 		},
