@@ -1060,6 +1060,9 @@ func (e *Engine) releaseDue(ctx context.Context) {
 		sendAt, held := e.held[it]
 		delete(e.held, it)
 		if it.ps.revoked.Load() {
+			if len(e.sentElsewhere) > 0 {
+				delete(e.sentElsewhere, it)
+			}
 			continue
 		}
 		if held {
@@ -1133,6 +1136,7 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 				if r.Status.ShouldSend() {
 					elsewhere = append(elsewhere, dedupe.Done{Key: it.key, Token: r.Token, ID: it.n.ID, Outcome: outcome})
 					out.done = append(out.done, it)
+					e.m.takenOver.WithLabelValues(string(it.n.Channel)).Inc()
 					continue
 				}
 			}

@@ -48,6 +48,8 @@ type takeover struct {
 	// want is the status topic's end offsets at the assignment; nil until
 	// read.
 	want map[partition.TopicPartition]int64
+	// retryAt spaces the reads of a failing broker.
+	retryAt time.Time
 }
 
 // replicaPositions is how far the status replica has applied the status
@@ -153,7 +155,7 @@ func (e *Engine) advanceTakeovers(ctx context.Context) {
 	}
 	var left []*takeover
 	for _, t := range pending {
-		if t.want == nil && !e.prepareTakeover(ctx, t) {
+		if t.want == nil && (time.Now().Before(t.retryAt) || !e.prepareTakeover(ctx, t)) {
 			if time.Since(t.start) < takeoverWait {
 				left = append(left, t)
 				continue
@@ -183,6 +185,7 @@ func (e *Engine) advanceTakeovers(ctx context.Context) {
 // A partition with nothing uncommitted has nothing to check: if none has,
 // t needs no wait (want is left empty).
 func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
+	t.retryAt = time.Now().Add(250 * time.Millisecond)
 	lag, err := e.log.Lag(ctx)
 	if err != nil {
 		return false
@@ -269,7 +272,6 @@ func (e *Engine) skipSent(ready []*item) {
 				outcome = string(evs[i].State)
 			}
 			e.sentElsewhere[it] = outcome
-			e.m.takenOver.WithLabelValues(string(it.n.Channel)).Inc()
 		}
 	}
 }
