@@ -289,7 +289,7 @@ func (e *Engine) dispatchUrgent(cs *channelState, stop <-chan struct{}) bool {
 func (e *Engine) finishLate(late *outcomes) {
 	if len(late.done) > 0 {
 		e.releaseClaims(late.done)
-		late.flush(e.outCtx, e)
+		late.flush(e.outCtx, e, e.drainStop)
 		*late = outcomes{}
 	}
 }
@@ -621,7 +621,7 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item, bufs
 	if len(release) > 0 {
 		e.releaseClaims(release)
 	}
-	out.flushThen(e.outCtx, e, durable)
+	out.flushThen(e.outCtx, e, e.drainStop, durable)
 }
 
 func noWait() {}

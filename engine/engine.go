@@ -64,6 +64,10 @@ type Engine struct {
 	// finishes them without a send.
 	sentElsewhere map[*item]string
 	outCtx        context.Context // for producing outcomes; outlives Run's ctx until shutdown ends
+	// When writes of outcomes the log refuses stop being tried again: at
+	// Run's end for the poller, at the drain deadline for the dispatchers
+	// and senders.
+	pollStop, drainStop <-chan struct{}
 
 	claimed atomic.Int64 // claims open (sent to rings, not finished)
 	ids     *idSource    // status event ids
@@ -239,6 +243,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	outCtx, cancelOut := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelOut()
 	e.outCtx = outCtx
+	e.pollStop = ctx.Done()
 	if err := e.log.EnsureTopics(ctx, e.cfg.Topics.Specs(e.cfg.Partitions)...); err != nil {
 		_ = e.log.Close()
 		return err
@@ -274,6 +279,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.ready.Store(false)
 	pollDone := make(chan struct{})
 	stopDispatch := make(chan struct{})
+	e.drainStop = stopDispatch
 	var pollErr error
 	go func() {
 		defer close(pollDone)
@@ -335,14 +341,29 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	drained := make(chan struct{})
 	go func() { dispatchers.Wait(); close(drained) }()
+	deadline := time.NewTimer(e.cfg.DrainTimeout)
+	defer deadline.Stop()
+	passed := false
 	select {
 	case <-drained:
-	case <-time.After(e.cfg.DrainTimeout):
+	case <-deadline.C:
 		e.cfg.Logger.Warn("drain deadline passed; the rest stays in the log", zap.Duration("timeout", e.cfg.DrainTimeout))
+		passed = true
 		close(stopDispatch)
 		<-drained
 	}
-	workers.Wait()
+	// The senders finish their sends; one whose outcomes the log refuses
+	// keeps trying until the deadline.
+	sent := make(chan struct{})
+	go func() { workers.Wait(); close(sent) }()
+	select {
+	case <-sent:
+	case <-deadline.C:
+		if !passed {
+			close(stopDispatch)
+		}
+		<-sent
+	}
 	// What the rings and overflows still hold was claimed but not sent.
 	for _, cs := range e.chans {
 		for lane, r := range cs.rings {
@@ -853,16 +874,48 @@ func deadLetterRecord(topic string, key, value []byte, reason, errText string, a
 // flush produces the outcomes, then applies the status events and
 // finishes the records. When the log refuses (shutting down), nothing is
 // finished: the records are replayed.
-func (o *outcomes) flush(ctx context.Context, e *Engine) bool { return o.flushThen(ctx, e, noWait) }
+func (o *outcomes) flush(ctx context.Context, e *Engine, stop <-chan struct{}) bool {
+	return o.flushThen(ctx, e, stop, noWait)
+}
 
 // flushThen is flush with before run ahead of marking the items finished:
 // what must be durable before their offsets may commit.
-func (o *outcomes) flushThen(ctx context.Context, e *Engine, before func()) bool {
-	if _, err := e.produceAndApply(ctx, o); err != nil {
-		e.cfg.Logger.Warn("produce outcomes failed; records stay in flight and will be replayed",
-			zap.Int("records", len(o.recs)), zap.Error(err))
-		before()
-		return false
+//
+// A write the log refuses is tried again, backing off to 5 s, for as long as
+// the engine runs: its items were sent (or must be retried), and given up
+// they would stay in flight, holding their partitions' commits, until the
+// next start replayed them. The caller waits meanwhile, which holds back the
+// rest: nothing can finish without the log. Only shutdown gives up; what
+// was in flight is then replayed by the next start: stop is the caller's
+// signal for that (the poller's is Run's end, the dispatchers' and
+// senders' the drain deadline).
+func (o *outcomes) flushThen(ctx context.Context, e *Engine, stop <-chan struct{}, before func()) bool {
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		_, err := e.produceAndApply(ctx, o)
+		if err == nil {
+			break
+		}
+		giveUp := ctx.Err() != nil
+		if !giveUp {
+			e.m.writeRetries.Inc()
+			e.cfg.Logger.Warn("produce outcomes failed; trying again", zap.Int("records", len(o.recs)),
+				zap.Duration("in", wait), zap.Error(err))
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				giveUp = true
+			case <-stop:
+				giveUp = true
+			}
+			t.Stop()
+		}
+		if giveUp {
+			e.cfg.Logger.Warn("produce outcomes failed at shutdown; records stay in flight and will be replayed",
+				zap.Int("records", len(o.recs)), zap.Error(err))
+			before()
+			return false
+		}
 	}
 	before()
 	e.finish(o.done...)
@@ -976,7 +1029,7 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 			continue
 		}
 		part = e.claim(ctx, part, &out, now)
-		if !out.flush(e.outCtx, e) {
+		if !out.flush(e.outCtx, e, e.pollStop) {
 			return
 		}
 		e.route(part)
@@ -1087,7 +1140,7 @@ func (e *Engine) releaseDue(ctx context.Context) {
 		e.unblock(delayBlocker)
 	}
 	ready = e.claim(ctx, ready, &out, now)
-	if !out.flush(e.outCtx, e) {
+	if !out.flush(e.outCtx, e, e.pollStop) {
 		return
 	}
 	e.route(ready)

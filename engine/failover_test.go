@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -96,5 +97,84 @@ func TestFailoverDoesNotResend(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // anything b would send again, it has sent by now
 	if s := r.mock.Stats(); s.Received != want || s.Unique != want {
 		t.Fatalf("provider received %d, %d unique, want %d once each", s.Received, s.Unique, want)
+	}
+}
+
+// flakyProduce is a Log whose Produce fails while fail is above zero,
+// counting it down: a broker or disk that refuses writes for a moment.
+type flakyProduce struct {
+	partition.Log
+	fail *atomic.Int64
+}
+
+func (l flakyProduce) Produce(ctx context.Context, recs []partition.Record) error {
+	if l.fail.Add(-1) >= 0 {
+		return errors.New("flaky: write refused")
+	}
+	return l.Log.Produce(ctx, recs)
+}
+
+// A log that refuses a few writes must not leave what was in flight stuck
+// until the next restart: every notification is sent once and every offset
+// commits, in the same run.
+func TestEngineRidesOutRefusedWrites(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			var fail atomic.Int64
+			cfg := r.config(r.channels(false))
+			open := cfg.Open
+			cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+				l, err := open(cc)
+				if err != nil {
+					return nil, err
+				}
+				return flakyProduce{Log: l, fail: &fail}, nil
+			}
+			e, stop := r.start(cfg)
+			waitFor(t, 20*time.Second, "the engine", e.Ready)
+			first := webhookBatch(200, 0)
+			r.enqueue(first...)
+			waitFor(t, 30*time.Second, "the first batch", func() bool { return r.mock.Stats().Unique == int64(len(first)) })
+			fail.Store(5)
+			second := webhookBatch(2000, 200)
+			r.enqueue(second...)
+			want := int64(len(first) + len(second))
+			waitFor(t, 30*time.Second, "every send", func() bool { return r.mock.Stats().Unique == want })
+			if fail.Load() >= 0 {
+				t.Fatalf("the log refused only %d of 5 writes", 5-fail.Load())
+			}
+			waitFor(t, 30*time.Second, "every notification known as sent", func() bool {
+				for _, n := range second {
+					if st, err := e.Status(n.ID); err != nil || st.State != engine.StateSent {
+						return false
+					}
+				}
+				return true
+			})
+			waitFor(t, 30*time.Second, "every offset committed", func() bool { return e.Backlog() == 0 })
+			if s := r.mock.Stats(); s.Received != want {
+				t.Fatalf("provider received %d, want %d once each", s.Received, want)
+			}
+			if got := counterSum(t, r.reg, "goutong_outcome_write_retries_total"); got != 5 {
+				t.Fatalf("goutong_outcome_write_retries_total %v, want 5", got)
+			}
+
+			// A log that refuses every write holds the engine, but does not
+			// keep it from stopping: what is in flight is replayed later.
+			fail.Store(1 << 40)
+			r.enqueue(webhookBatch(100, 2200)...)
+			waitFor(t, 30*time.Second, "the third batch's sends", func() bool { return r.mock.Stats().Unique > want })
+			stopped := make(chan struct{})
+			go func() { stop(); close(stopped) }()
+			waitFor(t, 30*time.Second, "the engine to stop", func() bool {
+				select {
+				case <-stopped:
+					return true
+				default:
+					return false
+				}
+			})
+		})
 	}
 }

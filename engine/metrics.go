@@ -25,6 +25,8 @@ type metrics struct {
 	delayed    prometheus.Gauge
 	parked     *prometheus.CounterVec // per tier
 	commits    prometheus.Counter
+	// writeRetries counts outcome writes the log refused (tried again).
+	writeRetries prometheus.Counter
 	// The status store's checkpoints (checkpoint.go): taken or failed, and
 	// the events the last start replayed.
 	checkpoints *prometheus.CounterVec
@@ -70,6 +72,8 @@ func newMetrics() *metrics {
 			Help: "Records parked in a parking topic until nearer their time, by the topic's hop."}, []string{"hop"}),
 		commits: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_offset_commits_total",
 			Help: "Offset commits."}),
+		writeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_outcome_write_retries_total",
+			Help: "Writes of outcomes (status events, retry records, dead letters) the log refused, each tried again until it succeeds."}),
 		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_status_checkpoints_total",
 			Help: "Status store checkpoints (a flush, then the status topic's applied offsets committed), by result (ok, failed). " +
 				"After a crash the store replays the topic from the last ok one."}, []string{"result"}),
@@ -109,7 +113,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.takenOver, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.checkpoints, m.replayed, m.replayable}
+		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.checkpoints, m.replayed, m.replayable}
 }
 
 // storeCollector exports a store's metrics, read once a scrape (the stores
