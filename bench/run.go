@@ -474,10 +474,7 @@ func (r *rig) faults(ctx context.Context, start time.Time) {
 			return
 		case <-time.After(time.Until(start.Add(st.At.D()))):
 		}
-		r.mock.SetFaults(mockserver.Faults{ErrorRate: st.ErrorRate, ThrottleRate: st.ThrottleRate,
-			RetryAfter: mockserver.Duration(st.RetryAfter), SlowRate: st.SlowRate, SlowDelay: mockserver.Duration(st.SlowDelay),
-			LatencyMin: mockserver.Duration(st.LatencyMin), LatencyMax: mockserver.Duration(st.LatencyMax),
-			ItemFailureRate: st.ItemFailureRate, OutageFor: mockserver.Duration(st.Outage)})
+		r.mock.SetFaults(st.Faults())
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/providers/mockserver"
 )
 
 // Duration is a time.Duration written as "30s" in scenario files.
@@ -123,6 +124,15 @@ type FaultStep struct {
 	LatencyMax      Duration `yaml:"latency_max"`
 	ItemFailureRate float64  `yaml:"item_failure_rate"`
 	Outage          Duration `yaml:"outage"`
+}
+
+// Faults is the step as the mock provider takes it. Its outage becomes the
+// mock's outage_for; the other names are the mock's.
+func (st FaultStep) Faults() mockserver.Faults {
+	return mockserver.Faults{ErrorRate: st.ErrorRate, ThrottleRate: st.ThrottleRate,
+		RetryAfter: mockserver.Duration(st.RetryAfter), SlowRate: st.SlowRate, SlowDelay: mockserver.Duration(st.SlowDelay),
+		LatencyMin: mockserver.Duration(st.LatencyMin), LatencyMax: mockserver.Duration(st.LatencyMax),
+		ItemFailureRate: st.ItemFailureRate, OutageFor: mockserver.Duration(st.Outage)}
 }
 
 // Steady reports whether the load is a rate rather than a burst.
@@ -301,13 +311,13 @@ func (sc *Scenario) Validate() error {
 	}
 	for i, st := range sc.Faults {
 		f := fmt.Sprintf("faults[%d]", i)
-		for _, p := range []float64{st.ErrorRate, st.ThrottleRate, st.SlowRate, st.ItemFailureRate} {
-			if !(p >= 0 && p <= 1) { // NaN too
-				return bad(f, "rates are shares between 0 and 1")
-			}
+		// The mock's own check, on what the mock will be given.
+		if err := st.Faults().Validate(); err != nil {
+			msg := strings.TrimPrefix(err.Error(), "faults: ")
+			return bad(f, "%s", strings.Replace(msg, "outage_for", "outage", 1))
 		}
-		if st.At < 0 || st.RetryAfter < 0 || st.SlowDelay < 0 || st.LatencyMin < 0 || st.LatencyMax < 0 || st.Outage < 0 {
-			return bad(f, "at, retry_after, slow_delay, latency_min, latency_max and outage must not be negative")
+		if st.At < 0 {
+			return bad(f+".at", "must not be negative")
 		}
 		if i > 0 && st.At < sc.Faults[i-1].At {
 			return bad(f+".at", "fault steps must be in time order")

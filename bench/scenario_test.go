@@ -65,6 +65,17 @@ loads: [{name: a, channel: sms, priority: bulk, count: 1}, {name: a, channel: sm
 loads: [{channel: sms, priority: bulk, count: 1}]
 faults: [{at: 2s}, {at: 1s}]`, "faults[1].at"},
 		{`name: x
+loads: [{channel: sms, priority: bulk, count: 1}]
+faults: [{at: 1s, error_rate: 1.5}]`, "faults[0]: error_rate"},
+		{`name: x
+loads: [{channel: sms, priority: bulk, count: 1}]
+faults: [{at: 1s, outage: -1s}]`, "faults[0]: outage:"},
+		{`name: x
+loads: [{channel: sms, priority: bulk, count: 1}]
+faults: [{at: 1s, latency_min: 2s, latency_max: 1s}]`, "faults[0]: latency_min 2s is above latency_max 1s"},
+		{`name: x
+loads: [{channel: sms, priority: bulk, count: 1, delay: 5m, ttl: 1m}]`, "loads[0].delay"},
+		{`name: x
 loads: [{channel: sms, priority: bulk, count: 1, ttl: soon}]`, "duration"},
 		{`name: x
 channels: {telegram: {rate: 5}}
