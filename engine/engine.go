@@ -82,7 +82,8 @@ type Engine struct {
 	ckpt     statusCheckpoints
 	// Guarded by mu: assignments held until the status replica catches up.
 	takeovers []*takeover
-	kickPoll  context.CancelFunc // ends the poll under way (nil between polls)
+	heldBy    map[partition.TopicPartition]*takeover // the assignment holding each partition
+	kickPoll  context.CancelFunc                     // ends the poll under way (nil between polls)
 	replica   replicaPositions
 }
 
@@ -586,6 +587,10 @@ func (e *Engine) pause(tp partition.TopicPartition, b blocker) {
 func (e *Engine) resume(tp partition.TopicPartition, b blocker) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.resumeLocked(tp, b)
+}
+
+func (e *Engine) resumeLocked(tp partition.TopicPartition, b blocker) {
 	set := e.blocked[b]
 	if !set[tp] {
 		return
@@ -872,8 +877,8 @@ func deadLetterRecord(topic string, key, value []byte, reason, errText string, a
 }
 
 // flush produces the outcomes, then applies the status events and
-// finishes the records. When the log refuses (shutting down), nothing is
-// finished: the records are replayed.
+// finishes the records. When it gives up (at shutdown, see flushThen),
+// nothing is finished: the records are replayed.
 func (o *outcomes) flush(ctx context.Context, e *Engine, stop <-chan struct{}) bool {
 	return o.flushThen(ctx, e, stop, noWait)
 }
@@ -885,10 +890,9 @@ func (o *outcomes) flush(ctx context.Context, e *Engine, stop <-chan struct{}) b
 // the engine runs: its items were sent (or must be retried), and given up
 // they would stay in flight, holding their partitions' commits, until the
 // next start replayed them. The caller waits meanwhile, which holds back the
-// rest: nothing can finish without the log. Only shutdown gives up; what
-// was in flight is then replayed by the next start: stop is the caller's
-// signal for that (the poller's is Run's end, the dispatchers' and
-// senders' the drain deadline).
+// rest: nothing can finish without the log. It gives up only when stop is
+// closed (the poller's is Run's end, the dispatchers' and senders' the
+// drain deadline); the next start replays what was in flight.
 func (o *outcomes) flushThen(ctx context.Context, e *Engine, stop <-chan struct{}, before func()) bool {
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		_, err := e.produceAndApply(ctx, o)

@@ -137,7 +137,14 @@ func (e *Engine) holdForTakeoverLocked(tps []partition.TopicPartition) {
 		}
 	}
 	e.log.Pause(tps...)
-	e.takeovers = append(e.takeovers, &takeover{tps: tps, start: time.Now()})
+	t := &takeover{tps: tps, start: time.Now()}
+	if e.heldBy == nil {
+		e.heldBy = map[partition.TopicPartition]*takeover{}
+	}
+	for _, tp := range tps {
+		e.heldBy[tp] = t // a later assignment of tp supersedes an earlier one's hold
+	}
+	e.takeovers = append(e.takeovers, t)
 	if e.kickPoll != nil {
 		e.kickPoll()
 	}
@@ -162,7 +169,10 @@ func (e *Engine) advanceTakeovers(ctx context.Context) {
 			}
 		}
 		switch {
-		case t.want == nil || len(t.want) == 0 || e.replica.covers(t.want):
+		case t.want == nil:
+			e.cfg.Logger.Warn("taking over partitions without their offsets (the log did not answer); records another node sent may be sent again",
+				zap.Duration("waited", takeoverWait))
+		case len(t.want) == 0 || e.replica.covers(t.want):
 		case time.Since(t.start) >= takeoverWait:
 			e.cfg.Logger.Warn("taking over partitions before the status replica caught up; records another node sent may be sent again",
 				zap.Duration("waited", takeoverWait))
@@ -170,14 +180,24 @@ func (e *Engine) advanceTakeovers(ctx context.Context) {
 			left = append(left, t)
 			continue
 		}
-		for _, tp := range t.tps {
-			e.resume(tp, takeoverBlocker)
-		}
+		e.release(t)
 	}
 	e.mu.Lock()
 	// Assignments that came in meanwhile stay.
 	e.takeovers = append(left, e.takeovers[len(pending):]...)
 	e.mu.Unlock()
+}
+
+// release resumes t's partitions, those no later assignment holds.
+func (e *Engine) release(t *takeover) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, tp := range t.tps {
+		if e.heldBy[tp] == t {
+			delete(e.heldBy, tp)
+			e.resumeLocked(tp, takeoverBlocker)
+		}
+	}
 }
 
 // prepareTakeover reads which records of t's partitions another node may
