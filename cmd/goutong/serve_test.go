@@ -36,7 +36,7 @@ var buildOnce struct {
 	err  error
 }
 
-func goutongBinary(t *testing.T) string {
+func goutongBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "goutong-bin")
@@ -63,7 +63,7 @@ type served struct {
 }
 
 // startServe runs `goutong serve` as a subprocess and waits until ready.
-func startServe(t *testing.T, args ...string) *served {
+func startServe(t testing.TB, args ...string) *served {
 	t.Helper()
 	cmd := exec.Command(goutongBinary(t), append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
@@ -107,7 +107,7 @@ func startServe(t *testing.T, args ...string) *served {
 }
 
 // waitReady waits for a node's /readyz to answer 200.
-func waitReady(t *testing.T, url string) {
+func waitReady(t testing.TB, url string) {
 	t.Helper()
 	waitUntil(t, 30*time.Second, "readiness", func() bool {
 		resp, err := http.Get(url + "/readyz")
@@ -172,7 +172,7 @@ func postOne(t *testing.T, url, body string) string {
 	return r.ID
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -183,7 +183,7 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func writeConfig(t *testing.T, mockURL string) string {
+func writeConfig(t testing.TB, mockURL string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "goutong.yaml")
 	cfg := fmt.Sprintf(`
@@ -208,7 +208,7 @@ channels:
 }
 
 // metricValue is the value of an unlabelled series on url's /metrics.
-func metricValue(t *testing.T, url, name string) float64 {
+func metricValue(t testing.TB, url, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {
