@@ -3,31 +3,15 @@ package engine_test
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/partition"
 )
-
-// lostCommits is a Log whose offset commits stop reaching the broker once
-// lose is set: a node that dies after sending, before its commit lands.
-type lostCommits struct {
-	partition.Log
-	lose *atomic.Bool
-}
-
-func (l lostCommits) Commit(ctx context.Context, offsets map[partition.TopicPartition]int64) error {
-	if l.lose.Load() {
-		return nil
-	}
-	return l.Log.Commit(ctx, offsets)
-}
 
 // A node sends a batch and dies before committing it: the node that takes
 // its partitions replays the records, and must not send them again. Its
@@ -35,28 +19,14 @@ func (l lostCommits) Commit(ctx context.Context, offsets map[partition.TopicPart
 // status topic, did.
 func TestFailoverDoesNotResend(t *testing.T) {
 	r := newRig(t, backends[1]) // kafka (kfake)
-	ddB, err := dedupe.Open(filepath.Join(r.dir, "dedupe-b"), dedupe.WithCreate(), dedupe.WithSync(false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ddB.Close() }) // after b stops: cleanups run last first
-	stB, err := engine.OpenStatus(filepath.Join(r.dir, "status-b"), time.Hour, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stB.Close() })
+	ddB, stB := r.nodeStores("b")
 
+	// a's commits fail once lose is set: it dies after sending, before
+	// its commits land.
 	var lose atomic.Bool
 	cfgA := r.config(r.channels(false))
 	cfgA.NodeID = "a"
-	open := cfgA.Open
-	cfgA.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
-		l, err := open(cc)
-		if err != nil {
-			return nil, err
-		}
-		return lostCommits{Log: l, lose: &lose}, nil
-	}
+	wrapLogs(&cfgA, func(l partition.Log) partition.Log { return freezableCommits{l, &lose} })
 	a, stopA := r.start(cfgA)
 	waitFor(t, 20*time.Second, "node a", a.Ready)
 
@@ -100,6 +70,18 @@ func TestFailoverDoesNotResend(t *testing.T) {
 	}
 }
 
+// wrapLogs has cfg's engine open every Log wrapped by wrap.
+func wrapLogs(cfg *engine.Config, wrap func(partition.Log) partition.Log) {
+	open := cfg.Open
+	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+		l, err := open(cc)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(l), nil
+	}
+}
+
 // flakyProduce is a Log whose Produce fails while fail is above zero,
 // counting it down: a broker or disk that refuses writes for a moment.
 type flakyProduce struct {
@@ -123,14 +105,7 @@ func TestEngineRidesOutRefusedWrites(t *testing.T) {
 			r := newRig(t, b)
 			var fail atomic.Int64
 			cfg := r.config(r.channels(false))
-			open := cfg.Open
-			cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
-				l, err := open(cc)
-				if err != nil {
-					return nil, err
-				}
-				return flakyProduce{Log: l, fail: &fail}, nil
-			}
+			wrapLogs(&cfg, func(l partition.Log) partition.Log { return flakyProduce{Log: l, fail: &fail} })
 			e, stop := r.start(cfg)
 			waitFor(t, 20*time.Second, "the engine", e.Ready)
 			first := webhookBatch(200, 0)

@@ -16,16 +16,7 @@ import (
 // status store follows the status topic) and both match its receipt.
 func TestStatusReplicaAcrossNodes(t *testing.T) {
 	r := newRig(t, backends[1]) // kafka (kfake)
-	ddB, err := dedupe.Open(filepath.Join(r.dir, "dedupe-b"), dedupe.WithCreate(), dedupe.WithSync(false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ddB.Close()
-	stB, err := engine.OpenStatus(filepath.Join(r.dir, "status-b"), time.Hour, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stB.Close()
+	ddB, stB := r.nodeStores("b")
 	cfgA := r.config(r.channels(false))
 	cfgA.NodeID = "a"
 	cfgB := r.config(r.channels(false))
@@ -80,4 +71,21 @@ func TestStatusReplicaAcrossNodes(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// nodeStores opens a second node's own dedupe and status stores, closed
+// when the test ends (after its engine: cleanups run last first).
+func (r *rig) nodeStores(node string) (*dedupe.Store, *engine.StatusStore) {
+	t := r.t
+	dd, err := dedupe.Open(filepath.Join(r.dir, "dedupe-"+node), dedupe.WithCreate(), dedupe.WithSync(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dd.Close() })
+	st, err := engine.OpenStatus(filepath.Join(r.dir, "status-"+node), time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return dd, st
 }

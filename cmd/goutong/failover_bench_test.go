@@ -1,18 +1,12 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
-	"net/http"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
-
-	"github.com/goutong/goutong/providers/mockserver"
 )
 
 // BenchmarkKafkaFailover measures what a node's death costs in resends:
@@ -37,55 +31,20 @@ func kafkaFailover(t testing.TB) (twice int64, skipped float64) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	mock, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", WebhookSecret: "whsec"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mock.Close()
-	mock.SetFaults(mockserver.Faults{LatencyMin: mockserver.Duration(5 * time.Millisecond), LatencyMax: mockserver.Duration(20 * time.Millisecond)})
+	mock := slowMock(t)
 	conf := writeConfig(t, mock.URL())
 	kafka := strings.Join(c.ListenAddrs(), ",")
 	a := startServe(t, "--config", conf, "--data", t.TempDir(), "--kafka", kafka)
 	b := startServe(t, "--config", conf, "--data", t.TempDir(), "--kafka", kafka)
 	time.Sleep(3 * time.Second) // both in the group, each with half the partitions
-	var mu sync.Mutex
-	var accepted []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 8 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				body := fmt.Sprintf(`{"channel":"webhook","recipient":"https://hooks.example/o","content":{"body":"w%d-%d"}}`, w, i)
-				resp, err := http.Post(b.url+"/v1/notifications", "application/json", strings.NewReader(body))
-				if err != nil {
-					continue
-				}
-				var r struct {
-					ID string `json:"id"`
-				}
-				_ = json.NewDecoder(resp.Body).Decode(&r)
-				resp.Body.Close()
-				if resp.StatusCode == 202 {
-					mu.Lock()
-					accepted = append(accepted, r.ID)
-					mu.Unlock()
-				}
-			}
-		})
-	}
+	stopPosting := postStream(b.url)
 	time.Sleep(2 * time.Second)
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-a.done
 	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
+	accepted := stopPosting()
 	pending := map[string]bool{}
 	for _, id := range accepted {
 		pending[id] = true

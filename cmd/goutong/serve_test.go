@@ -106,6 +106,60 @@ func startServe(t testing.TB, args ...string) *served {
 	return s
 }
 
+// slowMock is a mock provider answering in 5-20 ms: slow sends keep work
+// in flight when a kill lands. It stops when the test ends.
+func slowMock(t testing.TB) *mockserver.Server {
+	t.Helper()
+	mock, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", WebhookSecret: "whsec"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mock.Close() })
+	mock.SetFaults(mockserver.Faults{LatencyMin: mockserver.Duration(5 * time.Millisecond), LatencyMax: mockserver.Duration(20 * time.Millisecond)})
+	return mock
+}
+
+// postStream posts webhook notifications to url from 8 workers until the
+// returned stop is called, which returns the ids answered 202. A refused
+// connection (the server gone) is not accepted, and is tried again.
+func postStream(url string) (stop func() []string) {
+	var mu sync.Mutex
+	var accepted []string
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				body := fmt.Sprintf(`{"channel":"webhook","recipient":"https://hooks.example/o","content":{"body":"w%d-%d"}}`, w, i)
+				resp, err := http.Post(url+"/v1/notifications", "application/json", strings.NewReader(body))
+				if err != nil {
+					continue
+				}
+				var r struct {
+					ID string `json:"id"`
+				}
+				_ = json.NewDecoder(resp.Body).Decode(&r)
+				resp.Body.Close()
+				if resp.StatusCode == 202 {
+					mu.Lock()
+					accepted = append(accepted, r.ID)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	return func() []string {
+		close(done)
+		wg.Wait()
+		return accepted
+	}
+}
+
 // waitReady waits for a node's /readyz to answer 200.
 func waitReady(t testing.TB, url string) {
 	t.Helper()
@@ -246,47 +300,12 @@ func statusOf(url, id string) string {
 // A kill -9 of `goutong serve` during a stream of accepted requests loses
 // none of them: the restart delivers every notification that got a 202.
 func TestServeKill9DeliversEveryAccepted(t *testing.T) {
-	mock, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0", WebhookSecret: "whsec"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mock.Close()
-	// Slow sends keep work in flight when the kill lands.
-	mock.SetFaults(mockserver.Faults{LatencyMin: mockserver.Duration(5 * time.Millisecond), LatencyMax: mockserver.Duration(20 * time.Millisecond)})
+	mock := slowMock(t)
 	conf := writeConfig(t, mock.URL())
 	data := t.TempDir()
 	s := startServe(t, "--config", conf, "--data", data)
 
-	var mu sync.Mutex
-	var accepted []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 8 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				body := fmt.Sprintf(`{"channel":"webhook","recipient":"https://hooks.example/o","content":{"body":"w%d-%d"}}`, w, i)
-				resp, err := http.Post(s.url+"/v1/notifications", "application/json", strings.NewReader(body))
-				if err != nil {
-					continue // the server is gone: this one was never accepted
-				}
-				var r struct {
-					ID string `json:"id"`
-				}
-				_ = json.NewDecoder(resp.Body).Decode(&r)
-				resp.Body.Close()
-				if resp.StatusCode == 202 {
-					mu.Lock()
-					accepted = append(accepted, r.ID)
-					mu.Unlock()
-				}
-			}
-		})
-	}
+	stopPosting := postStream(s.url)
 	time.Sleep(1500 * time.Millisecond)
 	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -294,8 +313,7 @@ func TestServeKill9DeliversEveryAccepted(t *testing.T) {
 	kill := time.Now()
 	<-s.done
 	t.Logf("exited %v after kill -9", time.Since(kill))
-	close(stop)
-	wg.Wait()
+	accepted := stopPosting()
 	t.Logf("posters stopped %v after kill -9", time.Since(kill))
 	if len(accepted) < 100 {
 		t.Fatalf("only %d accepted before the kill; the test proves little", len(accepted))
