@@ -344,25 +344,23 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { dispatchers.Wait(); close(drained) }()
 	deadline := time.NewTimer(e.cfg.DrainTimeout)
 	defer deadline.Stop()
-	passed := false
+	stopDispatching := sync.OnceFunc(func() { close(stopDispatch) })
 	select {
 	case <-drained:
 	case <-deadline.C:
 		e.cfg.Logger.Warn("drain deadline passed; the rest stays in the log", zap.Duration("timeout", e.cfg.DrainTimeout))
-		passed = true
-		close(stopDispatch)
+		stopDispatching()
 		<-drained
 	}
 	// The senders finish their sends; one whose outcomes the log refuses
-	// keeps trying until the deadline.
+	// keeps trying until the deadline (if it has passed already, stop was
+	// closed above and the timer does not fire again).
 	sent := make(chan struct{})
 	go func() { workers.Wait(); close(sent) }()
 	select {
 	case <-sent:
 	case <-deadline.C:
-		if !passed {
-			close(stopDispatch)
-		}
+		stopDispatching()
 		<-sent
 	}
 	// What the rings and overflows still hold was claimed but not sent.
@@ -899,27 +897,23 @@ func (o *outcomes) flushThen(ctx context.Context, e *Engine, stop <-chan struct{
 		if err == nil {
 			break
 		}
-		giveUp := ctx.Err() != nil
-		if !giveUp {
+		if ctx.Err() == nil {
 			e.m.writeRetries.Inc()
 			e.cfg.Logger.Warn("produce outcomes failed; trying again", zap.Int("records", len(o.recs)),
 				zap.Duration("in", wait), zap.Error(err))
 			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
+				continue
 			case <-ctx.Done():
-				giveUp = true
 			case <-stop:
-				giveUp = true
 			}
 			t.Stop()
 		}
-		if giveUp {
-			e.cfg.Logger.Warn("produce outcomes failed at shutdown; records stay in flight and will be replayed",
-				zap.Int("records", len(o.recs)), zap.Error(err))
-			before()
-			return false
-		}
+		e.cfg.Logger.Warn("produce outcomes failed at shutdown; records stay in flight and will be replayed",
+			zap.Int("records", len(o.recs)), zap.Error(err))
+		before()
+		return false
 	}
 	before()
 	e.finish(o.done...)
