@@ -327,7 +327,7 @@ type Store struct {
 	rec  *recent  // nil when WithRecent(0)
 
 	m struct {
-		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups atomic.Int64
+		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups, remembered atomic.Int64
 	}
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -1036,6 +1036,58 @@ func (s *Store) Release(ctx context.Context, done []Done) error {
 	return s.finish(ctx, done, false, s.o.sync)
 }
 
+// Remembered is a key another store confirmed (another node's send or
+// acceptance), copied here so that it answers Duplicate here too.
+type Remembered struct {
+	Key     string
+	Scope   string
+	ID      string // the notification that holds the key there
+	Outcome string
+	At      time.Time // when it was confirmed there: the window runs from then
+}
+
+// Remember writes keys confirmed elsewhere, in one batch, as if confirmed
+// here at their own time: a claim of one answers Duplicate with its ID and
+// Outcome until its scope's window, counted from At, has passed. Keys
+// already out of their window are skipped. A live claim of this process
+// is left as it is; its Confirm or Release still applies.
+func (s *Store) Remember(ctx context.Context, rs []Remembered) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := writers.Get().(*sortedWriter)
+	defer w.release()
+	w.buf = slices.Grow(w.buf[:0], len(rs)*entrySizeHint)
+	w.ops = w.ops[:0]
+	w.digests = slices.Grow(w.digests[:0], len(rs)*digestLen)
+	now := s.o.now()
+	floor := s.floor.Load()
+	n := 0
+	for _, r := range rs {
+		b := s.bucketOf(r.At)
+		if now.Sub(r.At) >= s.windowOf(r.Scope) || b < floor {
+			continue
+		}
+		w.digests = s.appendDigest(w.digests, r.Key)
+		e := entry{state: stateConfirmed, claimedAt: r.At.UnixNano(), id: r.ID, outcome: r.Outcome}
+		w.set(b, unsafe.String(&w.digests[n*digestLen], digestLen), &e)
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	s.remember(w)
+	if err := await(s.commitThen(w, s.o.sync)); err != nil {
+		return fmt.Errorf("dedupe: commit remembered keys: %w", err)
+	}
+	s.committed(w)
+	s.m.remembered.Add(int64(n))
+	return nil
+}
+
 func (s *Store) finish(ctx context.Context, done []Done, confirm bool, sync bool) error {
 	return await(s.finishThen(ctx, done, confirm, sync))
 }
@@ -1327,7 +1379,9 @@ type Metrics struct {
 	Confirms  int64
 	Releases  int64
 	Lookups   int64
-	Reclaims  int64 // range deletes of expired buckets
+	// Remembered counts keys confirmed elsewhere and written here (Remember).
+	Remembered int64
+	Reclaims   int64 // range deletes of expired buckets
 	// Syncs counts the write buffer's fsyncs for synced writes: against
 	// Confirms, how well they are shared.
 	Syncs int64
@@ -1358,7 +1412,7 @@ func (s *Store) Metrics() Metrics {
 	m := Metrics{
 		Claims: s.m.claims.Load(), Hits: s.m.hits.Load(), InFlight: s.m.inflight.Load(),
 		TakenOver: s.m.takeovers.Load(), Uncertain: s.m.uncertain.Load(), Confirms: s.m.confirms.Load(),
-		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(),
+		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(), Remembered: s.m.remembered.Load(),
 		DiskBytes: pm.DiskSpaceUsage(), CacheHits: pm.BlockCache.Hits, CacheMisses: pm.BlockCache.Misses,
 	}
 	if s.buf != nil {

@@ -655,3 +655,55 @@ func TestLegacyKeysStillAnswer(t *testing.T) {
 		t.Fatal("lookups still search legacy buckets the window has passed")
 	}
 }
+
+// Keys another node confirmed answer Duplicate here, with that node's id
+// and outcome, for their scope's window counted from their own time; they
+// survive a restart, and a claim this process holds is not disturbed.
+func TestRemember(t *testing.T) {
+	dir := t.TempDir()
+	clk := newClock()
+	s := open(t, dir, clk, WithWindow(24*time.Hour), WithScopeWindow("otp", time.Hour))
+	now := clk.Now()
+	mine := claim1(t, s, "mine", "", "id-mine")
+	err := s.Remember(ctx, []Remembered{
+		{Key: "k-day", ID: "id-1", Outcome: "SM1", At: now.Add(-23 * time.Hour)},
+		{Key: "k-otp", Scope: "otp", ID: "id-2", Outcome: "sent", At: now.Add(-30 * time.Minute)},
+		{Key: "k-old", Scope: "otp", ID: "id-3", Outcome: "sent", At: now.Add(-61 * time.Minute)},
+		{Key: "mine", ID: "id-other", Outcome: "sent", At: now},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Metrics().Remembered; got != 3 {
+		t.Fatalf("remembered %d keys, want 3 (one was out of its window)", got)
+	}
+	if r := claim1(t, s, "k-day", "", "x"); r.Status != Duplicate || r.OriginalID != "id-1" || r.Outcome != "SM1" {
+		t.Fatalf("a remembered key: %+v", r)
+	}
+	if r := claim1(t, s, "k-old", "otp", "y"); r.Status != Claimed {
+		t.Fatalf("a key remembered past its window: %+v", r)
+	}
+	if r := claim1(t, s, "mine", "", "z"); r.Status != InFlight || r.OriginalID != "id-mine" {
+		t.Fatalf("this process's live claim: %+v", r)
+	}
+	confirm1(t, s, "mine", mine, "sent")
+	s.Close()
+
+	s = open(t, dir, clk, WithWindow(24*time.Hour), WithScopeWindow("otp", time.Hour))
+	defer s.Close()
+	if r := claim1(t, s, "k-otp", "otp", "w"); r.Status != Duplicate || r.OriginalID != "id-2" {
+		t.Fatalf("a remembered key after a restart: %+v", r)
+	}
+	if r := claim1(t, s, "mine", "", "v"); r.Status != Duplicate || r.OriginalID != "id-mine" {
+		t.Fatalf("the confirm of this process's claim after a remembered write: %+v", r)
+	}
+	// The window runs from the other node's time, not from Remember's.
+	clk.Add(31 * time.Minute)
+	if r := claim1(t, s, "k-otp", "otp", "u"); r.Status != Claimed {
+		t.Fatalf("a remembered key an hour after its time: %+v", r)
+	}
+	clk.Add(23 * time.Hour)
+	if r := claim1(t, s, "k-day", "", "t"); r.Status != Claimed {
+		t.Fatalf("a remembered key a day after its time: %+v", r)
+	}
+}

@@ -250,6 +250,10 @@ func (e *Engine) States(ids []string) ([]State, error) {
 // Codec is the engine's codec (it knows the configured channels).
 func (e *Engine) Codec() *notification.Codec { return e.cfg.Codec }
 
-// Ready reports whether Run has created the topics and is consuming: the
-// API accepts nothing before, and /readyz says so.
-func (e *Engine) Ready() bool { return e.ready.Load() }
+// Ready reports whether Run has created the topics and is consuming, and,
+// on a node with a NodeID, whether its status replica has caught up with
+// the status topic as it was at the start (at most takeoverWait): the API
+// accepts nothing before, and /readyz says so.
+func (e *Engine) Ready() bool {
+	return e.ready.Load() && (e.cfg.NodeID == "" || e.cfg.Status == nil || e.replicaCaughtUp.Load())
+}

@@ -85,6 +85,9 @@ type Engine struct {
 	heldBy    map[partition.TopicPartition]*takeover // the assignment holding each partition
 	kickPoll  context.CancelFunc                     // ends the poll under way (nil between polls)
 	replica   replicaPositions
+	// replicaCaughtUp: the status replica has applied what the status
+	// topic held when it started (see followStatus).
+	replicaCaughtUp atomic.Bool
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or
@@ -824,9 +827,13 @@ func reuse[T any](s []T, n int) []T {
 const eventSizeHint = 384
 
 func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at time.Time, provider, msgID, reason string) {
-	o.addEvent(e, StatusEvent{ID: n.ID, State: st, At: at, Tenant: n.Tenant,
+	ev := StatusEvent{ID: n.ID, State: st, At: at, Tenant: n.Tenant,
 		Channel: string(n.Channel), Priority: n.Priority.String(), Attempts: n.Attempts, Provider: provider,
-		ProviderMessageID: msgID, Reason: reason})
+		ProviderMessageID: msgID, Reason: reason}
+	if e.cfg.NodeID != "" && (st == StateAccepted || st == StateSent) {
+		ev.IdempotencyKey = n.IdempotencyKey
+	}
+	o.addEvent(e, ev)
 }
 
 // keepPayload keeps a sent item's record for reconciliation to resend:
@@ -847,6 +854,9 @@ func (o *outcomes) keepPayload(e *Engine, it *item) {
 func (o *outcomes) addEvent(e *Engine, ev StatusEvent) {
 	if ev.EventID == "" {
 		ev.EventID = o.enc.id(e.ids)
+	}
+	if ev.Node == "" {
+		ev.Node = e.cfg.NodeID
 	}
 	o.events = append(o.events, ev)
 	v, err := o.enc.encode(&o.events[len(o.events)-1])
@@ -1164,7 +1174,7 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 	for i, it := range items {
 		if it.key == "" {
 			start := len(kbuf)
-			kbuf = append(append(append(kbuf, it.n.Tenant...), 0), it.n.IdempotencyKey...)
+			kbuf = appendSendKey(kbuf, it.n.Tenant, it.n.IdempotencyKey)
 			it.key = unsafe.String(&kbuf[start], len(kbuf)-start)
 		}
 		reqs[i] = dedupe.ClaimRequest{Key: it.key, Scope: string(it.n.Channel), ID: it.n.ID}
@@ -1184,12 +1194,15 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 		if len(e.sentElsewhere) > 0 {
 			if outcome, ok := e.sentElsewhere[it]; ok {
 				delete(e.sentElsewhere, it)
+				// The old owner finished it and recorded so. Its key is
+				// usually known already, from the old owner's event
+				// (rememberKeys); a claim won here is confirmed.
 				if r.Status.ShouldSend() {
 					elsewhere = append(elsewhere, dedupe.Done{Key: it.key, Token: r.Token, ID: it.n.ID, Outcome: outcome})
-					out.done = append(out.done, it)
-					e.m.takenOver.WithLabelValues(string(it.n.Channel)).Inc()
-					continue
 				}
+				out.done = append(out.done, it)
+				e.m.takenOver.WithLabelValues(string(it.n.Channel)).Inc()
+				continue
 			}
 		}
 		if r.Status.ShouldSend() {
@@ -1200,11 +1213,15 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 		e.m.duplicates.WithLabelValues(string(it.n.Channel)).Inc()
 		if r.OriginalID == it.n.ID && r.Status == dedupe.Duplicate {
 			// Its own replay: sent and confirmed before a crash that came
-			// before the offset commit. Record the send again, in case the
-			// crash also took the status event.
+			// before the offset commit, or sent by a node whose partition
+			// this one took over. Record the send again, in case the crash
+			// also took the status event.
 			ev := StatusEvent{ID: it.n.ID, State: StateSent, At: now, Tenant: it.n.Tenant,
 				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), Attempts: it.n.Attempts,
 				ProviderMessageID: r.Outcome, Reason: "confirmed before a restart"}
+			if e.cfg.NodeID != "" {
+				ev.IdempotencyKey = it.n.IdempotencyKey
+			}
 			out.addEvent(e, ev)
 		} else if r.OriginalID != it.n.ID {
 			ev := StatusEvent{ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,

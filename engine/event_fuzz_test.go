@@ -15,7 +15,8 @@ func FuzzEventEncoding(f *testing.F) {
 	f.Add("", "\x00\u2028\xff", "a&b", "\"\\", "é", int64(0), -3)
 	f.Fuzz(func(t *testing.T, id, tenant, provider, msgID, reason string, at int64, attempts int) {
 		ev := StatusEvent{EventID: id, ID: id, State: StateSent, At: time.Unix(0, at).UTC(), Tenant: tenant, Channel: "sms",
-			Priority: "critical", Attempts: attempts, Provider: provider, ProviderMessageID: msgID, Reason: reason, DuplicateOf: msgID}
+			Priority: "critical", Attempts: attempts, Provider: provider, ProviderMessageID: msgID, Reason: reason, DuplicateOf: msgID,
+			IdempotencyKey: reason + msgID, Node: tenant}
 		want, err := json.Marshal(&ev)
 		if err != nil {
 			t.Skip()

@@ -23,6 +23,18 @@ import (
 // the door and, independently, "already sent" at the provider.
 const ingestScope = "ingest"
 
+// appendIngestKey appends the dedupe key that answers "already accepted"
+// for a tenant's idempotency key.
+func appendIngestKey(dst []byte, tenant, key string) []byte {
+	return append(append(append(append(append(dst, ingestScope...), 0), tenant...), 0), key...)
+}
+
+// appendSendKey appends the dedupe key that answers "already sent" (in the
+// channel's scope) for a tenant's idempotency key.
+func appendSendKey(dst []byte, tenant, key string) []byte {
+	return append(append(append(dst, tenant...), 0), key...)
+}
+
 // Admission is what became of one notification handed to Ingest.
 type Admission struct {
 	ID        string // the notification's id, or the original's for a duplicate
@@ -59,7 +71,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		}
 		n.Prepare(now) // the accepted time
 		start := len(buf)
-		buf = append(append(append(append(buf, "ingest\x00"...), n.Tenant...), 0), n.IdempotencyKey...)
+		buf = appendIngestKey(buf, n.Tenant, n.IdempotencyKey)
 		reqs[i] = dedupe.ClaimRequest{Key: str(start), Scope: ingestScope, ID: n.ID}
 	}
 	claims := reuse(ib.claims, len(ns))

@@ -172,6 +172,8 @@ var dedupeMetrics = []storeSeries[dedupe.Metrics]{
 	dedupeCounter("confirms", "Keys confirmed after a send.", func(m dedupe.Metrics) int64 { return m.Confirms }),
 	dedupeCounter("releases", "Keys released after a permanent failure.", func(m dedupe.Metrics) int64 { return m.Releases }),
 	dedupeCounter("lookups", "Keys looked up without claiming.", func(m dedupe.Metrics) int64 { return m.Lookups }),
+	dedupeCounter("remembered", "Keys another node sent or accepted, copied here from its status events so they answer as duplicates here too.",
+		func(m dedupe.Metrics) int64 { return m.Remembered }),
 	dedupeCounter("reclaims", "Range deletes of expired time buckets.", func(m dedupe.Metrics) int64 { return m.Reclaims }),
 	dedupeGauge("keys", "Entries on disk, approximately (the memtable is not counted).", func(m dedupe.Metrics) float64 { return float64(m.KeysApprox) }),
 	dedupeGauge("disk_bytes", "Bytes the store takes on disk.", func(m dedupe.Metrics) float64 { return float64(m.DiskBytes) }),

@@ -2,12 +2,16 @@ package engine_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
 	"github.com/goutong/goutong/providers"
 )
 
@@ -88,4 +92,59 @@ func (r *rig) nodeStores(node string) (*dedupe.Store, *engine.StatusStore) {
 	}
 	t.Cleanup(func() { st.Close() })
 	return dd, st
+}
+
+// BenchmarkStatusReplica measures a node's status replica reading another
+// node's events (an accepted and a sent event a notification): decoding,
+// applying, and, in "keyed", copying their idempotency keys into the
+// dedupe store; "unkeyed" is the same events without keys (as a node
+// without a NodeID writes them), the replica's cost before the keys.
+func BenchmarkStatusReplica(b *testing.B) {
+	for _, keyed := range []bool{false, true} {
+		name := map[bool]string{false: "unkeyed", true: "keyed"}[keyed]
+		b.Run(name, func(b *testing.B) {
+			r := newRig(b, backends[0])
+			recs := make([]partition.Record, 0, 5000)
+			now := time.Now().UTC()
+			var last string
+			for i := range b.N {
+				id := notification.NewID()
+				for _, st := range []engine.StatusEvent{
+					{State: engine.StateAccepted, At: now},
+					{State: engine.StateSent, At: now.Add(time.Millisecond), Attempts: 1, Provider: "webhook"},
+				} {
+					st.EventID, st.ID, st.Tenant, st.Channel, st.Priority = notification.NewID(), id, "acme", "webhook", "normal"
+					if keyed {
+						st.Node, st.IdempotencyKey = "a", fmt.Sprintf("order-%d-%d", now.UnixNano(), i)
+					}
+					v, err := json.Marshal(&st)
+					if err != nil {
+						b.Fatal(err)
+					}
+					recs = append(recs, partition.Record{Topic: r.topics.Status, Key: []byte(id), Value: v})
+				}
+				if len(recs) == cap(recs) || i == b.N-1 {
+					if err := r.prod.Produce(context.Background(), recs); err != nil {
+						b.Fatal(err)
+					}
+					recs = recs[:0]
+				}
+				last = id
+			}
+			cfg := r.config(r.channels(false))
+			cfg.NodeID = "b"
+			b.ResetTimer()
+			_, stop := r.start(cfg)
+			waitFor(b, 5*time.Minute, "the replica", func() bool {
+				st, err := r.status.Get(last)
+				return err == nil && st.State == engine.StateSent
+			})
+			b.StopTimer()
+			stop()
+			if got, want := r.dd.Metrics().Remembered, int64(map[bool]int{true: 2 * b.N}[keyed]); got != want {
+				b.Fatalf("remembered %d keys, want %d", got, want)
+			}
+			b.ReportMetric(float64(2*b.N)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
 }

@@ -61,6 +61,12 @@ type StatusEvent struct {
 	ProviderMessageID string    `json:"provider_message_id,omitempty"`
 	Reason            string    `json:"reason,omitempty"`
 	DuplicateOf       string    `json:"duplicate_of,omitempty"`
+	// On a node with a NodeID, accepted and sent events also name the node
+	// and carry the notification's idempotency key: the other nodes' status
+	// replicas copy the key into their dedupe stores (rememberKeys). The
+	// status store does not keep them.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	Node           string `json:"node,omitempty"`
 }
 
 // Status is a notification's current state and its history.
@@ -741,6 +747,30 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 	ckpt := &statusCheckpointer{e: e, log: log, committed: map[partition.TopicPartition]int64{}}
 	next := map[partition.TopicPartition]int64{}
 	last := time.Now()
+	// The node is not ready (Ready, /readyz) until the replica has applied
+	// what the status topic held at its start: before, a request repeating
+	// a key another node accepted would be accepted again.
+	var startEnds map[partition.TopicPartition]int64
+	begun := time.Now()
+	caughtUp := func() {
+		if e.replicaCaughtUp.Load() {
+			return
+		}
+		if startEnds == nil {
+			if ends, err := log.EndOffsets(ctx, e.cfg.Topics.Status); err == nil {
+				startEnds = ends
+			}
+		}
+		switch {
+		case startEnds != nil && e.replica.covers(startEnds):
+		case time.Since(begun) >= takeoverWait && ctx.Err() == nil:
+			e.cfg.Logger.Warn("ready before the status replica caught up; a request repeating a key another node accepted may be accepted again",
+				zap.Duration("waited", takeoverWait))
+		default:
+			return
+		}
+		e.replicaCaughtUp.Store(true)
+	}
 	commit := func() {
 		if len(next) == 0 {
 			return
@@ -764,7 +794,12 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		}
 		events := decodeStatusEvents(recs, next)
 		for {
-			err := e.cfg.Status.Apply(events)
+			// Keys first: once the replica's position passes an event, a
+			// takeover counts on its key being known here.
+			err := e.rememberKeys(ctx, events)
+			if err == nil {
+				err = e.cfg.Status.Apply(events)
+			}
 			if err == nil {
 				break
 			}
@@ -777,6 +812,7 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		if e.replica.wanted() {
 			e.replica.measure(ctx, log, e.cfg.Topics.Status)
 		}
+		caughtUp()
 		if time.Since(last) >= interval {
 			commit()
 			last = time.Now()

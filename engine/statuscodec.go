@@ -36,7 +36,9 @@ var stateCodes = func() map[State]byte {
 func appendStoredEvent(dst []byte, ev *StatusEvent) ([]byte, error) {
 	code, known := stateCodes[ev.State]
 	if !known || ev.Attempts < 0 || !time.Unix(0, ev.At.UnixNano()).Equal(ev.At) {
-		v, err := json.Marshal(ev)
+		kept := *ev
+		kept.IdempotencyKey, kept.Node = "", "" // for the other nodes, not kept (as in the binary form)
+		v, err := json.Marshal(&kept)
 		return append(dst, v...), err
 	}
 	dst = append(dst, storedEventV1, code)

@@ -15,6 +15,8 @@ func sameEvent(a, b StatusEvent) bool {
 		return false
 	}
 	a.At, b.At = time.Time{}, time.Time{}
+	// For the other nodes, not kept (see StatusEvent).
+	a.IdempotencyKey, a.Node, b.IdempotencyKey, b.Node = "", "", "", ""
 	return reflect.DeepEqual(a, b)
 }
 

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"sync"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -18,14 +19,17 @@ import (
 // owner of its partitions to replay those records. The new owner's dedupe
 // store never saw their keys, so on its own it would send them again. Its
 // status store has seen them: with a NodeID it follows the whole status
-// topic, which carries the old owner's `sent` events. So a partition that
-// arrives with records in it is held (paused) until the status replica has
-// applied the status topic up to where it ended at the assignment; then the
-// records below the partition's end at the assignment (the only ones the
-// old owner can have read) are looked up, and those already sent, delivered
-// or answered as duplicates are finished without a send. Their keys are
-// confirmed in the dedupe store, so a later record with the same key is a
-// duplicate here too.
+// topic, which carries the old owner's `sent` events, and copies their
+// idempotency keys into the dedupe store (rememberKeys). So a newly
+// assigned partition is held (paused) until the status replica has
+// applied the status topic up to where it ended at the assignment. Then a
+// record repeating a key the old owner sent, at any time in the window,
+// is a duplicate here too; and the records below the partition's end at
+// the assignment (the only ones the old owner can have read) are also
+// looked up by id, so that those already sent, delivered or answered as
+// duplicates are finished without a send even when their events carry no
+// key (written by a node without this code). Their keys are confirmed in
+// the dedupe store.
 //
 // What this does not cover: a send whose `sent` event the old owner never
 // produced (it died between the provider's answer and the produce). The
@@ -202,11 +206,16 @@ func (e *Engine) release(t *takeover) {
 
 // prepareTakeover reads which records of t's partitions another node may
 // have sent (those below each one's end) and where the status topic ends.
-// A partition with nothing uncommitted has nothing to check: if none has,
-// t needs no wait (want is left empty).
+// A partition with nothing uncommitted has no record to check, but waits
+// all the same: the keys the old owner sent come with the status topic
+// (rememberKeys), and a new record repeating one must find it.
 func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
 	t.retryAt = time.Now().Add(250 * time.Millisecond)
 	lag, err := e.log.Lag(ctx)
+	if err != nil {
+		return false
+	}
+	want, err := e.log.EndOffsets(ctx, e.cfg.Topics.Status)
 	if err != nil {
 		return false
 	}
@@ -221,14 +230,6 @@ func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
 		if uncommitted(tp) {
 			byTopic[tp.Topic] = true
 		}
-	}
-	if len(byTopic) == 0 {
-		t.want = map[partition.TopicPartition]int64{}
-		return true
-	}
-	want, err := e.log.EndOffsets(ctx, e.cfg.Topics.Status)
-	if err != nil {
-		return false
 	}
 	ends := map[partition.TopicPartition]int64{}
 	for topic := range byTopic {
@@ -305,4 +306,52 @@ func (e *Engine) finishSentElsewhere(ctx context.Context, done []dedupe.Done) {
 	if err := e.cfg.Dedupe.Confirm(ctx, done); err != nil {
 		e.cfg.Logger.Warn("takeover: dedupe confirm failed", zap.Error(err))
 	}
+}
+
+// rememberKeys copies into the dedupe store the idempotency keys of the
+// notifications other nodes accepted and sent (their events carry them),
+// so that here too a repeat of one answers as a duplicate: a request
+// retried at another node is answered with the first notification, and
+// after a rebalance the new owner of a partition does not send again what
+// the old one sent, however long ago within the window. This node's own
+// keys are in its store already.
+func (e *Engine) rememberKeys(ctx context.Context, events []StatusEvent) error {
+	n, size := 0, 0
+	for i := range events {
+		if ev := &events[i]; e.remembers(ev) {
+			n++
+			size += len(ingestScope) + 2 + len(ev.Tenant) + len(ev.IdempotencyKey)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	rs := make([]dedupe.Remembered, 0, n)
+	buf := make([]byte, 0, size) // the keys share it; it does not grow
+	for i := range events {
+		ev := &events[i]
+		if !e.remembers(ev) {
+			continue
+		}
+		start := len(buf)
+		r := dedupe.Remembered{ID: ev.ID, At: ev.At}
+		if ev.State == StateAccepted {
+			buf = appendIngestKey(buf, ev.Tenant, ev.IdempotencyKey)
+			r.Scope, r.Outcome = ingestScope, "accepted"
+		} else {
+			buf = appendSendKey(buf, ev.Tenant, ev.IdempotencyKey)
+			r.Scope, r.Outcome = ev.Channel, ev.ProviderMessageID
+			if r.Outcome == "" {
+				r.Outcome = "sent"
+			}
+		}
+		r.Key = unsafe.String(&buf[start], len(buf)-start)
+		rs = append(rs, r)
+	}
+	return e.cfg.Dedupe.Remember(ctx, rs)
+}
+
+func (e *Engine) remembers(ev *StatusEvent) bool {
+	return ev.IdempotencyKey != "" && ev.Node != "" && ev.Node != e.cfg.NodeID &&
+		(ev.State == StateAccepted || ev.State == StateSent)
 }
