@@ -660,12 +660,26 @@ func TestLegacyKeysStillAnswer(t *testing.T) {
 // and outcome, for their scope's window counted from their own time; they
 // survive a restart, and a claim this process holds is not disturbed.
 func TestRemember(t *testing.T) {
+	t.Run("filters", func(t *testing.T) { testRemember(t) })
+	t.Run("recent", func(t *testing.T) { testRemember(t, WithRecent(1<<20)) })
+}
+
+func testRemember(t *testing.T, extra ...Option) {
 	dir := t.TempDir()
 	clk := newClock()
-	s := open(t, dir, clk, WithWindow(24*time.Hour), WithScopeWindow("otp", time.Hour))
+	opts := append([]Option{WithWindow(24 * time.Hour), WithScopeWindow("otp", time.Hour)}, extra...)
+	s := open(t, dir, clk, opts...)
 	now := clk.Now()
 	mine := claim1(t, s, "mine", "", "id-mine")
+	// Sent here, confirmed, then sent by another node after a release here.
+	confirm1(t, s, "k-here", claim1(t, s, "k-here", "", "id-here"), "sent")
+	rel := claim1(t, s, "k-released", "", "id-failed")
+	if err := s.Release(ctx, []Done{{Key: "k-released", Token: rel.Token, ID: rel.OriginalID}}); err != nil {
+		t.Fatal(err)
+	}
 	err := s.Remember(ctx, []Remembered{
+		{Key: "k-here", ID: "id-there", Outcome: "sent", At: now},
+		{Key: "k-released", ID: "id-there-2", Outcome: "sent", At: now},
 		{Key: "k-day", ID: "id-1", Outcome: "SM1", At: now.Add(-23 * time.Hour)},
 		{Key: "k-otp", Scope: "otp", ID: "id-2", Outcome: "sent", At: now.Add(-30 * time.Minute)},
 		{Key: "k-old", Scope: "otp", ID: "id-3", Outcome: "sent", At: now.Add(-61 * time.Minute)},
@@ -674,8 +688,13 @@ func TestRemember(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := s.Metrics().Remembered; got != 3 {
-		t.Fatalf("remembered %d keys, want 3 (one was out of its window)", got)
+	if got := s.Metrics().Remembered; got != 5 {
+		t.Fatalf("remembered %d keys, want 5 (one was out of its window)", got)
+	}
+	for key, want := range map[string]string{"k-here": "id-there", "k-released": "id-there-2"} {
+		if r := claim1(t, s, key, "", "again"); r.Status != Duplicate || r.OriginalID != want {
+			t.Fatalf("%s remembered after its entry here: %+v, want a duplicate of %s", key, r, want)
+		}
 	}
 	if r := claim1(t, s, "k-day", "", "x"); r.Status != Duplicate || r.OriginalID != "id-1" || r.Outcome != "SM1" {
 		t.Fatalf("a remembered key: %+v", r)
@@ -689,7 +708,7 @@ func TestRemember(t *testing.T) {
 	confirm1(t, s, "mine", mine, "sent")
 	s.Close()
 
-	s = open(t, dir, clk, WithWindow(24*time.Hour), WithScopeWindow("otp", time.Hour))
+	s = open(t, dir, clk, opts...)
 	defer s.Close()
 	if r := claim1(t, s, "k-otp", "otp", "w"); r.Status != Duplicate || r.OriginalID != "id-2" {
 		t.Fatalf("a remembered key after a restart: %+v", r)
