@@ -530,6 +530,64 @@ func TestServeKafka(t *testing.T) {
 	stop()
 }
 
+// A request retried at another node of the cluster is answered with the
+// first node's notification (200, duplicate), not accepted again.
+func TestServeKafkaKeysAcrossNodes(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mock, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mock.Close()
+	var urls []string
+	for range 2 {
+		cfg, err := loadConfig(writeConfig(t, mock.URL()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Data, cfg.Listen, cfg.Kafka = t.TempDir(), "127.0.0.1:0", c.ListenAddrs()
+		url, stop := serveInProcess(t, cfg)
+		defer stop()
+		urls = append(urls, url)
+	}
+	post := func(url string) (int, map[string]any) {
+		req, err := http.NewRequest("POST", url+"/v1/notifications",
+			strings.NewReader(`{"channel":"webhook","recipient":"https://hooks.example/k","content":{"body":"once"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", "order-42-shipped")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	code, first := post(urls[0])
+	if code != 202 {
+		t.Fatalf("first request: %d %v", code, first)
+	}
+	id, _ := first["id"].(string)
+	waitUntil(t, 30*time.Second, "the send", func() bool { return statusOf(urls[0], id) == "sent" })
+	waitUntil(t, 30*time.Second, "the other node to know it", func() bool { return statusOf(urls[1], id) == "sent" })
+	code, again := post(urls[1])
+	if code != 200 || again["id"] != id || again["duplicate"] != true || again["status"] != "sent" {
+		t.Fatalf("the request retried at the other node: %d %v, want 200, a duplicate of %s, sent", code, again, id)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if st := mock.Stats(); st.Received != 1 {
+		t.Fatalf("provider received %d, want 1", st.Received)
+	}
+}
+
 // The API rejects a template name only on channels whose provider renders
 // templates (twilio, sendgrid, fcm): the log provider writes the name and
 // vars, a webhook sends them on.
