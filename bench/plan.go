@@ -426,9 +426,13 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	p.step("dedupe store", bytesIEC(dedupe), "%s/h x %.0f h window x %.0f B (ingest and send claims)", si(perHour), hours(t.DedupeWindow), m.dedupeB)
 	statusStore := perHour * hours(t.StatusWindow) * m.statusB
 	p.step("status store", bytesIEC(statusStore), "%s/h x %.0f h window x %.0f B", si(perHour), hours(t.StatusWindow), m.statusB)
-	p.DiskBytes = logBytes*float64(repl) + dedupe + statusStore
-	p.step("disk, whole fleet", bytesIEC(p.DiskBytes), "log %s x %d replicas + dedupe %s + status %s; per node %s",
-		bytesIEC(logBytes), repl, bytesIEC(dedupe), bytesIEC(statusStore), bytesIEC(p.DiskBytes/float64(p.Nodes)))
+	// Every node keeps the whole fleet's stores: its status replica follows
+	// the whole status topic, and copies the other nodes' keys into its
+	// dedupe store.
+	p.DiskBytes = logBytes*float64(repl) + (dedupe+statusStore)*float64(p.Nodes)
+	p.step("disk, whole fleet", bytesIEC(p.DiskBytes), "log %s x %d replicas + (dedupe %s + status %s) x %d node(s), each keeping the fleet's; per node %s",
+		bytesIEC(logBytes), repl, bytesIEC(dedupe), bytesIEC(statusStore), p.Nodes,
+		bytesIEC(logBytes*float64(repl)/float64(p.Nodes)+dedupe+statusStore))
 
 	// Where the target leaves what was measured.
 	if t.OTPRate > 0 && float64(t.OTPP99.D().Milliseconds()) < m.otpTarget {
@@ -446,6 +450,10 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	}
 	if p.Nodes > 1 {
 		p.warn("%d nodes need Kafka mode (--kafka); the plan assumes throughput adds up per node, measured on one node (backend %s)", p.Nodes, m.backend)
+		// It does not for the status replica: each node applies the
+		// fleet's events, on one goroutine.
+		p.warn("each node's status replica applies the whole fleet's status events, about %s/s at the peak (2-3 a notification), on one core: measure what one core applies with go test ./engine -run '^$' -bench StatusReplica",
+			si(2*(t.OTPRate+campaignRate)))
 	}
 	if r.Scale != 1 || r.TimeScale != 1 {
 		p.warn("the results come from a scaled run (counts x%g, times x%g); plan from a full-size run", r.Scale, r.TimeScale)

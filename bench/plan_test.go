@@ -74,10 +74,11 @@ func TestPlanArithmetic(t *testing.T) {
 	// Daily: 50,000 x 86,400 + 10M = 4.33G; per hour 180.4M.
 	// Buffer: (50,000 x 7,200 + 10M) x 100 B = 37 GB; status events:
 	// 4.33G x 200 B; dead letters: 180.4M x 24 x 0.01 x 200 B; dedupe:
-	// 4.33G x 150 B; status: 4.33G x 500 B; log x 3 replicas.
+	// 4.33G x 150 B; status: 4.33G x 500 B; log x 3 replicas; each of the
+	// 8 nodes keeps the whole fleet's stores.
 	daily := 50_000.0*86_400 + 10_000_000
 	log := (50_000.0*7_200+10_000_000)*100 + daily*200 + daily*0.01*200
-	want := log*3 + daily*150 + daily*500
+	want := log*3 + 8*(daily*150+daily*500)
 	if d := p.DiskBytes - want; d > 1 || d < -1 {
 		t.Errorf("disk %.0f, want %.0f", p.DiskBytes, want)
 	}
