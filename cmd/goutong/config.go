@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -193,9 +194,11 @@ func loadConfig(path string) (Config, error) {
 			return Config{}, fmt.Errorf("config %s: %w", path, err)
 		}
 	}
-	err := k.Load(env.Provider(".", env.Opt{Prefix: "GOUTONG_", TransformFunc: func(key, v string) (string, any) {
-		key = strings.ToLower(strings.TrimPrefix(key, "GOUTONG_"))
+	fromEnv := map[string]string{} // key: the variable that set it
+	err := k.Load(env.Provider(".", env.Opt{Prefix: "GOUTONG_", TransformFunc: func(name, v string) (string, any) {
+		key := strings.ToLower(strings.TrimPrefix(name, "GOUTONG_"))
 		key = strings.ReplaceAll(key, "__", ".")
+		fromEnv[key] = name
 		if key == "kafka" {
 			return key, strings.Split(v, ",")
 		}
@@ -204,12 +207,35 @@ func loadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
+	c, err := decodeConfig(k)
+	if err != nil {
+		// A variable meant for something else would otherwise read as a
+		// key nobody wrote.
+		var bad []string
+		for key, name := range fromEnv {
+			one := koanf.New(".")
+			if one.Load(structs.Provider(defaultConfig(), "koanf"), nil) != nil || one.Set(key, k.Get(key)) != nil {
+				continue
+			}
+			if _, err := decodeConfig(one); err != nil {
+				bad = append(bad, name)
+			}
+		}
+		if len(bad) > 0 {
+			slices.Sort(bad)
+			return Config{}, fmt.Errorf("config: %w\n(from the environment: %s; every GOUTONG_ variable is read as a config key, see docs/config.md)",
+				err, strings.Join(bad, ", "))
+		}
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}
+
+func decodeConfig(k *koanf.Koanf) (Config, error) {
 	var c Config
 	// ErrorUnused: a misspelt key fails the start instead of being ignored.
 	dc := &mapstructure.DecoderConfig{Result: &c, TagName: "koanf", ErrorUnused: true, WeaklyTypedInput: true,
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(","))}
-	if err := k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{Tag: "koanf", DecoderConfig: dc}); err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
-	}
-	return c, nil
+	err := k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{Tag: "koanf", DecoderConfig: dc})
+	return c, err
 }

@@ -449,6 +449,16 @@ func TestConfigLayers(t *testing.T) {
 	if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "ring_sise") {
 		t.Fatalf("misspelt key: %v", err)
 	}
+	// A variable that names no key is named as the variable it is.
+	if err := os.WriteFile(path, []byte("engine:\n  ring_size: 1024\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("GOUTONG_MEASURE", "1")
+	t.Setenv("GOUTONG_DEDUPE__WINDOWW", "1h")
+	_, err = loadConfig(path)
+	if err == nil || !strings.Contains(err.Error(), "from the environment: GOUTONG_DEDUPE__WINDOWW, GOUTONG_MEASURE;") {
+		t.Fatalf("stray environment variables: %v", err)
+	}
 }
 
 // The documented example config parses: docs and code do not drift apart.
