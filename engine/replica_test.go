@@ -3,8 +3,11 @@ package engine_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,5 +149,67 @@ func BenchmarkStatusReplica(b *testing.B) {
 			}
 			b.ReportMetric(float64(2*b.N)/b.Elapsed().Seconds(), "events/s")
 		})
+	}
+}
+
+// failingPolls is a Log whose Poll fails while fail is above zero,
+// counting it down.
+type failingPolls struct {
+	partition.Log
+	fail *atomic.Int64
+}
+
+func (l failingPolls) Poll(ctx context.Context, max int) ([]partition.Record, error) {
+	if l.fail.Add(-1) >= 0 {
+		return nil, errors.New("failing: fetch refused")
+	}
+	return l.Log.Poll(ctx, max)
+}
+
+// A failed poll of the status topic does not end the status replica: the
+// node still catches up with another node's events (and so becomes
+// ready), and copies their keys.
+func TestStatusReplicaRidesOutPollErrors(t *testing.T) {
+	r := newRig(t, backends[0])
+	now := time.Now().UTC()
+	var recs []partition.Record
+	var last string
+	for i := range 100 {
+		id := notification.NewID()
+		ev := engine.StatusEvent{EventID: notification.NewID(), ID: id, State: engine.StateSent, At: now, Tenant: "acme",
+			Channel: "webhook", Priority: "normal", Attempts: 1, Provider: "webhook", Node: "a", IdempotencyKey: fmt.Sprint("k-", i)}
+		v, err := json.Marshal(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, partition.Record{Topic: r.topics.Status, Key: []byte(id), Value: v})
+		last = id
+	}
+	if err := r.prod.Produce(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	var fail atomic.Int64
+	fail.Store(3)
+	cfg := r.config(r.channels(false))
+	cfg.NodeID = "b"
+	open := cfg.Open
+	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+		l, err := open(cc)
+		if err != nil || !strings.HasPrefix(cc.Group, "goutong-status-store") {
+			return l, err
+		}
+		return failingPolls{l, &fail}, nil
+	}
+	e, stop := r.start(cfg)
+	defer stop()
+	waitFor(t, 30*time.Second, "the node to be ready", e.Ready)
+	if st, err := r.status.Get(last); err != nil || st.State != engine.StateSent {
+		t.Fatalf("the other node's last event: %+v, %v", st, err)
+	}
+	if got := counterSum(t, r.reg, "goutong_status_replica_errors_total"); got != 3 {
+		t.Fatalf("goutong_status_replica_errors_total %v, want 3", got)
+	}
+	if got := r.dd.Metrics().Remembered; got != 100 {
+		t.Fatalf("remembered %d keys, want 100", got)
 	}
 }

@@ -790,7 +790,18 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			return nil
 		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("engine: status replica: %w", err)
+			if errors.Is(err, partition.ErrClosed) {
+				return fmt.Errorf("engine: status replica: %w", err)
+			}
+			// What the client did not retry itself (a partition's data
+			// lost to retention, say) must not end the replica for the
+			// process's life: the node would answer stale states, hold
+			// every takeover for its whole wait, and miss keys.
+			e.m.replicaErrors.Inc()
+			e.cfg.Logger.Warn("status replica: poll failed; polling again", zap.Error(err))
+			if e.cfg.Clock.Sleep(ctx, time.Second) != nil {
+				return nil
+			}
 		}
 		events := decodeStatusEvents(recs, next)
 		for {
