@@ -56,6 +56,11 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 	b.Run("wal-takeover", func(b *testing.B) {
 		endToEndWith(b, newRig(b, backends[0]), func(c *engine.Config) { c.NodeID = "bench" })
 	})
+	// A node of a Kafka fleet, as serve --kafka runs one: its status
+	// replica follows the status topic (its own events come back to it).
+	b.Run("kafka-node", func(b *testing.B) {
+		endToEndWith(b, newRig(b, backends[1]), func(c *engine.Config) { c.NodeID = "bench" })
+	})
 	// The engine's own cost without HTTP: decode, dedupe, rings, the
 	// dispatcher's priority picks and batching, outcomes, status events and
 	// commits, with a provider that accepts every batch at once.
