@@ -751,6 +751,7 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 	// what the status topic held at its start: before, a request repeating
 	// a key another node accepted would be accepted again.
 	var startEnds map[partition.TopicPartition]int64
+	shared := &sharedNodeID{e: e, after: takeoverWait}
 	begun := time.Now()
 	caughtUp := func() {
 		if e.replicaCaughtUp.Load() {
@@ -826,7 +827,42 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		caughtUp()
 		if time.Since(last) >= interval {
 			commit()
+			shared.check(log, startEnds)
 			last = time.Now()
 		}
+	}
+}
+
+// sharedNodeID notices a status replica that keeps being assigned only
+// part of the status topic: another process consumes the rest in its
+// group, which means it runs with the same node id (a data directory
+// copied with its node-id file, say). Each then misses the other's share
+// of the events, and of the other nodes' keys.
+type sharedNodeID struct {
+	e       *Engine
+	after   time.Duration // how long a partial assignment lasts before it counts
+	partial time.Time     // since when the assignment has been partial; zero when whole
+	told    bool
+}
+
+func (s *sharedNodeID) check(log partition.Log, all map[partition.TopicPartition]int64) {
+	if len(all) == 0 || len(log.Assigned()) >= len(all) {
+		s.partial, s.told = time.Time{}, false
+		s.e.m.replicaShared.Set(0)
+		return
+	}
+	if s.partial.IsZero() {
+		s.partial = time.Now()
+	}
+	// Past a rebalance's settling.
+	if !s.told && time.Since(s.partial) >= s.after {
+		s.told = true
+		s.e.cfg.Logger.Error("status replica: assigned only part of the status topic; another process runs with this node id (give each node its own node_id)",
+			zap.String("node_id", s.e.cfg.NodeID), zap.Int("assigned", len(log.Assigned())), zap.Int("partitions", len(all)))
+	}
+	if s.told {
+		s.e.m.replicaShared.Set(1)
+	} else {
+		s.e.m.replicaShared.Set(0)
 	}
 }
