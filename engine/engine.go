@@ -1221,6 +1221,7 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 				ProviderMessageID: r.Outcome, Reason: "confirmed before a restart"}
 			if e.cfg.NodeID != "" {
 				ev.IdempotencyKey = it.n.IdempotencyKey
+				ev.Reason = "confirmed before a restart, or by another node"
 			}
 			out.addEvent(e, ev)
 		} else if r.OriginalID != it.n.ID {
