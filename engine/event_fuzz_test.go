@@ -9,23 +9,37 @@ import (
 )
 
 // FuzzEventEncoding holds the status-event encoder (goccy/go-json, into a
-// shared buffer) to encoding/json byte for byte, whatever the strings hold.
+// shared buffer) to encoding/json byte for byte, whatever the strings,
+// the time and its zone hold; where encoding/json refuses an event, so
+// does the encoder.
 func FuzzEventEncoding(f *testing.F) {
-	f.Add("01M8A0Q7Z9H5Y0R4T2B6W8D3JQ", "acme", "twilio", "SM5c2e", "HTTP 503: <html>", int64(1_800_000_000_000_000_123), 1)
-	f.Add("", "\x00\u2028\xff", "a&b", "\"\\", "é", int64(0), -3)
-	f.Fuzz(func(t *testing.T, id, tenant, provider, msgID, reason string, at int64, attempts int) {
-		ev := StatusEvent{EventID: id, ID: id, State: StateSent, At: time.Unix(0, at).UTC(), Tenant: tenant, Channel: "sms",
-			Priority: "critical", Attempts: attempts, Provider: provider, ProviderMessageID: msgID, Reason: reason, DuplicateOf: msgID,
-			IdempotencyKey: reason + msgID, Node: tenant}
-		want, err := json.Marshal(&ev)
-		if err != nil {
-			t.Skip()
+	f.Add("01M8A0Q7Z9H5Y0R4T2B6W8D3JQ", "acme", "twilio", "SM5c2e", "HTTP 503: <html>", int64(1_800_000_000_000_000_123), 1, int32(0), int32(0))
+	f.Add("", "\x00\u2028\xff", "a&b", "\"\\", "é\b\f\x1f\x7f", int64(0), -3, int32(8*3600), int32(0))
+	f.Add("x", "t", "p", "m", "r", int64(-1), 0, int32(-(23*3600 + 59*60)), int32(8000))
+	f.Add("x", "t", "p", "m", "r", int64(5), 0, int32(24*3600), int32(-3000))
+	f.Fuzz(func(t *testing.T, id, tenant, provider, msgID, reason string, at int64, attempts int, zone, years int32) {
+		loc := time.UTC
+		if zone != 0 {
+			loc = time.FixedZone("z", int(zone%(30*3600)))
 		}
+		ev := StatusEvent{EventID: id, ID: id, State: StateSent, At: time.Unix(0, at).In(loc).AddDate(int(years%12000), 0, 0),
+			Tenant: tenant, Channel: "sms", Priority: "critical", Attempts: attempts, Provider: provider, ProviderMessageID: msgID,
+			Reason: reason, DuplicateOf: msgID, IdempotencyKey: reason + msgID, Node: tenant}
+		want, werr := json.Marshal(&ev)
 		var enc eventEncoder
 		enc.buf = []byte("earlier events ")
 		got, err := enc.encode(&ev)
+		if werr != nil {
+			if err == nil {
+				t.Fatalf("encoded %s where encoding/json refuses: %v", got, werr)
+			}
+			return
+		}
 		if err != nil || string(got) != string(want) {
 			t.Fatalf("event encoder differs from encoding/json (%v):\n got %s\nwant %s", err, got, want)
+		}
+		if string(enc.buf[:len("earlier events ")]) != "earlier events " {
+			t.Fatalf("the buffer's earlier bytes changed: %q", enc.buf)
 		}
 	})
 }
