@@ -214,6 +214,9 @@ func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, er
 	e.ckpt.produced(e.cfg.Topics.Status, o.recs)
 	if err := e.cfg.Status.apply(o.events, o.keep); err != nil {
 		e.cfg.Logger.Warn("status store write failed", zap.Error(err))
+		// The status replica skips this process's events, counting on
+		// this write: it has to read them again.
+		e.ownApplyFailed.Store(true)
 		return err, nil
 	}
 	return nil, nil

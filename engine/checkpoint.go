@@ -108,6 +108,15 @@ func (c *statusCheckpoints) settled(ctx context.Context, topic string) (map[part
 	return offsets, nil
 }
 
+// quiesce waits until every writer that entered before the call has left:
+// the events they produced are in the store by then.
+func (c *statusCheckpoints) quiesce(ctx context.Context) error {
+	if err := c.drain(ctx, c.epoch.Load()+1); err != nil {
+		return err
+	}
+	return c.drain(ctx, c.epoch.Add(1)-1)
+}
+
 // drain waits until no writer counts in ep's parity.
 func (c *statusCheckpoints) drain(ctx context.Context, ep uint64) error {
 	for c.inflight[ep&1].Load() != 0 {
@@ -320,10 +329,19 @@ func (c *statusCheckpointer) run(interval, last time.Duration, stop <-chan struc
 // decodeStatusEvents decodes the events among recs, noting in next the
 // offset after each record; records that are not events are skipped.
 func decodeStatusEvents(recs []partition.Record, next map[partition.TopicPartition]int64) []StatusEvent {
+	return decodeStatusEventsExcept(recs, next, nil)
+}
+
+// decodeStatusEventsExcept is decodeStatusEvents leaving out, undecoded,
+// the records skip (when not nil) says to.
+func decodeStatusEventsExcept(recs []partition.Record, next map[partition.TopicPartition]int64, skip func(*partition.Record) bool) []StatusEvent {
 	events := make([]StatusEvent, 0, len(recs))
 	for i := range recs {
 		r := &recs[i]
 		next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
+		if skip != nil && skip(r) {
+			continue
+		}
 		var ev StatusEvent
 		if err := gojson.Unmarshal(r.Value, &ev); err != nil || ev.ID == "" {
 			continue // not an event of ours: nothing to keep

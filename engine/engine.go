@@ -88,6 +88,9 @@ type Engine struct {
 	// replicaCaughtUp: the status replica has applied what the status
 	// topic held when it started (see followStatus).
 	replicaCaughtUp atomic.Bool
+	// ownApplyFailed: a write of this process's events to the status
+	// store failed (see followStatus).
+	ownApplyFailed atomic.Bool
 }
 
 // blocker is a reason a partition is paused: a full lane of a channel, or

@@ -60,3 +60,7 @@ func WriteDrainBacklog(tb testing.TB, st *StatusStore, n int) (sent []string, ev
 	}
 	return sent, 2 * float64(n) / time.Since(start).Seconds()
 }
+
+// FailOwnApply makes e behave as after a failed write of its own events to
+// the status store (a Pebble error no test can cause on demand).
+func FailOwnApply(e *Engine) { e.ownApplyFailed.Store(true) }

@@ -213,3 +213,41 @@ func TestStatusReplicaRidesOutPollErrors(t *testing.T) {
 		t.Fatalf("remembered %d keys, want 100", got)
 	}
 }
+
+// After a failed write of its own events to the store (which its replica
+// skips, counting on that write), the replica reads the status topic again
+// from its last checkpoint and skips nothing more: every event is in the
+// store.
+func TestStatusReplicaRewindsAfterAFailedOwnWrite(t *testing.T) {
+	r := newRig(t, backends[0])
+	cfg := r.config(r.channels(false))
+	cfg.NodeID = "n1"
+	cfg.StatusCheckpointInterval = 20 * time.Millisecond
+	e, stop := r.start(cfg)
+	defer stop()
+	waitFor(t, 20*time.Second, "the engine", e.Ready)
+	first := webhookBatch(300, 0)
+	if _, _, err := e.Ingest(context.Background(), first, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the first batch sent", func() bool { return allSent(r.status, first) })
+	engine.FailOwnApply(e)
+	waitFor(t, 10*time.Second, "the replica to read again", func() bool {
+		return counterSum(t, r.reg, "goutong_status_replica_rewinds_total") == 1
+	})
+	second := webhookBatch(300, 300)
+	if _, _, err := e.Ingest(context.Background(), second, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the second batch sent", func() bool { return allSent(r.status, second) })
+	time.Sleep(200 * time.Millisecond) // ten checkpoint intervals: a second rewind would have come
+	if got := counterSum(t, r.reg, "goutong_status_replica_rewinds_total"); got != 1 {
+		t.Fatalf("goutong_status_replica_rewinds_total %v, want 1", got)
+	}
+	for _, n := range append(first, second...) {
+		st, err := r.status.Get(n.ID)
+		if err != nil || len(st.History) != 2 {
+			t.Fatalf("%s: %+v, %v; want its accepted and sent events once each", n.ID, st.History, err)
+		}
+	}
+}

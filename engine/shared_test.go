@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -48,5 +49,16 @@ func TestSharedNodeIDNoticed(t *testing.T) {
 	s.check(log, all)
 	if got := testutil.ToFloat64(e.m.replicaShared); got != 0 || logs.Len() != 1 {
 		t.Fatalf("a moment's partial assignment: gauge %v, %d errors logged", got, logs.Len())
+	}
+}
+
+// The status replica tells this node's events apart by their last field
+// (followStatus): a field added after Node would make it decode them all
+// again.
+func TestNodeIsTheEventsLastField(t *testing.T) {
+	var enc eventEncoder
+	v, err := enc.encode(&StatusEvent{ID: "x", State: StateSent, Tenant: "t", IdempotencyKey: "k", Node: "n-1"})
+	if err != nil || !strings.HasSuffix(string(v), `,"node":"n-1"}`) {
+		t.Fatalf("%s, %v: want the node last", v, err)
 	}
 }
