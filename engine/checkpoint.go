@@ -326,8 +326,9 @@ func (c *statusCheckpointer) run(interval, last time.Duration, stop <-chan struc
 	}
 }
 
-// decodeStatusEvents decodes the events among recs, noting in next the
-// offset after each record; records that are not events are skipped.
+// decodeStatusEvents decodes the events among recs, noting in next (when
+// not nil) the offset after each record; records that are not events are
+// skipped.
 func decodeStatusEvents(recs []partition.Record, next map[partition.TopicPartition]int64) []StatusEvent {
 	return decodeStatusEventsExcept(recs, next, nil)
 }
@@ -338,7 +339,9 @@ func decodeStatusEventsExcept(recs []partition.Record, next map[partition.TopicP
 	events := make([]StatusEvent, 0, len(recs))
 	for i := range recs {
 		r := &recs[i]
-		next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
+		if next != nil {
+			next[partition.TopicPartition{Topic: r.Topic, Partition: r.Partition}] = r.Offset + 1
+		}
 		if skip != nil && skip(r) {
 			continue
 		}

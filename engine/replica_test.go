@@ -109,7 +109,7 @@ func BenchmarkStatusReplica(b *testing.B) {
 			r := newRig(b, backends[0])
 			recs := make([]partition.Record, 0, 5000)
 			now := time.Now().UTC()
-			var last string
+			last := map[int32]string{} // the last notification on each partition of the status topic
 			for i := range b.N {
 				id := notification.NewID()
 				for _, st := range []engine.StatusEvent{
@@ -130,17 +130,23 @@ func BenchmarkStatusReplica(b *testing.B) {
 					if err := r.prod.Produce(context.Background(), recs); err != nil {
 						b.Fatal(err)
 					}
+					for _, rec := range recs {
+						last[rec.Partition] = string(rec.Key)
+					}
 					recs = recs[:0]
 				}
-				last = id
 			}
 			cfg := r.config(r.channels(false))
 			cfg.NodeID = "b"
 			b.ResetTimer()
 			_, stop := r.start(cfg)
 			waitFor(b, 5*time.Minute, "the replica", func() bool {
-				st, err := r.status.Get(last)
-				return err == nil && st.State == engine.StateSent
+				for _, id := range last {
+					if st, err := r.status.Get(id); err != nil || st.State != engine.StateSent {
+						return false
+					}
+				}
+				return true
 			})
 			b.StopTimer()
 			stop()
