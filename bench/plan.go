@@ -451,8 +451,8 @@ func MakePlan(r *Results, t Target) (*Plan, error) {
 	if p.Nodes > 1 {
 		p.warn("%d nodes need Kafka mode (--kafka); the plan assumes throughput adds up per node, measured on one node (backend %s)", p.Nodes, m.backend)
 		// It does not for the status replica: each node applies the
-		// fleet's events, on one goroutine.
-		p.warn("each node's status replica applies the whole fleet's status events, about %s/s at the peak (2-3 a notification), on one core: measure what one core applies with go test ./engine -run '^$' -bench StatusReplica",
+		// fleet's events.
+		p.warn("each node's status replica applies the whole fleet's status events, about %s/s at the peak (2-3 a notification), whatever the fleet's size: measure what a node applies with go test ./engine -run '^$' -bench StatusReplica",
 			si(2*(t.OTPRate+campaignRate)))
 	}
 	if r.Scale != 1 || r.TimeScale != 1 {
