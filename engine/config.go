@@ -330,6 +330,10 @@ type Config struct {
 	// RevokeWait bounds how long a rebalance waits for the in-flight records
 	// of partitions leaving this node before committing them.
 	RevokeWait time.Duration // default 5 s
+	// NodeIDSharedAfter: how long the status replica may be assigned only
+	// part of the status topic (a rebalance settling) before it takes that
+	// for another process running with this NodeID.
+	NodeIDSharedAfter time.Duration // default 30 s
 
 	// StatusWebhooks send each tenant's status events to its endpoint.
 	StatusWebhooks map[string]StatusWebhook
@@ -444,6 +448,9 @@ func (c *Config) defaults() error {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
+	}
+	if c.NodeIDSharedAfter <= 0 {
+		c.NodeIDSharedAfter = takeoverWait
 	}
 	if c.RevokeWait <= 0 {
 		c.RevokeWait = 5 * time.Second

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
@@ -257,5 +259,33 @@ func TestStatusReplicaRewindsAfterAFailedOwnWrite(t *testing.T) {
 		if err != nil || len(st.History) != 2 {
 			t.Fatalf("%s: %+v, %v; want its accepted and sent events once each", n.ID, st.History, err)
 		}
+	}
+}
+
+// Two processes run with one node id: each status replica is assigned part
+// of the status topic. Each notices, says so, and stops skipping "its own"
+// events (half of them the other's, which skipping would lose).
+func TestSharedNodeIDStopsSkipping(t *testing.T) {
+	r := newRig(t, backends[1]) // kafka (kfake): one group, two members
+	dd2, st2 := r.nodeStores("2")
+	cfg := r.config(r.channels(false))
+	cfg.NodeID, cfg.NodeIDSharedAfter, cfg.StatusCheckpointInterval = "n1", 200*time.Millisecond, 50*time.Millisecond
+	cfg2 := cfg
+	reg2 := prometheus.NewRegistry()
+	cfg2.Dedupe, cfg2.Status, cfg2.Registry = dd2, st2, reg2
+	e1, stop1 := r.start(cfg)
+	defer stop1()
+	e2, stop2 := r.start(cfg2)
+	defer stop2()
+	waitFor(t, 40*time.Second, "both nodes", func() bool { return e1.Ready() && e2.Ready() })
+	ns := webhookBatch(200, 0)
+	if _, _, err := e1.Ingest(context.Background(), ns, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for name, reg := range map[string]*prometheus.Registry{"first": r.reg, "second": reg2} {
+		waitFor(t, 30*time.Second, "the "+name+" to notice and read again", func() bool {
+			return gaugeOf(t, reg, "goutong_status_replica_node_id_shared", "", "") == 1 &&
+				counterSum(t, reg, "goutong_status_replica_rewinds_total") >= 1
+		})
 	}
 }

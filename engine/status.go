@@ -741,8 +741,9 @@ const statusStoreGroup = "goutong-status-store."
 // 3 µs of CPU a notification (EngineEndToEnd/kafka-node). Every interval it
 // waits for the writers of the events it skipped to have applied them,
 // flushes the store and commits what it read, so a crash replays from
-// there and loses nothing. Should a writer's own apply fail, the replica
-// reads again from its last commit, skipping nothing from then on.
+// there and loses nothing. Should a writer's own apply fail, or another
+// process run with this node id, the replica reads again from its last
+// commit, skipping nothing from then on.
 func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error {
 	open := func() (partition.Log, error) {
 		log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusStoreGroup + e.cfg.NodeID, Topics: []string{e.cfg.Topics.Status}})
@@ -778,7 +779,7 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		return fmt.Errorf("engine: status replica: %w", err)
 	}
 	ownTail := append(append([]byte(`,"node":`), quoted...), '}')
-	shared := &sharedNodeID{e: e, after: takeoverWait}
+	shared := &sharedNodeID{e: e, after: e.cfg.NodeIDSharedAfter}
 	begun := time.Now()
 	caughtUp := func() {
 		if e.replicaCaughtUp.Load() {
@@ -823,7 +824,8 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 	defer commit()
 	rewind := func() error {
 		e.m.replicaRewinds.Inc()
-		e.cfg.Logger.Warn("status replica: a status store write failed; reading the status topic again from the last checkpoint")
+		e.cfg.Logger.Warn("status replica: reading the status topic again from the last checkpoint, skipping none of this node's events",
+			zap.Bool("own_write_failed", e.ownApplyFailed.Load()), zap.Bool("node_id_shared", shared.told))
 		log.Close()
 		clear(next)
 		skipOwn = false
@@ -874,12 +876,15 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		}
 		caughtUp()
 		if time.Since(last) >= interval {
-			if !commit() {
+			shared.check(log, startEnds)
+			// Another process with this node id writes events this one
+			// would take for its own: skipping them would lose them (and
+			// what was skipped since the last checkpoint is read again).
+			if (skipOwn && shared.told) || !commit() {
 				if err := rewind(); err != nil {
 					return err
 				}
 			}
-			shared.check(log, startEnds)
 			last = time.Now()
 		}
 	}
