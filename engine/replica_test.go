@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
@@ -287,5 +289,72 @@ func TestSharedNodeIDStopsSkipping(t *testing.T) {
 			return gaugeOf(t, reg, "goutong_status_replica_node_id_shared", "", "") == 1 &&
 				counterSum(t, reg, "goutong_status_replica_rewinds_total") >= 1
 		})
+	}
+}
+
+// slowPolls is a Log whose polls each take a while: a status replica with
+// a long backfill ahead of it.
+type slowPolls struct {
+	partition.Log
+	delay time.Duration
+}
+
+func (l slowPolls) Poll(ctx context.Context, max int) ([]partition.Record, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(l.delay):
+	}
+	return l.Log.Poll(ctx, max)
+}
+
+// A new node whose status replica is still backfilling the status topic
+// does not hold the partitions it is given (nothing uncommitted in them)
+// for the replica: a code in one goes out at once, not after takeoverWait.
+func TestNewNodeDoesNotHoldPartitionsForTheBackfill(t *testing.T) {
+	r := newRig(t, backends[1]) // kafka (kfake)
+	now := time.Now().UTC()
+	var recs []partition.Record
+	for range 20_000 {
+		id := notification.NewID()
+		v, err := json.Marshal(&engine.StatusEvent{EventID: notification.NewID(), ID: id, State: engine.StateSent, At: now,
+			Tenant: "acme", Channel: "webhook", Priority: "normal", Attempts: 1, Provider: "webhook", Node: "gone"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, partition.Record{Topic: r.topics.Status, Key: []byte(id), Value: v})
+	}
+	if err := r.prod.Produce(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	cfg := r.config(r.channels(false))
+	cfg.NodeID = "new"
+	open := cfg.Open
+	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+		l, err := open(cc)
+		if err != nil || !strings.HasPrefix(cc.Group, "goutong-status-store") {
+			return l, err
+		}
+		return slowPolls{l, time.Second}, nil // 1,000 events a second: 20 s of backfill
+	}
+	e, stop := r.start(cfg)
+	defer stop()
+	// The code comes after the assignment: a partition with records its
+	// group never committed is a dead node's to take over, and waits.
+	waitFor(t, 10*time.Second, "the assignment, measured and not held", func() bool {
+		mfs, err := r.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lagged := slices.ContainsFunc(mfs, func(mf *dto.MetricFamily) bool {
+			return mf.GetName() == "goutong_consumer_lag" && len(mf.GetMetric()) > 0
+		})
+		return lagged && gaugeOf(t, r.reg, "goutong_partitions_paused", "", "") == 0
+	})
+	code := webhookBatch(1, 0)
+	r.enqueue(code...)
+	waitFor(t, 10*time.Second, "the code sent while the replica backfills", func() bool { return r.mock.Stats().Unique == 1 })
+	if e.Ready() {
+		t.Fatal("ready before the replica caught up")
 	}
 }

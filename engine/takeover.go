@@ -207,15 +207,12 @@ func (e *Engine) release(t *takeover) {
 // prepareTakeover reads which records of t's partitions another node may
 // have sent (those below each one's end) and where the status topic ends.
 // A partition with nothing uncommitted has no record to check, but waits
-// all the same: the keys the old owner sent come with the status topic
-// (rememberKeys), and a new record repeating one must find it.
+// all the same once the replica has caught up with its start: the keys the
+// old owner sent come with the status topic (rememberKeys), and a new
+// record repeating one must find it.
 func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
 	t.retryAt = time.Now().Add(250 * time.Millisecond)
 	lag, err := e.log.Lag(ctx)
-	if err != nil {
-		return false
-	}
-	want, err := e.log.EndOffsets(ctx, e.cfg.Topics.Status)
 	if err != nil {
 		return false
 	}
@@ -230,6 +227,19 @@ func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
 		if uncommitted(tp) {
 			byTopic[tp.Topic] = true
 		}
+	}
+	if len(byTopic) == 0 && !e.replicaCaughtUp.Load() {
+		// Nothing to check, and the replica is still reading what the
+		// topic held at its start (a new node's backfill, up to
+		// takeoverWait): waiting for it would hold these partitions, and
+		// the codes in them, that long. Keys the old owner sent that the
+		// replica has not read yet may then be sent again here.
+		t.want = map[partition.TopicPartition]int64{}
+		return true
+	}
+	want, err := e.log.EndOffsets(ctx, e.cfg.Topics.Status)
+	if err != nil {
+		return false
 	}
 	ends := map[partition.TopicPartition]int64{}
 	for topic := range byTopic {
