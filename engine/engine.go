@@ -86,8 +86,9 @@ type Engine struct {
 	kickPoll  context.CancelFunc                     // ends the poll under way (nil between polls)
 	replica   replicaPositions
 	// replicaCaughtUp: the status replica has applied what the status
-	// topic held when it started (see followStatus).
-	replicaCaughtUp atomic.Bool
+	// topic held when it started, or gave up waiting for that (see
+	// followStatus); replicaCovered: it has applied it.
+	replicaCaughtUp, replicaCovered atomic.Bool
 	// ownApplyFailed: a write of this process's events to the status
 	// store failed (see followStatus).
 	ownApplyFailed atomic.Bool
@@ -203,8 +204,10 @@ func New(cfg Config) (*Engine, error) {
 			}
 		}
 	}
+	// A node with a status replica joins its group once the replica has
+	// caught up (pollLoop): the partitions it is given wait for that.
 	log, err := cfg.Open(partition.ConsumerConfig{Group: cfg.Group, Topics: cfg.Topics.Consumed(),
-		OnAssigned: e.onAssigned, OnRevoked: e.onRevoked})
+		OnAssigned: e.onAssigned, OnRevoked: e.onRevoked, JoinLater: e.takeoverOn()})
 	if err != nil {
 		return nil, err
 	}
@@ -335,6 +338,9 @@ func (e *Engine) Run(ctx context.Context) error {
 				if err := e.followStatus(hooksCtx, e.cfg.StatusCheckpointInterval); err != nil {
 					e.cfg.Logger.Error("status replica stopped", zap.Error(err))
 				}
+				// Without it, the node works as one without a replica would
+				// rather than wait for it for ever.
+				e.replicaCaughtUp.Store(true)
 			})
 		}
 		statusAux.Go(func() { e.retryUnknownReceipts(hooksCtx, e.cfg.ReceiptRetryInterval) })
@@ -652,6 +658,19 @@ var (
 )
 
 func (e *Engine) pollLoop(ctx context.Context) error {
+	if e.takeoverOn() {
+		// The first Poll joins the group (JoinLater): partitions given
+		// before the status replica has read the other nodes' keys would
+		// have to wait for it, or send their repeats again. The replica
+		// says it has caught up within takeoverWait whatever happens.
+		for !e.replicaCaughtUp.Load() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
 	var lastUrgent time.Time // the last poll with critical or high records
 	for {
 		if ctx.Err() != nil {

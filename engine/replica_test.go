@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
@@ -308,14 +306,21 @@ func (l slowPolls) Poll(ctx context.Context, max int) ([]partition.Record, error
 	return l.Log.Poll(ctx, max)
 }
 
-// A new node whose status replica is still backfilling the status topic
-// does not hold the partitions it is given (nothing uncommitted in them)
-// for the replica: a code in one goes out at once, not after takeoverWait.
-func TestNewNodeDoesNotHoldPartitionsForTheBackfill(t *testing.T) {
+// A node whose status replica is still backfilling the status topic does
+// not join the group: the node already there keeps every partition, and a
+// code goes out at once. Once the replica has read what the topic held,
+// the new node joins and is given partitions.
+func TestNewNodeJoinsAfterItsBackfill(t *testing.T) {
 	r := newRig(t, backends[1]) // kafka (kfake)
+	ddNew, stNew := r.nodeStores("new")
+	cfgOld := r.config(r.channels(false))
+	cfgOld.NodeID = "old"
+	old, stopOld := r.start(cfgOld)
+	defer stopOld()
+	waitFor(t, 20*time.Second, "the old node", old.Ready)
 	now := time.Now().UTC()
 	var recs []partition.Record
-	for range 20_000 {
+	for range 3_000 {
 		id := notification.NewID()
 		v, err := json.Marshal(&engine.StatusEvent{EventID: notification.NewID(), ID: id, State: engine.StateSent, At: now,
 			Tenant: "acme", Channel: "webhook", Priority: "normal", Attempts: 1, Provider: "webhook", Node: "gone"})
@@ -328,33 +333,36 @@ func TestNewNodeDoesNotHoldPartitionsForTheBackfill(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := r.config(r.channels(false))
-	cfg.NodeID = "new"
+	regNew := prometheus.NewRegistry()
+	cfg.NodeID, cfg.Dedupe, cfg.Status, cfg.Registry = "new", ddNew, stNew, regNew
 	open := cfg.Open
+	var lanes atomic.Pointer[partition.Log] // the new node's member of the engine's group
 	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
 		l, err := open(cc)
-		if err != nil || !strings.HasPrefix(cc.Group, "goutong-status-store") {
+		if err != nil {
 			return l, err
 		}
-		return slowPolls{l, time.Second}, nil // 1,000 events a second: 20 s of backfill
+		if cc.Group == "goutong-engine" {
+			lanes.Store(&l)
+		}
+		if !strings.HasPrefix(cc.Group, "goutong-status-store") {
+			return l, err
+		}
+		return slowPolls{l, time.Second}, nil // 1,000 events a second: 3 s of backfill
 	}
 	e, stop := r.start(cfg)
 	defer stop()
-	// The code comes after the assignment: a partition with records its
-	// group never committed is a dead node's to take over, and waits.
-	waitFor(t, 10*time.Second, "the assignment, measured and not held", func() bool {
-		mfs, err := r.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		lagged := slices.ContainsFunc(mfs, func(mf *dto.MetricFamily) bool {
-			return mf.GetName() == "goutong_consumer_lag" && len(mf.GetMetric()) > 0
-		})
-		return lagged && gaugeOf(t, r.reg, "goutong_partitions_paused", "", "") == 0
+	assigned := func() bool { l := lanes.Load(); return l != nil && len((*l).Assigned()) > 0 }
+	codes := webhookBatch(20, 0) // on several partitions
+	r.enqueue(codes...)
+	waitFor(t, 2*time.Second, "the codes sent while the new node backfills", func() bool {
+		return r.mock.Stats().Unique == int64(len(codes))
 	})
-	code := webhookBatch(1, 0)
-	r.enqueue(code...)
-	waitFor(t, 10*time.Second, "the code sent while the replica backfills", func() bool { return r.mock.Stats().Unique == 1 })
-	if e.Ready() {
-		t.Fatal("ready before the replica caught up")
+	for !e.Ready() {
+		if assigned() {
+			t.Fatal("the new node was given partitions before its replica caught up")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
+	waitFor(t, 20*time.Second, "the new node to be given partitions", assigned)
 }

@@ -782,13 +782,14 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 	shared := &sharedNodeID{e: e, after: e.cfg.NodeIDSharedAfter}
 	begun := time.Now()
 	caughtUp := func() {
-		if e.replicaCaughtUp.Load() {
+		if e.replicaCovered.Load() {
 			return
 		}
 		switch {
 		case startEnds != nil && e.replica.covers(startEnds):
-		case time.Since(begun) >= takeoverWait && ctx.Err() == nil:
-			e.cfg.Logger.Warn("ready before the status replica caught up; a request repeating a key another node accepted may be accepted again",
+			e.replicaCovered.Store(true)
+		case !e.replicaCaughtUp.Load() && time.Since(begun) >= takeoverWait && ctx.Err() == nil:
+			e.cfg.Logger.Warn("ready before the status replica caught up; a repeat of a key another node accepted or sent may be accepted or sent again",
 				zap.Duration("waited", takeoverWait))
 		default:
 			return

@@ -207,9 +207,9 @@ func (e *Engine) release(t *takeover) {
 // prepareTakeover reads which records of t's partitions another node may
 // have sent (those below each one's end) and where the status topic ends.
 // A partition with nothing uncommitted has no record to check, but waits
-// all the same once the replica has caught up with its start: the keys the
-// old owner sent come with the status topic (rememberKeys), and a new
-// record repeating one must find it.
+// all the same once the replica has read what the topic held at its start:
+// the keys the old owner sent come with the status topic (rememberKeys),
+// and a new record repeating one must find it.
 func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
 	t.retryAt = time.Now().Add(250 * time.Millisecond)
 	lag, err := e.log.Lag(ctx)
@@ -228,12 +228,13 @@ func (e *Engine) prepareTakeover(ctx context.Context, t *takeover) bool {
 			byTopic[tp.Topic] = true
 		}
 	}
-	if len(byTopic) == 0 && !e.replicaCaughtUp.Load() {
+	if len(byTopic) == 0 && !e.replicaCovered.Load() {
 		// Nothing to check, and the replica is still reading what the
-		// topic held at its start (a new node's backfill, up to
-		// takeoverWait): waiting for it would hold these partitions, and
-		// the codes in them, that long. Keys the old owner sent that the
-		// replica has not read yet may then be sent again here.
+		// topic held at its start (the node joined its group after
+		// takeoverWait anyway): waiting for it would hold these
+		// partitions, and the codes in them, as long again. Keys the old
+		// owner sent that the replica has not read yet may then be sent
+		// again here.
 		t.want = map[partition.TopicPartition]int64{}
 		return true
 	}

@@ -76,3 +76,33 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A member opened with JoinLater is given no partitions until it polls:
+// the others keep them meanwhile.
+func TestKafkaJoinLater(t *testing.T) {
+	open := kafkaBackend().setup(t)
+	p := open(ConsumerConfig{})
+	ensure(t, p, "s", 4)
+	a := open(ConsumerConfig{Group: "g", Topics: []string{"s"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			a.Poll(ctx, 10)
+		}
+	}()
+	waitUntil(t, "a to own every partition", func() bool { return len(a.Assigned()) == 4 })
+	b := open(ConsumerConfig{Group: "g", Topics: []string{"s"}, JoinLater: true})
+	time.Sleep(time.Second) // a rebalance for b would have come by now
+	if got := b.Assigned(); len(got) != 0 || len(a.Assigned()) != 4 {
+		t.Fatalf("before b polls: a owns %v, b %v; want a all", a.Assigned(), got)
+	}
+	go func() {
+		for ctx.Err() == nil {
+			b.Poll(ctx, 10)
+		}
+	}()
+	waitUntil(t, "b to join at its first poll", func() bool {
+		return len(b.Assigned()) > 0 && len(a.Assigned())+len(b.Assigned()) == 4
+	})
+}

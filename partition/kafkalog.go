@@ -42,6 +42,7 @@ type KafkaLog struct {
 	mu       sync.Mutex
 	assigned map[TopicPartition]bool
 	closed   bool
+	joined   sync.Once // JoinLater: the topics' interest added at the first Poll
 }
 
 // NewKafka connects to the brokers. With cc.Group set the client joins the
@@ -71,9 +72,11 @@ func NewKafka(kc KafkaConfig, cc ConsumerConfig) (*KafkaLog, error) {
 		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.SnappyCompression(), kgo.NoCompression()),
 	}
 	if l.group {
+		if !cc.JoinLater {
+			opts = append(opts, kgo.ConsumeTopics(cc.Topics...))
+		}
 		opts = append(opts,
 			kgo.ConsumerGroup(cc.Group),
-			kgo.ConsumeTopics(cc.Topics...),
 			kgo.Balancers(kgo.CooperativeStickyBalancer()),
 			kgo.DisableAutoCommit(),
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -228,6 +231,10 @@ func (l *KafkaLog) Poll(ctx context.Context, max int) ([]Record, error) {
 	}
 	if max <= 0 {
 		max = 1
+	}
+	if l.cfg.JoinLater {
+		// A member with no topics of interest is given no partitions.
+		l.joined.Do(func() { l.cl.AddConsumeTopics(l.cfg.Topics...) })
 	}
 	for {
 		fs := l.cl.PollRecords(ctx, max)

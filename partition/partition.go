@@ -99,6 +99,11 @@ type ConsumerConfig struct {
 	// lost. They must not call Close.
 	OnAssigned func(ctx context.Context, tps []TopicPartition)
 	OnRevoked  func(ctx context.Context, tps []TopicPartition)
+	// JoinLater makes the member take part in its group's assignments only
+	// from its first Poll, not from the open: it is given no partitions
+	// before it is ready to poll them. (The embedded log assigns at the
+	// first Poll whatever this says.)
+	JoinLater bool
 }
 
 // Log is what the engine produces to and consumes from.
