@@ -179,35 +179,13 @@ func (l failingPolls) Poll(ctx context.Context, max int) ([]partition.Record, er
 // ready), and copies their keys.
 func TestStatusReplicaRidesOutPollErrors(t *testing.T) {
 	r := newRig(t, backends[0])
-	now := time.Now().UTC()
-	var recs []partition.Record
-	var last string
-	for i := range 100 {
-		id := notification.NewID()
-		ev := engine.StatusEvent{EventID: notification.NewID(), ID: id, State: engine.StateSent, At: now, Tenant: "acme",
-			Channel: "webhook", Priority: "normal", Attempts: 1, Provider: "webhook", Node: "a", IdempotencyKey: fmt.Sprint("k-", i)}
-		v, err := json.Marshal(&ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, partition.Record{Topic: r.topics.Status, Key: []byte(id), Value: v})
-		last = id
-	}
-	if err := r.prod.Produce(context.Background(), recs); err != nil {
-		t.Fatal(err)
-	}
+	ids := produceSentEvents(t, r, 100, "a")
+	last := ids[len(ids)-1]
 	var fail atomic.Int64
 	fail.Store(3)
 	cfg := r.config(r.channels(false))
 	cfg.NodeID = "b"
-	open := cfg.Open
-	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
-		l, err := open(cc)
-		if err != nil || !strings.HasPrefix(cc.Group, "goutong-status-store") {
-			return l, err
-		}
-		return failingPolls{l, &fail}, nil
-	}
+	wrapReplicaLog(&cfg, func(l partition.Log) partition.Log { return failingPolls{l, &fail} })
 	e, stop := r.start(cfg)
 	defer stop()
 	waitFor(t, 30*time.Second, "the node to be ready", e.Ready)
@@ -318,37 +296,20 @@ func TestNewNodeJoinsAfterItsBackfill(t *testing.T) {
 	old, stopOld := r.start(cfgOld)
 	defer stopOld()
 	waitFor(t, 20*time.Second, "the old node", old.Ready)
-	now := time.Now().UTC()
-	var recs []partition.Record
-	for range 3_000 {
-		id := notification.NewID()
-		v, err := json.Marshal(&engine.StatusEvent{EventID: notification.NewID(), ID: id, State: engine.StateSent, At: now,
-			Tenant: "acme", Channel: "webhook", Priority: "normal", Attempts: 1, Provider: "webhook", Node: "gone"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, partition.Record{Topic: r.topics.Status, Key: []byte(id), Value: v})
-	}
-	if err := r.prod.Produce(context.Background(), recs); err != nil {
-		t.Fatal(err)
-	}
+	produceSentEvents(t, r, 3_000, "gone")
 	cfg := r.config(r.channels(false))
 	regNew := prometheus.NewRegistry()
 	cfg.NodeID, cfg.Dedupe, cfg.Status, cfg.Registry = "new", ddNew, stNew, regNew
+	// 1,000 events a second: 3 s of backfill.
+	wrapReplicaLog(&cfg, func(l partition.Log) partition.Log { return slowPolls{l, time.Second} })
 	open := cfg.Open
 	var lanes atomic.Pointer[partition.Log] // the new node's member of the engine's group
 	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
 		l, err := open(cc)
-		if err != nil {
-			return l, err
-		}
-		if cc.Group == "goutong-engine" {
+		if err == nil && cc.Group == "goutong-engine" {
 			lanes.Store(&l)
 		}
-		if !strings.HasPrefix(cc.Group, "goutong-status-store") {
-			return l, err
-		}
-		return slowPolls{l, time.Second}, nil // 1,000 events a second: 3 s of backfill
+		return l, err
 	}
 	e, stop := r.start(cfg)
 	defer stop()
@@ -365,4 +326,42 @@ func TestNewNodeJoinsAfterItsBackfill(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	waitFor(t, 20*time.Second, "the new node to be given partitions", assigned)
+}
+
+// produceSentEvents produces n notifications' sent events from another
+// node to the status topic, each with a key of its own, and returns their
+// ids in order.
+func produceSentEvents(t testing.TB, r *rig, n int, node string) []string {
+	t.Helper()
+	now := time.Now().UTC()
+	recs := make([]partition.Record, 0, n)
+	ids := make([]string, 0, n)
+	for i := range n {
+		id := notification.NewID()
+		v, err := json.Marshal(&engine.StatusEvent{EventID: notification.NewID(), ID: id, State: engine.StateSent, At: now,
+			Tenant: "acme", Channel: "webhook", Priority: "normal", Attempts: 1, Provider: "webhook", Node: node,
+			IdempotencyKey: fmt.Sprint("k-", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, partition.Record{Topic: r.topics.Status, Key: []byte(id), Value: v})
+		ids = append(ids, id)
+	}
+	if err := r.prod.Produce(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// wrapReplicaLog has cfg's engine open its status replica's Log wrapped
+// by wrap.
+func wrapReplicaLog(cfg *engine.Config, wrap func(partition.Log) partition.Log) {
+	open := cfg.Open
+	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+		l, err := open(cc)
+		if err != nil || !strings.HasPrefix(cc.Group, "goutong-status-store.") {
+			return l, err
+		}
+		return wrap(l), nil
+	}
 }

@@ -495,16 +495,7 @@ func TestDocumentedConfigParses(t *testing.T) {
 // serve --kafka: the topics are created on the cluster and a notification
 // goes from the API through Kafka to the provider.
 func TestServeKafka(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	mock, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mock.Close()
+	c, mock := kafkaAndMock(t)
 	cfg, err := loadConfig(writeConfig(t, mock.URL()))
 	if err != nil {
 		t.Fatal(err)
@@ -540,19 +531,27 @@ func TestServeKafka(t *testing.T) {
 	stop()
 }
 
-// A request retried at another node of the cluster is answered with the
-// first node's notification (200, duplicate), not accepted again.
-func TestServeKafkaKeysAcrossNodes(t *testing.T) {
+// kafkaAndMock starts a Kafka cluster (kfake) and the mock provider, both
+// closed when the test ends.
+func kafkaAndMock(t *testing.T) (*kfake.Cluster, *mockserver.Server) {
+	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(c.Close)
 	mock, err := mockserver.Start(mockserver.Config{Addr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mock.Close()
+	t.Cleanup(func() { mock.Close() })
+	return c, mock
+}
+
+// A request retried at another node of the cluster is answered with the
+// first node's notification (200, duplicate), not accepted again.
+func TestServeKafkaKeysAcrossNodes(t *testing.T) {
+	c, mock := kafkaAndMock(t)
 	var urls []string
 	for range 2 {
 		cfg, err := loadConfig(writeConfig(t, mock.URL()))
