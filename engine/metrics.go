@@ -34,6 +34,8 @@ type metrics struct {
 	replicaRewinds prometheus.Counter
 	// replicaShared is 1 while another process runs with this node id.
 	replicaShared prometheus.Gauge
+	// replicaLag is the status topic's records the replica has yet to apply.
+	replicaLag prometheus.Gauge
 	// The status store's checkpoints (checkpoint.go): taken or failed, and
 	// the events the last start replayed.
 	checkpoints *prometheus.CounterVec
@@ -85,6 +87,8 @@ func newMetrics() *metrics {
 			Help: "Polls of the status topic by the status replica (nodes with a node id) that failed, each tried again a second later."}),
 		replicaRewinds: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_status_replica_rewinds_total",
 			Help: "Times the status replica read the status topic again from its last checkpoint because a write of this node's own events to the status store failed."}),
+		replicaLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "goutong_status_replica_lag",
+			Help: "Records of the status topic a Kafka node's status replica has yet to apply, measured every status checkpoint interval. Growing: the fleet produces events faster than a node reads them."}),
 		replicaShared: prometheus.NewGauge(prometheus.GaugeOpts{Name: "goutong_status_replica_node_id_shared",
 			Help: "1 while the status replica has been assigned only part of the status topic for 30 s: another process runs with this node's node_id."}),
 		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_status_checkpoints_total",
@@ -126,7 +130,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.takenOver, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.checkpoints, m.replayed, m.replayable}
+		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable}
 }
 
 // storeCollector exports a store's metrics, read once a scrape (the stores

@@ -276,12 +276,9 @@ type slowPolls struct {
 }
 
 func (l slowPolls) Poll(ctx context.Context, max int) ([]partition.Record, error) {
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-time.After(l.delay):
-	}
-	return l.Log.Poll(ctx, max)
+	recs, err := l.Log.Poll(ctx, max)
+	time.Sleep(l.delay) // after: a poll's own deadline may be shorter
+	return recs, err
 }
 
 // A node whose status replica is still backfilling the status topic does
@@ -300,6 +297,7 @@ func TestNewNodeJoinsAfterItsBackfill(t *testing.T) {
 	cfg := r.config(r.channels(false))
 	regNew := prometheus.NewRegistry()
 	cfg.NodeID, cfg.Dedupe, cfg.Status, cfg.Registry = "new", ddNew, stNew, regNew
+	cfg.StatusCheckpointInterval = 200 * time.Millisecond // and the replica's lag measured as often
 	// 1,000 events a second: 3 s of backfill.
 	wrapReplicaLog(&cfg, func(l partition.Log) partition.Log { return slowPolls{l, time.Second} })
 	open := cfg.Open
@@ -319,13 +317,21 @@ func TestNewNodeJoinsAfterItsBackfill(t *testing.T) {
 	waitFor(t, 2*time.Second, "the codes sent while the new node backfills", func() bool {
 		return r.mock.Stats().Unique == int64(len(codes))
 	})
+	sawLag := false
 	for !e.Ready() {
 		if assigned() {
 			t.Fatal("the new node was given partitions before its replica caught up")
 		}
+		sawLag = sawLag || gaugeOf(t, regNew, "goutong_status_replica_lag", "", "") > 0
 		time.Sleep(10 * time.Millisecond)
 	}
 	waitFor(t, 20*time.Second, "the new node to be given partitions", assigned)
+	if !sawLag {
+		t.Fatal("goutong_status_replica_lag never showed the backfill")
+	}
+	waitFor(t, 20*time.Second, "the replica's lag to read 0", func() bool {
+		return gaugeOf(t, regNew, "goutong_status_replica_lag", "", "") == 0
+	})
 }
 
 // produceSentEvents produces n notifications' sent events from another

@@ -877,6 +877,11 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		}
 		caughtUp()
 		if time.Since(last) >= interval {
+			if ends, err := log.EndOffsets(ctx, e.cfg.Topics.Status); err == nil {
+				if lag, err := log.Lag(ctx); err == nil {
+					e.m.replicaLag.Set(float64(e.replica.behind(ends, lag)))
+				}
+			}
 			shared.check(log, startEnds)
 			// Another process with this node id writes events this one
 			// would take for its own: skipping them would lose them (and

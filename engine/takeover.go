@@ -90,6 +90,23 @@ func (r *replicaPositions) advance(next map[partition.TopicPartition]int64) {
 	}
 }
 
+// behind is how many records of the status topic the replica has yet to
+// apply, given the topic's ends and the replica group's committed lag (for
+// the partitions it has applied nothing of since its start).
+func (r *replicaPositions) behind(ends, lag map[partition.TopicPartition]int64) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for tp, end := range ends {
+		if pos, ok := r.pos[tp]; ok {
+			n += max(end-pos, 0)
+		} else {
+			n += lag[tp]
+		}
+	}
+	return n
+}
+
 func (r *replicaPositions) wanted() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
