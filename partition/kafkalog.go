@@ -46,7 +46,8 @@ type KafkaLog struct {
 }
 
 // NewKafka connects to the brokers. With cc.Group set the client joins the
-// group and consumes cc.Topics; records start from the committed offsets or,
+// group and consumes cc.Topics (with cc.JoinLater, taking partitions of them
+// only from its first Poll); records start from the committed offsets or,
 // without them, from the oldest record.
 func NewKafka(kc KafkaConfig, cc ConsumerConfig) (*KafkaLog, error) {
 	if len(kc.Brokers) == 0 {
