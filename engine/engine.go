@@ -164,7 +164,7 @@ func New(cfg Config) (*Engine, error) {
 			return nil, err
 		}
 		e.hooks = hooks
-		collectors = append(collectors, hooks.sends, hooks.backlog)
+		collectors = append(collectors, hooks.sends, hooks.backlog, hooks.readErrors)
 	}
 	for name, cc := range cfg.Channels {
 		lim, err := NewChannelLimit(cc.Rate, cc.Burst, cc.Reserve)

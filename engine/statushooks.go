@@ -71,8 +71,9 @@ type hookForwarder struct {
 	mu      sync.Mutex
 	offsets map[partition.TopicPartition]int64 // of the status topic, copied and ready to commit
 
-	sends   *prometheus.CounterVec // per tenant and outcome: delivered, retried, dead_lettered
-	backlog *prometheus.GaugeVec   // per tenant: events in its topic not yet delivered or dead-lettered
+	sends      *prometheus.CounterVec // per tenant and outcome: delivered, retried, dead_lettered
+	backlog    *prometheus.GaugeVec   // per tenant: events in its topic not yet delivered or dead-lettered
+	readErrors prometheus.Counter     // failed polls of the status topic (tried again)
 }
 
 func newHookForwarder(e *Engine) (*hookForwarder, error) {
@@ -81,7 +82,9 @@ func newHookForwarder(e *Engine) (*hookForwarder, error) {
 			Help: "Status events sent to tenants' webhooks, by tenant and outcome (delivered, retried, dead_lettered)."},
 			[]string{"tenant", "outcome"}),
 		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "goutong_status_webhook_backlog",
-			Help: "Status events waiting in a tenant's webhook topic (on the node whose sender reads it)."}, []string{"tenant"})}
+			Help: "Status events waiting in a tenant's webhook topic (on the node whose sender reads it)."}, []string{"tenant"}),
+		readErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_status_webhook_read_errors_total",
+			Help: "Polls of the status topic by the status webhooks' forwarder that failed, each tried again a second later."})}
 	for tenant, c := range e.cfg.StatusWebhooks {
 		if c.URL == "" || c.Secret == "" {
 			return nil, fmt.Errorf("engine: status webhook of tenant %q needs a URL and a secret", tenant)
@@ -172,7 +175,17 @@ func (f *hookForwarder) forward(ctx context.Context, log partition.Log) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return err
+			if errors.Is(err, partition.ErrClosed) {
+				return err
+			}
+			// Not the end of the webhooks for the process's life: no
+			// tenant would get another event, and nothing would say so.
+			f.readErrors.Inc()
+			f.e.cfg.Logger.Warn("status webhooks: read the status topic; reading again", zap.Error(err))
+			if f.e.cfg.Clock.Sleep(ctx, time.Second) != nil {
+				return nil
+			}
+			continue
 		}
 		var out []partition.Record
 		next := map[partition.TopicPartition]int64{}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -245,4 +246,39 @@ func gaugeOf(t testing.TB, reg *prometheus.Registry, name, key, value string) fl
 		}
 	}
 	return -1
+}
+
+// A failed read of the status topic does not end the status webhooks: the
+// forwarder reads again, and every event still reaches the tenant.
+func TestStatusWebhooksRideOutReadErrors(t *testing.T) {
+	r := newRig(t, backends[0])
+	acme := &hookReceiver{secret: "acme-secret"}
+	srv := httptest.NewServer(acme)
+	defer srv.Close()
+	var fail atomic.Int64
+	fail.Store(3)
+	cfg := r.config(r.channels(false))
+	cfg.StatusWebhooks = map[string]engine.StatusWebhook{"acme": {URL: srv.URL, Secret: "acme-secret"}}
+	open := cfg.Open
+	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
+		l, err := open(cc)
+		if err != nil || cc.Group != "goutong-status-webhooks" {
+			return l, err
+		}
+		return failingPolls{l, &fail}, nil
+	}
+	e, stop := r.start(cfg)
+	defer stop()
+	waitFor(t, 10*time.Second, "the engine", e.Ready)
+	ns := webhookBatch(50, 0)
+	if _, _, err := e.Ingest(context.Background(), ns, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "every accepted and sent event at acme", func() bool {
+		evs, _, _ := acme.snapshot()
+		return len(evs) >= 2*len(ns)
+	})
+	if got := counterSum(t, r.reg, "goutong_status_webhook_read_errors_total"); got != 3 {
+		t.Fatalf("goutong_status_webhook_read_errors_total %v, want 3", got)
+	}
 }
