@@ -872,16 +872,16 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			return nil // not committed: replayed by the next run
 		}
 		e.replica.advance(next)
-		if e.replica.wanted() {
-			e.replica.measure(ctx, log, e.cfg.Topics.Status)
+		checkpoint := time.Since(last) >= interval
+		// Measured when a takeover or the readiness asks, and for the lag
+		// gauge at each checkpoint: one read of the ends and the lag.
+		if e.replica.wanted() || checkpoint {
+			if behind, ok := e.replica.measure(ctx, log, e.cfg.Topics.Status); ok && checkpoint {
+				e.m.replicaLag.Set(float64(behind))
+			}
 		}
 		caughtUp()
-		if time.Since(last) >= interval {
-			if ends, err := log.EndOffsets(ctx, e.cfg.Topics.Status); err == nil {
-				if lag, err := log.Lag(ctx); err == nil {
-					e.m.replicaLag.Set(float64(e.replica.behind(ends, lag)))
-				}
-			}
+		if checkpoint {
 			shared.check(log, startEnds)
 			// Another process with this node id writes events this one
 			// would take for its own: skipping them would lose them (and

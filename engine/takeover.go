@@ -90,23 +90,6 @@ func (r *replicaPositions) advance(next map[partition.TopicPartition]int64) {
 	}
 }
 
-// behind is how many records of the status topic the replica has yet to
-// apply, given the topic's ends and the replica group's committed lag (for
-// the partitions it has applied nothing of since its start).
-func (r *replicaPositions) behind(ends, lag map[partition.TopicPartition]int64) int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var n int64
-	for tp, end := range ends {
-		if pos, ok := r.pos[tp]; ok {
-			n += max(end-pos, 0)
-		} else {
-			n += lag[tp]
-		}
-	}
-	return n
-}
-
 func (r *replicaPositions) wanted() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -115,16 +98,18 @@ func (r *replicaPositions) wanted() bool {
 
 // measure sets the positions of the replica's partitions from its
 // committed offsets, for those it has applied nothing new from since its
-// start. The end offsets are read before the lag: a record produced in
-// between makes the committed offset look lower, never higher.
-func (r *replicaPositions) measure(ctx context.Context, log partition.Log, topic string) {
+// start, and returns how many records of topic it has yet to apply (ok is
+// false when the log did not answer). The end offsets are read before the
+// lag: a record produced in between makes the committed offset look lower,
+// never higher.
+func (r *replicaPositions) measure(ctx context.Context, log partition.Log, topic string) (behind int64, ok bool) {
 	ends, err := log.EndOffsets(ctx, topic)
 	if err != nil {
-		return
+		return 0, false
 	}
 	lag, err := log.Lag(ctx)
 	if err != nil {
-		return
+		return 0, false
 	}
 	committed := map[partition.TopicPartition]int64{}
 	for tp, l := range lag {
@@ -134,8 +119,14 @@ func (r *replicaPositions) measure(ctx context.Context, log partition.Log, topic
 	}
 	r.advance(committed)
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.asked = false
-	r.mu.Unlock()
+	for tp, end := range ends {
+		if pos, known := r.pos[tp]; known {
+			behind += max(end-pos, 0)
+		}
+	}
+	return behind, true
 }
 
 // takeoverOn: only a node that follows the status topic can know what
