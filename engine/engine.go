@@ -1238,14 +1238,11 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 			// before the offset commit, or sent by a node whose partition
 			// this one took over. Record the send again, in case the crash
 			// also took the status event.
-			ev := StatusEvent{ID: it.n.ID, State: StateSent, At: now, Tenant: it.n.Tenant,
-				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), Attempts: it.n.Attempts,
-				ProviderMessageID: r.Outcome, Reason: "confirmed before a restart"}
+			reason := "confirmed before a restart"
 			if e.cfg.NodeID != "" {
-				ev.IdempotencyKey = it.n.IdempotencyKey
-				ev.Reason = "confirmed before a restart, or by another node"
+				reason = "confirmed before a restart, or by another node"
 			}
-			out.addEvent(e, ev)
+			out.event(e, it.n, StateSent, now, "", r.Outcome, reason)
 		} else if r.OriginalID != it.n.ID {
 			ev := StatusEvent{ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
 				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), DuplicateOf: r.OriginalID,
