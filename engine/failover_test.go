@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,15 +73,24 @@ func TestFailoverDoesNotResend(t *testing.T) {
 
 // wrapLogs has cfg's engine open every Log wrapped by wrap.
 func wrapLogs(cfg *engine.Config, wrap func(partition.Log) partition.Log) {
+	wrapLogsOf(cfg, func(string) bool { return true }, wrap)
+}
+
+// wrapLogsOf has cfg's engine open the Logs of the consumer groups of
+// (producers' have none) wrapped by wrap.
+func wrapLogsOf(cfg *engine.Config, of func(group string) bool, wrap func(partition.Log) partition.Log) {
 	open := cfg.Open
 	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
 		l, err := open(cc)
-		if err != nil {
-			return nil, err
+		if err != nil || !of(cc.Group) {
+			return l, err
 		}
 		return wrap(l), nil
 	}
 }
+
+// replicaGroup tells a status replica's consumer group.
+func replicaGroup(group string) bool { return strings.HasPrefix(group, "goutong-status-store.") }
 
 // flakyProduce is a Log whose Produce fails while fail is above zero,
 // counting it down: a broker or disk that refuses writes for a moment.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -185,7 +184,7 @@ func TestStatusReplicaRidesOutPollErrors(t *testing.T) {
 	fail.Store(3)
 	cfg := r.config(r.channels(false))
 	cfg.NodeID = "b"
-	wrapReplicaLog(&cfg, func(l partition.Log) partition.Log { return failingPolls{l, &fail} })
+	wrapLogsOf(&cfg, replicaGroup, func(l partition.Log) partition.Log { return failingPolls{l, &fail} })
 	e, stop := r.start(cfg)
 	defer stop()
 	waitFor(t, 30*time.Second, "the node to be ready", e.Ready)
@@ -299,7 +298,7 @@ func TestNewNodeJoinsAfterItsBackfill(t *testing.T) {
 	cfg.NodeID, cfg.Dedupe, cfg.Status, cfg.Registry = "new", ddNew, stNew, regNew
 	cfg.StatusCheckpointInterval = 200 * time.Millisecond // and the replica's lag measured as often
 	// 1,000 events a second: 3 s of backfill.
-	wrapReplicaLog(&cfg, func(l partition.Log) partition.Log { return slowPolls{l, time.Second} })
+	wrapLogsOf(&cfg, replicaGroup, func(l partition.Log) partition.Log { return slowPolls{l, time.Second} })
 	open := cfg.Open
 	var lanes atomic.Pointer[partition.Log] // the new node's member of the engine's group
 	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
@@ -357,17 +356,4 @@ func produceSentEvents(t testing.TB, r *rig, n int, node string) []string {
 		t.Fatal(err)
 	}
 	return ids
-}
-
-// wrapReplicaLog has cfg's engine open its status replica's Log wrapped
-// by wrap.
-func wrapReplicaLog(cfg *engine.Config, wrap func(partition.Log) partition.Log) {
-	open := cfg.Open
-	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
-		l, err := open(cc)
-		if err != nil || !strings.HasPrefix(cc.Group, "goutong-status-store.") {
-			return l, err
-		}
-		return wrap(l), nil
-	}
 }

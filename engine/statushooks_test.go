@@ -259,14 +259,9 @@ func TestStatusWebhooksRideOutReadErrors(t *testing.T) {
 	fail.Store(3)
 	cfg := r.config(r.channels(false))
 	cfg.StatusWebhooks = map[string]engine.StatusWebhook{"acme": {URL: srv.URL, Secret: "acme-secret"}}
-	open := cfg.Open
-	cfg.Open = func(cc partition.ConsumerConfig) (partition.Log, error) {
-		l, err := open(cc)
-		if err != nil || cc.Group != "goutong-status-webhooks" {
-			return l, err
-		}
-		return failingPolls{l, &fail}, nil
-	}
+	// The forwarder's group; the tenants' senders read in groups of their own.
+	forwarder := func(group string) bool { return group == "goutong-status-webhooks" }
+	wrapLogsOf(&cfg, forwarder, func(l partition.Log) partition.Log { return failingPolls{l, &fail} })
 	e, stop := r.start(cfg)
 	defer stop()
 	waitFor(t, 10*time.Second, "the engine", e.Ready)
