@@ -1058,11 +1058,8 @@ func (s *Store) Remember(ctx context.Context, rs []Remembered) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	w := writers.Get().(*sortedWriter)
+	w := pooledWriter(len(rs))
 	defer w.release()
-	w.buf = slices.Grow(w.buf[:0], len(rs)*entrySizeHint)
-	w.ops = w.ops[:0]
-	w.digests = slices.Grow(w.digests[:0], len(rs)*digestLen)
 	now := s.o.now()
 	floor := s.floor.Load()
 	n := 0
@@ -1111,11 +1108,8 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	w := writers.Get().(*sortedWriter)
+	w := pooledWriter(len(done))
 	defer w.release()
-	w.buf = slices.Grow(w.buf[:0], len(done)*entrySizeHint)
-	w.ops = w.ops[:0]
-	w.digests = slices.Grow(w.digests[:0], len(done)*digestLen)
 	for _, d := range done {
 		w.digests = s.appendDigest(w.digests, d.Key)
 	}
@@ -1237,6 +1231,15 @@ const entrySizeHint = 96
 // writers are finishThen's sortedWriters, pooled: a commit copies what it
 // keeps (the log frame, the buffer's generation, the filters).
 var writers = sync.Pool{New: func() any { return new(sortedWriter) }}
+
+// pooledWriter takes a writer from the pool, emptied and sized for n keys.
+func pooledWriter(n int) *sortedWriter {
+	w := writers.Get().(*sortedWriter)
+	w.buf = slices.Grow(w.buf[:0], n*entrySizeHint)
+	w.ops = w.ops[:0]
+	w.digests = slices.Grow(w.digests[:0], n*digestLen)
+	return w
+}
 
 // maxPooledWriter keeps the pool from pinning one huge batch's buffer.
 const maxPooledWriter = 4 << 20
