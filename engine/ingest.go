@@ -24,9 +24,9 @@ import (
 const ingestScope = "ingest"
 
 // appendIngestKey appends the dedupe key that answers "already accepted"
-// for a tenant's idempotency key.
+// for a tenant's idempotency key: the send key behind the ingest scope.
 func appendIngestKey(dst []byte, tenant, key string) []byte {
-	return append(append(append(append(append(dst, ingestScope...), 0), tenant...), 0), key...)
+	return appendSendKey(append(append(dst, ingestScope...), 0), tenant, key)
 }
 
 // appendSendKey appends the dedupe key that answers "already sent" (in the
