@@ -1,6 +1,7 @@
 package mockserver
 
 import (
+	"bytes"
 	"encoding/json"
 	"net"
 	"testing"
@@ -81,6 +82,9 @@ func FuzzMockRequests(f *testing.F) {
 		st := ctx.Response.StatusCode()
 		if b := ctx.Response.Body(); len(b) > 0 && !json.Valid(b) {
 			t.Fatalf("%s answered %d with %q", r.path, st, b)
+		}
+		if bytes.Contains(ctx.Response.Body(), []byte("mock provider bug")) {
+			t.Fatalf("%s panicked: %s", r.path, ctx.Response.Body())
 		}
 		received := after.Received - before.Received
 		switch {

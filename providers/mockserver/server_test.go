@@ -1,6 +1,7 @@
 package mockserver
 
 import (
+	"encoding/json"
 	"fmt"
 	"hash/maphash"
 	"testing"
@@ -65,5 +66,56 @@ func TestAcceptCounts(t *testing.T) {
 	s.Reset()
 	if got := s.Count("a"); got != 0 || s.stats.Unique != 0 {
 		t.Errorf("after Reset: count of %q = %d, unique = %d", "a", got, s.stats.Unique)
+	}
+}
+
+// A webhook batch is answered item by item: an item without an id or a
+// recipient fails alone, an "invalid" recipient is refused, and only the
+// accepted ids are counted. A single item that is not an object is a 400.
+func TestWebhookItems(t *testing.T) {
+	s, err := Start(Config{Addr: "127.0.0.1:0", Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	body := `[{"id":"a","channel":"webhook","recipient":"https://h.example"},` +
+		`{"channel":"webhook","recipient":"https://h.example"},` +
+		`{"id":"c","recipient":""},` +
+		`{"id":"d","recipient":"https://invalid.example"},` +
+		`7,` +
+		`{"id":"f","recipient":"https://h.example"}]`
+	ctx := request(s, "POST", "/webhook/orders", "application/json", "", []byte(body))
+	if st := ctx.Response.StatusCode(); st != 200 {
+		t.Fatalf("batch answered %d: %s", st, ctx.Response.Body())
+	}
+	var got struct {
+		Results []struct{ ID, Status, Error string }
+	}
+	if err := json.Unmarshal(ctx.Response.Body(), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ id, status, error string }{
+		{"a", "ok", ""},
+		{"", "failed", "id: a non-empty string is required"},
+		{"", "failed", "recipient: a non-empty string is required"},
+		{"d", "failed", "recipient refused"},
+		{"", "failed", "value doesn't contain object; it contains number"},
+		{"f", "ok", ""},
+	}
+	if len(got.Results) != len(want) {
+		t.Fatalf("%d results, want %d: %s", len(got.Results), len(want), ctx.Response.Body())
+	}
+	for i, w := range want {
+		if r := got.Results[i]; r.ID != w.id || r.Status != w.status || r.Error != w.error {
+			t.Errorf("result %d = %+v, want %+v", i, r, w)
+		}
+	}
+	st := s.Stats()
+	if st.Received != 2 || st.Rejected != 4 || s.Count("a") != 1 || s.Count("f") != 1 || s.Count("d") != 0 {
+		t.Errorf("received %d, rejected %d, a %d, f %d, d %d; want 2, 4, 1, 1, 0",
+			st.Received, st.Rejected, s.Count("a"), s.Count("f"), s.Count("d"))
+	}
+	if ctx := request(s, "POST", "/webhook/orders", "application/json", "", []byte(`"x"`)); ctx.Response.StatusCode() != 400 {
+		t.Errorf("a single non-object answered %d", ctx.Response.StatusCode())
 	}
 }
