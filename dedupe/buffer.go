@@ -8,8 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"math/bits"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -40,6 +40,7 @@ import (
 // writer that fills the first while the second is still ingesting waits.
 // After a crash the logs that were not ingested are replayed at open.
 type writeBuffer struct {
+	fs    vfs.FS
 	dir   string
 	db    *pebble.DB
 	wopts sstable.WriterOptions
@@ -80,7 +81,7 @@ type writeBuffer struct {
 // ('b' + bucket + key) with a uvarint length, and the value likewise.
 type bufGen struct {
 	seq     uint64
-	f       *os.File
+	f       vfs.File
 	written int64      // bytes in f
 	started int64      // bytes of f whose writeback was started (unsynced writes)
 	synced  int64      // bytes of f known durable; under writeBuffer.syncMu
@@ -107,11 +108,11 @@ func (b *writeBuffer) logPath(seq uint64) string {
 const minRecordBytes = 25
 
 func (b *writeBuffer) newGen(seq uint64, atLeast int) (*bufGen, error) {
-	f, err := os.OpenFile(b.logPath(seq), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := b.fs.Create(b.logPath(seq), vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return nil, err
 	}
-	if err := syncDir(b.dir); err != nil {
+	if err := syncDir(b.fs, b.dir); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -124,9 +125,9 @@ func (b *writeBuffer) newGen(seq uint64, atLeast int) (*bufGen, error) {
 // openWriteBuffer replays the logs left in dir into Pebble and starts the
 // ingester. A log that fails its checksum anywhere but at the tail of the
 // newest one is corruption and fails the open.
-func openWriteBuffer(dir string, db *pebble.DB, wopts sstable.WriterOptions, limit int, floor func() uint32,
+func openWriteBuffer(fs vfs.FS, dir string, db *pebble.DB, wopts sstable.WriterOptions, limit int, floor func() uint32,
 	exclusive *sync.Mutex, logf func(string, ...any)) (*writeBuffer, error) {
-	b := &writeBuffer{dir: dir, db: db, wopts: wopts, limit: limit, floor: floor, exclusive: exclusive, logf: logf,
+	b := &writeBuffer{fs: fs, dir: dir, db: db, wopts: wopts, limit: limit, floor: floor, exclusive: exclusive, logf: logf,
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	b.ingested = sync.NewCond(&b.mu)
 	b.synced = sync.NewCond(&b.syncMu)
@@ -154,7 +155,7 @@ func (b *writeBuffer) replay() (next uint64, err error) {
 	// key win; then ingested before anything else is written.
 	var total int64
 	for _, seq := range seqs {
-		fi, err := os.Stat(b.logPath(seq))
+		fi, err := b.fs.Stat(b.logPath(seq))
 		if err != nil {
 			return 0, err
 		}
@@ -162,7 +163,7 @@ func (b *writeBuffer) replay() (next uint64, err error) {
 	}
 	g := &bufGen{seq: seqs[len(seqs)-1], idx: newHashIndex(int(total / minRecordBytes))}
 	for i, seq := range seqs {
-		data, err := os.ReadFile(b.logPath(seq))
+		data, err := readFile(b.fs, b.logPath(seq))
 		if err != nil {
 			return 0, err
 		}
@@ -174,7 +175,7 @@ func (b *writeBuffer) replay() (next uint64, err error) {
 		return 0, fmt.Errorf("dedupe: ingesting the write buffer's logs: %w", err)
 	}
 	for _, seq := range seqs {
-		if err := os.Remove(b.logPath(seq)); err != nil {
+		if err := b.fs.Remove(b.logPath(seq)); err != nil {
 			return 0, err
 		}
 	}
@@ -183,19 +184,19 @@ func (b *writeBuffer) replay() (next uint64, err error) {
 
 // logs lists the generation logs in dir, oldest first.
 func (b *writeBuffer) logs() ([]uint64, error) {
-	ents, err := os.ReadDir(b.dir)
+	names, err := b.fs.List(b.dir)
 	if err != nil {
 		return nil, err
 	}
 	var seqs []uint64
-	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), bufLogExt)
+	for _, e := range names {
+		name, ok := strings.CutSuffix(e, bufLogExt)
 		if !ok {
 			continue
 		}
 		seq, err := strconv.ParseUint(name, 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("dedupe: unexpected file %s in the write buffer", e.Name())
+			return nil, fmt.Errorf("dedupe: unexpected file %s in the write buffer", e)
 		}
 		seqs = append(seqs, seq)
 	}
@@ -572,7 +573,7 @@ func (b *writeBuffer) prepareSpare() {
 // discard closes and removes an unused generation's log.
 func (g *bufGen) discard(b *writeBuffer) {
 	g.f.Close()
-	os.Remove(b.logPath(g.seq))
+	b.fs.Remove(b.logPath(g.seq))
 }
 
 // syncTo returns once g's log is durable up to off: one writer fsyncs for
@@ -667,7 +668,7 @@ func (b *writeBuffer) ingestLoop() {
 		b.mu.Lock()
 		if err == nil {
 			g.f.Close()
-			if rerr := os.Remove(b.logPath(g.seq)); rerr != nil && b.err == nil {
+			if rerr := b.fs.Remove(b.logPath(g.seq)); rerr != nil && b.err == nil {
 				b.err = fmt.Errorf("dedupe: write buffer: %w", rerr)
 			}
 			b.frozen = nil
@@ -698,11 +699,11 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 	}
 	g.sortByKey(refs)
 	path := filepath.Join(b.dir, fmt.Sprintf("%020d.sst", g.seq))
-	f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
+	f, err := b.fs.Create(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(path) // Pebble links or copies it in
+	defer b.fs.Remove(path) // Pebble links or copies it in
 	// Written back a megabyte at a time, as Pebble writes its own tables,
 	// not all at the close's fsync.
 	f = vfs.NewSyncingFile(f, vfs.SyncingFileOptions{BytesPerSync: writebackBytes})
@@ -963,11 +964,20 @@ func (b *writeBuffer) close() error {
 	return errors.Join(errs...)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+func syncDir(fs vfs.FS, dir string) error {
+	d, err := fs.OpenDir(dir)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+func readFile(fs vfs.FS, path string) ([]byte, error) {
+	f, err := fs.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }

@@ -11,11 +11,16 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
 // confirmKeys claims and confirms n keys named prefix-i and returns them.
@@ -437,5 +442,103 @@ func TestConfirmThenSync(t *testing.T) {
 	}
 	if n := s.Metrics().Syncs; n != 1 {
 		t.Fatalf("%d fsyncs after wait, want 1", n)
+	}
+}
+
+// The generation logs' writeback (startWriteback) needs the OS's file
+// descriptor, which it reaches through syscall.Conn: a Pebble whose
+// default files stopped offering it would silently let dirty pages pile
+// up behind every fsync.
+func TestDefaultFilesReachTheirDescriptor(t *testing.T) {
+	f, err := vfs.Default.Create(filepath.Join(t.TempDir(), "f"), vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, ok := f.(syscall.Conn); !ok {
+		t.Fatalf("%T does not implement syscall.Conn", f)
+	}
+}
+
+// A write or fsync the buffer's log refuses (a full or failing disk) is
+// counted, makes the store refuse every later write with the same error
+// (the log's tail is unknown), and is reported by Err; a reopen on a
+// healthy disk replays the log and finds every key confirmed before.
+func TestFailedLogWriteIsStickyAndReported(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		kind errorfs.OpKind
+		// whether the confirm during the failure reached the log: an fsync
+		// that failed leaves its write in the file, which the replay reads
+		during string
+	}{
+		{"write", errorfs.OpFileWrite, "new"},
+		{"sync", errorfs.OpFileSync, "confirmed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			clk := newClock()
+			var failing atomic.Bool
+			fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+				if failing.Load() && op.Kind == c.kind && strings.HasSuffix(op.Path, bufLogExt) {
+					return errorfs.ErrInjected
+				}
+				return nil
+			}))
+			s := open(t, dir, clk, WithFS(fs), WithWriteBuffer(1<<20), WithSync(true))
+			claimConfirm := func(key string) error {
+				t.Helper()
+				res := make([]ClaimResult, 1)
+				if err := s.Claim(ctx, []ClaimRequest{{Key: key, ID: "id-" + key}}, res); err != nil {
+					t.Fatalf("claim %s: %v", key, err)
+				}
+				if res[0].Status != Claimed {
+					t.Fatalf("claim %s = %v, want Claimed", key, res[0].Status)
+				}
+				return s.Confirm(ctx, []Done{{Key: key, Token: res[0].Token, ID: "id-" + key, Outcome: "sent"}})
+			}
+			if err := claimConfirm("before"); err != nil {
+				t.Fatal(err)
+			}
+			if s.Err() != nil || s.Metrics().WriteErrors != 0 {
+				t.Fatalf("healthy store: Err %v, write errors %d", s.Err(), s.Metrics().WriteErrors)
+			}
+			failing.Store(true)
+			if err := claimConfirm("during"); !errors.Is(err, errorfs.ErrInjected) {
+				t.Fatalf("confirm on a failing disk = %v, want the injected error", err)
+			}
+			failing.Store(false)
+			if err := claimConfirm("after"); !errors.Is(err, errorfs.ErrInjected) {
+				t.Fatalf("confirm after a failure = %v, want the first failure again", err)
+			}
+			if err := s.Err(); !errors.Is(err, errorfs.ErrInjected) {
+				t.Fatalf("Err = %v, want the injected error", err)
+			}
+			if n := s.Metrics().WriteErrors; n != 2 {
+				t.Fatalf("write errors = %d, want 2", n)
+			}
+			s.Close()
+
+			s = open(t, dir, clk, WithWriteBuffer(1<<20))
+			defer s.Close()
+			if s.Err() != nil {
+				t.Fatalf("reopened store: Err %v", s.Err())
+			}
+			res := make([]ClaimResult, 3)
+			if err := s.Claim(ctx, []ClaimRequest{{Key: "before", ID: "x"}, {Key: "during", ID: "x"}, {Key: "after", ID: "x"}}, res); err != nil {
+				t.Fatal(err)
+			}
+			if res[0].Status != Duplicate || res[0].OriginalID != "id-before" {
+				t.Errorf("key confirmed before the failure: %v %q, want Duplicate of id-before", res[0].Status, res[0].OriginalID)
+			}
+			want := map[string]Status{"new": Claimed, "confirmed": Duplicate}[c.during]
+			if res[1].Status != want {
+				t.Errorf("key confirmed during the failure: %v, want %v", res[1].Status, want)
+			}
+			// The confirm after never reached the log: its key is new again.
+			if res[2].Status != Claimed {
+				t.Errorf("key confirmed after the failure: %v, want Claimed", res[2].Status)
+			}
+		})
 	}
 }

@@ -52,6 +52,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
 )
 
@@ -162,6 +163,7 @@ type options struct {
 	filterMax  int
 	recent     int
 	buffer     int
+	fs         vfs.FS
 }
 
 // Logger receives Pebble's messages. The default drops informational ones
@@ -182,6 +184,11 @@ func (stderrLogger) Fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "dedupe: pebble: "+format+"\n", args...)
 	os.Exit(1)
 }
+
+// WithFS puts the store's files (Pebble's and the write buffer's) on fs
+// instead of the OS's file system: tests inject faults through it
+// (errorfs).
+func WithFS(fs vfs.FS) Option { return func(o *options) { o.fs = fs } }
 
 // WithLogger routes Pebble's log messages.
 func WithLogger(l Logger) Option { return func(o *options) { o.logger = l } }
@@ -327,7 +334,7 @@ type Store struct {
 	rec  *recent  // nil when WithRecent(0)
 
 	m struct {
-		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups, remembered atomic.Int64
+		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups, remembered, writeErrors atomic.Int64
 	}
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -354,7 +361,7 @@ const (
 
 // Open opens the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{now: time.Now, window: 24 * time.Hour, scopes: map[string]time.Duration{},
+	o := options{fs: vfs.Default, now: time.Now, window: 24 * time.Hour, scopes: map[string]time.Duration{},
 		policies: map[string]UncertainPolicy{}, lease: 30 * time.Second, sync: true, memtable: DefaultMemTableSize,
 		cache: DefaultCacheSize, syncDelay: DefaultSyncDelay, reclaimInt: -1, logger: stderrLogger{}, maxLive: 1 << 20, filterKeys: DefaultFilterKeys, filterMax: DefaultFilterBytes,
 		recent: DefaultRecentBytes, buffer: DefaultWriteBufferBytes}
@@ -377,7 +384,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if o.reclaimInt < 0 {
 		o.reclaimInt = max(o.bucket/4, time.Second)
 	}
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && !o.create {
+	if _, err := o.fs.Stat(dir); errors.Is(err, os.ErrNotExist) && !o.create {
 		return nil, fmt.Errorf("%w: %s (a store that existed and vanished would forget every key; create it with WithCreate on first start)", ErrMissing, dir)
 	}
 	// Pebble charges its memtables to the block cache (Cache.Reserve): the
@@ -391,7 +398,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// the engine +3-5 %; 12 against 8, with 22 MiB generations: the API
 	// +3-10 % over 8M keys (alternated). A lookup the filters pass probes a
 	// few more files.
-	popts := &pebble.Options{MemTableSize: o.memtable, ErrorIfNotExists: !o.create, Cache: cache, Logger: o.logger,
+	popts := &pebble.Options{FS: o.fs, MemTableSize: o.memtable, ErrorIfNotExists: !o.create, Cache: cache, Logger: o.logger,
 		L0CompactionThreshold: 12, L0StopWritesThreshold: 32}
 	for i := range popts.Levels {
 		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
@@ -483,11 +490,11 @@ func (s *Store) openBuffer(dir string, popts *pebble.Options) error {
 	switch {
 	case err == nil:
 		closer.Close()
-		if _, err := os.Stat(dir); err != nil {
+		if _, err := s.o.fs.Stat(dir); err != nil {
 			return fmt.Errorf("%w: write buffer %s: %v", ErrMissing, dir, err)
 		}
 	case errors.Is(err, pebble.ErrNotFound):
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := s.o.fs.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("dedupe: %w", err)
 		}
 		if err := s.db.Set(bufferKey, nil, pebble.Sync); err != nil {
@@ -498,11 +505,11 @@ func (s *Store) openBuffer(dir string, popts *pebble.Options) error {
 	}
 	wopts := popts.MakeWriterOptions(0, s.db.TableFormat())
 	if s.o.buffer <= 0 { // writes go to Pebble directly; what earlier runs buffered goes there first
-		b := &writeBuffer{dir: dir, db: s.db, wopts: wopts, floor: s.floor.Load, exclusive: &s.reclaimMu}
+		b := &writeBuffer{fs: s.o.fs, dir: dir, db: s.db, wopts: wopts, floor: s.floor.Load, exclusive: &s.reclaimMu}
 		_, err := b.replay()
 		return err
 	}
-	b, err := openWriteBuffer(dir, s.db, wopts, max(s.o.buffer, 1<<20), s.floor.Load, &s.reclaimMu, s.o.logger.Errorf)
+	b, err := openWriteBuffer(s.o.fs, dir, s.db, wopts, max(s.o.buffer, 1<<20), s.floor.Load, &s.reclaimMu, s.o.logger.Errorf)
 	if err != nil {
 		return err
 	}
@@ -536,13 +543,42 @@ func (s *Store) commit(w *sortedWriter, sync bool) error {
 // once (its own group commit shares the fsync).
 func (s *Store) commitThen(w *sortedWriter, sync bool) (wait func() error, err error) {
 	if s.buf != nil {
-		return s.buf.writeThen(w.ops, sync)
+		wait, err = s.buf.writeThen(w.ops, sync)
+	} else {
+		wo := pebble.NoSync
+		if sync {
+			wo = pebble.Sync
+		}
+		wait, err = noWait, w.commit(s.db, wo)
 	}
-	wo := pebble.NoSync
-	if sync {
-		wo = pebble.Sync
+	if err != nil {
+		s.m.writeErrors.Add(1)
+		return nil, err
 	}
-	return noWait, w.commit(s.db, wo)
+	if !sync {
+		return wait, nil
+	}
+	synced := wait
+	return func() error {
+		err := synced()
+		if err != nil {
+			s.m.writeErrors.Add(1)
+		}
+		return err
+	}, nil
+}
+
+// Err is the error that makes the store refuse every write from now on (a
+// failed write or fsync of the write buffer's log, whose tail is then
+// unknown), or nil while it takes writes. Only a reopen, which replays the
+// logs, clears it.
+func (s *Store) Err() error {
+	if s.buf == nil {
+		return nil
+	}
+	s.buf.mu.RLock()
+	defer s.buf.mu.RUnlock()
+	return s.buf.err
 }
 
 func (s *Store) bucketOf(t time.Time) uint32 { return uint32(t.Unix() / s.bucketSec) }
@@ -1385,6 +1421,9 @@ type Metrics struct {
 	// Remembered counts keys confirmed elsewhere and written here (Remember).
 	Remembered int64
 	Reclaims   int64 // range deletes of expired buckets
+	// WriteErrors counts writes (claims, confirms, releases, remembered
+	// keys) the store failed to make durable; see Err.
+	WriteErrors int64
 	// Syncs counts the write buffer's fsyncs for synced writes: against
 	// Confirms, how well they are shared.
 	Syncs int64
@@ -1416,7 +1455,8 @@ func (s *Store) Metrics() Metrics {
 		Claims: s.m.claims.Load(), Hits: s.m.hits.Load(), InFlight: s.m.inflight.Load(),
 		TakenOver: s.m.takeovers.Load(), Uncertain: s.m.uncertain.Load(), Confirms: s.m.confirms.Load(),
 		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(), Remembered: s.m.remembered.Load(),
-		DiskBytes: pm.DiskSpaceUsage(), CacheHits: pm.BlockCache.Hits, CacheMisses: pm.BlockCache.Misses,
+		WriteErrors: s.m.writeErrors.Load(),
+		DiskBytes:   pm.DiskSpaceUsage(), CacheHits: pm.BlockCache.Hits, CacheMisses: pm.BlockCache.Misses,
 	}
 	if s.buf != nil {
 		m.Syncs = s.buf.syncs.Load()

@@ -2,8 +2,8 @@
 
 package dedupe
 
-import "os"
+import "github.com/cockroachdb/pebble/v2/vfs"
 
 // startWriteback is a no-op where sync_file_range does not exist: the
 // generation's fsync writes its bytes.
-func startWriteback(*os.File, int64, int64) {}
+func startWriteback(vfs.File, int64, int64) {}
