@@ -190,8 +190,30 @@ func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 // Shutdown stops accepting, waits for requests in flight (bounded by ctx).
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
 
-func (s *Server) ready() bool {
-	return s.cfg.Engine.Ready() && (s.cfg.Ready == nil || s.cfg.Ready())
+func (s *Server) ready() bool { return s.readiness() == nil }
+
+// readiness is the engine's, then the extra check's (as starting).
+func (s *Server) readiness() error {
+	if err := s.cfg.Engine.Readiness(); err != nil {
+		return err
+	}
+	if s.cfg.Ready != nil && !s.cfg.Ready() {
+		return engine.ErrStarting
+	}
+	return nil
+}
+
+// notReady names a readiness error for /readyz and the 503s: its status
+// code, and the reason when there is more to say than the code.
+func notReady(err error) (code, reason string) {
+	code = "unavailable"
+	if errors.Is(err, engine.ErrStarting) {
+		code = "starting"
+	}
+	if reason = err.Error(); reason == code {
+		reason = ""
+	}
+	return code, reason
 }
 
 // Handler is the request handler (for tests and embedding).
@@ -226,8 +248,13 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, path string) string {
 		writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ok"})
 		return "healthz"
 	case path == "/readyz":
-		if !s.ready() {
-			writeJSON(ctx, fasthttp.StatusServiceUnavailable, map[string]string{"status": "starting"})
+		if err := s.readiness(); err != nil {
+			code, reason := notReady(err)
+			body := map[string]string{"status": code}
+			if reason != "" {
+				body["reason"] = reason
+			}
+			writeJSON(ctx, fasthttp.StatusServiceUnavailable, body)
 		} else {
 			writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "ready"})
 		}

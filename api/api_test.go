@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
@@ -51,7 +53,8 @@ type nodeOpts struct {
 	maxBacklog int64
 	maxBody    int
 	maxItems   int
-	syncDedupe bool // as goutong serve does (dedupe.sync: true)
+	syncDedupe bool   // as goutong serve does (dedupe.sync: true)
+	dedupeFS   vfs.FS // the dedupe store's files; nil: the OS's
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -67,7 +70,11 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	}
 	t.Cleanup(func() { w.Close() })
 	open := func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
-	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dedupe.WithCreate(), dedupe.WithSync(o.syncDedupe))
+	dopts := []dedupe.Option{dedupe.WithCreate(), dedupe.WithSync(o.syncDedupe)}
+	if o.dedupeFS != nil {
+		dopts = append(dopts, dedupe.WithFS(o.dedupeFS))
+	}
+	dd, err := dedupe.Open(filepath.Join(dir, "dedupe"), dopts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -658,6 +665,71 @@ func TestHandlerPanicIsAnsweredAndServingGoesOn(t *testing.T) {
 	if !strings.Contains(m, "goutong_api_panics_total 1") || !strings.Contains(m, `goutong_api_requests_total{code="500",route="panicked"} 1`) {
 		t.Fatalf("the panic is not in the metrics:\n%s", m)
 	}
+}
+
+// A dedupe store whose disk fails stops taking writes for good. The node
+// then still sends everything it accepted (each once), but turns unready
+// and refuses requests with the reason, and the metrics say so.
+func TestDedupeStoreFailure(t *testing.T) {
+	var failing atomic.Bool
+	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if failing.Load() && op.Kind == errorfs.OpFileWrite && strings.HasSuffix(op.Path, ".log") &&
+			strings.Contains(op.Path, "write-buffer") {
+			return errorfs.ErrInjected
+		}
+		return nil
+	}))
+	n := newNode(t, nodeOpts{syncDedupe: true, dedupeFS: fs})
+	post := func(from int) reply {
+		var nd strings.Builder
+		for i := range 100 {
+			nd.WriteString(webhookJSON(from+i, `,"idempotency_key":"k-`+strconv.Itoa(from+i)+`"`) + "\n")
+		}
+		return n.do("POST", "/v1/notifications", "", "application/x-ndjson", nd.String())
+	}
+	if r := post(0); r.code != 202 {
+		t.Fatalf("healthy: %d %s", r.code, r.raw)
+	}
+	waitFor(t, 20*time.Second, "the first 100 sent", func() bool { return n.mock.Stats().Unique == 100 })
+	failing.Store(true)
+	// Accepted: the records are in the log; only their keys' confirm fails.
+	if r := post(100); r.code != 202 {
+		t.Fatalf("on the failing disk: %d %s", r.code, r.raw)
+	}
+	waitFor(t, 20*time.Second, "every accepted notification sent", func() bool { return n.mock.Stats().Unique == 200 })
+	if st := n.mock.Stats(); st.Duplicates != 0 {
+		t.Fatalf("%d sent twice", st.Duplicates)
+	}
+	ready := n.do("GET", "/readyz", "", "", "")
+	if ready.code != 503 || ready.body["status"] != "unavailable" ||
+		!strings.Contains(fmt.Sprint(ready.body["reason"]), "dedupe store refuses writes") {
+		t.Fatalf("readyz: %d %s", ready.code, ready.raw)
+	}
+	r := post(200)
+	if code, _, _ := r.errField(); r.code != 503 || code != "unavailable" || r.header.Get("Retry-After") == "" ||
+		!strings.Contains(r.raw, "dedupe store refuses writes") {
+		t.Fatalf("a request to the unready node: %d %s", r.code, r.raw)
+	}
+	m := n.do("GET", "/metrics", "", "", "").raw
+	if !strings.Contains(m, "goutong_dedupe_refusing_writes 1") || strings.Contains(m, "goutong_dedupe_write_errors_total 0") ||
+		!strings.Contains(m, "goutong_dedupe_write_errors_total") {
+		t.Fatalf("the failure is not in the metrics:\n%s", grepLines(m, "goutong_dedupe_"))
+	}
+	failing.Store(false) // the store stays refusing: only a restart mends it
+	if r := n.do("GET", "/readyz", "", "", ""); r.code != 503 {
+		t.Fatalf("readyz once the disk works again: %d", r.code)
+	}
+}
+
+// grepLines keeps the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var b strings.Builder
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, sub) {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
 }
 
 func TestMetricsAndHealth(t *testing.T) {

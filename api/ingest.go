@@ -28,9 +28,13 @@ var parserPool fastjson.ParserPool
 // ingest handles POST /v1/notifications: one JSON object, a JSON array, or
 // NDJSON (Content-Type application/x-ndjson).
 func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
-	if !s.ready() {
+	if err := s.readiness(); err != nil {
 		ctx.Response.Header.Set("Retry-After", "1")
-		writeError(ctx, fasthttp.StatusServiceUnavailable, apiError{Code: "starting", Message: "not ready yet"})
+		code, reason := notReady(err)
+		if reason == "" {
+			reason = "not ready yet"
+		}
+		writeError(ctx, fasthttp.StatusServiceUnavailable, apiError{Code: code, Message: reason})
 		return
 	}
 	now := s.cfg.Now()

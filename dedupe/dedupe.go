@@ -1422,8 +1422,9 @@ type Metrics struct {
 	Remembered int64
 	Reclaims   int64 // range deletes of expired buckets
 	// WriteErrors counts writes (claims, confirms, releases, remembered
-	// keys) the store failed to make durable; see Err.
+	// keys) the store failed to make durable; Refusing is Err() != nil.
 	WriteErrors int64
+	Refusing    bool
 	// Syncs counts the write buffer's fsyncs for synced writes: against
 	// Confirms, how well they are shared.
 	Syncs int64
@@ -1455,8 +1456,8 @@ func (s *Store) Metrics() Metrics {
 		Claims: s.m.claims.Load(), Hits: s.m.hits.Load(), InFlight: s.m.inflight.Load(),
 		TakenOver: s.m.takeovers.Load(), Uncertain: s.m.uncertain.Load(), Confirms: s.m.confirms.Load(),
 		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(), Remembered: s.m.remembered.Load(),
-		WriteErrors: s.m.writeErrors.Load(),
-		DiskBytes:   pm.DiskSpaceUsage(), CacheHits: pm.BlockCache.Hits, CacheMisses: pm.BlockCache.Misses,
+		WriteErrors: s.m.writeErrors.Load(), Refusing: s.Err() != nil,
+		DiskBytes: pm.DiskSpaceUsage(), CacheHits: pm.BlockCache.Hits, CacheMisses: pm.BlockCache.Misses,
 	}
 	if s.buf != nil {
 		m.Syncs = s.buf.syncs.Load()

@@ -253,10 +253,30 @@ func (e *Engine) States(ids []string) ([]State, error) {
 // Codec is the engine's codec (it knows the configured channels).
 func (e *Engine) Codec() *notification.Codec { return e.cfg.Codec }
 
-// Ready reports whether Run has created the topics and is consuming, and,
-// on a node with a NodeID, whether its status replica has caught up with
-// the status topic as it was at the start (at most takeoverWait): the API
-// accepts nothing before, and /readyz says so.
-func (e *Engine) Ready() bool {
-	return e.ready.Load() && (e.cfg.NodeID == "" || e.cfg.Status == nil || e.replicaCaughtUp.Load())
+// Ready reports whether the node should take requests (see Readiness).
+func (e *Engine) Ready() bool { return e.Readiness() == nil }
+
+// ErrStarting is Readiness's answer while the node is coming up.
+var ErrStarting = errors.New("starting")
+
+// Readiness is nil when the node should take requests. It wraps
+// ErrStarting until Run has created the topics and is consuming and, on a
+// node with a NodeID, until its status replica has caught up with the
+// status topic as it was at the start (at most takeoverWait). It wraps
+// ErrUnavailable once the dedupe store refuses writes. The API accepts
+// nothing meanwhile, and /readyz says why.
+func (e *Engine) Readiness() error {
+	switch {
+	case !e.ready.Load():
+		return ErrStarting
+	case e.cfg.NodeID != "" && e.cfg.Status != nil && !e.replicaCaughtUp.isSet():
+		return fmt.Errorf("%w: reading the other nodes' status events", ErrStarting)
+	}
+	// A store that refuses writes keeps no key accepted or sent from now
+	// on: requests are better taken by a node that can, and only a restart
+	// (which replays the store's logs) mends it.
+	if err := e.cfg.Dedupe.Err(); err != nil {
+		return fmt.Errorf("%w: the dedupe store refuses writes (restart the node once its disk is mended): %v", ErrUnavailable, err)
+	}
+	return nil
 }

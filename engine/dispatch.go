@@ -10,9 +10,9 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/oklog/ulid/v2"
-
 	gojson "github.com/goccy/go-json"
+	"github.com/oklog/ulid/v2"
+	"go.uber.org/zap"
 
 	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/notification"
@@ -603,13 +603,23 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item, bufs
 	// finished (their offsets may commit) only once it is done.
 	durable := noWait
 	if len(confirm) > 0 {
+		// A confirm the store fails to make durable does not undo the sends:
+		// the records still finish (held, they would replay and send again
+		// after a restart). Their keys are then lost to the store: a repeat
+		// is held while the claims' leases run, and after them is sent again
+		// (policy resend) or closed unsent (skip). The store refuses every
+		// write from then on and the node turns unready (Readiness).
+		failed := func(err error) {
+			e.cfg.Logger.Error("dedupe confirm failed: these sends' keys will not stop a later repeat",
+				zap.Int("keys", len(confirm)), zap.Error(err))
+		}
 		wait, err := e.cfg.Dedupe.ConfirmThenSync(e.outCtx, confirm)
 		if err != nil {
-			e.cfg.Logger.Sugar().Warnw("dedupe confirm failed", "error", err)
+			failed(err)
 		} else {
 			durable = func() {
 				if err := wait(); err != nil {
-					e.cfg.Logger.Sugar().Warnw("dedupe confirm failed", "error", err)
+					failed(err)
 				}
 			}
 		}

@@ -88,7 +88,8 @@ type Engine struct {
 	// replicaCaughtUp: the status replica has applied what the status
 	// topic held when it started, or gave up waiting for that (see
 	// followStatus); replicaCovered: it has applied it.
-	replicaCaughtUp, replicaCovered atomic.Bool
+	replicaCaughtUp *latch
+	replicaCovered  atomic.Bool
 	// ownApplyFailed: a write of this process's events to the status
 	// store failed (see followStatus).
 	ownApplyFailed atomic.Bool
@@ -152,7 +153,8 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
 		parts: map[partition.TopicPartition]*partState{}, held: map[*item]time.Time{}, sentElsewhere: map[*item]string{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
-		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource()}
+		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource(),
+		replicaCaughtUp: newLatch()}
 	defer close(e.logReady)
 	collectors := append(e.m.collectors(), storeCollector[dedupe.Metrics]{cfg.Dedupe.Metrics, dedupeMetrics})
 	if cfg.Status != nil {
@@ -340,7 +342,7 @@ func (e *Engine) Run(ctx context.Context) error {
 				}
 				// Without it, the node works as one without a replica would
 				// rather than wait for it for ever.
-				e.replicaCaughtUp.Store(true)
+				e.replicaCaughtUp.set()
 			})
 		}
 		statusAux.Go(func() { e.retryUnknownReceipts(hooksCtx, e.cfg.ReceiptRetryInterval) })
@@ -663,12 +665,10 @@ func (e *Engine) pollLoop(ctx context.Context) error {
 		// before the status replica has read the other nodes' keys would
 		// have to wait for it, or send their repeats again. The replica
 		// says it has caught up within takeoverWait whatever happens.
-		for !e.replicaCaughtUp.Load() {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(20 * time.Millisecond):
-			}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-e.replicaCaughtUp.done():
 		}
 	}
 	var lastUrgent time.Time // the last poll with critical or high records
@@ -1309,3 +1309,24 @@ func wake(c chan struct{}) {
 	default:
 	}
 }
+
+// latch is a flag set once, which can be waited for.
+type latch struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func newLatch() *latch { return &latch{ch: make(chan struct{})} }
+
+func (l *latch) set() { l.once.Do(func() { close(l.ch) }) }
+
+func (l *latch) isSet() bool {
+	select {
+	case <-l.ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *latch) done() <-chan struct{} { return l.ch }

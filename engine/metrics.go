@@ -191,6 +191,10 @@ var dedupeMetrics = []storeSeries[dedupe.Metrics]{
 	dedupeCounter("lookups", "Keys looked up without claiming.", func(m dedupe.Metrics) int64 { return m.Lookups }),
 	dedupeCounter("remembered", "Keys another node sent or accepted, copied here from its status events so they answer as duplicates here too.",
 		func(m dedupe.Metrics) int64 { return m.Remembered }),
+	dedupeCounter("write_errors", "Writes (claims, confirms, releases, copied keys) the store failed to make durable: each loses keys a later repeat would have been stopped by.",
+		func(m dedupe.Metrics) int64 { return m.WriteErrors }),
+	dedupeGauge("refusing_writes", "1 once the store refuses every write (a failed write or fsync of its log): the node is unready until restarted.",
+		func(m dedupe.Metrics) float64 { return boolGauge(m.Refusing) }),
 	dedupeCounter("reclaims", "Range deletes of expired time buckets.", func(m dedupe.Metrics) int64 { return m.Reclaims }),
 	dedupeGauge("keys", "Entries on disk, approximately (the memtable is not counted).", func(m dedupe.Metrics) float64 { return float64(m.KeysApprox) }),
 	dedupeGauge("disk_bytes", "Bytes the store takes on disk.", func(m dedupe.Metrics) float64 { return float64(m.DiskBytes) }),
@@ -218,4 +222,11 @@ func dedupeCounter(name, help string, v func(dedupe.Metrics) int64) storeSeries[
 
 func dedupeGauge(name, help string, v func(dedupe.Metrics) float64) storeSeries[dedupe.Metrics] {
 	return storeSeries[dedupe.Metrics]{prometheus.NewDesc("goutong_dedupe_"+name, help, nil, nil), prometheus.GaugeValue, v}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

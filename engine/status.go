@@ -788,13 +788,13 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 		switch {
 		case startEnds != nil && e.replica.covers(startEnds):
 			e.replicaCovered.Store(true)
-		case !e.replicaCaughtUp.Load() && time.Since(begun) >= takeoverWait && ctx.Err() == nil:
+		case !e.replicaCaughtUp.isSet() && time.Since(begun) >= takeoverWait && ctx.Err() == nil:
 			e.cfg.Logger.Warn("ready before the status replica caught up; a repeat of a key another node accepted or sent may be accepted or sent again",
 				zap.Duration("waited", takeoverWait))
 		default:
 			return
 		}
-		e.replicaCaughtUp.Store(true)
+		e.replicaCaughtUp.set()
 	}
 	// commit reports false when the replica must read again from its last
 	// commit.
