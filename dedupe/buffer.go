@@ -54,10 +54,11 @@ type writeBuffer struct {
 	mu       sync.RWMutex
 	ingested *sync.Cond // on mu: a frozen generation is gone
 	active   *bufGen
-	frozen   *bufGen // being ingested; nil when none
-	spare    *bufGen // the next active one, made by the ingester off the lock; nil when none
-	lastSeq  uint64  // the last generation number handed out: numbers follow activation order
-	err      error   // a failed log write or sync: every later write fails with it
+	frozen   *bufGen               // being ingested; nil when none
+	spare    *bufGen               // the next active one, made by the ingester off the lock; nil when none
+	lastSeq  uint64                // the last generation number handed out: numbers follow activation order
+	err      error                 // a failed log write or sync: every later write fails with it
+	failed   atomic.Pointer[error] // err, for readers that must not wait for mu (Store.Err)
 	closed   bool
 
 	// Group commit of the active log: writers that need it durable wait for
@@ -478,7 +479,7 @@ func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, er
 	}
 	g := b.active
 	if _, err := g.f.Write(frame); err != nil {
-		b.err = fmt.Errorf("dedupe: write buffer log: %w", err)
+		b.failLocked(fmt.Errorf("dedupe: write buffer log: %w", err))
 		b.mu.Unlock()
 		return nil, b.err
 	}
@@ -499,6 +500,14 @@ func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, er
 		return noWait, nil
 	}
 	return func() error { return b.syncTo(g, off) }, nil
+}
+
+// failLocked makes err the buffer's error unless it has one; under mu.
+func (b *writeBuffer) failLocked(err error) {
+	if b.err == nil {
+		b.err = err
+		b.failed.Store(&err)
+	}
 }
 
 // frames hold writeThen's log frames between writes (the write copies
@@ -534,7 +543,7 @@ func (b *writeBuffer) freezeLocked(atLeast int) error {
 		var err error
 		b.lastSeq++
 		if next, err = b.newGen(b.lastSeq, atLeast); err != nil {
-			b.err = fmt.Errorf("dedupe: write buffer: %w", err)
+			b.failLocked(fmt.Errorf("dedupe: write buffer: %w", err))
 			return b.err
 		}
 	}
@@ -615,9 +624,7 @@ func (b *writeBuffer) syncTo(g *bufGen, off int64) error {
 	b.syncMu.Unlock()
 	if err != nil {
 		b.mu.Lock()
-		if b.err == nil {
-			b.err = fmt.Errorf("dedupe: write buffer sync: %w", err)
-		}
+		b.failLocked(fmt.Errorf("dedupe: write buffer sync: %w", err))
 		err = b.err
 		b.mu.Unlock()
 	}
@@ -668,8 +675,8 @@ func (b *writeBuffer) ingestLoop() {
 		b.mu.Lock()
 		if err == nil {
 			g.f.Close()
-			if rerr := b.fs.Remove(b.logPath(g.seq)); rerr != nil && b.err == nil {
-				b.err = fmt.Errorf("dedupe: write buffer: %w", rerr)
+			if rerr := b.fs.Remove(b.logPath(g.seq)); rerr != nil {
+				b.failLocked(fmt.Errorf("dedupe: write buffer: %w", rerr))
 			}
 			b.frozen = nil
 			b.ingests++

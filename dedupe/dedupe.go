@@ -576,9 +576,12 @@ func (s *Store) Err() error {
 	if s.buf == nil {
 		return nil
 	}
-	s.buf.mu.RLock()
-	defer s.buf.mu.RUnlock()
-	return s.buf.err
+	// Not under the buffer's lock, which writers hold through their write:
+	// the API asks on every request.
+	if err := s.buf.failed.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 func (s *Store) bucketOf(t time.Time) uint32 { return uint32(t.Unix() / s.bucketSec) }
