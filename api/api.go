@@ -77,7 +77,7 @@ type Config struct {
 	// template is accepted.
 	CheckTemplate func(n *notification.Notification) error
 
-	Ready    func() bool // extra readiness beyond the engine's; nil: none
+	Ready    func() error // extra readiness beyond the engine's (nil error: ready); nil: none
 	Gatherer prometheus.Gatherer
 	Registry prometheus.Registerer
 	Logger   *zap.Logger
@@ -192,13 +192,13 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWith
 
 func (s *Server) ready() bool { return s.readiness() == nil }
 
-// readiness is the engine's, then the extra check's (as starting).
+// readiness is the engine's, then the extra check's.
 func (s *Server) readiness() error {
 	if err := s.cfg.Engine.Readiness(); err != nil {
 		return err
 	}
-	if s.cfg.Ready != nil && !s.cfg.Ready() {
-		return engine.ErrStarting
+	if s.cfg.Ready != nil {
+		return s.cfg.Ready()
 	}
 	return nil
 }

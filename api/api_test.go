@@ -53,8 +53,9 @@ type nodeOpts struct {
 	maxBacklog int64
 	maxBody    int
 	maxItems   int
-	syncDedupe bool   // as goutong serve does (dedupe.sync: true)
-	dedupeFS   vfs.FS // the dedupe store's files; nil: the OS's
+	syncDedupe bool         // as goutong serve does (dedupe.sync: true)
+	dedupeFS   vfs.FS       // the dedupe store's files; nil: the OS's
+	ready      func() error // api.Config.Ready
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -114,7 +115,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()
-	cfg := api.Config{Engine: eng, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog,
+	cfg := api.Config{Engine: eng, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog, Ready: o.ready,
 		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota,
 		// As serve builds it: the SMS provider renders templates, the webhook does not.
 		CheckTemplate: func(n *notification.Notification) error {
@@ -718,6 +719,33 @@ func TestDedupeStoreFailure(t *testing.T) {
 	failing.Store(false) // the store stays refusing: only a restart mends it
 	if r := n.do("GET", "/readyz", "", "", ""); r.code != 503 {
 		t.Fatalf("readyz once the disk works again: %d", r.code)
+	}
+}
+
+// The readiness serve adds (its embedded log refusing appends) answers
+// like the engine's own: /readyz and ingest say unavailable and why, and
+// the node takes requests again once it is ready.
+func TestExtraReadiness(t *testing.T) {
+	var refusing atomic.Bool
+	n := newNode(t, nodeOpts{ready: func() error {
+		if refusing.Load() {
+			return fmt.Errorf("%w: the log refuses appends", engine.ErrUnavailable)
+		}
+		return nil
+	}})
+	waitFor(t, 10*time.Second, "ready", func() bool { return n.do("GET", "/readyz", "", "", "").code == 200 })
+	refusing.Store(true)
+	if r := n.do("GET", "/readyz", "", "", ""); r.code != 503 || r.body["status"] != "unavailable" ||
+		!strings.Contains(fmt.Sprint(r.body["reason"]), "the log refuses appends") {
+		t.Fatalf("readyz: %d %s", r.code, r.raw)
+	}
+	r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(1, ""))
+	if code, _, _ := r.errField(); r.code != 503 || code != "unavailable" || !strings.Contains(r.raw, "the log refuses appends") {
+		t.Fatalf("ingest: %d %s", r.code, r.raw)
+	}
+	refusing.Store(false)
+	if r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(1, "")); r.code != 202 {
+		t.Fatalf("ingest once ready: %d %s", r.code, r.raw)
 	}
 }
 

@@ -170,6 +170,8 @@ type Log struct {
 	offsets *offsetStore
 
 	frameCache atomic.Int64 // bytes of decoded frames kept by partitions
+	counters   counters
+	refusing   atomic.Pointer[error] // the first partition's failure (Err)
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -455,6 +455,7 @@ func (p *partition) commitGroup(group []appendReq) {
 	failed := p.failed
 	p.mu.Unlock()
 	if failed != nil {
+		p.log.counters.appendErrors.Add(int64(len(group)))
 		for _, r := range group {
 			r.done(0, failed)
 		}
@@ -480,7 +481,7 @@ func (p *partition) commitGroup(group []appendReq) {
 		// The tail is now unknown; cut back to the last whole batch or stop.
 		if terr := act.f.Truncate(pos); terr != nil {
 			p.mu.Lock()
-			p.failed = fmt.Errorf("wal: %s/%d: write failed and tail not restored: %w", p.topic.name, p.id, errors.Join(err, terr))
+			p.refuse(fmt.Errorf("wal: %s/%d: write failed and tail not restored: %w", p.topic.name, p.id, errors.Join(err, terr)))
 			p.mu.Unlock()
 		}
 		act.f.Seek(pos, 0)
@@ -489,6 +490,9 @@ func (p *partition) commitGroup(group []appendReq) {
 	}
 	act.size += int64(len(p.buf))
 	act.next = base + int64(count)
+	p.log.counters.records.Add(int64(count))
+	p.log.counters.batches.Add(1)
+	p.log.counters.bytes.Add(int64(len(p.buf)))
 	act.maxTS = max(act.maxTS, ts)
 	p.dirty = true
 	if p.topic.cfg.Fsync == FsyncEveryGroup {
@@ -496,11 +500,12 @@ func (p *partition) commitGroup(group []appendReq) {
 			// After a failed fsync the page cache state is unknowable
 			// (fsyncgate); refuse further appends until reopened.
 			p.mu.Lock()
-			p.failed = fmt.Errorf("wal: %s/%d: fsync: %w", p.topic.name, p.id, err)
+			p.refuse(fmt.Errorf("wal: %s/%d: fsync: %w", p.topic.name, p.id, err))
 			p.mu.Unlock()
 			p.fail(group, err)
 			return
 		}
+		p.log.counters.fsyncs.Add(1)
 		p.dirty = false
 	}
 	var entry *indexEntry
@@ -524,6 +529,7 @@ func (p *partition) commitGroup(group []appendReq) {
 }
 
 func (p *partition) fail(group []appendReq, err error) {
+	p.log.counters.appendErrors.Add(int64(len(group)))
 	err = fmt.Errorf("wal: append to %s/%d: %w", p.topic.name, p.id, err)
 	for _, r := range group {
 		r.done(0, err)
@@ -539,11 +545,12 @@ func (p *partition) syncIfDirty() {
 	p.mu.Unlock()
 	if err := act.f.Sync(); err != nil {
 		p.mu.Lock()
-		p.failed = fmt.Errorf("wal: %s/%d: fsync: %w", p.topic.name, p.id, err)
+		p.refuse(fmt.Errorf("wal: %s/%d: fsync: %w", p.topic.name, p.id, err))
 		p.mu.Unlock()
 		return
 	}
 	p.lazySyncs.Add(1)
+	p.log.counters.fsyncs.Add(1)
 	p.dirty = false
 }
 

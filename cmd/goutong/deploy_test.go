@@ -74,6 +74,7 @@ func exportedSeries(t *testing.T) map[string]bool {
 		defer c.Close()
 	}
 	reg := &recordingRegisterer{names: map[string]bool{}}
+	reg.MustRegister(logCollector{w}) // as serve does on the embedded log
 	eng, err := engine.New(engine.Config{Open: func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil },
 		Channels: chans, Dedupe: dd, Status: st, Registry: reg, DrainTimeout: time.Second,
 		StatusWebhooks: map[string]engine.StatusWebhook{"acme": {URL: "http://127.0.0.1:1/events", Secret: "s"}}})

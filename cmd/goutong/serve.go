@@ -131,6 +131,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 			return err
 		}
 		defer w.Close()
+		reg.MustRegister(logCollector{w})
 		open = func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
 	}
 	ddOpts, err := dedupeOptions(cfg)
@@ -188,7 +189,8 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	srv, err := api.New(api.Config{Engine: eng, Keys: cfg.API.Keys, Quotas: cfg.API.Quotas,
 		DefaultQuota: cfg.API.DefaultQuota, MaxBacklog: cfg.API.MaxBacklog, MaxBodyBytes: cfg.API.MaxBodyBytes,
-		MaxItems: cfg.API.MaxItems, MaxScheduleAhead: cfg.API.MaxScheduleAhead, CheckTemplate: built.checkTemplate, Gatherer: reg, Registry: reg, Logger: lg})
+		MaxItems: cfg.API.MaxItems, MaxScheduleAhead: cfg.API.MaxScheduleAhead, CheckTemplate: built.checkTemplate, Gatherer: reg, Registry: reg, Logger: lg,
+		Ready: logReady(w)})
 	if err != nil {
 		return err
 	}
@@ -462,4 +464,19 @@ func nodeIDOf(cfg Config) (string, error) {
 		return "", fmt.Errorf("node id: %w", err)
 	}
 	return id, nil
+}
+
+// logReady is the API's readiness beyond the engine's: an embedded log
+// with a partition that refuses appends needs a restart, and requests are
+// better taken by another node meanwhile.
+func logReady(w *wal.Log) func() error {
+	if w == nil {
+		return nil
+	}
+	return func() error {
+		if err := w.Err(); err != nil {
+			return fmt.Errorf("%w: the log refuses appends (restart the node once its disk is mended): %v", engine.ErrUnavailable, err)
+		}
+		return nil
+	}
 }

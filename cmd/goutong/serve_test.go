@@ -359,6 +359,14 @@ func TestServeKill9DeliversEveryAccepted(t *testing.T) {
 	}
 	t.Logf("accepted %d before kill -9; provider had %d then, %d after restart; %d sent twice (in flight at the kill)",
 		len(accepted), before, st.Unique, st.Duplicates)
+	// The embedded log shows what it wrote since the restart: the sends'
+	// events at least, none refused.
+	if n := metricValue(t, s2.url, "goutong_log_records_total"); n <= 0 {
+		t.Errorf("goutong_log_records_total = %v after the restart's sends", n)
+	}
+	if n := metricValue(t, s2.url, "goutong_log_append_errors_total"); n != 0 {
+		t.Errorf("goutong_log_append_errors_total = %v", n)
+	}
 
 	// SIGTERM: a clean, prompt exit.
 	term := time.Now()
