@@ -542,3 +542,65 @@ func TestFailedLogWriteIsStickyAndReported(t *testing.T) {
 		})
 	}
 }
+
+// A checkpoint copies every key confirmed before it, those still in the
+// write buffer included, into a store that opens on its own; the original
+// goes on taking writes that the copy does not see.
+func TestCheckpoint(t *testing.T) {
+	clk := newClock()
+	s := open(t, t.TempDir(), clk, WithWriteBuffer(1<<20))
+	defer s.Close()
+	confirm := func(s *Store, keys ...string) {
+		t.Helper()
+		reqs := make([]ClaimRequest, len(keys))
+		for i, k := range keys {
+			reqs[i] = ClaimRequest{Key: k, ID: "id-" + k}
+		}
+		res := make([]ClaimResult, len(keys))
+		if err := s.Claim(ctx, reqs, res); err != nil {
+			t.Fatal(err)
+		}
+		done := make([]Done, len(keys))
+		for i, k := range keys {
+			if res[i].Status != Claimed {
+				t.Fatalf("claim %s: %v", k, res[i].Status)
+			}
+			done[i] = Done{Key: k, Token: res[i].Token, ID: "id-" + k, Outcome: "sent"}
+		}
+		if err := s.Confirm(ctx, done); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var before []string
+	for i := range 3000 {
+		before = append(before, fmt.Sprintf("before-%d", i))
+	}
+	confirm(s, before[:2000]...)
+	if err := s.buf.flush(); err != nil { // some in Pebble, the rest buffered
+		t.Fatal(err)
+	}
+	confirm(s, before[2000:]...)
+	dir := filepath.Join(t.TempDir(), "copy")
+	if err := s.Checkpoint(dir); err != nil {
+		t.Fatal(err)
+	}
+	confirm(s, "after")
+	c := open(t, dir, clk, WithWriteBuffer(1<<20))
+	defer c.Close()
+	reqs := []ClaimRequest{{Key: before[0]}, {Key: before[1999]}, {Key: before[2999]}, {Key: "after"}}
+	res := make([]ClaimResult, len(reqs))
+	if err := c.Claim(ctx, reqs, res); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res[:3] {
+		if r.Status != Duplicate || r.OriginalID != "id-"+reqs[i].Key {
+			t.Errorf("copy: %s = %v %q, want a duplicate of id-%s", reqs[i].Key, r.Status, r.OriginalID, reqs[i].Key)
+		}
+	}
+	if res[3].Status != Claimed {
+		t.Errorf("copy: a key confirmed after the checkpoint = %v, want new", res[3].Status)
+	}
+	if err := s.Checkpoint(dir); err == nil {
+		t.Error("a checkpoint into an existing directory succeeded")
+	}
+}

@@ -424,7 +424,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	}
 	// The buffer's logs are replayed whatever WithWriteBuffer says now: they
 	// hold acknowledged writes.
-	if err := s.openBuffer(filepath.Join(dir, "write-buffer"), popts); err != nil {
+	if err := s.openBuffer(filepath.Join(dir, writeBufferDir), popts); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -483,6 +483,9 @@ func (s *Store) checkLayout() (existed bool, err error) {
 
 var bufferKey = []byte("m/write-buffer")
 
+// writeBufferDir is the write buffer's directory in the store's.
+const writeBufferDir = "write-buffer"
+
 // openBuffer opens the write buffer in dir, replaying what it holds. A store
 // that had one and lost its directory fails: acknowledged writes are gone.
 func (s *Store) openBuffer(dir string, popts *pebble.Options) error {
@@ -523,6 +526,29 @@ func (s *Store) closeBuffer() error {
 		return nil
 	}
 	return s.buf.close()
+}
+
+// Checkpoint writes a copy of the store into dir, which must not exist: a
+// store Open takes, with every key confirmed, released or remembered before
+// the call (its write buffer is ingested into Pebble first; claims still in
+// flight are not copied). Pebble's files are hard links where the file
+// system allows, so a copy is cheap until compactions replace them. Writes
+// go on meanwhile; those made during the call may or may not be copied.
+func (s *Store) Checkpoint(dir string) error {
+	if s.buf != nil {
+		if err := s.buf.flush(); err != nil {
+			return fmt.Errorf("dedupe: checkpoint: %w", err)
+		}
+	}
+	if err := s.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+		return fmt.Errorf("dedupe: checkpoint: %w", err)
+	}
+	// The store records that it has a write buffer; the copy's is empty,
+	// since everything buffered before the call went into Pebble.
+	if err := s.o.fs.MkdirAll(filepath.Join(dir, writeBufferDir), 0o755); err != nil {
+		return fmt.Errorf("dedupe: checkpoint: %w", err)
+	}
+	return nil
 }
 
 // Close stops background work and closes the database. Buffered writes stay

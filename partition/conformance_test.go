@@ -82,6 +82,7 @@ var conformanceCases = []struct {
 	{"Lag", testLag},
 	{"EndOffsets", testEndOffsets},
 	{"ProducerOnly", testProducerOnly},
+	{"StartAtWithoutCommits", testStartAt},
 }
 
 const waitFor = 30 * time.Second
@@ -480,4 +481,53 @@ func testProducerOnly(t *testing.T, open func(ConsumerConfig) Log) {
 	if err := p.Commit(context.Background(), map[TopicPartition]int64{{"o", 0}: 1}); !errors.Is(err, ErrNoConsumer) {
 		t.Fatalf("commit without a group: %v", err)
 	}
+}
+
+// StartAt places a group's first read of a partition it has no commit for;
+// a committed offset wins over it, and a partition it does not name starts
+// at the oldest record.
+func testStartAt(t *testing.T, open func(ConsumerConfig) Log) {
+	p := open(ConsumerConfig{})
+	ensure(t, p, "s", 2)
+	var vals []string
+	for i := range 40 {
+		vals = append(vals, fmt.Sprint(i))
+	}
+	produce(t, p, "s", vals, vals)
+	ends, err := p.EndOffsets(context.Background(), "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p0, p1 := TopicPartition{"s", 0}, TopicPartition{"s", 1}
+	if ends[p0] < 4 || ends[p1] < 4 {
+		t.Fatalf("ends %v: the keys did not spread", ends)
+	}
+	c := open(ConsumerConfig{Group: "seeded", Topics: []string{"s"}, StartAt: map[TopicPartition]int64{p0: ends[p0] - 3}})
+	first := map[int32]int64{}
+	n := map[int32]int64{}
+	for _, r := range pollN(t, c, int(3+ends[p1])) {
+		if _, ok := first[r.Partition]; !ok {
+			first[r.Partition] = r.Offset
+		}
+		n[r.Partition]++
+	}
+	if first[0] != ends[p0]-3 || n[0] != 3 || first[1] != 0 || n[1] != ends[p1] {
+		t.Fatalf("read from %v, counts %v; want partition 0 from %d (3 records), partition 1 from 0 (%d)", first, n, ends[p0]-3, ends[p1])
+	}
+	if err := c.Commit(context.Background(), map[TopicPartition]int64{p0: ends[p0] - 1, p1: ends[p1] - 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Committed now: StartAt no longer applies.
+	c2 := open(ConsumerConfig{Group: "seeded", Topics: []string{"s"}, StartAt: map[TopicPartition]int64{p0: 0, p1: 0}})
+	clear(n)
+	for _, r := range pollN(t, c2, 1+2) {
+		n[r.Partition]++
+	}
+	if n[0] != 1 || n[1] != 2 {
+		t.Fatalf("records read after the commits per partition %v, want 1 and 2", n)
+	}
+	pollNothing(t, c2, 200*time.Millisecond)
 }

@@ -88,6 +88,9 @@ func NewKafka(kc KafkaConfig, cc ConsumerConfig) (*KafkaLog, error) {
 			kgo.OnPartitionsRevoked(l.onRevoked),
 			kgo.OnPartitionsLost(l.onRevoked),
 		)
+		if len(cc.StartAt) > 0 {
+			opts = append(opts, kgo.AdjustFetchOffsetsFn(l.startAt))
+		}
 	}
 	opts = append(opts, kc.Extra...)
 	cl, err := kgo.NewClient(opts...)
@@ -384,4 +387,22 @@ func (l *KafkaLog) Close() error {
 	l.mu.Unlock()
 	l.cl.Close()
 	return nil
+}
+
+// startAt moves the partitions the group has no commit for (the client
+// gives them the reset offset, which is negative) to cfg.StartAt. An offset
+// retention has removed meanwhile is out of range, and the client resets it
+// to the oldest record.
+func (l *KafkaLog) startAt(_ context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	for topic, parts := range offsets {
+		for p, o := range parts {
+			if o.EpochOffset().Offset >= 0 {
+				continue // committed
+			}
+			if at, ok := l.cfg.StartAt[TopicPartition{Topic: topic, Partition: p}]; ok {
+				parts[p] = kgo.NewOffset().At(at).WithEpoch(-1)
+			}
+		}
+	}
+	return offsets, nil
 }

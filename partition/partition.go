@@ -104,6 +104,11 @@ type ConsumerConfig struct {
 	// before it is ready to poll them. (The embedded log assigns at the
 	// first Poll whatever this says.)
 	JoinLater bool
+	// StartAt is where the group starts reading a partition it has no
+	// committed offset for (the oldest record when absent, or when the
+	// offset is no longer in the log): a node seeded from a copy of
+	// another's state reads on from where the copy was taken.
+	StartAt map[TopicPartition]int64
 }
 
 // Log is what the engine produces to and consumes from.

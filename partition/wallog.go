@@ -269,6 +269,9 @@ func (l *WALLog) assign(ctx context.Context) error {
 				return err
 			}
 			off, ok := committed[wal.TopicPartition{Topic: t, Partition: p}]
+			if !ok {
+				off, ok = l.cfg.StartAt[tp]
+			}
 			if !ok || off < start || off > end {
 				off = start
 			}
