@@ -90,6 +90,7 @@ type Engine struct {
 	// followStatus); replicaCovered: it has applied it.
 	replicaCaughtUp *latch
 	replicaCovered  atomic.Bool
+	snapshots       chan snapshotReq // to the status replica (Snapshot)
 	// ownApplyFailed: a write of this process's events to the status
 	// store failed (see followStatus).
 	ownApplyFailed atomic.Bool
@@ -154,7 +155,7 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
 		parts: map[partition.TopicPartition]*partState{}, held: map[*item]time.Time{}, sentElsewhere: map[*item]string{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource(),
-		replicaCaughtUp: newLatch()}
+		replicaCaughtUp: newLatch(), snapshots: make(chan snapshotReq)}
 	defer close(e.logReady)
 	collectors := append(e.m.collectors(), storeCollector[dedupe.Metrics]{cfg.Dedupe.Metrics, dedupeMetrics})
 	if cfg.Status != nil {

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -10,7 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
 )
 
@@ -218,5 +221,91 @@ func TestKeysKnownAcrossNodes(t *testing.T) {
 	}
 	if got := counterSum(t, regB, "goutong_dedupe_remembered_total"); got != float64(2*len(accepted)+len(sent)) {
 		t.Fatalf("b remembered %v keys, want %d (a's accepted and sent)", got, 2*len(accepted)+len(sent))
+	}
+}
+
+// A new node started from another node's snapshot knows what that node's
+// stores knew (ids and keys, however old: the status topic's retention may
+// have dropped their events), and its status replica reads the status
+// topic only from where the snapshot was taken.
+func TestNodeStartsFromASnapshot(t *testing.T) {
+	r := newRig(t, backends[1]) // kafka (kfake)
+	cfgA := r.config(r.channels(false))
+	cfgA.NodeID = "a"
+	a, stopA := r.start(cfgA)
+	defer stopA()
+	waitFor(t, 20*time.Second, "node a", a.Ready)
+	before := webhookBatch(100, 0)
+	if _, _, err := a.Ingest(context.Background(), before, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "a's sends", func() bool { return r.mock.Stats().Unique == 100 })
+	waitFor(t, 30*time.Second, "a's commits", func() bool { return a.Backlog() == 0 })
+
+	dir := filepath.Join(t.TempDir(), "snapshot")
+	if err := a.Snapshot(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Snapshot(context.Background(), dir); err == nil {
+		t.Fatal("a second snapshot into the same directory succeeded")
+	}
+	after := webhookBatch(50, 100)
+	if _, _, err := a.Ingest(context.Background(), after, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "a's later sends", func() bool { return r.mock.Stats().Unique == 150 })
+
+	dd, err := dedupe.Open(filepath.Join(dir, engine.SnapshotDedupeDir), dedupe.WithSync(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dd.Close()
+	st, err := engine.OpenStatus(filepath.Join(dir, engine.SnapshotStatusDir), time.Hour, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cfgB := r.config(r.channels(false))
+	regB := prometheus.NewRegistry()
+	cfgB.NodeID, cfgB.Dedupe, cfgB.Status, cfgB.Registry = "b", dd, st, regB
+	b, stopB := r.start(cfgB)
+	defer stopB()
+	waitFor(t, 30*time.Second, "node b", b.Ready)
+
+	// Both batches are known at b: the first from the copy, the second
+	// from the events b's replica read.
+	for _, batch := range [][]*notification.Notification{before, after} {
+		for _, n := range batch[:3] {
+			if s, err := b.Status(n.ID); err != nil || s.State != engine.StateSent {
+				t.Fatalf("%s at b: %+v, %v; want sent", n.ID, s, err)
+			}
+		}
+	}
+	adm, n, err := b.Ingest(context.Background(), append(webhookBatch(100, 0), webhookBatch(50, 100)...), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("b accepted %d repeated requests", n)
+	}
+	for i, ad := range adm {
+		if want := append(before, after...)[i].ID; !ad.Duplicate || ad.ID != want {
+			t.Fatalf("request %d repeated at b: %+v, want a duplicate of %s", i, ad, want)
+		}
+	}
+	// b's replica read only what came after the snapshot: the later batch's
+	// keys (accepted and sent), none of the first's.
+	if got := counterSum(t, regB, "goutong_dedupe_remembered_total"); got != float64(2*len(after)) {
+		t.Fatalf("b remembered %v keys from the status topic, want %d (the later batch's)", got, 2*len(after))
+	}
+}
+
+// A node without a status replica takes no snapshot.
+func TestSnapshotNeedsAReplica(t *testing.T) {
+	r := newRig(t, backends[0])
+	e, stop := r.start(r.config(r.channels(false)))
+	defer stop()
+	if err := e.Snapshot(context.Background(), filepath.Join(t.TempDir(), "s")); !errors.Is(err, engine.ErrNoSnapshot) {
+		t.Fatalf("snapshot on the embedded log: %v", err)
 	}
 }

@@ -745,8 +745,15 @@ const statusStoreGroup = "goutong-status-store."
 // process run with this node id, the replica reads again from its last
 // commit, skipping nothing from then on.
 func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error {
+	// A store copied from another node (Snapshot) reads on from where the
+	// copy was taken, until its group has committed.
+	startAt, err := e.cfg.Status.replicaStart()
+	if err != nil {
+		return err
+	}
 	open := func() (partition.Log, error) {
-		log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusStoreGroup + e.cfg.NodeID, Topics: []string{e.cfg.Topics.Status}})
+		log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusStoreGroup + e.cfg.NodeID, Topics: []string{e.cfg.Topics.Status},
+			StartAt: startAt})
 		if err != nil {
 			return nil, fmt.Errorf("engine: status replica: %w", err)
 		}
@@ -881,6 +888,27 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			}
 		}
 		caughtUp()
+		select {
+		case req := <-e.snapshots:
+			// Right after a checkpoint, so that what the store holds is
+			// what lies below the positions the copy records.
+			if (skipOwn && shared.told) || !commit() {
+				req.reply <- snapshotReply{err: errors.New("engine: snapshot: the status replica must read again from its checkpoint; try again")}
+				if err := rewind(); err != nil {
+					return err
+				}
+				last = time.Now()
+				continue
+			}
+			last = time.Now()
+			positions, err := replicaCommitted(ctx, log, e.cfg.Topics.Status)
+			if err == nil {
+				err = e.takeSnapshot(req.dir, positions)
+			}
+			req.reply <- snapshotReply{positions: positions, err: err}
+			continue
+		default:
+		}
 		if checkpoint {
 			shared.check(log, startEnds)
 			// Another process with this node id writes events this one
@@ -894,6 +922,30 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			last = time.Now()
 		}
 	}
+}
+
+// replicaCommitted is the replica group's committed offset in every
+// partition of topic, read as each end less the lag: a record produced
+// between the two reads makes an offset look lower (read again by the
+// copy), never higher. It fails unless the replica holds every partition.
+func replicaCommitted(ctx context.Context, log partition.Log, topic string) (map[partition.TopicPartition]int64, error) {
+	ends, err := log.EndOffsets(ctx, topic)
+	if err != nil {
+		return nil, fmt.Errorf("engine: snapshot: %w", err)
+	}
+	lag, err := log.Lag(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("engine: snapshot: %w", err)
+	}
+	out := make(map[partition.TopicPartition]int64, len(ends))
+	for tp, end := range ends {
+		l, ok := lag[tp]
+		if !ok {
+			return nil, fmt.Errorf("engine: snapshot: the status replica does not hold %s", tp)
+		}
+		out[tp] = end - l
+	}
+	return out, nil
 }
 
 // replicaWorkers bounds the goroutines a status replica decodes and
