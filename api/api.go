@@ -77,6 +77,11 @@ type Config struct {
 	// template is accepted.
 	CheckTemplate func(n *notification.Notification) error
 
+	// SnapshotDir is where GET /v1/admin/snapshot copies the stores before
+	// sending them: on their file system, so the copy is hard links. Empty:
+	// the node takes no snapshots.
+	SnapshotDir string
+
 	Ready    func() error // extra readiness beyond the engine's (nil error: ready); nil: none
 	Gatherer prometheus.Gatherer
 	Registry prometheus.Registerer
@@ -167,7 +172,14 @@ func New(cfg Config) (*Server, error) {
 		StreamRequestBody: true,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		// A snapshot streams gigabytes for as long as it takes.
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			if string(h.RequestURI()) == "/v1/admin/snapshot" {
+				return fasthttp.RequestConfig{WriteTimeout: snapshotWriteTimeout}
+			}
+			return fasthttp.RequestConfig{}
+		},
+		IdleTimeout: 2 * time.Minute,
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				writeError(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge(cfg.MaxBodyBytes))

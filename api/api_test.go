@@ -56,6 +56,7 @@ type nodeOpts struct {
 	syncDedupe bool         // as goutong serve does (dedupe.sync: true)
 	dedupeFS   vfs.FS       // the dedupe store's files; nil: the OS's
 	ready      func() error // api.Config.Ready
+	snapshots  bool         // api.Config.SnapshotDir: the node's directory
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -116,6 +117,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()
 	cfg := api.Config{Engine: eng, Registry: reg, Gatherer: reg, MaxBacklog: o.maxBacklog, Ready: o.ready,
+		SnapshotDir:  map[bool]string{true: dir}[o.snapshots],
 		MaxBodyBytes: o.maxBody, MaxItems: o.maxItems, DefaultQuota: o.quota,
 		// As serve builds it: the SMS provider renders templates, the webhook does not.
 		CheckTemplate: func(n *notification.Notification) error {
@@ -746,6 +748,23 @@ func TestExtraReadiness(t *testing.T) {
 	refusing.Store(false)
 	if r := n.do("POST", "/v1/notifications", "", "application/json", webhookJSON(1, "")); r.code != 202 {
 		t.Fatalf("ingest once ready: %d %s", r.code, r.raw)
+	}
+}
+
+// Snapshots are for Kafka nodes (cmd/goutong's TestServeJoinsFromASnapshot
+// takes one): a node on the embedded log refuses with 409, and one without
+// a snapshot directory has no such route.
+func TestSnapshotRefusals(t *testing.T) {
+	n := newNode(t, nodeOpts{snapshots: true})
+	r := n.do("GET", "/v1/admin/snapshot", "", "", "")
+	if code, _, _ := r.errField(); r.code != 409 || code != "not_supported" {
+		t.Fatalf("snapshot on the embedded log: %d %s", r.code, r.raw)
+	}
+	if r := n.do("POST", "/v1/admin/snapshot", "", "", ""); r.code != 405 {
+		t.Fatalf("POST snapshot: %d %s", r.code, r.raw)
+	}
+	if r := newNode(t, nodeOpts{}).do("GET", "/v1/admin/snapshot", "", "", ""); r.code != 404 {
+		t.Fatalf("snapshot without a directory: %d %s", r.code, r.raw)
 	}
 }
 

@@ -154,6 +154,10 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method, path string) {
 			return
 		}
 		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"channel": parts[1], "paused": parts[2] == "pause"})
+	case path == "snapshot":
+		if allow(ctx, method, "GET") {
+			s.snapshot(ctx)
+		}
 	case path == "dlq":
 		if allow(ctx, method, "GET") {
 			s.dlqList(ctx)

@@ -751,6 +751,9 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 	if err != nil {
 		return err
 	}
+	// The copy holds everything below them: the replica stands there
+	// before it has read anything (a takeover and the readiness ask).
+	e.replica.advance(startAt)
 	open := func() (partition.Log, error) {
 		log, err := e.cfg.Open(partition.ConsumerConfig{Group: statusStoreGroup + e.cfg.NodeID, Topics: []string{e.cfg.Topics.Status},
 			StartAt: startAt})
@@ -903,6 +906,10 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			last = time.Now()
 			positions, err := replicaCommitted(ctx, log, e.cfg.Topics.Status)
 			if err == nil {
+				// A partition the replica has not committed yet reads as
+				// its start; what it applied (or was seeded with) is in
+				// the store all the same.
+				e.replica.raise(positions)
 				err = e.takeSnapshot(req.dir, positions)
 			}
 			req.reply <- snapshotReply{positions: positions, err: err}

@@ -90,6 +90,16 @@ func (r *replicaPositions) advance(next map[partition.TopicPartition]int64) {
 	}
 }
 
+// raise lifts each offset in m to the replica's position, where that is
+// further.
+func (r *replicaPositions) raise(m map[partition.TopicPartition]int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for tp, off := range m {
+		m[tp] = max(off, r.pos[tp])
+	}
+}
+
 func (r *replicaPositions) wanted() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()

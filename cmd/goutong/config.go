@@ -31,7 +31,12 @@ type Config struct {
 	// NodeID names this node in a Kafka cluster (default: one generated
 	// and kept in <data>/node-id); its status store follows the whole
 	// status topic under it.
-	NodeID     string `koanf:"node_id"`
+	NodeID string `koanf:"node_id"`
+	// Join is a running node's API URL: a Kafka node whose data directory
+	// has no stores yet starts from a snapshot of that node's
+	// (GET /v1/admin/snapshot, with JoinAPIKey).
+	Join       string `koanf:"join"`
+	JoinAPIKey string `koanf:"join_api_key"`
 	Partitions int32  `koanf:"partitions"`
 	LogLevel   string `koanf:"log_level"`
 	// MockProvider, when set, starts the mock provider on that address and

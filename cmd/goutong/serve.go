@@ -100,6 +100,12 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
 		return err
 	}
+	removeLeftovers(cfg.Data, lg)
+	if cfg.Join != "" {
+		if err := joinFrom(ctx, cfg, lg); err != nil {
+			return err
+		}
+	}
 	// A data directory with a log but no dedupe store lost something: fail
 	// loudly rather than forget which notifications were sent.
 	fresh := !exists(filepath.Join(cfg.Data, "log")) && !exists(filepath.Join(cfg.Data, "dedupe"))
@@ -190,7 +196,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	srv, err := api.New(api.Config{Engine: eng, Keys: cfg.API.Keys, Quotas: cfg.API.Quotas,
 		DefaultQuota: cfg.API.DefaultQuota, MaxBacklog: cfg.API.MaxBacklog, MaxBodyBytes: cfg.API.MaxBodyBytes,
 		MaxItems: cfg.API.MaxItems, MaxScheduleAhead: cfg.API.MaxScheduleAhead, CheckTemplate: built.checkTemplate, Gatherer: reg, Registry: reg, Logger: lg,
-		Ready: logReady(w)})
+		Ready: logReady(w), SnapshotDir: cfg.Data})
 	if err != nil {
 		return err
 	}

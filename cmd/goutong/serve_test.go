@@ -605,6 +605,89 @@ func TestServeKafkaKeysAcrossNodes(t *testing.T) {
 	}
 }
 
+// A node added to a running fleet with join starts from a snapshot of
+// another node's stores: it answers for that node's notifications and keys
+// at once, and its status replica reads nothing from before the copy.
+func TestServeJoinsFromASnapshot(t *testing.T) {
+	c, mock := kafkaAndMock(t)
+	cfgA, err := loadConfig(writeConfig(t, mock.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgA.Data, cfgA.Listen, cfgA.Kafka = t.TempDir(), "127.0.0.1:0", c.ListenAddrs()
+	urlA, stopA := serveInProcess(t, cfgA)
+	defer stopA()
+	post := func(url string, i int) (int, map[string]any) {
+		req, err := http.NewRequest("POST", url+"/v1/notifications",
+			strings.NewReader(fmt.Sprintf(`{"channel":"webhook","recipient":"https://hooks.example/%d","content":{"body":"once"}}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", fmt.Sprintf("order-%d", i))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	var ids []string
+	for i := range 20 {
+		code, body := post(urlA, i)
+		if code != 202 {
+			t.Fatalf("request %d at a: %d %v", i, code, body)
+		}
+		ids = append(ids, body["id"].(string))
+	}
+	waitUntil(t, 30*time.Second, "a's sends", func() bool { return statusOf(urlA, ids[len(ids)-1]) == "sent" && mock.Stats().Unique == 20 })
+
+	cfgB, err := loadConfig(writeConfig(t, mock.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgB.Data, cfgB.Listen, cfgB.Kafka, cfgB.Join = t.TempDir(), "127.0.0.1:0", c.ListenAddrs(), urlA
+	urlB, stopB := serveInProcess(t, cfgB)
+	defer stopB()
+	for _, id := range ids {
+		if st := statusOf(urlB, id); st != "sent" {
+			t.Fatalf("%s at the joined node: %q, want sent", id, st)
+		}
+	}
+	code, again := post(urlB, 7)
+	if code != 200 || again["id"] != ids[7] || again["duplicate"] != true {
+		t.Fatalf("a request repeated at the joined node: %d %v, want 200, a duplicate of %s", code, again, ids[7])
+	}
+	if n := metricValue(t, urlB, "goutong_dedupe_remembered_total"); n != 0 {
+		t.Fatalf("the joined node copied %v keys from the status topic; it read from where the snapshot was taken, and nothing came after", n)
+	}
+	if entries, _ := os.ReadDir(cfgA.Data); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), ".snapshot-") }) {
+		t.Fatalf("the snapshot's copy was left in %s", cfgA.Data)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if st := mock.Stats(); st.Received != 20 {
+		t.Fatalf("provider received %d, want 20", st.Received)
+	}
+}
+
+// join is for Kafka nodes, and a node it cannot reach fails the start.
+func TestServeJoinRefusals(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.Data, cfg.Listen, cfg.Join = t.TempDir(), "127.0.0.1:0", "http://127.0.0.1:1"
+	if err := serve(context.Background(), cfg, io.Discard); err == nil || !strings.Contains(err.Error(), "only a Kafka node") {
+		t.Fatalf("join on the embedded log: %v", err)
+	}
+	cfg.Kafka = []string{"127.0.0.1:1"}
+	if err := serve(context.Background(), cfg, io.Discard); err == nil || !strings.Contains(err.Error(), "join http://127.0.0.1:1") {
+		t.Fatalf("join of a node that does not answer: %v", err)
+	}
+	if entries, _ := os.ReadDir(cfg.Data); len(entries) != 0 {
+		t.Fatalf("a failed join left %v in the data directory", entries)
+	}
+}
+
 // The API rejects a template name only on channels whose provider renders
 // templates (twilio, sendgrid, fcm): the log provider writes the name and
 // vars, a webhook sends them on.

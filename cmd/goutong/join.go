@@ -1,0 +1,151 @@
+package main
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/goutong/goutong/api"
+	"github.com/goutong/goutong/engine"
+)
+
+// joinFrom puts a snapshot of a running node's stores (cfg.Join) into a
+// data directory that has none, so that this node starts with every id
+// and key that node knew and its status replica reads on from where the
+// copy was taken. Stores already there win: the setting is for a node's
+// first start.
+func joinFrom(ctx context.Context, cfg Config, lg *zap.Logger) error {
+	if len(cfg.Kafka) == 0 {
+		return errors.New("config join: only a Kafka node joins another (set kafka)")
+	}
+	status := filepath.Join(cfg.Data, engine.SnapshotStatusDir)
+	dedupeDir := filepath.Join(cfg.Data, engine.SnapshotDedupeDir)
+	if exists(status) || exists(dedupeDir) {
+		lg.Info("join: the data directory has stores already; starting from them", zap.String("join", cfg.Join))
+		return nil
+	}
+	tmp, err := os.MkdirTemp(cfg.Data, joinTmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	start := time.Now()
+	n, err := downloadSnapshot(ctx, strings.TrimSuffix(cfg.Join, "/")+"/v1/admin/snapshot", cfg.JoinAPIKey, tmp)
+	if err != nil {
+		return fmt.Errorf("join %s: %w", cfg.Join, err)
+	}
+	for _, d := range []string{engine.SnapshotStatusDir, engine.SnapshotDedupeDir} {
+		if !exists(filepath.Join(tmp, d)) {
+			return fmt.Errorf("join %s: the snapshot has no %s store", cfg.Join, d)
+		}
+	}
+	// Both or neither: the stores move in only once both are whole.
+	if err := os.Rename(filepath.Join(tmp, engine.SnapshotDedupeDir), dedupeDir); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(tmp, engine.SnapshotStatusDir), status); err != nil {
+		return err
+	}
+	lg.Info("join: started from a snapshot of another node's stores", zap.String("join", cfg.Join),
+		zap.Int64("bytes", n), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// downloadSnapshot extracts the tar at url into dir and returns its bytes.
+func downloadSnapshot(ctx context.Context, url, key, dir string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return 0, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return extractTar(resp.Body, dir)
+}
+
+// extractTar writes the directories and regular files of the tar r under
+// dir, refusing any path that would leave it, and returns the files' bytes.
+func extractTar(r io.Reader, dir string) (int64, error) {
+	tr := tar.NewReader(r)
+	var total int64
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		name := filepath.FromSlash(h.Name)
+		if !filepath.IsLocal(name) {
+			return total, fmt.Errorf("snapshot entry %q leaves the directory", h.Name)
+		}
+		path := filepath.Join(dir, name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(path, 0o755); err != nil {
+				return total, err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return total, err
+			}
+			n, err := writeFile(path, tr)
+			total += n
+			if err != nil {
+				return total, err
+			}
+		default:
+			return total, fmt.Errorf("snapshot entry %q: type %c is not a file or directory", h.Name, h.Typeflag)
+		}
+	}
+}
+
+func writeFile(path string, r io.Reader) (int64, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(f, r)
+	if err == nil {
+		err = f.Sync()
+	}
+	return n, errors.Join(err, f.Close())
+}
+
+// removeLeftovers removes what a snapshot sent or a join received left in
+// the data directory when the process ended in the middle of it.
+func removeLeftovers(data string, lg *zap.Logger) {
+	entries, err := os.ReadDir(data)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() && (strings.HasPrefix(e.Name(), api.SnapshotTempPrefix) || strings.HasPrefix(e.Name(), joinTmpPrefix)) {
+			if err := os.RemoveAll(filepath.Join(data, e.Name())); err != nil {
+				lg.Warn("removing a snapshot's leftovers", zap.Error(err))
+			}
+		}
+	}
+}
+
+// joinTmpPrefix names a join's download in the data directory.
+const joinTmpPrefix = ".join-"

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+)
+
+func tarOf(t testing.TB, entries ...tar.Header) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range entries {
+		body := []byte("content of " + h.Name)
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(body))
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			tw.Write(body)
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+// A snapshot's tar comes from another machine: its files land under the
+// directory or the extraction fails, whatever the names say.
+func TestExtractTarStaysInside(t *testing.T) {
+	ok := tarOf(t, tar.Header{Typeflag: tar.TypeDir, Name: "status/"},
+		tar.Header{Typeflag: tar.TypeReg, Name: "status/000001.sst"},
+		tar.Header{Typeflag: tar.TypeReg, Name: "dedupe/write-buffer/../MANIFEST"})
+	dir := t.TempDir()
+	n, err := extractTar(bytes.NewReader(ok), dir)
+	if err != nil || n == 0 {
+		t.Fatalf("a good tar: %d bytes, %v", n, err)
+	}
+	for _, f := range []string{"status/000001.sst", "dedupe/MANIFEST"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("%s not extracted: %v", f, err)
+		}
+	}
+	for name, h := range map[string]tar.Header{
+		"parent":   {Typeflag: tar.TypeReg, Name: "../escape"},
+		"absolute": {Typeflag: tar.TypeReg, Name: "/tmp/escape"},
+		"deep":     {Typeflag: tar.TypeReg, Name: "status/../../escape"},
+		"symlink":  {Typeflag: tar.TypeSymlink, Name: "link", Linkname: "/etc"},
+		"hardlink": {Typeflag: tar.TypeLink, Name: "link", Linkname: "../x"},
+	} {
+		outer := t.TempDir()
+		dir := filepath.Join(outer, "in")
+		os.Mkdir(dir, 0o755)
+		if _, err := extractTar(bytes.NewReader(tarOf(t, h)), dir); err == nil {
+			t.Errorf("%s: extracted", name)
+		}
+		assertOnlyUnder(t, outer, dir)
+	}
+}
+
+// assertOnlyUnder fails if anything but dir and its contents is in outer.
+func assertOnlyUnder(t testing.TB, outer, dir string) {
+	t.Helper()
+	filepath.WalkDir(outer, func(path string, d fs.DirEntry, err error) error {
+		if path != outer && path != dir && !strings.HasPrefix(path, dir+string(filepath.Separator)) {
+			t.Fatalf("%s written outside %s", path, dir)
+		}
+		return nil
+	})
+}
+
+// FuzzExtractTar: bytes from the network never panic the extraction nor
+// write outside its directory.
+func FuzzExtractTar(f *testing.F) {
+	f.Add(tarOf(f, tar.Header{Typeflag: tar.TypeReg, Name: "status/x"}))
+	f.Add(tarOf(f, tar.Header{Typeflag: tar.TypeReg, Name: "../x"}))
+	f.Add(tarOf(f, tar.Header{Typeflag: tar.TypeDir, Name: "a/"}, tar.Header{Typeflag: tar.TypeReg, Name: "a/b"}))
+	f.Add([]byte("not a tar"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		outer := t.TempDir()
+		dir := filepath.Join(outer, "in")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		extractTar(bytes.NewReader(data), dir) //nolint:errcheck // refusals are expected
+		assertOnlyUnder(t, outer, dir)
+	})
+}
+
+// What a snapshot or a join left behind when its process ended is removed
+// at the next start; the stores are not touched.
+func TestRemoveLeftovers(t *testing.T) {
+	data := t.TempDir()
+	for _, d := range []string{".snapshot-123/s/status", ".join-456/dedupe", "status", "dedupe"} {
+		if err := os.MkdirAll(filepath.Join(data, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeLeftovers(data, zap.NewNop())
+	entries, _ := os.ReadDir(data)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "dedupe,status" {
+		t.Fatalf("left %v, want the stores only", names)
+	}
+}
