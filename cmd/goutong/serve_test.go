@@ -666,6 +666,24 @@ func TestServeJoinsFromASnapshot(t *testing.T) {
 	if entries, _ := os.ReadDir(cfgA.Data); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), ".snapshot-") }) {
 		t.Fatalf("the snapshot's copy was left in %s", cfgA.Data)
 	}
+	// A third node joins the second, whose replica has committed nothing
+	// yet: the copy starts where the second's was seeded, not at the topic's
+	// start.
+	cfgC, err := loadConfig(writeConfig(t, mock.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgC.Data, cfgC.Listen, cfgC.Kafka, cfgC.Join = t.TempDir(), "127.0.0.1:0", c.ListenAddrs(), urlB
+	urlC, stopC := serveInProcess(t, cfgC)
+	defer stopC()
+	if st := statusOf(urlC, ids[0]); st != "sent" {
+		t.Fatalf("%s at the third node: %q, want sent", ids[0], st)
+	}
+	// b's own duplicate answer above produced nothing; the third node read
+	// no event of a's.
+	if n := metricValue(t, urlC, "goutong_dedupe_remembered_total"); n != 0 {
+		t.Fatalf("the third node copied %v keys from the status topic", n)
+	}
 	time.Sleep(300 * time.Millisecond)
 	if st := mock.Stats(); st.Received != 20 {
 		t.Fatalf("provider received %d, want 20", st.Received)
