@@ -800,7 +800,7 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			e.replicaCovered.Store(true)
 		case !e.replicaCaughtUp.isSet() && time.Since(begun) >= takeoverWait && ctx.Err() == nil:
 			e.cfg.Logger.Warn("ready before the status replica caught up; a repeat of a key another node accepted or sent may be accepted or sent again",
-				zap.Duration("waited", takeoverWait))
+				zap.Duration("waited", takeoverWait), zap.String("hint", "start a node added to a busy fleet from another node's snapshot (config join)"))
 		default:
 			return
 		}
