@@ -254,6 +254,7 @@ func TestNodeStartsFromASnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, "a's later sends", func() bool { return r.mock.Stats().Unique == 150 })
+	waitFor(t, 30*time.Second, "a's later commits", func() bool { return a.Backlog() == 0 }) // their events produced
 
 	dd, err := dedupe.Open(filepath.Join(dir, engine.SnapshotDedupeDir), dedupe.WithSync(false))
 	if err != nil {
