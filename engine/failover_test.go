@@ -190,12 +190,8 @@ func TestKeysKnownAcrossNodes(t *testing.T) {
 	waitFor(t, 30*time.Second, "a's commits", func() bool { return a.Backlog() == 0 })
 	stopA()
 
-	cfgB := r.config(r.channels(false))
-	regB := prometheus.NewRegistry()
-	cfgB.NodeID, cfgB.Dedupe, cfgB.Status, cfgB.Registry = "b", ddB, stB, regB
-	b, stopB := r.start(cfgB)
+	b, regB, stopB := r.startNode("b", ddB, stB)
 	defer stopB()
-	waitFor(t, 30*time.Second, "node b", b.Ready)
 
 	// The same requests again, at b (their keys come from their content).
 	adm, n, err := b.Ingest(context.Background(), webhookBatch(100, 0), time.Now())
@@ -222,6 +218,18 @@ func TestKeysKnownAcrossNodes(t *testing.T) {
 	if got := counterSum(t, regB, "goutong_dedupe_remembered_total"); got != float64(2*len(accepted)+len(sent)) {
 		t.Fatalf("b remembered %v keys, want %d (a's accepted and sent)", got, 2*len(accepted)+len(sent))
 	}
+}
+
+// startNode starts a Kafka node (NodeID node) on r's channels with stores
+// of its own and a registry to read its metrics from, and waits until it
+// is ready.
+func (r *rig) startNode(node string, dd *dedupe.Store, st *engine.StatusStore) (*engine.Engine, *prometheus.Registry, func()) {
+	cfg := r.config(r.channels(false))
+	reg := prometheus.NewRegistry()
+	cfg.NodeID, cfg.Dedupe, cfg.Status, cfg.Registry = node, dd, st, reg
+	e, stop := r.start(cfg)
+	waitFor(r.t, 30*time.Second, "node "+node, e.Ready)
+	return e, reg, stop
 }
 
 // A new node started from another node's snapshot knows what that node's
@@ -266,12 +274,8 @@ func TestNodeStartsFromASnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	cfgB := r.config(r.channels(false))
-	regB := prometheus.NewRegistry()
-	cfgB.NodeID, cfgB.Dedupe, cfgB.Status, cfgB.Registry = "b", dd, st, regB
-	b, stopB := r.start(cfgB)
+	b, regB, stopB := r.startNode("b", dd, st)
 	defer stopB()
-	waitFor(t, 30*time.Second, "node b", b.Ready)
 
 	// Both batches are known at b: the first from the copy, the second
 	// from the events b's replica read.

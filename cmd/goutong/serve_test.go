@@ -504,12 +504,7 @@ func TestDocumentedConfigParses(t *testing.T) {
 // goes from the API through Kafka to the provider.
 func TestServeKafka(t *testing.T) {
 	c, mock := kafkaAndMock(t)
-	cfg, err := loadConfig(writeConfig(t, mock.URL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Data, cfg.Listen, cfg.Kafka = t.TempDir(), "127.0.0.1:0", c.ListenAddrs()
-	url, stop := serveInProcess(t, cfg)
+	url, cfg, stop := kafkaServe(t, c, mock, "")
 	id := postOne(t, url, `{"channel":"webhook","recipient":"https://hooks.example/k","content":{"body":"via kafka"}}`)
 	waitUntil(t, 30*time.Second, "the send", func() bool { return statusOf(url, id) == "sent" })
 	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
@@ -556,37 +551,52 @@ func kafkaAndMock(t *testing.T) (*kfake.Cluster, *mockserver.Server) {
 	return c, mock
 }
 
+// kafkaServe runs serve in-process on cluster c, sending to mock, with a
+// data directory of its own; join, when set, is its config's join.
+func kafkaServe(t *testing.T, c *kfake.Cluster, mock *mockserver.Server, join string) (url string, cfg Config, stop func()) {
+	t.Helper()
+	cfg, err := loadConfig(writeConfig(t, mock.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Data, cfg.Listen, cfg.Kafka, cfg.Join = t.TempDir(), "127.0.0.1:0", c.ListenAddrs(), join
+	url, stop = serveInProcess(t, cfg)
+	return url, cfg, stop
+}
+
+// postKeyed posts one webhook notification to url with an Idempotency-Key
+// and returns the answer's code and body.
+func postKeyed(t *testing.T, url, recipient, key string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest("POST", url+"/v1/notifications",
+		strings.NewReader(`{"channel":"webhook","recipient":"`+recipient+`","content":{"body":"once"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
+}
+
 // A request retried at another node of the cluster is answered with the
 // first node's notification (200, duplicate), not accepted again.
 func TestServeKafkaKeysAcrossNodes(t *testing.T) {
 	c, mock := kafkaAndMock(t)
 	var urls []string
 	for range 2 {
-		cfg, err := loadConfig(writeConfig(t, mock.URL()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Data, cfg.Listen, cfg.Kafka = t.TempDir(), "127.0.0.1:0", c.ListenAddrs()
-		url, stop := serveInProcess(t, cfg)
+		url, _, stop := kafkaServe(t, c, mock, "")
 		defer stop()
 		urls = append(urls, url)
 	}
 	post := func(url string) (int, map[string]any) {
-		req, err := http.NewRequest("POST", url+"/v1/notifications",
-			strings.NewReader(`{"channel":"webhook","recipient":"https://hooks.example/k","content":{"body":"once"}}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", "order-42-shipped")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var body map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&body)
-		return resp.StatusCode, body
+		return postKeyed(t, url, "https://hooks.example/k", "order-42-shipped")
 	}
 	code, first := post(urls[0])
 	if code != 202 {
@@ -610,29 +620,10 @@ func TestServeKafkaKeysAcrossNodes(t *testing.T) {
 // at once, and its status replica reads nothing from before the copy.
 func TestServeJoinsFromASnapshot(t *testing.T) {
 	c, mock := kafkaAndMock(t)
-	cfgA, err := loadConfig(writeConfig(t, mock.URL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgA.Data, cfgA.Listen, cfgA.Kafka = t.TempDir(), "127.0.0.1:0", c.ListenAddrs()
-	urlA, stopA := serveInProcess(t, cfgA)
+	urlA, cfgA, stopA := kafkaServe(t, c, mock, "")
 	defer stopA()
 	post := func(url string, i int) (int, map[string]any) {
-		req, err := http.NewRequest("POST", url+"/v1/notifications",
-			strings.NewReader(fmt.Sprintf(`{"channel":"webhook","recipient":"https://hooks.example/%d","content":{"body":"once"}}`, i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", fmt.Sprintf("order-%d", i))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var body map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&body)
-		return resp.StatusCode, body
+		return postKeyed(t, url, fmt.Sprintf("https://hooks.example/%d", i), fmt.Sprintf("order-%d", i))
 	}
 	var ids []string
 	for i := range 20 {
@@ -648,12 +639,7 @@ func TestServeJoinsFromASnapshot(t *testing.T) {
 		return !slices.ContainsFunc(ids, func(id string) bool { return statusOf(urlA, id) != "sent" })
 	})
 
-	cfgB, err := loadConfig(writeConfig(t, mock.URL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgB.Data, cfgB.Listen, cfgB.Kafka, cfgB.Join = t.TempDir(), "127.0.0.1:0", c.ListenAddrs(), urlA
-	urlB, stopB := serveInProcess(t, cfgB)
+	urlB, _, stopB := kafkaServe(t, c, mock, urlA)
 	defer stopB()
 	for _, id := range ids {
 		if st := statusOf(urlB, id); st != "sent" {
@@ -673,12 +659,7 @@ func TestServeJoinsFromASnapshot(t *testing.T) {
 	// A third node joins the second, whose replica has committed nothing
 	// yet: the copy starts where the second's was seeded, not at the topic's
 	// start.
-	cfgC, err := loadConfig(writeConfig(t, mock.URL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgC.Data, cfgC.Listen, cfgC.Kafka, cfgC.Join = t.TempDir(), "127.0.0.1:0", c.ListenAddrs(), urlB
-	urlC, stopC := serveInProcess(t, cfgC)
+	urlC, _, stopC := kafkaServe(t, c, mock, urlB)
 	defer stopC()
 	if st := statusOf(urlC, ids[0]); st != "sent" {
 		t.Fatalf("%s at the third node: %q, want sent", ids[0], st)
