@@ -153,3 +153,15 @@ func (s *StatusStore) replicaStart() (map[partition.TopicPartition]int64, error)
 	}
 	return out, nil
 }
+
+// SnapshotStart is where a status replica on the copied status store in
+// dir starts reading the status topic (see Snapshot): a node joining from
+// a snapshot checks that the topic still holds those offsets.
+func SnapshotStart(dir string) (map[partition.TopicPartition]int64, error) {
+	s, err := OpenStatus(dir, 0, false)
+	if err != nil {
+		return nil, err
+	}
+	start, err := s.replicaStart()
+	return start, errors.Join(err, s.Close())
+}

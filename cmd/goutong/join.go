@@ -9,13 +9,17 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
 
 	"github.com/goutong/goutong/api"
 	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/partition"
 )
 
 // joinFrom puts a snapshot of a running node's stores (cfg.Join) into a
@@ -48,6 +52,9 @@ func joinFrom(ctx context.Context, cfg Config, lg *zap.Logger) error {
 			return fmt.Errorf("join %s: the snapshot has no %s store", cfg.Join, d)
 		}
 	}
+	if err := checkSnapshotOffsets(ctx, cfg.Kafka, filepath.Join(tmp, engine.SnapshotStatusDir)); err != nil {
+		return fmt.Errorf("join %s: %w", cfg.Join, err)
+	}
 	// Both or neither: the stores move in only once both are whole.
 	if err := os.Rename(filepath.Join(tmp, engine.SnapshotDedupeDir), dedupeDir); err != nil {
 		return err
@@ -57,6 +64,43 @@ func joinFrom(ctx context.Context, cfg Config, lg *zap.Logger) error {
 	}
 	lg.Info("join: started from a snapshot of another node's stores", zap.String("join", cfg.Join),
 		zap.Int64("bytes", n), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// checkSnapshotOffsets fails when the status topic no longer holds the
+// offsets the copied status store in dir reads on from: retention dropped
+// them, and the events in between would be missing on this node.
+func checkSnapshotOffsets(ctx context.Context, brokers []string, dir string) error {
+	starts, err := engine.SnapshotStart(dir)
+	if err != nil {
+		return err
+	}
+	if len(starts) == 0 {
+		return errors.New("the snapshot's status store says nowhere to read the status topic from")
+	}
+	adm, err := kadm.NewOptClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
+	topic := engine.DefaultTopics().Status
+	listed, err := adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("the status topic's start offsets: %w", err)
+	}
+	if err := listed.Error(); err != nil {
+		return fmt.Errorf("the status topic's start offsets: %w", err)
+	}
+	var gaps []string
+	listed.Each(func(o kadm.ListedOffset) {
+		if at, ok := starts[partition.TopicPartition{Topic: o.Topic, Partition: o.Partition}]; ok && o.Offset > at {
+			gaps = append(gaps, fmt.Sprintf("%s/%d starts at %d, the snapshot at %d", o.Topic, o.Partition, o.Offset, at))
+		}
+	})
+	if len(gaps) > 0 {
+		slices.Sort(gaps)
+		return fmt.Errorf("the snapshot is older than the status topic's retention (%s): take a new one", strings.Join(gaps, "; "))
+	}
 	return nil
 }
 

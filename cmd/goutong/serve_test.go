@@ -25,6 +25,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/goutong/goutong/dedupe"
+	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/providers/mockserver"
 )
@@ -672,6 +673,53 @@ func TestServeJoinsFromASnapshot(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if st := mock.Stats(); st.Received != 20 {
 		t.Fatalf("provider received %d, want 20", st.Received)
+	}
+}
+
+// A snapshot whose offsets the status topic's retention has dropped is
+// refused at join: the events in between would be missing on the new node.
+func TestJoinRefusesASnapshotPastRetention(t *testing.T) {
+	c, mock := kafkaAndMock(t)
+	urlA, _, stopA := kafkaServe(t, c, mock, "")
+	defer stopA()
+	sendAll := func(from int) {
+		var ids []string
+		for i := from; i < from+10; i++ {
+			code, body := postKeyed(t, urlA, fmt.Sprintf("https://hooks.example/%d", i), fmt.Sprintf("order-%d", i))
+			if code != 202 {
+				t.Fatalf("request %d: %d %v", i, code, body)
+			}
+			ids = append(ids, body["id"].(string))
+		}
+		waitUntil(t, 30*time.Second, "the sends", func() bool {
+			return !slices.ContainsFunc(ids, func(id string) bool { return statusOf(urlA, id) != "sent" })
+		})
+	}
+	sendAll(0)
+	dir := t.TempDir()
+	ctx := context.Background()
+	if _, err := downloadSnapshot(ctx, urlA+"/v1/admin/snapshot", "", dir); err != nil {
+		t.Fatal(err)
+	}
+	status := filepath.Join(dir, engine.SnapshotStatusDir)
+	if err := checkSnapshotOffsets(ctx, c.ListenAddrs(), status); err != nil {
+		t.Fatalf("a fresh snapshot: %v", err)
+	}
+	sendAll(10)
+	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	ends, err := adm.ListEndOffsets(ctx, engine.DefaultTopics().Status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.DeleteRecords(ctx, ends.Offsets()); err != nil { // retention, all at once
+		t.Fatal(err)
+	}
+	if err := checkSnapshotOffsets(ctx, c.ListenAddrs(), status); err == nil || !strings.Contains(err.Error(), "older than the status topic's retention") {
+		t.Fatalf("a snapshot past retention: %v", err)
 	}
 }
 
