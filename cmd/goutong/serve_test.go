@@ -586,6 +586,24 @@ func postKeyed(t *testing.T, url, recipient, key string) (int, map[string]any) {
 	return resp.StatusCode, body
 }
 
+// sendKeyed posts n keyed webhook notifications (keys order-<from>...) to
+// url and returns their ids once each is sent, its event produced.
+func sendKeyed(t *testing.T, url string, from, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := from; i < from+n; i++ {
+		code, body := postKeyed(t, url, fmt.Sprintf("https://hooks.example/%d", i), fmt.Sprintf("order-%d", i))
+		if code != 202 {
+			t.Fatalf("request %d: %d %v", i, code, body)
+		}
+		ids = append(ids, body["id"].(string))
+	}
+	waitUntil(t, 30*time.Second, "the sends", func() bool {
+		return !slices.ContainsFunc(ids, func(id string) bool { return statusOf(url, id) != "sent" })
+	})
+	return ids
+}
+
 // A request retried at another node of the cluster is answered with the
 // first node's notification (200, duplicate), not accepted again.
 func TestServeKafkaKeysAcrossNodes(t *testing.T) {
@@ -626,19 +644,9 @@ func TestServeJoinsFromASnapshot(t *testing.T) {
 	post := func(url string, i int) (int, map[string]any) {
 		return postKeyed(t, url, fmt.Sprintf("https://hooks.example/%d", i), fmt.Sprintf("order-%d", i))
 	}
-	var ids []string
-	for i := range 20 {
-		code, body := post(urlA, i)
-		if code != 202 {
-			t.Fatalf("request %d at a: %d %v", i, code, body)
-		}
-		ids = append(ids, body["id"].(string))
-	}
 	// Every sent event produced: nothing reaches the status topic after the
 	// snapshot below.
-	waitUntil(t, 30*time.Second, "a's sends", func() bool {
-		return !slices.ContainsFunc(ids, func(id string) bool { return statusOf(urlA, id) != "sent" })
-	})
+	ids := sendKeyed(t, urlA, 0, 20)
 
 	urlB, _, stopB := kafkaServe(t, c, mock, urlA)
 	defer stopB()
@@ -682,20 +690,7 @@ func TestJoinRefusesASnapshotPastRetention(t *testing.T) {
 	c, mock := kafkaAndMock(t)
 	urlA, _, stopA := kafkaServe(t, c, mock, "")
 	defer stopA()
-	sendAll := func(from int) {
-		var ids []string
-		for i := from; i < from+10; i++ {
-			code, body := postKeyed(t, urlA, fmt.Sprintf("https://hooks.example/%d", i), fmt.Sprintf("order-%d", i))
-			if code != 202 {
-				t.Fatalf("request %d: %d %v", i, code, body)
-			}
-			ids = append(ids, body["id"].(string))
-		}
-		waitUntil(t, 30*time.Second, "the sends", func() bool {
-			return !slices.ContainsFunc(ids, func(id string) bool { return statusOf(urlA, id) != "sent" })
-		})
-	}
-	sendAll(0)
+	sendKeyed(t, urlA, 0, 10)
 	dir := t.TempDir()
 	ctx := context.Background()
 	if _, err := downloadSnapshot(ctx, urlA+"/v1/admin/snapshot", "", dir); err != nil {
@@ -705,7 +700,7 @@ func TestJoinRefusesASnapshotPastRetention(t *testing.T) {
 	if err := checkSnapshotOffsets(ctx, c.ListenAddrs(), status); err != nil {
 		t.Fatalf("a fresh snapshot: %v", err)
 	}
-	sendAll(10)
+	sendKeyed(t, urlA, 10, 10)
 	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
 	if err != nil {
 		t.Fatal(err)
