@@ -299,9 +299,13 @@ func TestNodeStartsFromASnapshot(t *testing.T) {
 		}
 	}
 	// b's replica read only what came after the snapshot: the later batch's
-	// keys (accepted and sent), none of the first's.
-	if got := counterSum(t, regB, "goutong_dedupe_remembered_total"); got != float64(2*len(after)) {
-		t.Fatalf("b remembered %v keys from the status topic, want %d (the later batch's)", got, 2*len(after))
+	// keys (accepted and sent), none of the first's. A rebalance of b's
+	// replica group before its first commit reads some of them again (from
+	// the seeded offsets); reading from the topic's start would count at
+	// least every key of both batches.
+	if got := counterSum(t, regB, "goutong_dedupe_remembered_total"); got < float64(2*len(after)) || got >= float64(2*(len(before)+len(after))) {
+		t.Fatalf("b remembered %v keys from the status topic, want the later batch's %d (and repeats of them), not both batches' %d",
+			got, 2*len(after), 2*(len(before)+len(after)))
 	}
 }
 

@@ -23,7 +23,8 @@ import (
 // taken by the replica itself, between two polls and right after one of
 // its checkpoints, so the copied events are exactly those below the
 // positions it records (those above are read again: applying an event
-// twice lands it on the same key).
+// twice lands it on the same key), and once it has read what the topic
+// held when asked.
 
 // Snapshot directory layout.
 const (
@@ -36,8 +37,9 @@ const (
 var ErrNoSnapshot = errors.New("engine: snapshots are taken by nodes with a status replica (serve --kafka)")
 
 type snapshotReq struct {
+	ctx   context.Context
 	dir   string
-	reply chan snapshotReply
+	reply chan snapshotReply // buffered: the replica never waits on it
 }
 
 type snapshotReply struct {
@@ -48,6 +50,8 @@ type snapshotReply struct {
 // Snapshot writes a copy of the node's stores into dir, which must not
 // exist: the status store in dir/status, seeded to read the status topic
 // on from where the copy was taken, and the dedupe store in dir/dedupe.
+// The copy is taken once the status replica has read what the status topic
+// held at the call, so it holds every event and key produced before.
 // A new node whose data directory holds them starts from there (see
 // docs/operations.md). The stores' files are hard links where the file
 // system allows, so dir belongs on the stores' file system.
@@ -55,7 +59,7 @@ func (e *Engine) Snapshot(ctx context.Context, dir string) error {
 	if !e.takeoverOn() {
 		return ErrNoSnapshot
 	}
-	req := snapshotReq{dir: dir, reply: make(chan snapshotReply, 1)}
+	req := snapshotReq{ctx: ctx, dir: dir, reply: make(chan snapshotReply, 1)}
 	select {
 	case e.snapshots <- req:
 	case <-ctx.Done():

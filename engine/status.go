@@ -782,6 +782,9 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 	// again.
 	var startEnds map[partition.TopicPartition]int64
 	skipOwn := true
+	// A snapshot asked for (Snapshot), and the topic's ends when it was.
+	var snap *snapshotReq
+	var snapEnds map[partition.TopicPartition]int64
 	// This node's events end with their node (the last field), so they
 	// are told apart without decoding them: decoding was most of the cost.
 	quoted, err := json.Marshal(e.cfg.NodeID)
@@ -891,8 +894,25 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			}
 		}
 		caughtUp()
-		select {
-		case req := <-e.snapshots:
+		if snap == nil {
+			select {
+			case req := <-e.snapshots:
+				// It waits until the replica has read what the topic held
+				// when asked: the copy then misses nothing produced before.
+				if ends, err := log.EndOffsets(ctx, e.cfg.Topics.Status); err != nil {
+					req.reply <- snapshotReply{err: fmt.Errorf("engine: snapshot: %w", err)}
+				} else {
+					snap, snapEnds = &req, ends
+				}
+			default:
+			}
+		}
+		if snap != nil && snap.ctx.Err() != nil {
+			snap = nil // its caller gave up
+		}
+		if snap != nil && e.replica.covers(snapEnds) {
+			req := *snap
+			snap = nil
 			// Right after a checkpoint, so that what the store holds is
 			// what lies below the positions the copy records.
 			if (skipOwn && shared.told) || !commit() {
@@ -914,7 +934,6 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 			}
 			req.reply <- snapshotReply{positions: positions, err: err}
 			continue
-		default:
 		}
 		if checkpoint {
 			shared.check(log, startEnds)

@@ -645,7 +645,7 @@ func TestServeJoinsFromASnapshot(t *testing.T) {
 		return postKeyed(t, url, fmt.Sprintf("https://hooks.example/%d", i), fmt.Sprintf("order-%d", i))
 	}
 	// Every sent event produced: nothing reaches the status topic after the
-	// snapshot below.
+	// snapshot below (which waits for a's replica to read what came before).
 	ids := sendKeyed(t, urlA, 0, 20)
 
 	urlB, _, stopB := kafkaServe(t, c, mock, urlA)
