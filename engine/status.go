@@ -951,27 +951,20 @@ func (e *Engine) followStatus(ctx context.Context, interval time.Duration) error
 }
 
 // replicaCommitted is the replica group's committed offset in every
-// partition of topic, read as each end less the lag: a record produced
-// between the two reads makes an offset look lower (read again by the
-// copy), never higher. It fails unless the replica holds every partition.
+// partition of topic (committedOffsets: lower, never higher, when records
+// are produced meanwhile). It fails unless the replica holds every
+// partition.
 func replicaCommitted(ctx context.Context, log partition.Log, topic string) (map[partition.TopicPartition]int64, error) {
-	ends, err := log.EndOffsets(ctx, topic)
+	ends, committed, err := committedOffsets(ctx, log, topic)
 	if err != nil {
 		return nil, fmt.Errorf("engine: snapshot: %w", err)
 	}
-	lag, err := log.Lag(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("engine: snapshot: %w", err)
-	}
-	out := make(map[partition.TopicPartition]int64, len(ends))
-	for tp, end := range ends {
-		l, ok := lag[tp]
-		if !ok {
+	for tp := range ends {
+		if _, ok := committed[tp]; !ok {
 			return nil, fmt.Errorf("engine: snapshot: the status replica does not hold %s", tp)
 		}
-		out[tp] = end - l
 	}
-	return out, nil
+	return committed, nil
 }
 
 // replicaWorkers bounds the goroutines a status replica decodes and

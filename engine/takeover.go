@@ -113,19 +113,9 @@ func (r *replicaPositions) wanted() bool {
 // lag: a record produced in between makes the committed offset look lower,
 // never higher.
 func (r *replicaPositions) measure(ctx context.Context, log partition.Log, topic string) (behind int64, ok bool) {
-	ends, err := log.EndOffsets(ctx, topic)
+	ends, committed, err := committedOffsets(ctx, log, topic)
 	if err != nil {
 		return 0, false
-	}
-	lag, err := log.Lag(ctx)
-	if err != nil {
-		return 0, false
-	}
-	committed := map[partition.TopicPartition]int64{}
-	for tp, l := range lag {
-		if end, ok := ends[tp]; ok {
-			committed[tp] = end - l
-		}
 	}
 	r.advance(committed)
 	r.mu.Lock()
@@ -137,6 +127,27 @@ func (r *replicaPositions) measure(ctx context.Context, log partition.Log, topic
 		}
 	}
 	return behind, true
+}
+
+// committedOffsets reads topic's end offsets, then the group's lag, and
+// returns the ends and, for each partition the group holds, its committed
+// offset as the end less the lag. The ends are read first: a record
+// produced in between makes a committed offset look lower, never higher.
+func committedOffsets(ctx context.Context, log partition.Log, topic string) (ends, committed map[partition.TopicPartition]int64, err error) {
+	if ends, err = log.EndOffsets(ctx, topic); err != nil {
+		return nil, nil, err
+	}
+	lag, err := log.Lag(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	committed = map[partition.TopicPartition]int64{}
+	for tp, l := range lag {
+		if end, ok := ends[tp]; ok {
+			committed[tp] = end - l
+		}
+	}
+	return ends, committed, nil
 }
 
 // takeoverOn: only a node that follows the status topic can know what
