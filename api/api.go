@@ -202,8 +202,6 @@ func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 // Shutdown stops accepting, waits for requests in flight (bounded by ctx).
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
 
-func (s *Server) ready() bool { return s.readiness() == nil }
-
 // readiness is the engine's, then the extra check's.
 func (s *Server) readiness() error {
 	if err := s.cfg.Engine.Readiness(); err != nil {
