@@ -655,9 +655,12 @@ func webhookItem(v *fastjson.Value) (webhookNote, error) {
 
 func nonEmpty(o *fastjson.Object, field string) (string, error) {
 	v := o.Get(field)
-	if v == nil || v.Type() != fastjson.TypeString || len(v.GetStringBytes()) == 0 {
+	var b []byte
+	if v != nil && v.Type() == fastjson.TypeString {
+		b = v.GetStringBytes()
+	}
+	if len(b) == 0 {
 		return "", fmt.Errorf("%s: a non-empty string is required", field)
 	}
-	b := v.GetStringBytes()
 	return unsafe.String(&b[0], len(b)), nil
 }
