@@ -41,7 +41,12 @@ func joinFrom(ctx context.Context, cfg Config, lg *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer func() {
+		// Once the marker is down the download holds what finishJoin moves.
+		if !exists(filepath.Join(cfg.Data, joinMarker)) {
+			os.RemoveAll(tmp)
+		}
+	}()
 	start := time.Now()
 	n, err := downloadSnapshot(ctx, strings.TrimSuffix(cfg.Join, "/")+"/v1/admin/snapshot", cfg.JoinAPIKey, tmp)
 	if err != nil {
@@ -55,12 +60,8 @@ func joinFrom(ctx context.Context, cfg Config, lg *zap.Logger) error {
 	if err := checkSnapshotOffsets(ctx, cfg.Kafka, filepath.Join(tmp, engine.SnapshotStatusDir)); err != nil {
 		return fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
-	// Both or neither: the stores move in only once both are whole.
-	if err := os.Rename(filepath.Join(tmp, engine.SnapshotDedupeDir), dedupeDir); err != nil {
-		return err
-	}
-	if err := os.Rename(filepath.Join(tmp, engine.SnapshotStatusDir), status); err != nil {
-		return err
+	if err := moveInStores(cfg.Data, tmp); err != nil {
+		return fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
 	lg.Info("join: started from a snapshot of another node's stores", zap.String("join", cfg.Join),
 		zap.Int64("bytes", n), zap.Duration("took", time.Since(start)))
@@ -175,6 +176,84 @@ func writeFile(path string, r io.Reader) (int64, error) {
 	return n, errors.Join(err, f.Close())
 }
 
+// moveInStores moves both stores from the join's download tmp into data,
+// both or neither across a crash: a marker naming tmp is made durable
+// first, and a start that finds it finishes the move (finishJoin) before
+// anything opens the stores. Without it, a crash between the two renames
+// left one store, and the next start took that for a node's own stores.
+func moveInStores(data, tmp string) error {
+	// The extracted files are synced; their directory entries must be too
+	// before the renames can make them the node's stores.
+	if err := syncTree(tmp); err != nil {
+		return err
+	}
+	marker := filepath.Join(data, joinMarker)
+	if err := os.WriteFile(marker, []byte(filepath.Base(tmp)), 0o644); err != nil {
+		return err
+	}
+	if err := syncFile(marker); err != nil {
+		return err
+	}
+	if err := syncDir(data); err != nil {
+		return err
+	}
+	return finishJoin(data)
+}
+
+// finishJoin completes a move of the stores that moveInStores began, if
+// its marker is in data: each store still in the download moves in, then
+// the marker goes. Without a marker it does nothing.
+func finishJoin(data string) error {
+	marker := filepath.Join(data, joinMarker)
+	name, err := os.ReadFile(marker)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(data, filepath.Base(string(name)))
+	for _, d := range []string{engine.SnapshotDedupeDir, engine.SnapshotStatusDir} {
+		from, to := filepath.Join(tmp, d), filepath.Join(data, d)
+		if !exists(from) {
+			if !exists(to) {
+				return fmt.Errorf("the joined %s store is in neither %s nor %s", d, tmp, data)
+			}
+			continue // moved before the crash
+		}
+		if err := os.Rename(from, to); err != nil {
+			return fmt.Errorf("moving the joined %s store in: %w", d, err)
+		}
+	}
+	if err := syncDir(data); err != nil {
+		return err
+	}
+	if err := os.Remove(marker); err != nil {
+		return err
+	}
+	return syncDir(data)
+}
+
+// syncTree fsyncs every directory under and including root.
+func syncTree(root string) error {
+	return filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		return syncDir(path)
+	})
+}
+
+func syncDir(dir string) error { return syncFile(dir) }
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(f.Sync(), f.Close())
+}
+
 // removeLeftovers removes what a snapshot sent or a join received left in
 // the data directory when the process ended in the middle of it.
 func removeLeftovers(data string, lg *zap.Logger) {
@@ -191,5 +270,10 @@ func removeLeftovers(data string, lg *zap.Logger) {
 	}
 }
 
-// joinTmpPrefix names a join's download in the data directory.
-const joinTmpPrefix = ".join-"
+const (
+	// joinTmpPrefix names a join's download in the data directory.
+	joinTmpPrefix = ".join-"
+	// joinMarker, in the data directory, names the download whose stores
+	// are being moved in.
+	joinMarker = "join-moving"
+)

@@ -113,3 +113,53 @@ func TestRemoveLeftovers(t *testing.T) {
 		t.Fatalf("left %v, want the stores only", names)
 	}
 }
+
+// A crash between moving the joined stores in leaves one store in the data
+// directory and one in the download; the next start finishes the move
+// rather than taking the one store for the node's own.
+func TestFinishJoinAfterACrash(t *testing.T) {
+	data := t.TempDir()
+	tmp := filepath.Join(data, joinTmpPrefix+"1")
+	for _, f := range []string{filepath.Join(tmp, "status", "MANIFEST"), filepath.Join(data, "dedupe", "MANIFEST")} {
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(data, joinMarker), []byte(filepath.Base(tmp)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := finishJoin(data); err != nil {
+		t.Fatal(err)
+	}
+	removeLeftovers(data, zap.NewNop())
+	for _, f := range []string{"status/MANIFEST", "dedupe/MANIFEST"} {
+		if _, err := os.Stat(filepath.Join(data, f)); err != nil {
+			t.Fatalf("%s after the move: %v", f, err)
+		}
+	}
+	entries, _ := os.ReadDir(data)
+	if len(entries) != 2 {
+		t.Fatalf("left %d entries, want the two stores only", len(entries))
+	}
+	if err := finishJoin(data); err != nil {
+		t.Fatalf("with no marker: %v", err)
+	}
+}
+
+// A marker whose download lost a store is an error, not a start on one store.
+func TestFinishJoinMissingStore(t *testing.T) {
+	data := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(data, joinTmpPrefix+"1", "status"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, joinMarker), []byte(joinTmpPrefix+"1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := finishJoin(data)
+	if err == nil || !strings.Contains(err.Error(), "dedupe store is in neither") {
+		t.Fatalf("got %v, want the missing dedupe store named", err)
+	}
+}

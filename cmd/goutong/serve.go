@@ -100,6 +100,10 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := os.MkdirAll(cfg.Data, 0o755); err != nil {
 		return err
 	}
+	// Before the leftovers go: an interrupted join's stores are in one.
+	if err := finishJoin(cfg.Data); err != nil {
+		return fmt.Errorf("finishing the join a crash interrupted: %w", err)
+	}
 	removeLeftovers(cfg.Data, lg)
 	if cfg.Join != "" {
 		if err := joinFrom(ctx, cfg, lg); err != nil {
