@@ -32,9 +32,9 @@ type Config struct {
 	// and kept in <data>/node-id); its status store follows the whole
 	// status topic under it.
 	NodeID string `koanf:"node_id"`
-	// Join is a running node's API URL: a Kafka node whose data directory
-	// has no stores yet starts from a snapshot of that node's
-	// (GET /v1/admin/snapshot, with JoinAPIKey).
+	// Join is a running node's API URL, or a file goutong snapshot saved:
+	// a Kafka node whose data directory has no stores yet starts from a
+	// snapshot of that node's (GET /v1/admin/snapshot, with JoinAPIKey).
 	Join       string `koanf:"join"`
 	JoinAPIKey string `koanf:"join_api_key"`
 	Partitions int32  `koanf:"partitions"`

@@ -22,8 +22,8 @@ import (
 	"github.com/goutong/goutong/partition"
 )
 
-// joinFrom puts a snapshot of a running node's stores (cfg.Join) into a
-// data directory that has none, so that this node starts with every id
+// joinFrom puts a snapshot of a running node's stores (cfg.Join: its API
+// URL, or a file goutong snapshot saved) into a data directory that has none, so that this node starts with every id
 // and key that node knew and its status replica reads on from where the
 // copy was taken. Stores already there win: the setting is for a node's
 // first start.
@@ -48,7 +48,12 @@ func joinFrom(ctx context.Context, cfg Config, lg *zap.Logger) error {
 		}
 	}()
 	start := time.Now()
-	n, err := downloadSnapshot(ctx, strings.TrimSuffix(cfg.Join, "/")+"/v1/admin/snapshot", cfg.JoinAPIKey, tmp)
+	var n int64
+	if isURL(cfg.Join) {
+		n, err = downloadSnapshot(ctx, strings.TrimSuffix(cfg.Join, "/")+"/v1/admin/snapshot", cfg.JoinAPIKey, tmp)
+	} else {
+		n, err = extractSnapshotFile(cfg.Join, tmp)
+	}
 	if err != nil {
 		return fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
@@ -124,6 +129,18 @@ func downloadSnapshot(ctx context.Context, url, key, dir string) (int64, error) 
 		return 0, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	return extractTar(resp.Body, dir)
+}
+
+func isURL(s string) bool { return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") }
+
+// extractSnapshotFile extracts a snapshot saved by goutong snapshot.
+func extractSnapshotFile(path, dir string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return extractTar(f, dir)
 }
 
 // extractTar writes the directories and regular files of the tar r under

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,5 +163,44 @@ func TestFinishJoinMissingStore(t *testing.T) {
 	err := finishJoin(data)
 	if err == nil || !strings.Contains(err.Error(), "dedupe store is in neither") {
 		t.Fatalf("got %v, want the missing dedupe store named", err)
+	}
+}
+
+// goutong snapshot writes a whole tar or nothing: a stream cut short (the
+// node stopped mid-copy) fails and leaves no file behind.
+func TestSaveSnapshotRefusesACutStream(t *testing.T) {
+	var whole bytes.Buffer
+	tw := tar.NewWriter(&whole)
+	body := bytes.Repeat([]byte("x"), 5000)
+	if err := tw.WriteHeader(&tar.Header{Name: "status/000001.sst", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write(body) //nolint:errcheck // into memory
+	tw.Close()     //nolint:errcheck // into memory
+	cut := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if cut {
+			w.Write(whole.Bytes()[:2000]) //nolint:errcheck // the test's cut
+			return
+		}
+		w.Write(whole.Bytes()) //nolint:errcheck // to the test's client
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "node.tar")
+	c := client{server: srv.URL}
+	if _, err := c.saveSnapshot(out); err == nil || !strings.Contains(err.Error(), "not a whole tar") {
+		t.Fatalf("a cut stream: %v, want refused", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("a cut stream left %d files", len(entries))
+	}
+	cut = false
+	n, err := c.saveSnapshot(out)
+	if err != nil || n != int64(whole.Len()) {
+		t.Fatalf("a whole stream: %d bytes, %v; want %d", n, err, whole.Len())
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, whole.Bytes()) {
+		t.Fatal("the saved file differs from the stream")
 	}
 }

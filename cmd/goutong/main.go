@@ -28,6 +28,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newSend(), newStatus(), newDLQ(), newSelfcheck(), newTopics(), newMockProvider(), newBench(), newPlan(), newReconcile())
+	root.AddCommand(newServe(), newSend(), newStatus(), newDLQ(), newSelfcheck(), newTopics(), newMockProvider(), newBench(), newPlan(), newReconcile(), newSnapshot())
 	return root
 }

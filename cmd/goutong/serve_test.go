@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -665,10 +666,21 @@ func TestServeJoinsFromASnapshot(t *testing.T) {
 	if entries, _ := os.ReadDir(cfgA.Data); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), ".snapshot-") }) {
 		t.Fatalf("the snapshot's copy was left in %s", cfgA.Data)
 	}
-	// A third node joins the second, whose replica has committed nothing
-	// yet: the copy starts where the second's was seeded, not at the topic's
-	// start.
-	urlC, _, stopC := kafkaServe(t, c, mock, urlB)
+	// A third node joins the second from a file goutong snapshot saved.
+	// The second's replica has committed nothing yet: the copy starts
+	// where the second's was seeded, not at the topic's start.
+	saved := filepath.Join(t.TempDir(), "b.tar")
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"snapshot", "--server", urlB, "--out", saved})
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("goutong snapshot: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(saved)); len(entries) != 1 || !strings.HasPrefix(out.String(), "saved ") {
+		t.Fatalf("goutong snapshot printed %q and left %d files, want the tar alone", out.String(), len(entries))
+	}
+	urlC, _, stopC := kafkaServe(t, c, mock, saved)
 	defer stopC()
 	if st := statusOf(urlC, ids[0]); st != "sent" {
 		t.Fatalf("%s at the third node: %q, want sent", ids[0], st)
