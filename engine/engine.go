@@ -78,7 +78,9 @@ type Engine struct {
 	logReady chan struct{}
 	hooks    *hookForwarder // nil without status webhooks
 	backlog  atomic.Int64   // total consumer lag at the last measurement
-	ready    atomic.Bool    // topics exist and the poller runs
+	// lagShown: the partitions the lag gauge has a series for. Committer-owned.
+	lagShown map[partition.TopicPartition]bool
+	ready    atomic.Bool // topics exist and the poller runs
 	ckpt     statusCheckpoints
 	// Guarded by mu: assignments held until the status replica catches up.
 	takeovers []*takeover
@@ -114,6 +116,7 @@ type partState struct {
 	delayed   atomic.Int64
 	// What the topic holds, known once rather than looked up per record.
 	retry, park bool
+	tier        int // the parking tier of a parking topic, else -1
 	// checkBelow, when set, ends the records another node may have sent
 	// before this one took the partition over (takeover.go). Poller-owned.
 	checkBelow int64
@@ -409,8 +412,9 @@ func (e *Engine) onAssigned(_ context.Context, tps []partition.TopicPartition) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, tp := range tps {
+		tier := e.cfg.Topics.parkTier(tp.Topic)
 		e.parts[tp] = &partState{tp: tp, wm: NewWatermark(0), committed: -1,
-			retry: e.cfg.Topics.isRetry(tp.Topic), park: e.cfg.Topics.parkTier(tp.Topic) >= 0}
+			retry: e.cfg.Topics.isRetry(tp.Topic), park: tier >= 0, tier: tier}
 		delete(e.pauseRef, tp)
 	}
 	// A partition coming back may still be paused from its last stay.
@@ -561,8 +565,20 @@ func (e *Engine) updateLag(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	// A partition that moved to another node is that node's to show: a
+	// series left here would count its lag twice in a fleet's sum, frozen.
+	for tp := range e.lagShown {
+		if _, ok := lag[tp]; !ok {
+			e.m.lag.DeleteLabelValues(tp.Topic, strconv.Itoa(int(tp.Partition)))
+			delete(e.lagShown, tp)
+		}
+	}
+	if e.lagShown == nil {
+		e.lagShown = map[partition.TopicPartition]bool{}
+	}
 	var total int64
 	for tp, n := range lag {
+		e.lagShown[tp] = true
 		e.m.lag.WithLabelValues(tp.Topic, strconv.Itoa(int(tp.Partition))).Set(float64(n))
 		// Parked records are scheduled for later, not work behind.
 		if e.cfg.Topics.parkTier(tp.Topic) < 0 {
@@ -656,7 +672,8 @@ var (
 	delayBlocker = blocker{lane: -1}
 	// parkBlocker pauses a parking topic's partition while its head waits
 	// for its wake time: what follows it there was parked later, for the
-	// same hop, so it is not due sooner.
+	// same hop, so it is not due sooner (but in the shortest hop's topic;
+	// see where it is set).
 	parkBlocker = blocker{lane: -2}
 )
 
@@ -1022,10 +1039,11 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 		if d := headerTime(r, HeaderDue); d.After(it.due) {
 			it.due = d
 		}
-		if it.due.After(now) {
+		if it.due.After(now) || e.mayBeCopied(it) {
 			if wake := headerTime(r, HeaderWake); wake.After(now) && ps.park {
 				// Released at its wake, or at its time if that comes first
-				// (parked for the shortest hop by a full heap).
+				// (parked for the shortest hop by a full heap, or to meet
+				// its copies: see mayBeCopied).
 				own := e.own(it)
 				own.due = wake
 				if it.due.Before(wake) {
@@ -1033,7 +1051,12 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 				}
 				e.held[own] = it.due
 				e.delay(own)
-				e.pause(ps.tp, parkBlocker)
+				// The shortest hop's topic holds records due before their
+				// wake, behind heads that wake later: it is read ahead
+				// while the heap has room, so that they are not late.
+				if ps.tier != 0 || len(e.held) >= e.cfg.MaxDelayed {
+					e.pause(ps.tp, parkBlocker)
+				}
 				continue
 			}
 			e.wait(it, now, &out, false)
@@ -1068,6 +1091,29 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 	}
 }
 
+// mayBeCopied reports whether another copy of it may wait elsewhere in
+// the fleet, due at the same instant: it was read from a parking topic
+// other than the shortest hop's (its copies hop through the tiers out of
+// step), or it is a scheduled record in a takeover window (the old owner
+// may have parked it before dying uncommitted). Such a record is not sent
+// from where it is, nor held in this node's heap: it waits in the shortest
+// hop's topic, keyed by its id like every copy of it, so all of them end
+// in one partition and on one node, whose dedupe claim lets one go. A
+// single node (no NodeID) has one dedupe store for every copy already.
+func (e *Engine) mayBeCopied(it *item) bool {
+	if e.cfg.Topics.Park == "" || !e.takeoverOn() {
+		return false
+	}
+	switch ps := it.ps; {
+	case ps.tier > 0:
+		return true
+	case ps.tier == 0:
+		return false
+	default:
+		return ps.checkBelow != 0 && it.off < ps.checkBelow && !it.due.IsZero()
+	}
+}
+
 // headerTime is the unix-milliseconds time in r's header key, or zero.
 func headerTime(r *partition.Record, key string) time.Time {
 	if v, ok := r.HeaderValue(key); ok {
@@ -1097,7 +1143,7 @@ func (e *Engine) wait(it *item, now time.Time, out *outcomes, owned bool) {
 	d := it.due.Sub(now)
 	// Held parked records do not count: they would crowd out what is due
 	// soon, which would then wait a whole hop.
-	if e.cfg.Topics.Park == "" || (d < e.cfg.Topics.heapHorizon() && len(e.delayed)-len(e.held) < e.cfg.MaxDelayed) {
+	if e.cfg.Topics.Park == "" || (d < e.cfg.Topics.heapHorizon() && len(e.delayed)-len(e.held) < e.cfg.MaxDelayed && !e.mayBeCopied(it)) {
 		if !owned {
 			it = e.own(it)
 		}
@@ -1153,7 +1199,7 @@ func (e *Engine) releaseDue(ctx context.Context) {
 			// Awake: what follows it in its parking partition may be too.
 			it.due = sendAt
 			e.resume(it.ps.tp, parkBlocker)
-			if it.due.After(now) {
+			if it.due.After(now) || e.mayBeCopied(it) {
 				e.wait(it, now, &out, true)
 				continue
 			}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -920,5 +922,72 @@ func TestEngineCodesPassBlockedBulk(t *testing.T) {
 	waitFor(t, 60*time.Second, "the bulk", func() bool { return p.urgentSent.Load() == 50 && p.lowInFlight.Load() == 0 })
 	if m := p.lowMax.Load(); m > 8 {
 		t.Fatalf("%d bulk sends at once, over the channel's 8", m)
+	}
+}
+
+// orderProvider records the ids it is sent, in order.
+type orderProvider struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (*orderProvider) Name() string     { return "order" }
+func (*orderProvider) MaxBatch() int    { return 10 }
+func (*orderProvider) Concurrency() int { return 1 }
+func (p *orderProvider) Send(_ context.Context, batch []*notification.Notification, results []providers.Result) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, n := range batch {
+		p.ids = append(p.ids, n.ID)
+		results[i] = providers.Result{Outcome: providers.Sent, Provider: "order"}
+	}
+}
+
+func (p *orderProvider) sent() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.ids)
+}
+
+// TestEngineShortestHopReadAhead: the shortest hop's parking topic holds
+// records due before their wake (parked there by a full heap, or to meet
+// their copies) behind heads that wake later. One parked behind a head
+// that waits seconds is read and sent at its own time, before the head.
+func TestEngineShortestHopReadAhead(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			p := &orderProvider{}
+			ch := r.channels(false)
+			ch[notification.Webhook] = engine.ChannelConfig{Provider: p, Rate: 1e9}
+			cfg := r.config(ch)
+			cfg.Topics = r.topics
+			cfg.Topics.ParkTiers = []engine.ParkTier{{Hop: 3 * time.Second, Suffix: "s", Retention: time.Hour},
+				{Hop: 6 * time.Second, Suffix: "m", Retention: time.Hour}}
+			e, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 20*time.Second, "the engine", e.Ready)
+			park := func(order int, due, wake time.Time) string {
+				n := webhookBatch(1, order)[0]
+				n.ID, n.NotBefore = notification.NewID(), due
+				rec := partition.Record{Topic: cfg.Topics.ParkTopic(0), Key: []byte("same partition"), Value: r.codec.Encode(n),
+					Headers: []partition.Header{
+						{Key: engine.HeaderDue, Value: strconv.AppendInt(nil, due.UnixMilli(), 10)},
+						{Key: engine.HeaderWake, Value: strconv.AppendInt(nil, wake.UnixMilli(), 10)},
+					}}
+				if err := r.prod.Produce(context.Background(), []partition.Record{rec}); err != nil {
+					t.Fatal(err)
+				}
+				return n.ID
+			}
+			now := time.Now()
+			head := park(0, now.Add(4*time.Second), now.Add(4*time.Second))
+			waitFor(t, 10*time.Second, "the head held", func() bool { return gaugeOf(t, r.reg, "goutong_delayed_records", "", "") == 1 })
+			behind := park(1, time.Now().Add(200*time.Millisecond), time.Now().Add(4*time.Second))
+			waitFor(t, 20*time.Second, "both sent", func() bool { return len(p.sent()) == 2 })
+			if got := p.sent(); got[0] != behind || got[1] != head {
+				t.Fatalf("sent %v, want %s (due first) before the head %s", got, behind, head)
+			}
+		})
 	}
 }

@@ -10,11 +10,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/providers/mockserver"
 )
 
 // A node sends a batch and dies before committing it: the node that takes
@@ -317,4 +320,98 @@ func TestSnapshotNeedsAReplica(t *testing.T) {
 	if err := e.Snapshot(context.Background(), filepath.Join(t.TempDir(), "s")); !errors.Is(err, engine.ErrNoSnapshot) {
 		t.Fatalf("snapshot on the embedded log: %v", err)
 	}
+}
+
+// A node that parked scheduled notifications and died before committing
+// them leaves a parked copy of each, and the nodes that take over its
+// partitions read the originals again and hold copies of their own. The
+// copies come due at the same instant, often on two nodes, each with its
+// own dedupe store, unless every copy waits for its time in one place:
+// the shortest hop's topic, keyed by its id.
+func TestFailoverParkedSentOnce(t *testing.T) {
+	// Round robin over every topic's partitions, so that a partition of
+	// one parking topic and the same partition of another are on
+	// different nodes, as sticky rebalances leave them after a node dies.
+	r := newRig(t, backend{"kafka-round-robin", func(t testing.TB, _ string) func(partition.ConsumerConfig) (partition.Log, error) {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return func(cc partition.ConsumerConfig) (partition.Log, error) {
+			return partition.NewKafka(partition.KafkaConfig{Brokers: c.ListenAddrs(), SessionTimeout: 6 * time.Second,
+				Extra: []kgo.Opt{kgo.Balancers(kgo.RoundRobinBalancer())}}, cc)
+		}
+	}})
+	tiers := []engine.ParkTier{{Hop: 100 * time.Millisecond, Suffix: "s", Retention: time.Hour},
+		{Hop: 500 * time.Millisecond, Suffix: "m", Retention: time.Hour}, {Hop: 2 * time.Second, Suffix: "l", Retention: time.Hour}}
+	config := func(node string, reg *prometheus.Registry) engine.Config {
+		cfg := r.config(r.channels(false))
+		cfg.NodeID, cfg.Registry, cfg.Topics = node, reg, r.topics
+		cfg.Topics.ParkTiers = tiers
+		return cfg
+	}
+	var lose atomic.Bool
+	regA := prometheus.NewRegistry()
+	cfgA := config("a", regA)
+	wrapLogs(&cfgA, func(l partition.Log) partition.Log { return freezableCommits{l, &lose} })
+	a, stopA := r.start(cfgA)
+	waitFor(t, 20*time.Second, "node a", a.Ready)
+	lose.Store(true)
+	scheduled := webhookBatch(400, 0)
+	due := time.Now().Add(10300 * time.Millisecond)
+	for _, n := range scheduled {
+		n.NotBefore = due
+	}
+	r.enqueue(scheduled...)
+	waitFor(t, 10*time.Second, "a to park them", func() bool {
+		return counterSum(t, regA, "goutong_parked_total") >= float64(len(scheduled))
+	})
+	stopA()
+	// A send takes a while at the provider, as real ones do: a copy due at
+	// the same instant on another node claims its key before the first
+	// send's event can tell that node.
+	r.mock.SetFaults(mockserver.Faults{LatencyMin: mockserver.Duration(300 * time.Millisecond), LatencyMax: mockserver.Duration(300 * time.Millisecond)})
+
+	var regs []*prometheus.Registry
+	for _, node := range []string{"b", "c", "d"} {
+		dd, st := r.nodeStores(node)
+		regs = append(regs, prometheus.NewRegistry())
+		cfg := config(node, regs[len(regs)-1])
+		cfg.Dedupe, cfg.Status = dd, st
+		e, stop := r.start(cfg)
+		defer stop()
+		waitFor(t, 30*time.Second, "node "+node, e.Ready)
+	}
+	want := int64(len(scheduled))
+	waitFor(t, 30*time.Second, "the scheduled sends", func() bool { return r.mock.Stats().Unique == want })
+	time.Sleep(time.Second) // anything sent twice, it is by now
+	if s := r.mock.Stats(); s.Received != want {
+		t.Fatalf("provider received %d, %d unique: %d sent twice", s.Received, s.Unique, s.Received-s.Unique)
+	}
+	// Each partition's lag is shown by the node that has it, and by no node
+	// it left when the others joined.
+	lane := r.topics.Lane(notification.Normal)
+	waitFor(t, 10*time.Second, "one lag series a partition", func() bool {
+		n := 0
+		for _, reg := range regs {
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mf := range mfs {
+				if mf.GetName() != "goutong_consumer_lag" {
+					continue
+				}
+				for _, m := range mf.GetMetric() {
+					for _, l := range m.GetLabel() {
+						if l.GetName() == "topic" && l.GetValue() == lane {
+							n++
+						}
+					}
+				}
+			}
+		}
+		return n == 4
+	})
 }
