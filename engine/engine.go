@@ -1097,9 +1097,10 @@ func (e *Engine) ingest(ctx context.Context, recs []partition.Record) {
 // step), or it is a scheduled record in a takeover window (the old owner
 // may have parked it before dying uncommitted). Such a record is not sent
 // from where it is, nor held in this node's heap: it waits in the shortest
-// hop's topic, keyed by its id like every copy of it, so all of them end
-// in one partition and on one node, whose dedupe claim lets one go. A
-// single node (no NodeID) has one dedupe store for every copy already.
+// hop's topic, keyed by its idempotency key like every copy of it, so all
+// of them end in one partition and on one node, whose dedupe claim lets
+// one go. A single node (no NodeID) has one dedupe store for every copy
+// already.
 func (e *Engine) mayBeCopied(it *item) bool {
 	if e.cfg.Topics.Park == "" || !e.takeoverOn() {
 		return false
@@ -1160,7 +1161,10 @@ func (e *Engine) wait(it *item, now time.Time, out *outcomes, owned bool) {
 	wake := now.Add(tiers[tier].Hop)
 	n := it.n
 	e.m.parked.WithLabelValues(tiers[tier].Suffix).Inc()
-	out.recs = append(out.recs, partition.Record{Topic: e.cfg.Topics.ParkTopic(tier), Key: []byte(n.ID), Value: e.cfg.Codec.Encode(n),
+	// Keyed as the lanes are, by the idempotency key: every copy of a
+	// notification, and every notification sharing its key, meets in one
+	// partition of a parking topic (see mayBeCopied).
+	out.recs = append(out.recs, partition.Record{Topic: e.cfg.Topics.ParkTopic(tier), Key: []byte(n.IdempotencyKey), Value: e.cfg.Codec.Encode(n),
 		Headers: []partition.Header{
 			{Key: HeaderDue, Value: strconv.AppendInt(nil, it.due.UnixMilli(), 10)},
 			{Key: HeaderWake, Value: strconv.AppendInt(nil, wake.UnixMilli(), 10)},
