@@ -23,10 +23,10 @@ import (
 )
 
 // joinFrom puts a snapshot of a running node's stores (cfg.Join: its API
-// URL, or a file goutong snapshot saved) into a data directory that has none, so that this node starts with every id
-// and key that node knew and its status replica reads on from where the
-// copy was taken. Stores already there win: the setting is for a node's
-// first start.
+// URL, or a file goutong snapshot saved) into a data directory that has
+// none, so that this node starts with every id and key that node knew and
+// its status replica reads on from where the copy was taken. Stores
+// already there win: the setting is for a node's first start.
 func joinFrom(ctx context.Context, cfg Config, lg *zap.Logger) error {
 	if len(cfg.Kafka) == 0 {
 		return errors.New("config join: only a Kafka node joins another (set kafka)")
@@ -204,11 +204,15 @@ func moveInStores(data, tmp string) error {
 	if err := syncTree(tmp); err != nil {
 		return err
 	}
+	// The marker appears whole or not at all: written beside, then renamed.
 	marker := filepath.Join(data, joinMarker)
-	if err := os.WriteFile(marker, []byte(filepath.Base(tmp)), 0o644); err != nil {
+	if err := os.WriteFile(marker+".new", []byte(filepath.Base(tmp)), 0o644); err != nil {
 		return err
 	}
-	if err := syncFile(marker); err != nil {
+	if err := syncFile(marker + ".new"); err != nil {
+		return err
+	}
+	if err := os.Rename(marker+".new", marker); err != nil {
 		return err
 	}
 	if err := syncDir(data); err != nil {
@@ -279,7 +283,8 @@ func removeLeftovers(data string, lg *zap.Logger) {
 		return
 	}
 	for _, e := range entries {
-		if e.IsDir() && (strings.HasPrefix(e.Name(), api.SnapshotTempPrefix) || strings.HasPrefix(e.Name(), joinTmpPrefix)) {
+		if (e.IsDir() && (strings.HasPrefix(e.Name(), api.SnapshotTempPrefix) || strings.HasPrefix(e.Name(), joinTmpPrefix))) ||
+			e.Name() == joinMarker+".new" {
 			if err := os.RemoveAll(filepath.Join(data, e.Name())); err != nil {
 				lg.Warn("removing a snapshot's leftovers", zap.Error(err))
 			}

@@ -105,6 +105,9 @@ func TestRemoveLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := os.WriteFile(filepath.Join(data, joinMarker+".new"), []byte(".join-4"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	removeLeftovers(data, zap.NewNop())
 	entries, _ := os.ReadDir(data)
 	var names []string
