@@ -172,10 +172,15 @@ func Run(ctx context.Context, sc Scenario, opt Options) (*ScenarioResult, error)
 		return nil, err
 	}
 	// As goutong serve runs by default: sent payloads kept for
-	// reconciliation, and keyless lanes on the embedded log.
+	// reconciliation, keyless lanes on the embedded log, and on Kafka a
+	// node id (its status replica, takeovers and parked copies meeting).
 	topics := engine.DefaultTopics()
 	topics.KeylessLanes = !r.opt.KafkaFake
-	r.eng, err = engine.New(engine.Config{Open: open, Topics: topics, Channels: channels, Dedupe: dd, Status: st, KeepPayloads: true,
+	nodeID := ""
+	if r.opt.KafkaFake {
+		nodeID = "bench"
+	}
+	r.eng, err = engine.New(engine.Config{Open: open, Topics: topics, Channels: channels, Dedupe: dd, Status: st, KeepPayloads: true, NodeID: nodeID,
 		Partitions: int32(sc.Partitions), RingSize: sc.RingSize, MaxAttempts: sc.MaxAttempts, MaxDelayed: sc.MaxDelayed,
 		Backoff:      engine.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
 		DrainTimeout: 5 * time.Second, Logger: opt.Logger, Registry: r.reg})

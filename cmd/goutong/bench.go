@@ -105,7 +105,7 @@ It writes <out>/results.json (the input of goutong plan) and <out>/report.html
 	}
 	f := cmd.Flags()
 	f.StringVar(&out, "out", "bench-results", "directory for results.json and report.html")
-	f.BoolVar(&kafkaFake, "kafka-fake", false, "run on an in-process Kafka (kfake) over loopback instead of the embedded log")
+	f.BoolVar(&kafkaFake, "kafka-fake", false, "run on an in-process Kafka (kfake) over loopback instead of the embedded log, as one serve --kafka node (with a node id)")
 	f.Float64Var(&scale, "scale", 1, "multiply every count by this (rates follow, see --time-scale)")
 	f.Float64Var(&timeScale, "time-scale", 1, "multiply every duration by this; rates are multiplied by scale/time-scale")
 	f.DurationVar(&interval, "interval", time.Second, "sampling interval of the time series")
