@@ -803,15 +803,22 @@ func (p *scheduleProvider) Send(_ context.Context, batch []*notification.Notific
 // tomorrow, more of them than the delay heap holds, do not hold up the
 // ones due now behind them in the same lanes; ones due in seconds hop
 // through the parking topics (hops of 100 ms to 2 s here) and go out on
-// time, never early; over both logs.
+// time, never early; over both logs, and on Kafka also as a node with a
+// node id, whose records from the longer hops meet in the shortest's.
 func TestEngineScheduledDoNotHoldTheRest(t *testing.T) {
-	for _, b := range backends {
-		t.Run(b.name, func(t *testing.T) {
-			r := newRig(t, b)
+	type variant struct {
+		name string
+		b    backend
+		node string
+	}
+	for _, v := range []variant{{backends[0].name, backends[0], ""}, {backends[1].name, backends[1], ""}, {"kafka-node", backends[1], "a"}} {
+		t.Run(v.name, func(t *testing.T) {
+			r := newRig(t, v.b)
 			p := &scheduleProvider{}
 			ch := r.channels(false)
 			ch[notification.Webhook] = engine.ChannelConfig{Provider: p, Rate: 1e9}
 			cfg := r.config(ch)
+			cfg.NodeID = v.node
 			cfg.MaxDelayed = 50
 			cfg.Topics = r.topics
 			cfg.Topics.ParkTiers = []engine.ParkTier{{Hop: 100 * time.Millisecond, Suffix: "s", Retention: time.Hour},
