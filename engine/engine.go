@@ -853,6 +853,7 @@ func (o *outcomes) reuse(records, events, done int) {
 	o.done = reuse(o.done, done)[:0]
 	o.keep = o.keep[:0]
 	o.enc.buf = slices.Grow(o.enc.buf[:0], events*eventSizeHint)
+	o.enc.reserved = 0
 }
 
 // reuse returns s resliced to n, or a new slice when s is too small.

@@ -3,6 +3,8 @@ package engine
 import (
 	"testing"
 	"time"
+
+	"github.com/oklog/ulid/v2"
 )
 
 // blockedFor reports whether enter is still blocked after d; if it is, it
@@ -69,5 +71,37 @@ func TestLowGate(t *testing.T) {
 		// Not a failure of the gate if the machine stalled 50 ms between the
 		// exit and the enter; the first part already showed the hold.
 		t.Log("the hold had passed before the third bulk send asked")
+	}
+}
+
+// appendN makes n distinct, valid ULIDs in increasing order, as n calls
+// of append would, and the event encoder hands out the ids reserveIDs made
+// before making more.
+func TestIDsInOneCall(t *testing.T) {
+	src := newIDSource()
+	for _, n := range []int{0, 1, 2, 1000} {
+		buf := src.appendN([]byte("prefix"), n)
+		if len(buf) != len("prefix")+n*ulid.EncodedSize {
+			t.Fatalf("n=%d: %d bytes", n, len(buf))
+		}
+		prev := ""
+		for i := range n {
+			s := string(buf[len("prefix")+i*ulid.EncodedSize:][:ulid.EncodedSize])
+			if _, err := ulid.ParseStrict(s); err != nil {
+				t.Fatalf("n=%d, id %d %q: %v", n, i, s, err)
+			}
+			if s <= prev {
+				t.Fatalf("n=%d, id %d %q after %q", n, i, s, prev)
+			}
+			prev = s
+		}
+	}
+	var w eventEncoder
+	w.reserveIDs(src, 2)
+	a, b := w.id(src), w.id(src)
+	w.buf = append(w.buf, make([]byte, 4096)...) // the buffer moves; the ids stay
+	c := w.id(src)
+	if a == b || b == c || a == c || a != string(w.buf[:ulid.EncodedSize]) || len(c) != ulid.EncodedSize {
+		t.Fatalf("ids %q %q %q", a, b, c)
 	}
 }

@@ -58,11 +58,19 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	// strings made in an array the buffer outgrows stay valid.
 	buf := make([]byte, 0, len(ns)*(ulid.EncodedSize+2*notification.DefaultKeyLen+16))
 	str := func(start int) string { return unsafe.String(&buf[start], len(buf)-start) }
+	// The ids the batch needs, made in one call (see reserveIDs).
+	missing := 0
+	for _, n := range ns {
+		if n.ID == "" {
+			missing++
+		}
+	}
+	nextID := len(buf)
+	buf = e.ids.appendN(buf, missing)
 	for i, n := range ns {
 		if n.ID == "" {
-			start := len(buf)
-			buf = e.ids.append(buf)
-			n.ID = str(start)
+			n.ID = unsafe.String(&buf[nextID], ulid.EncodedSize)
+			nextID += ulid.EncodedSize
 		}
 		if n.IdempotencyKey == "" {
 			start := len(buf)
@@ -82,6 +90,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	out := make([]Admission, len(ns))
 	o := &ib.out
 	o.reuse(2*len(ns), len(ns), 0) // a record and an event each
+	o.enc.reserveIDs(e.ids, len(ns))
 	done := ib.done[:0]
 	// The records' values share one buffer (a value keeps the array it was
 	// written into if the buffer outgrows it), not an allocation each.
