@@ -5,8 +5,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -66,40 +64,11 @@ func (s *Server) snapshot(ctx *fasthttp.RequestCtx) {
 	})
 }
 
-// writeTar writes the regular files under dir, by their paths relative to
-// it, as a tar (files only: a reader creates their directories).
+// writeTar writes the directories and files under dir, by their paths
+// relative to it, as a tar.
 func writeTar(w *bufio.Writer, dir string) error {
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, path)
-		if err != nil || rel == "." {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: filepath.ToSlash(rel) + "/", Mode: 0o755, ModTime: info.ModTime()})
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: filepath.ToSlash(rel), Mode: 0o644, Size: info.Size(), ModTime: info.ModTime()}); err != nil {
-			return err
-		}
-		_, err = io.Copy(tw, f)
-		return err
-	})
-	if err != nil {
+	if err := tw.AddFS(os.DirFS(dir)); err != nil {
 		return err
 	}
 	if err := tw.Close(); err != nil {
