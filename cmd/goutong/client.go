@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -243,37 +242,28 @@ as safe as the node's data directory.`,
 	return cmd
 }
 
-// saveSnapshot writes the server's snapshot to path through a temporary
-// file in its directory, so that path is only ever a whole snapshot.
+// saveSnapshot writes the server's snapshot to path, which is only ever a
+// whole snapshot (writeAtomically).
 func (c *client) saveSnapshot(path string) (int64, error) {
 	body, err := c.open("GET", "/v1/admin/snapshot", "", nil)
 	if err != nil {
 		return 0, err
 	}
 	defer body.Close()
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".part-*")
-	if err != nil {
-		return 0, err
-	}
-	defer os.Remove(f.Name()) // fails once renamed
-	// Read through as a tar on its way to disk: a stream cut short (the
-	// node stopped mid-copy) fails here, not at the join that needs it.
-	cw := &countingWriter{w: f}
-	err = readTar(io.TeeReader(body, cw))
-	if err == nil {
-		_, err = io.Copy(cw, body) // the end-of-archive padding
-	}
-	n := cw.n
-	if err == nil {
-		err = f.Sync()
-	}
-	if err = errors.Join(err, f.Close()); err != nil {
-		return n, err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return n, err
-	}
-	return n, syncDir(filepath.Dir(path))
+	var n int64
+	err = writeAtomically(path, func(w io.Writer) error {
+		// Read through as a tar on its way to disk: a stream cut short
+		// (the node stopped mid-copy) fails here, not at the join that
+		// needs it.
+		cw := &countingWriter{w: w}
+		defer func() { n = cw.n }()
+		if err := readTar(io.TeeReader(body, cw)); err != nil {
+			return err
+		}
+		_, err := io.Copy(cw, body) // the end-of-archive padding
+		return err
+	})
+	return n, err
 }
 
 // readTar reads r as a tar archive to its end marker.

@@ -204,18 +204,11 @@ func moveInStores(data, tmp string) error {
 	if err := syncTree(tmp); err != nil {
 		return err
 	}
-	// The marker appears whole or not at all: written beside, then renamed.
-	marker := filepath.Join(data, joinMarker)
-	if err := os.WriteFile(marker+".new", []byte(filepath.Base(tmp)), 0o644); err != nil {
+	err := writeAtomically(filepath.Join(data, joinMarker), func(w io.Writer) error {
+		_, err := io.WriteString(w, filepath.Base(tmp))
 		return err
-	}
-	if err := syncFile(marker + ".new"); err != nil {
-		return err
-	}
-	if err := os.Rename(marker+".new", marker); err != nil {
-		return err
-	}
-	if err := syncDir(data); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	return finishJoin(data)
@@ -255,6 +248,31 @@ func finishJoin(data string) error {
 	return syncDir(data)
 }
 
+// writeAtomically writes path through a temporary file beside it
+// (path.part-*), synced and renamed into place, then syncs the directory:
+// path is only ever whole, and is durable once this returns.
+func writeAtomically(path string, write func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+partSuffix+"*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // fails once renamed
+	err = write(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if err = errors.Join(err, f.Close()); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// partSuffix, after a file's name, names writeAtomically's temporary file.
+const partSuffix = ".part-"
+
 // syncTree fsyncs every directory under and including root.
 func syncTree(root string) error {
 	return filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
@@ -265,10 +283,8 @@ func syncTree(root string) error {
 	})
 }
 
-func syncDir(dir string) error { return syncFile(dir) }
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
@@ -284,7 +300,7 @@ func removeLeftovers(data string, lg *zap.Logger) {
 	}
 	for _, e := range entries {
 		if (e.IsDir() && (strings.HasPrefix(e.Name(), api.SnapshotTempPrefix) || strings.HasPrefix(e.Name(), joinTmpPrefix))) ||
-			e.Name() == joinMarker+".new" {
+			(!e.IsDir() && strings.HasPrefix(e.Name(), joinMarker+partSuffix)) {
 			if err := os.RemoveAll(filepath.Join(data, e.Name())); err != nil {
 				lg.Warn("removing a snapshot's leftovers", zap.Error(err))
 			}

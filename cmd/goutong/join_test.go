@@ -105,7 +105,7 @@ func TestRemoveLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(data, joinMarker+".new"), []byte(".join-4"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(data, joinMarker+partSuffix+"123"), []byte(".join-4"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	removeLeftovers(data, zap.NewNop())
