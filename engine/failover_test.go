@@ -399,22 +399,7 @@ func TestFailoverParkedSentOnce(t *testing.T) {
 	waitFor(t, 10*time.Second, "one lag series a partition", func() bool {
 		n := 0
 		for _, reg := range regs {
-			mfs, err := reg.Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, mf := range mfs {
-				if mf.GetName() != "goutong_consumer_lag" {
-					continue
-				}
-				for _, m := range mf.GetMetric() {
-					for _, l := range m.GetLabel() {
-						if l.GetName() == "topic" && l.GetValue() == lane {
-							n++
-						}
-					}
-				}
-			}
+			n += len(seriesOf(t, reg, "goutong_consumer_lag", "topic", lane))
 		}
 		return n == 4
 	})

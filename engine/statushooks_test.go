@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
@@ -226,26 +227,37 @@ func TestStatusWebhooksTenantIsolation(t *testing.T) {
 // labels when key is empty), or -1.
 func gaugeOf(t testing.TB, reg *prometheus.Registry, name, key, value string) float64 {
 	t.Helper()
+	if ms := seriesOf(t, reg, name, key, value); len(ms) > 0 {
+		return ms[0].GetGauge().GetValue()
+	}
+	return -1
+}
+
+// seriesOf is reg's series of the metric name with label key set to value,
+// or without labels when key is "".
+func seriesOf(t testing.TB, reg *prometheus.Registry, name, key, value string) []*dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out []*dto.Metric
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			if key == "" && len(m.GetLabel()) == 0 {
-				return m.GetGauge().GetValue()
+				out = append(out, m)
 			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == key && l.GetValue() == value {
-					return m.GetGauge().GetValue()
+					out = append(out, m)
 				}
 			}
 		}
 	}
-	return -1
+	return out
 }
 
 // A failed read of the status topic does not end the status webhooks: the
