@@ -158,7 +158,7 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, m: newMetrics(), chans: map[notification.Channel]*channelState{},
 		parts: map[partition.TopicPartition]*partState{}, held: map[*item]time.Time{}, sentElsewhere: map[*item]string{}, blocked: map[blocker]map[partition.TopicPartition]bool{},
 		pauseRef: map[partition.TopicPartition]int{}, logReady: make(chan struct{}), ids: newIDSource(),
-		replicaCaughtUp: newLatch(), snapshots: make(chan snapshotReq)}
+		replicaCaughtUp: newLatch(), snapshots: make(chan snapshotReq), lagShown: map[partition.TopicPartition]bool{}}
 	defer close(e.logReady)
 	collectors := append(e.m.collectors(), storeCollector[dedupe.Metrics]{cfg.Dedupe.Metrics, dedupeMetrics})
 	if cfg.Status != nil {
@@ -572,9 +572,6 @@ func (e *Engine) updateLag(ctx context.Context) {
 			e.m.lag.DeleteLabelValues(tp.Topic, strconv.Itoa(int(tp.Partition)))
 			delete(e.lagShown, tp)
 		}
-	}
-	if e.lagShown == nil {
-		e.lagShown = map[partition.TopicPartition]bool{}
 	}
 	var total int64
 	for tp, n := range lag {

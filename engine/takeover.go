@@ -108,10 +108,8 @@ func (r *replicaPositions) wanted() bool {
 
 // measure sets the positions of the replica's partitions from its
 // committed offsets, for those it has applied nothing new from since its
-// start, and returns how many records of topic it has yet to apply (ok is
-// false when the log did not answer). The end offsets are read before the
-// lag: a record produced in between makes the committed offset look lower,
-// never higher.
+// start (committedOffsets), and returns how many records of topic it has
+// yet to apply (ok is false when the log did not answer).
 func (r *replicaPositions) measure(ctx context.Context, log partition.Log, topic string) (behind int64, ok bool) {
 	ends, committed, err := committedOffsets(ctx, log, topic)
 	if err != nil {
