@@ -276,7 +276,13 @@ func (e *Engine) Readiness() error {
 	// on: requests are better taken by a node that can, and only a restart
 	// (which replays the store's logs) mends it.
 	if err := e.cfg.Dedupe.Err(); err != nil {
-		return fmt.Errorf("%w: the dedupe store refuses writes (restart the node once its disk is mended): %v", ErrUnavailable, err)
+		return NeedsRestart("the dedupe store refuses writes", err)
 	}
 	return nil
+}
+
+// NeedsRestart is the readiness error of a store that failed for good
+// (what it refuses, and why): it wraps ErrUnavailable.
+func NeedsRestart(what string, err error) error {
+	return fmt.Errorf("%w: %s (restart the node once its disk is mended): %v", ErrUnavailable, what, err)
 }

@@ -485,7 +485,7 @@ func logReady(w *wal.Log) func() error {
 	}
 	return func() error {
 		if err := w.Err(); err != nil {
-			return fmt.Errorf("%w: the log refuses appends (restart the node once its disk is mended): %v", engine.ErrUnavailable, err)
+			return engine.NeedsRestart("the log refuses appends", err)
 		}
 		return nil
 	}
