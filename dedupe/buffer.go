@@ -86,10 +86,11 @@ type bufGen struct {
 	written int64      // bytes in f
 	started int64      // bytes of f whose writeback was started (unsynced writes)
 	synced  int64      // bytes of f known durable; under writeBuffer.syncMu
-	idx     *hashIndex // xxhash of the key -> offset+1 of its newest record
+	idx     *hashIndex // indexHash of the key -> offset+1 of its newest record
 	data    []byte
-	dels    int // delete records, to skip shadow checks when there are none
-	keys    int // records
+	dels    int    // delete records, to skip shadow checks when there are none
+	keys    int    // records
+	sink    uint64 // see writeBuffer.writeThen
 }
 
 const bufLogExt = ".log"
@@ -315,9 +316,19 @@ func uvarintBytes(p []byte) (v, rest []byte, ok bool) {
 	return p[k : k+int(n)], p[k+int(n):], true
 }
 
+// indexHash is what a generation indexes a key by: a digest's own bits
+// (keyed SipHash, spread evenly already), or xxhash of a key stored as
+// given (a replayed log of an older store).
+func indexHash(key []byte) uint64 {
+	if len(key) == digestLen {
+		return binary.LittleEndian.Uint64(key)
+	}
+	return xxhash.Sum64(key)
+}
+
 // add appends a record to g and indexes it.
 func (g *bufGen) add(del bool, ekey, val []byte) {
-	h := xxhash.Sum64(ekey[5:])
+	h := indexHash(ekey[5:])
 	off := len(g.data)
 	if !g.idx.room(1) {
 		g.idx.grow() // a replay, or one batch larger than a generation
@@ -484,6 +495,13 @@ func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, er
 		return nil, b.err
 	}
 	g.written += int64(len(frame))
+	// The index's slots first, with no branch on what they hold, so the
+	// batch's cache misses overlap instead of each add waiting on its own.
+	var sink uint64
+	for _, op := range ops {
+		sink ^= g.idx.touch(indexHash(op.key[5:]))
+	}
+	g.sink = sink
 	for _, op := range ops {
 		g.add(op.del, op.key, op.val)
 	}
@@ -866,7 +884,7 @@ func (b *writeBuffer) lookupMany(keys []string, oldest uint32, mask []uint64, re
 			continue // no filter holds it: never written
 		}
 		kb := unsafe.Slice(unsafe.StringData(k), len(k)) // only read
-		h := xxhash.Sum64(kb)
+		h := indexHash(kb)
 		del, ekey, val, ok := b.active.newest(h, kb)
 		if !ok && b.frozen != nil {
 			del, ekey, val, ok = b.frozen.newest(h, kb)
@@ -897,7 +915,7 @@ func (b *writeBuffer) hasDeletes() bool {
 // deleted reports whether the newest buffered write of ekey is a delete,
 // which hides what Pebble holds under it.
 func (b *writeBuffer) deleted(ekey []byte) bool {
-	h := xxhash.Sum64(ekey[5:])
+	h := indexHash(ekey[5:])
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if del, known := b.active.deleted(h, ekey); known {

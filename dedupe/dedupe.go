@@ -992,6 +992,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 		return err
 	}
 	cur := s.bucketOf(now)
+	s.live.touch(len(keys), func(i int) string { return keys[i] })
 	var w sortedWriter
 	var claims, hits, inflight, takeovers, uncertain int64
 	for i, r := range reqs {
@@ -1202,6 +1203,7 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	}
 	s.committed(w) // before the keys leave live: a claim sees them live or here
 	s.claimMu.Lock()
+	s.live.touch(len(done), key)
 	for i := range done {
 		s.live.del(digestOf(key(i)))
 	}

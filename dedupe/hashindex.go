@@ -56,6 +56,9 @@ func (x *hashIndex) full() bool {
 	return uint64(x.used)*maxLoadDen >= (x.mask+1)*maxLoadNum
 }
 
+// touch reads h's home slot, to bring its line into the cache.
+func (x *hashIndex) touch(h uint64) uint64 { return x.slots[2*(h&x.mask)] }
+
 func (x *hashIndex) get(h uint64) (ref uint64, ok bool) {
 	for i := h & x.mask; ; i = (i + 1) & x.mask {
 		switch s := x.slots[2*i+1]; {
