@@ -1,11 +1,16 @@
 package dedupe
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // benchKeys returns n distinct keys of 16 to 40 bytes.
@@ -226,4 +231,36 @@ func BenchmarkSortGeneration(b *testing.B) {
 			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "records/s")
 		})
 	}
+}
+
+// BenchmarkWriteGeneration writes a sorted generation of 500,000 records
+// of digest keys as the ingest does, into an sstable in memory: the
+// records are read in key order, at random in the generation's data.
+func BenchmarkWriteGeneration(b *testing.B) {
+	const n = 500_000
+	r := rand.New(rand.NewPCG(1, 2))
+	g := &bufGen{idx: newHashIndex(n)}
+	val := (&entry{state: stateConfirmed, claimedAt: time.Now().UnixNano(), id: "01JD3ZQ8X4K2M9N7P5R3T1V0WY", outcome: "accepted"}).append(nil)
+	var key [digestLen]byte
+	for range n {
+		binary.LittleEndian.PutUint64(key[:], r.Uint64())
+		binary.LittleEndian.PutUint64(key[8:], r.Uint64())
+		g.add(false, entryKey(nil, 7, string(key[:])), val)
+	}
+	refs := g.sortRefs(0)
+	g.sortByKey(refs)
+	opts := &pebble.Options{}
+	opts.EnsureDefaults()
+	wopts := opts.MakeWriterOptions(0, pebble.FormatNewest.MaxTableFormat())
+	fs := vfs.NewMem()
+	for b.Loop() {
+		f, err := fs.Create("t.sst", vfs.WriteCategoryUnspecified)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := g.writeTable(sstable.NewWriter(objstorageprovider.NewFileWritable(f), wopts), refs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "records/s")
 }

@@ -732,14 +732,42 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 	// Written back a megabyte at a time, as Pebble writes its own tables,
 	// not all at the close's fsync.
 	f = vfs.NewSyncingFile(f, vfs.SyncingFileOptions{BytesPerSync: writebackBytes})
-	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), b.wopts)
+	if err := g.writeTable(sstable.NewWriter(objstorageprovider.NewFileWritable(f), b.wopts), refs); err != nil {
+		return err
+	}
+	return b.db.Ingest(context.Background(), []string{path})
+}
+
+// readAhead is how many records writeTable reads in one pass of plain
+// loads before it writes them. The records lie at random in the
+// generation's data, one or two cache misses each; a load waiting on a
+// miss holds up everything after it, so loads one record ahead of the
+// writes overlapped little (the writer's work filled the CPU's window), and
+// a tight pass over a run of them overlaps their misses.
+const readAhead = 64
+
+// recordBytes is a record of a digest key and an entry with an id and an
+// outcome: 55 bytes, so most straddle two cache lines.
+const recordBytes = 55
+
+// writeTable writes the newest record of each key, refs in key order, and
+// closes w.
+func (g *bufGen) writeTable(w *sstable.Writer, refs []sortRef) error {
 	var last []byte
-	for _, r := range refs {
+	var sink byte
+	for i, r := range refs {
+		if i%readAhead == 0 {
+			for _, a := range refs[i:min(i+readAhead, len(refs))] {
+				off := int(a.ref - 1)
+				sink ^= g.data[off] ^ g.data[min(off+recordBytes-1, len(g.data)-1)]
+			}
+		}
 		_, del, ekey, val := g.record(r.ref - 1)
 		if bytes.Equal(ekey, last) {
 			continue // an older record of the key just written
 		}
 		last = ekey
+		var err error
 		if del {
 			err = w.Delete(ekey)
 		} else {
@@ -750,10 +778,8 @@ func (b *writeBuffer) ingest(g *bufGen) error {
 			return err
 		}
 	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return b.db.Ingest(context.Background(), []string{path})
+	g.sink ^= uint64(sink)
+	return w.Close()
 }
 
 // sortRef is a record to ingest with 16 bytes of its entry key held
