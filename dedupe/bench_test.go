@@ -251,7 +251,8 @@ func BenchmarkWriteGeneration(b *testing.B) {
 	g.sortByKey(refs)
 	opts := &pebble.Options{}
 	opts.EnsureDefaults()
-	wopts := opts.MakeWriterOptions(0, pebble.FormatNewest.MaxTableFormat())
+	// The table format of a store opened on Pebble's default format.
+	wopts := opts.MakeWriterOptions(0, pebble.FormatMinSupported.MaxTableFormat())
 	fs := vfs.NewMem()
 	for b.Loop() {
 		f, err := fs.Create("t.sst", vfs.WriteCategoryUnspecified)
