@@ -97,7 +97,7 @@ func keyBytes(keys []string) int64 {
 func BenchmarkClaimConfirmNew(b *testing.B) {
 	for _, filter := range []bool{true, false} {
 		for _, sync := range []bool{true, false} {
-			for _, variant := range []string{"", "recent=on", "buffer=off", "past-size=grows", "past-size=held"} {
+			for _, variant := range []string{"", "recent=on", "buffer=off", "past-size=grows", "past-size=held", "open-claims=16000"} {
 				if variant != "" && (!filter || sync) {
 					continue // one comparison each is enough
 				}
@@ -123,6 +123,20 @@ func BenchmarkClaimConfirmNew(b *testing.B) {
 					s := open(b, b.TempDir(), newClock(), opts...)
 					defer s.Close()
 					reqs, out, done := preload(b, s)
+					if variant == "open-claims=16000" {
+						// Claims left open, as sends waiting on a paused
+						// channel and concurrent requests leave them: the
+						// claims in memory no longer fit a core's cache.
+						open := benchKeys(16_000, 3)
+						for i := 0; i < len(open); i += benchBatch {
+							for j, k := range open[i : i+benchBatch] {
+								reqs[j] = ClaimRequest{Key: k, ID: "01JD3ZQ8X4K2M9N7P5R3T1V0WY"}
+							}
+							if err := s.Claim(ctx, reqs, out); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
 					fresh := benchKeys(max(b.N, 1)*benchBatch, 2)
 					b.SetBytes(keyBytes(fresh[:benchBatch]))
 					b.ReportAllocs()
