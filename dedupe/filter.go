@@ -199,7 +199,7 @@ func (f *filters) screen(keys []string, newest, oldest uint32, res []found, mask
 	}
 	// Loads first, no branch on what they read, so a batch's cache misses
 	// overlap instead of each test waiting on its own (a test's early exit
-	// is a mispredicted branch on a miss). A line is one block.
+	// is a mispredicted branch on a miss). One load brings a block in.
 	var sink uint32
 	for i, k := range keys {
 		if !res[i].ok {
