@@ -116,6 +116,16 @@ type ClaimResult struct {
 	Outcome    string // with Duplicate and Uncertain
 	// Token identifies where the claim lives; pass it to Confirm or Release.
 	Token uint32
+	// Seq tells this claim from any later one of its key, when it is one
+	// to send (Claimed, TakenOver); pass it to Renew.
+	Seq uint64
+}
+
+// RenewRequest is a claim to hold on to before its send: its ClaimRequest
+// and the Seq its claim answered.
+type RenewRequest struct {
+	ClaimRequest
+	Seq uint64
 }
 
 // Done finishes a claim: Confirm records Outcome, Release drops the key.
@@ -132,6 +142,7 @@ type liveClaim struct {
 	claimedAt int64
 	leaseTill int64
 	bucket    uint32
+	seq       uint64 // ClaimResult.Seq
 }
 
 // Errors.
@@ -216,7 +227,8 @@ func WithUncertainPolicy(scope string, p UncertainPolicy) Option {
 
 // WithLease sets how long a claim stays exclusive without confirm or
 // release (30 s); it must exceed the slowest send including retries inside
-// one attempt.
+// one attempt. A claim that waits longer before its send is renewed
+// (Renew).
 func WithLease(d time.Duration) Option { return func(o *options) { o.lease = d } }
 
 // WithBucket sets the time bucket (default: a quarter of the longest window,
@@ -321,6 +333,7 @@ type Store struct {
 	wo        *pebble.WriteOptions
 
 	claimMu sync.Mutex // claims are check-then-write; one batch at a time
+	seq     uint64     // the last ClaimResult.Seq handed out; under claimMu
 	live    liveTable  // by the keys' digests
 
 	reclaimMu sync.Mutex    // one reclaim or write-buffer ingest at a time
@@ -965,6 +978,56 @@ func (s *Store) probe(keys []string, order []int, res []found, mask []uint64, ne
 	return nil
 }
 
+// Lease is how long a claim stays exclusive without a renewal (WithLease).
+func (s *Store) Lease() time.Duration { return s.o.lease }
+
+// Renew holds on to claims before their sends. A claim is taken when its
+// record is read, and the record may then wait longer than the lease (its
+// channel paused, its provider's breaker open, a backlog behind the rate):
+// a later record of the key would take the claim over, and both would be
+// sent. out[i] is reqs[i]'s claim, for another lease, while its Seq still
+// holds the key; otherwise what claiming reqs[i] answers now (InFlight
+// while another claim holds the key, Duplicate once one was confirmed, a
+// new claim when none is left). out must have the same length as reqs.
+func (s *Store) Renew(ctx context.Context, reqs []RenewRequest, out []ClaimResult) error {
+	if len(out) != len(reqs) {
+		return errors.New("dedupe: result slice length differs from requests")
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	keys := s.digests(len(reqs), func(i int) string { return reqs[i].Key })
+	lease := s.o.now().Add(s.o.lease).UnixNano()
+	var again []int
+	s.claimMu.Lock()
+	for i, r := range reqs {
+		dk := digestOf(keys[i])
+		if lc, ok := s.live.get(dk); ok && r.Seq != 0 && lc.seq == r.Seq {
+			lc.leaseTill = lease
+			s.live.set(dk, lc)
+			out[i] = ClaimResult{Status: Claimed, OriginalID: lc.id, Token: lc.bucket, Seq: lc.seq}
+			continue
+		}
+		again = append(again, i)
+	}
+	s.claimMu.Unlock()
+	if len(again) == 0 {
+		return nil
+	}
+	creqs := make([]ClaimRequest, len(again))
+	cout := make([]ClaimResult, len(again))
+	for j, i := range again {
+		creqs[j] = reqs[i].ClaimRequest
+	}
+	if err := s.Claim(ctx, creqs, cout); err != nil {
+		return err
+	}
+	for j, i := range again {
+		out[i] = cout[j]
+	}
+	return nil
+}
+
 // Claim claims a batch of keys in one Pebble batch. out must have the same
 // length as reqs. Repeats of a key inside one batch: the first claims, the
 // later ones see InFlight.
@@ -1012,9 +1075,10 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 				out[i] = ClaimResult{Status: Uncertain, OriginalID: lc.id, Outcome: e.outcome, Token: lc.bucket}
 				uncertain++
 			default:
-				lc.leaseTill, lc.id = lease, r.ID
+				s.seq++
+				lc.leaseTill, lc.id, lc.seq = lease, r.ID, s.seq
 				s.live.set(dk, lc)
-				out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: lc.bucket}
+				out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: lc.bucket, Seq: lc.seq}
 				takeovers++
 			}
 			continue
@@ -1026,13 +1090,14 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 			// Only a Skip scope persists the claim itself: after a crash it
 			// must know the send was uncertain. Under Resend a lost claim
 			// means "send again", which is what a taken-over claim does.
-			lc := liveClaim{id: r.ID, claimedAt: nowNs, leaseTill: lease, bucket: cur}
+			s.seq++
+			lc := liveClaim{id: r.ID, claimedAt: nowNs, leaseTill: lease, bucket: cur, seq: s.seq}
 			if skip {
 				e := entry{state: stateClaimed, claimedAt: nowNs, leaseTill: lease, id: r.ID}
 				w.set(cur, keys[i], &e)
 			}
 			s.live.set(dk, lc)
-			out[i] = ClaimResult{Status: Claimed, OriginalID: r.ID, Token: cur}
+			out[i] = ClaimResult{Status: Claimed, OriginalID: r.ID, Token: cur, Seq: lc.seq}
 			claims++
 		case f.e.state == stateConfirmed:
 			out[i] = ClaimResult{Status: Duplicate, OriginalID: f.e.id, Outcome: f.e.outcome, Token: f.bucket}
@@ -1049,8 +1114,9 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 			uncertain++
 		default:
 			// The window keeps running from the first claim.
-			s.live.set(dk, liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket})
-			out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: f.bucket}
+			s.seq++
+			s.live.set(dk, liveClaim{id: r.ID, claimedAt: f.e.claimedAt, leaseTill: lease, bucket: f.bucket, seq: s.seq})
+			out[i] = ClaimResult{Status: TakenOver, OriginalID: r.ID, Token: f.bucket, Seq: s.seq}
 			takeovers++
 		}
 	}

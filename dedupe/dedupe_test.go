@@ -153,6 +153,59 @@ func TestReleaseAllowsRetry(t *testing.T) {
 	}
 }
 
+// A claim renewed before its send keeps its key past the lease it was
+// taken with; one taken over meanwhile, or confirmed, is not the renewer's
+// to send; one nobody holds any more is claimed anew.
+func TestRenewHoldsClaims(t *testing.T) {
+	clk := newClock()
+	s := open(t, t.TempDir(), clk, WithLease(10*time.Second))
+	defer s.Close()
+	renew1 := func(key, id string, seq uint64) ClaimResult {
+		t.Helper()
+		out := make([]ClaimResult, 1)
+		if err := s.Renew(ctx, []RenewRequest{{ClaimRequest{Key: key, ID: id}, seq}}, out); err != nil {
+			t.Fatal(err)
+		}
+		return out[0]
+	}
+
+	held := claim1(t, s, "held", "", "a")
+	clk.Add(8 * time.Second)
+	if r := renew1("held", "a", held.Seq); r.Status != Claimed || r.Seq != held.Seq || r.OriginalID != "a" {
+		t.Fatalf("renewed in time: %+v", r)
+	}
+	clk.Add(8 * time.Second) // 16 s after the claim, 8 after the renewal
+	if r := claim1(t, s, "held", "", "b"); r.Status != InFlight || r.OriginalID != "a" {
+		t.Fatalf("a later record of a renewed key: %+v, want in-flight", r)
+	}
+
+	late := claim1(t, s, "late", "", "a")
+	clk.Add(11 * time.Second) // not renewed: a later record takes it over
+	over := claim1(t, s, "late", "", "b")
+	if over.Status != TakenOver || over.Seq == late.Seq {
+		t.Fatalf("takeover: %+v after %+v", over, late)
+	}
+	if r := renew1("late", "a", late.Seq); r.Status.ShouldSend() || r.OriginalID != "b" {
+		t.Fatalf("renewing a claim taken over: %+v, want b's", r)
+	}
+	if err := s.Confirm(ctx, []Done{{Key: "late", Token: over.Token, ID: "b", Outcome: "sent"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := renew1("late", "a", late.Seq); r.Status != Duplicate || r.OriginalID != "b" {
+		t.Fatalf("renewing after the key was confirmed: %+v", r)
+	}
+
+	gone := claim1(t, s, "gone", "", "a")
+	clk.Add(31 * time.Second) // past two leases after the first ran out
+	s.sweepAbandoned(clk.Now())
+	if r := renew1("gone", "a", gone.Seq); r.Status != Claimed || r.Seq == gone.Seq || r.OriginalID != "a" {
+		t.Fatalf("renewing a swept claim: %+v", r)
+	}
+	if r := renew1("none", "a", 0); r.Status != Claimed {
+		t.Fatalf("a request without a claim is claimed: %+v", r)
+	}
+}
+
 func TestExpiredLeaseTakeoverPolicies(t *testing.T) {
 	clk := newClock()
 	s := open(t, t.TempDir(), clk, WithLease(10*time.Second), WithUncertainPolicy("email", Skip))

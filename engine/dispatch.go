@@ -519,6 +519,59 @@ func (e *Engine) releaseClaims(items []*item) {
 	e.claimed.Add(-int64(len(items)))
 }
 
+// holdClaims renews, before their send, the claims of a batch's items
+// taken half a lease or more ago (dedupe.Store.Renew). A claim is taken
+// when its record is polled; an item that then waits behind a paused
+// channel, an open breaker or a backlog would lose its key to a later
+// record of it once the lease ran out, and both would be sent. An item
+// whose key another record now holds, or was confirmed meanwhile, is
+// finished unsent, as a duplicate. It returns the items to send; the
+// claims of the others are not theirs to confirm or release.
+func (e *Engine) holdClaims(batch []*item) []*item {
+	now := e.cfg.Clock.Now()
+	stale := e.cfg.Dedupe.Lease() / 2
+	var reqs []dedupe.RenewRequest
+	var at []int
+	for i, it := range batch {
+		if now.Sub(it.claimedAt) >= stale {
+			reqs = append(reqs, dedupe.RenewRequest{Seq: it.seq,
+				ClaimRequest: dedupe.ClaimRequest{Key: it.key, Scope: string(it.n.Channel), ID: it.n.ID}})
+			at = append(at, i)
+		}
+	}
+	if len(reqs) == 0 {
+		return batch
+	}
+	res := make([]dedupe.ClaimResult, len(reqs))
+	if err := e.cfg.Dedupe.Renew(e.outCtx, reqs, res); err != nil {
+		// What a send did before renewals: go out on the claim as taken.
+		e.cfg.Logger.Warn("dedupe renew failed; sending on the claims as taken", zap.Error(err))
+		return batch
+	}
+	var lost outcomes
+	for j, i := range at {
+		it, r := batch[i], res[j]
+		if r.Status.ShouldSend() {
+			it.token, it.seq, it.claimedAt = r.Token, r.Seq, now
+			continue
+		}
+		e.m.duplicates.WithLabelValues(string(it.n.Channel)).Inc()
+		if r.OriginalID != it.n.ID {
+			lost.addEvent(e, StatusEvent{ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
+				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), DuplicateOf: r.OriginalID,
+				Reason: "idempotency key " + r.Status.String() + " while it waited"})
+		}
+		lost.done = append(lost.done, it)
+		batch[i] = nil
+	}
+	if len(lost.done) == 0 {
+		return batch
+	}
+	e.claimed.Add(-int64(len(lost.done)))
+	lost.flush(e.outCtx, e, e.drainStop)
+	return slices.DeleteFunc(batch, func(it *item) bool { return it == nil })
+}
+
 // send calls the provider with one batch and turns every item's result
 // into its outcome: sent (confirm the key, status event), retriable (retry
 // topic after backoff, or dead letters once attempts are used up) or
@@ -538,6 +591,9 @@ func (e *Engine) send(ctx context.Context, cs *channelState, batch []*item, bufs
 		if ok {
 			break
 		}
+	}
+	if batch = e.holdClaims(batch); len(batch) == 0 {
+		return
 	}
 	ns := reuse(bufs.ns, len(batch))
 	for i, it := range batch {

@@ -132,6 +132,9 @@ type item struct {
 	token  uint32
 	retry  bool
 	polled time.Time
+	// The claim's Seq and when it was taken, for holdClaims.
+	seq       uint64
+	claimedAt time.Time
 }
 
 type channelState struct {
@@ -1277,7 +1280,7 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 			}
 		}
 		if r.Status.ShouldSend() {
-			it.token = r.Token
+			it.token, it.seq, it.claimedAt = r.Token, r.Seq, now
 			send = append(send, it)
 			continue
 		}

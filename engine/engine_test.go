@@ -998,3 +998,49 @@ func TestEngineShortestHopReadAhead(t *testing.T) {
 		})
 	}
 }
+
+// A claim is taken when its record is polled, and the item may wait far
+// longer than the lease before its send (here behind a paused channel). A
+// later record of the same key (a producer's late retry) must not take the
+// key over and go out as well: one of the two is sent.
+func TestClaimHeldPastItsLease(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			dd, err := dedupe.Open(filepath.Join(r.dir, "dedupe-lease"), dedupe.WithCreate(), dedupe.WithSync(false),
+				dedupe.WithLease(500*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { dd.Close() })
+			cfg := r.config(r.channels(false))
+			cfg.Dedupe = dd
+			e, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 20*time.Second, "ready", e.Ready)
+			if err := e.PauseChannel(notification.Webhook, true); err != nil {
+				t.Fatal(err)
+			}
+			order := func(body string) *notification.Notification {
+				return &notification.Notification{Channel: notification.Webhook, Recipient: "https://hooks.example/orders",
+					Content: &notification.Content{Body: body}, Tenant: "acme", IdempotencyKey: "order-42"}
+			}
+			r.enqueue(order(`{"order":42}`))
+			waitFor(t, 10*time.Second, "the first to be claimed", func() bool { return dd.Metrics().Claims == 1 })
+			time.Sleep(1500 * time.Millisecond) // three leases behind the pause
+			r.enqueue(order(`{"order":42,"retry":true}`))
+			waitFor(t, 10*time.Second, "the second to be claimed", func() bool {
+				m := dd.Metrics()
+				return m.Claims+m.TakenOver+m.InFlight >= 2
+			})
+			if err := e.PauseChannel(notification.Webhook, false); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, "a send", func() bool { return r.mock.Stats().Received >= 1 })
+			time.Sleep(time.Second) // a second send, if any, has arrived
+			if s := r.mock.Stats(); s.Received != 1 {
+				t.Fatalf("provider received %d sends of one idempotency key, want 1", s.Received)
+			}
+		})
+	}
+}
