@@ -557,9 +557,7 @@ func (e *Engine) holdClaims(batch []*item) []*item {
 		}
 		e.m.duplicates.WithLabelValues(string(it.n.Channel)).Inc()
 		if r.OriginalID != it.n.ID {
-			lost.addEvent(e, StatusEvent{ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
-				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), DuplicateOf: r.OriginalID,
-				Reason: "idempotency key " + r.Status.String() + " while it waited"})
+			lost.duplicate(e, it.n, r, now, " while it waited")
 		}
 		lost.done = append(lost.done, it)
 		batch[i] = nil

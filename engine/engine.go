@@ -877,6 +877,15 @@ func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at t
 	o.addEvent(e, ev)
 }
 
+// duplicate records that n is not sent: the claim of its key answered r,
+// held by the notification r.OriginalID. when says when it was found, if
+// not at its claim.
+func (o *outcomes) duplicate(e *Engine, n *notification.Notification, r dedupe.ClaimResult, now time.Time, when string) {
+	o.addEvent(e, StatusEvent{ID: n.ID, State: StateDuplicate, At: now, Tenant: n.Tenant,
+		Channel: string(n.Channel), Priority: n.Priority.String(), DuplicateOf: r.OriginalID,
+		Reason: "idempotency key " + r.Status.String() + when})
+}
+
 // keepPayload keeps a sent item's record for reconciliation to resend:
 // only on channels that expect receipts, since a redrive answers a missing
 // or failed receipt and nothing else.
@@ -1296,10 +1305,7 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 			}
 			out.event(e, it.n, StateSent, now, "", r.Outcome, reason)
 		} else if r.OriginalID != it.n.ID {
-			ev := StatusEvent{ID: it.n.ID, State: StateDuplicate, At: now, Tenant: it.n.Tenant,
-				Channel: string(it.n.Channel), Priority: it.n.Priority.String(), DuplicateOf: r.OriginalID,
-				Reason: "idempotency key " + r.Status.String()}
-			out.addEvent(e, ev)
+			out.duplicate(e, it.n, r, now, "")
 		}
 		out.done = append(out.done, it)
 	}
