@@ -1002,7 +1002,7 @@ func (s *Store) Renew(ctx context.Context, reqs []RenewRequest, out []ClaimResul
 	s.claimMu.Lock()
 	for i, r := range reqs {
 		dk := digestOf(keys[i])
-		if lc, ok := s.live.get(dk); ok && r.Seq != 0 && lc.seq == r.Seq {
+		if lc, ok := s.live.get(dk); ok && lc.seq == r.Seq { // a live claim's Seq is never 0
 			lc.leaseTill = lease
 			s.live.set(dk, lc)
 			out[i] = ClaimResult{Status: Claimed, OriginalID: lc.id, Token: lc.bucket, Seq: lc.seq}

@@ -75,10 +75,7 @@ func (f *filters) hash(key []byte) uint64 {
 }
 
 func (f *filters) hashString(key string) uint64 {
-	if len(key) == digestLen {
-		return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(key), digestLen)[8:])
-	}
-	return maphash.String(f.seed, key)
+	return f.hash(unsafe.Slice(unsafe.StringData(key), len(key))) // only read
 }
 
 // blockFilter is a split block Bloom filter, the layout of Apache Parquet's
