@@ -16,8 +16,9 @@
 //     verification codes) or treats it as done (Skip: at-most-once for that
 //     uncertain send, right where a duplicate is worse than a loss).
 //   - Confirm, after the provider acknowledged: later claims are Duplicates.
-//   - Release, after a permanent failure: a deliberate retry with the same
-//     key may go out.
+//   - Release, after a failure: a retry or replay with the same key may go
+//     out. Given the claim's Seq it drops that claim only, never the claim
+//     or confirm of a later record that took the key over meanwhile.
 //
 // Entries live under time-bucketed key prefixes ('b' + bucket + the key's
 // 16-byte digest, see keyform.go; stores written before hold the keys as
@@ -134,6 +135,9 @@ type Done struct {
 	Token   uint32 // from the ClaimResult
 	ID      string // the notification that sent
 	Outcome string // for Confirm: "sent", a provider message id, anything short
+	// Seq, from the ClaimResult, makes Release drop only that claim; 0
+	// drops whatever the key holds.
+	Seq uint64
 }
 
 // liveClaim is a claim of this process not yet confirmed or released.
@@ -1142,7 +1146,7 @@ func (s *Store) Claim(ctx context.Context, reqs []ClaimRequest, out []ClaimResul
 // Confirm records the outcome of sends, in one batch. A key whose entry is
 // gone (released, reclaimed) is written anew so it still deduplicates.
 func (s *Store) Confirm(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, true, s.o.sync)
+	return s.finish(ctx, done, s.o.sync)
 }
 
 // ConfirmThenSync is Confirm in two steps, for a caller with work to do
@@ -1152,7 +1156,7 @@ func (s *Store) Confirm(ctx context.Context, done []Done) error {
 // finished, so their offsets commit) waits for wait; a crash before it
 // returns replays those records, as a crash before Confirm returned would.
 func (s *Store) ConfirmThenSync(ctx context.Context, done []Done) (wait func() error, err error) {
-	return s.finishThen(ctx, done, true, s.o.sync)
+	return s.finishThen(ctx, done, s.o.sync)
 }
 
 // ConfirmNoSync is Confirm without waiting for the disk, whatever the
@@ -1160,12 +1164,90 @@ func (s *Store) ConfirmThenSync(ctx context.Context, done []Done) (wait func() e
 // nothing but a later duplicate answer (the next synced write makes it
 // durable too).
 func (s *Store) ConfirmNoSync(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, true, false)
+	return s.finish(ctx, done, false)
 }
 
-// Release drops claims after permanent failures, in one batch.
+// Release drops claims after failures, in one batch, so that a retry or
+// replay of their records claims the keys anew. A Done with a Seq drops
+// its own claim only: a claim that lost its key meanwhile (its lease ran
+// out during a slow send, and a later record took the key over, maybe
+// sent and confirmed it) leaves the key to its holder, whose claim or
+// confirm a release by key alone would erase, letting a third record send.
 func (s *Store) Release(ctx context.Context, done []Done) error {
-	return s.finish(ctx, done, false, s.o.sync)
+	if len(done) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := pooledWriter(len(done))
+	defer w.release()
+	for _, d := range done {
+		w.digests = s.appendDigest(w.digests, d.Key)
+	}
+	key := func(i int) string { return unsafe.String(&w.digests[i*digestLen], digestLen) }
+	// Under the claim lock from the owner check to the live claims' drop:
+	// a takeover between them would be dropped with this release. The
+	// fsync is waited for after it.
+	s.claimMu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			s.claimMu.Unlock()
+		}
+	}()
+	owned := make([]bool, len(done))
+	var unheld []int // claims no longer live here: swept, or finished by another
+	var stored int64 // of those, dropped from disk
+	for i, d := range done {
+		lc, ok := s.live.get(digestOf(key(i)))
+		switch {
+		case d.Seq == 0 || ok && lc.seq == d.Seq:
+			owned[i] = true
+			w.del(d.Token, key(i))
+		case !ok:
+			unheld = append(unheld, i)
+		}
+	}
+	if len(unheld) > 0 {
+		// What is stored is this claim's own only while it is a persisted
+		// claim (a Skip scope's) of this notification; a confirm or another
+		// record's claim stays.
+		keys := make([]string, len(unheld))
+		for j, i := range unheld {
+			keys[j] = key(i)
+		}
+		fs, err := s.lookup(keys, func(j int) string { return done[unheld[j]].Key }, s.o.now())
+		if err != nil {
+			return fmt.Errorf("dedupe: release: %w", err)
+		}
+		for j, i := range unheld {
+			if f := fs[j]; f.ok && f.e.state == stateClaimed && f.e.id == done[i].ID {
+				w.del(f.bucket, key(i))
+				stored++
+			}
+		}
+	}
+	s.remember(w)
+	synced, err := s.commitThen(w, s.o.sync)
+	if err != nil {
+		return fmt.Errorf("dedupe: commit: %w", err)
+	}
+	s.committed(w)
+	n := stored
+	for i := range done {
+		if owned[i] {
+			s.live.del(digestOf(key(i)))
+			n++
+		}
+	}
+	locked = false
+	s.claimMu.Unlock()
+	s.m.releases.Add(n)
+	if err := synced(); err != nil {
+		return fmt.Errorf("dedupe: commit: %w", err)
+	}
+	return nil
 }
 
 // Remembered is a key another store confirmed (another node's send or
@@ -1217,8 +1299,8 @@ func (s *Store) Remember(ctx context.Context, rs []Remembered) error {
 	return nil
 }
 
-func (s *Store) finish(ctx context.Context, done []Done, confirm bool, sync bool) error {
-	return await(s.finishThen(ctx, done, confirm, sync))
+func (s *Store) finish(ctx context.Context, done []Done, sync bool) error {
+	return await(s.finishThen(ctx, done, sync))
 }
 
 // noWait is the wait of a write with nothing left to make durable.
@@ -1233,7 +1315,7 @@ func await(wait func() error, err error) error {
 	return wait()
 }
 
-func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync bool) (func() error, error) {
+func (s *Store) finishThen(ctx context.Context, done []Done, sync bool) (func() error, error) {
 	if len(done) == 0 {
 		return noWait, nil
 	}
@@ -1248,10 +1330,6 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 	key := func(i int) string { return unsafe.String(&w.digests[i*digestLen], digestLen) }
 	now := s.o.now()
 	for i, d := range done {
-		if !confirm {
-			w.del(d.Token, key(i))
-			continue
-		}
 		// The window restarts at the confirm, seconds after the claim; that
 		// saves a read per key and changes nothing a user could notice.
 		e := entry{state: stateConfirmed, claimedAt: now.UnixNano(), id: d.ID, outcome: d.Outcome}
@@ -1274,11 +1352,7 @@ func (s *Store) finishThen(ctx context.Context, done []Done, confirm bool, sync 
 		s.live.del(digestOf(key(i)))
 	}
 	s.claimMu.Unlock()
-	if confirm {
-		s.m.confirms.Add(int64(len(done)))
-	} else {
-		s.m.releases.Add(int64(len(done)))
-	}
+	s.m.confirms.Add(int64(len(done)))
 	return func() error {
 		if err := synced(); err != nil {
 			return fmt.Errorf("dedupe: commit: %w", err)

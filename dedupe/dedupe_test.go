@@ -206,6 +206,64 @@ func TestRenewHoldsClaims(t *testing.T) {
 	}
 }
 
+func TestReleaseDropsItsOwnClaimOnly(t *testing.T) {
+	clk := newClock()
+	s := open(t, t.TempDir(), clk, WithLease(10*time.Second), WithUncertainPolicy("email", Skip))
+	defer s.Close()
+	release1 := func(key, id string, r ClaimResult) {
+		t.Helper()
+		if err := s.Release(ctx, []Done{{Key: key, Token: r.Token, ID: id, Seq: r.Seq}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// a's send outlived its lease; b took the key over, then a failed.
+	slow := claim1(t, s, "k", "", "a")
+	clk.Add(11 * time.Second)
+	over := claim1(t, s, "k", "", "b")
+	release1("k", "a", slow)
+	if r := claim1(t, s, "k", "", "c"); r.Status != InFlight || r.OriginalID != "b" {
+		t.Fatalf("after a released a claim b holds: %+v, want b's in flight", r)
+	}
+	if err := s.Confirm(ctx, []Done{{Key: "k", Token: over.Token, ID: "b", Outcome: "sent"}}); err != nil {
+		t.Fatal(err)
+	}
+	release1("k", "a", slow) // again, once b's send is confirmed
+	if r := claim1(t, s, "k", "", "c"); r.Status != Duplicate || r.OriginalID != "b" {
+		t.Fatalf("after a released a key b confirmed: %+v, want b's duplicate", r)
+	}
+
+	own := claim1(t, s, "mine", "", "a")
+	release1("mine", "a", own)
+	if r := claim1(t, s, "mine", "", "a"); r.Status != Claimed {
+		t.Fatalf("a released claim is claimed anew: %+v", r)
+	}
+
+	// A Skip scope persists its claims: a claim swept from memory (its
+	// send slower than two leases) still releases its own stored claim,
+	// else the retry would be taken for an uncertain send and skipped.
+	kept := claim1(t, s, "mail", "email", "m")
+	clk.Add(31 * time.Second)
+	s.sweepAbandoned(clk.Now())
+	release1("mail", "m", kept)
+	if r := claim1(t, s, "mail", "email", "m"); r.Status != Claimed {
+		t.Fatalf("a swept Skip claim released by its own: %+v, want claimed", r)
+	}
+
+	first := claim1(t, s, "bare", "", "a")
+	clk.Add(11 * time.Second)
+	claim1(t, s, "bare", "", "b")
+	if err := s.Release(ctx, []Done{{Key: "bare", Token: first.Token, ID: "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := claim1(t, s, "bare", "", "c"); r.Status != Claimed {
+		t.Fatalf("a release without a Seq drops whatever holds the key: %+v", r)
+	}
+	if got := s.Metrics().Releases; got != 3 {
+		t.Fatalf("releases counted %d, want the 3 that dropped a claim", got)
+	}
+}
+
 func TestExpiredLeaseTakeoverPolicies(t *testing.T) {
 	clk := newClock()
 	s := open(t, t.TempDir(), clk, WithLease(10*time.Second), WithUncertainPolicy("email", Skip))

@@ -513,7 +513,7 @@ func (e *Engine) abandon(items []*item) {
 func (e *Engine) releaseClaims(items []*item) {
 	done := make([]dedupe.Done, len(items))
 	for i, it := range items {
-		done[i] = dedupe.Done{Key: it.key, Token: it.token, ID: it.n.ID}
+		done[i] = dedupe.Done{Key: it.key, Token: it.token, ID: it.n.ID, Seq: it.seq}
 	}
 	_ = e.cfg.Dedupe.Release(e.outCtx, done)
 	e.claimed.Add(-int64(len(items)))

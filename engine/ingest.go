@@ -111,7 +111,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		}
 		o.recs = append(o.recs, laneRecord(e.cfg.Topics, n, key, values[start:len(values):len(values)]))
 		o.event(e, n, StateAccepted, now, "", "", "")
-		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted"})
+		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted", Seq: claims[i].Seq})
 	}
 	if len(done) == 0 {
 		return out, 0, nil
