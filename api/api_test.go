@@ -57,6 +57,7 @@ type nodeOpts struct {
 	dedupeFS   vfs.FS       // the dedupe store's files; nil: the OS's
 	ready      func() error // api.Config.Ready
 	snapshots  bool         // api.Config.SnapshotDir: the node's directory
+	atIngest   engine.IngestDedupe
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -102,7 +103,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	reg := prometheus.NewRegistry()
 	topics := engine.DefaultTopics()
 	topics.KeylessLanes = true // as serve runs on the embedded log
-	eng, err := engine.New(engine.Config{Open: open, Topics: topics, Dedupe: dd, Status: st, Registry: reg, Partitions: 4,
+	eng, err := engine.New(engine.Config{Open: open, Topics: topics, Dedupe: dd, Status: st, Registry: reg, Partitions: 4, IngestDedupe: o.atIngest,
 		Channels: map[notification.Channel]engine.ChannelConfig{
 			notification.Webhook: {Provider: wh, Rate: 50_000},
 			notification.SMS:     {Provider: tw, Rate: 50_000},
@@ -865,9 +866,9 @@ func BenchmarkIngest(b *testing.B) {
 	})
 	// 8 clients, each on a kept-alive connection of its own. 16 or 32 gave
 	// the same rate and more CPU a notification: the CPU is the limit.
-	b.Run("ndjson-1000", func(b *testing.B) {
+	ndjson := func(b *testing.B, o nodeOpts) {
 		const clients = 8
-		n := newNode(b, nodeOpts{syncDedupe: true})
+		n := newNode(b, o)
 		_ = n.eng.PauseChannel(notification.Webhook, true)
 		var seq atomic.Int64
 		batch := func(dst []byte) []byte {
@@ -895,6 +896,12 @@ func BenchmarkIngest(b *testing.B) {
 		})
 		b.ReportMetric((cpuMicros()-cpu)/float64(b.N*1000), "cpu-us/notification")
 		b.ReportMetric(float64(b.N)*1000/b.Elapsed().Seconds(), "notifications/s")
+	}
+	b.Run("ndjson-1000", func(b *testing.B) { ndjson(b, nodeOpts{syncDedupe: true}) })
+	// The same keyless items with dedupe.at_ingest: keyed: no claim and
+	// confirm at the door (their sends are still claimed).
+	b.Run("ndjson-1000-at-ingest-keyed", func(b *testing.B) {
+		ndjson(b, nodeOpts{syncDedupe: true, atIngest: engine.IngestDedupeKeyed})
 	})
 	// A client that resends batches already accepted (a retry after a
 	// timeout): every item is a duplicate, answered 200 with the original

@@ -868,13 +868,17 @@ func reuse[T any](s []T, n int) []T {
 const eventSizeHint = 384
 
 func (o *outcomes) event(e *Engine, n *notification.Notification, st State, at time.Time, provider, msgID, reason string) {
+	o.addEvent(e, e.statusEvent(n, st, at, provider, msgID, reason))
+}
+
+func (e *Engine) statusEvent(n *notification.Notification, st State, at time.Time, provider, msgID, reason string) StatusEvent {
 	ev := StatusEvent{ID: n.ID, State: st, At: at, Tenant: n.Tenant,
 		Channel: string(n.Channel), Priority: n.Priority.String(), Attempts: n.Attempts, Provider: provider,
 		ProviderMessageID: msgID, Reason: reason}
 	if e.cfg.NodeID != "" && (st == StateAccepted || st == StateSent) {
 		ev.IdempotencyKey = n.IdempotencyKey
 	}
-	o.addEvent(e, ev)
+	return ev
 }
 
 // duplicate records that n is not sent: the claim of its key answered r,

@@ -46,7 +46,8 @@ type Admission struct {
 var ErrUnavailable = errors.New("engine: unavailable")
 
 // Ingest accepts notifications at the door: it prepares them (id, accepted
-// time, idempotency key), claims their keys for their tenant, and produces
+// time, idempotency key), claims their keys for their tenant (every key,
+// or only those given: Config.IngestDedupe), and produces
 // the new ones to their lanes with their "accepted" status events, durably,
 // before it returns. A key already accepted within the dedupe window is a
 // duplicate of the first notification and is not enqueued again.
@@ -67,6 +68,13 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	}
 	nextID := len(buf)
 	buf = e.ids.appendN(buf, missing)
+	// unclaimed[i]: ns[i] is not claimed at the door (IngestDedupeKeyed, no
+	// key of its own); reqs and claims then hold the others only.
+	var unclaimed []bool
+	if e.cfg.IngestDedupe == IngestDedupeKeyed {
+		unclaimed = make([]bool, len(ns))
+	}
+	reqs = reqs[:0]
 	for i, n := range ns {
 		if n.ID == "" {
 			n.ID = unsafe.String(&buf[nextID], ulid.EncodedSize)
@@ -76,13 +84,19 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 			start := len(buf)
 			buf = notification.AppendDefaultIdempotencyKey(buf, n)
 			n.IdempotencyKey = str(start)
+			if unclaimed != nil {
+				unclaimed[i] = true
+			}
 		}
 		n.Prepare(now) // the accepted time
+		if unclaimed != nil && unclaimed[i] {
+			continue
+		}
 		start := len(buf)
 		buf = appendIngestKey(buf, n.Tenant, n.IdempotencyKey)
-		reqs[i] = dedupe.ClaimRequest{Key: str(start), Scope: ingestScope, ID: n.ID}
+		reqs = append(reqs, dedupe.ClaimRequest{Key: str(start), Scope: ingestScope, ID: n.ID})
 	}
-	claims := reuse(ib.claims, len(ns))
+	claims := reuse(ib.claims, len(reqs))
 	clear(claims)
 	if err := e.cfg.Dedupe.Claim(ctx, reqs, claims); err != nil {
 		return nil, 0, fmt.Errorf("%w: idempotency store: %v", ErrUnavailable, err)
@@ -96,12 +110,18 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	// written into if the buffer outgrows it), not an allocation each.
 	values := slices.Grow(ib.values[:0], len(ns)*recordSizeHint)
 	defer func() { ib.reqs, ib.claims, ib.done, ib.values = reqs, claims, done, values }()
+	accepted, k := 0, 0 // k: the next of reqs and claims
 	for i, n := range ns {
-		if !claims[i].Status.ShouldSend() {
-			out[i] = Admission{ID: claims[i].OriginalID, Duplicate: true}
-			continue
+		door := unclaimed == nil || !unclaimed[i]
+		if door {
+			if c := claims[k]; !c.Status.ShouldSend() {
+				out[i] = Admission{ID: c.OriginalID, Duplicate: true}
+				k++
+				continue
+			}
 		}
 		out[i] = Admission{ID: n.ID}
+		accepted++
 		// The record first, its event after: addEvent appends to o.recs too.
 		start := len(values)
 		values = e.cfg.Codec.AppendEncode(values, n)
@@ -110,10 +130,17 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 			key = o.enc.bytes(n.IdempotencyKey)
 		}
 		o.recs = append(o.recs, laneRecord(e.cfg.Topics, n, key, values[start:len(values):len(values)]))
-		o.event(e, n, StateAccepted, now, "", "", "")
-		done = append(done, dedupe.Done{Key: reqs[i].Key, Token: claims[i].Token, ID: n.ID, Outcome: "accepted", Seq: claims[i].Seq})
+		ev := e.statusEvent(n, StateAccepted, now, "", "", "")
+		if !door {
+			ev.IdempotencyKey = "" // the other nodes need not claim it at their doors either
+		}
+		o.addEvent(e, ev)
+		if door {
+			done = append(done, dedupe.Done{Key: reqs[k].Key, Token: claims[k].Token, ID: n.ID, Outcome: "accepted", Seq: claims[k].Seq})
+			k++
+		}
 	}
-	if len(done) == 0 {
+	if accepted == 0 {
 		return out, 0, nil
 	}
 	if err := e.emit(ctx, o); err != nil {
@@ -131,7 +158,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		// key is accepted again, and the send claim stops the second send.
 		e.cfg.Logger.Warn("confirm of ingest claims failed", zap.Error(err))
 	}
-	return out, len(done), nil
+	return out, accepted, nil
 }
 
 // ingestBuffers are an Ingest call's working slices, pooled: nothing keeps

@@ -91,6 +91,15 @@ func newLogger(level string) (*zap.Logger, error) {
 }
 
 // serve runs a node until ctx ends.
+// ingestDedupe reads dedupe.at_ingest.
+func ingestDedupe(cfg Config) (engine.IngestDedupe, error) {
+	d, err := engine.ParseIngestDedupe(cfg.Dedupe.AtIngest)
+	if err != nil {
+		return 0, fmt.Errorf("config dedupe.at_ingest: %w", err)
+	}
+	return d, nil
+}
+
 func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	lg, err := newLogger(cfg.LogLevel)
 	if err != nil {
@@ -176,6 +185,10 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	atIngest, err := ingestDedupe(cfg)
+	if err != nil {
+		return err
+	}
 	for _, k := range cfg.Reconcile.Redrive {
 		if !slices.Contains(engine.RedriveKinds, k) {
 			return fmt.Errorf("config reconcile.redrive: %q, want some of %v", k, engine.RedriveKinds)
@@ -187,7 +200,7 @@ func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	topics := engine.DefaultTopics()
 	topics.KeylessLanes = len(cfg.Kafka) == 0
 	eng, err := engine.New(engine.Config{Open: open, Topics: topics, Channels: channels, Dedupe: dd, Status: st, StatusWebhooks: hooks,
-		KeepPayloads: cfg.Engine.KeepPayloads, NodeID: nodeID, ReconcileDir: filepath.Join(cfg.Data, "reconcile"), ReceiptDeadlines: cfg.Reconcile.Deadlines,
+		KeepPayloads: cfg.Engine.KeepPayloads, IngestDedupe: atIngest, NodeID: nodeID, ReconcileDir: filepath.Join(cfg.Data, "reconcile"), ReceiptDeadlines: cfg.Reconcile.Deadlines,
 		Partitions: cfg.Partitions, PollMax: cfg.Engine.PollMax, RingSize: cfg.Engine.RingSize,
 		MaxDelayed: cfg.Engine.MaxDelayed, MaxAttempts: cfg.Engine.MaxAttempts,
 		Backoff:        engine.Backoff{Base: cfg.Engine.BackoffBase, Max: cfg.Engine.BackoffMax, MaxRetryAfter: cfg.Engine.MaxRetryAfter},

@@ -496,6 +496,17 @@ func TestDocumentedConfigParses(t *testing.T) {
 	if _, err := dedupeOptions(c); err != nil {
 		t.Fatal(err)
 	}
+	if d, err := ingestDedupe(c); err != nil || d != engine.IngestDedupeAll {
+		t.Fatalf("dedupe.at_ingest: %v, %v", d, err)
+	}
+	c.Dedupe.AtIngest = "keyed"
+	if d, err := ingestDedupe(c); err != nil || d != engine.IngestDedupeKeyed {
+		t.Fatalf("dedupe.at_ingest keyed: %v, %v", d, err)
+	}
+	c.Dedupe.AtIngest = "some"
+	if _, err := ingestDedupe(c); err == nil || !strings.Contains(err.Error(), "dedupe.at_ingest") {
+		t.Fatalf("bad dedupe.at_ingest: %v", err)
+	}
 	c.Channels["push"] = ChannelConf{Uncertain: "maybe"}
 	if _, err := dedupeOptions(c); err == nil || !strings.Contains(err.Error(), "channels.push.uncertain") {
 		t.Fatalf("bad uncertain policy: %v", err)
