@@ -124,7 +124,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		accepted++
 		// The record first, its event after: addEvent appends to o.recs too.
 		start := len(values)
-		values = e.cfg.Codec.AppendEncode(values, n)
+		values = e.cfg.Codec.AppendEncodeCached(values, n, &ib.accepted)
 		var key []byte
 		if !e.cfg.Topics.KeylessLanes {
 			key = o.enc.bytes(n.IdempotencyKey)
@@ -171,6 +171,8 @@ type ingestBuffers struct {
 	done   []dedupe.Done
 	values []byte
 	out    outcomes
+	// The records' accepted time, in UTC; the events' is in out.enc.
+	accepted notification.TimeCache
 }
 
 var ingestPool = sync.Pool{New: func() any { return new(ingestBuffers) }}

@@ -1,10 +1,12 @@
 package notification
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -279,5 +281,33 @@ func TestArenaGrowsToItsBatches(t *testing.T) {
 	batch()
 	if cap(a.ns) < 500 || unsafe.SliceData(a.ns) != ns || unsafe.SliceData(a.buf) != buf {
 		t.Fatalf("a grown arena still allocates a batch (chunk of %d notifications)", cap(a.ns))
+	}
+}
+
+// TestPlain8 holds the eight-byte test to the byte table: every byte value
+// at every position among plain bytes, and every pair of positions with
+// one bad byte before a plain one that could hide it.
+func TestPlain8(t *testing.T) {
+	safe := func(b byte) bool { return b < 0x80 && htmlSafe[b] }
+	for p := range 8 {
+		for v := range 256 {
+			w := []byte("aaaaaaaa")
+			w[p] = byte(v)
+			if got := plain8(binary.LittleEndian.Uint64(w)); got != safe(byte(v)) {
+				t.Fatalf("plain8(%q) = %v, want %v", w, got, !got)
+			}
+			for q := range 8 {
+				if q == p {
+					continue
+				}
+				for _, u := range []byte{0x00, 0x1f, 0x20, '"', '\\', '<', '>', '&', 0x7f, 0x80, 0xff} {
+					w2 := slices.Clone(w)
+					w2[q] = u
+					if got, want := plain8(binary.LittleEndian.Uint64(w2)), safe(byte(v)) && safe(u); got != want {
+						t.Fatalf("plain8(%q) = %v, want %v", w2, got, want)
+					}
+				}
+			}
+		}
 	}
 }

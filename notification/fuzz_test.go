@@ -119,8 +119,8 @@ func refWireOf(n *Notification) *refWire {
 	return w
 }
 
-// FuzzEncodeMatchesEncodingJSON holds the encoder (goccy/go-json over the
-// wire struct) to encoding/json over a plain spelling of the format, byte
+// FuzzEncodeMatchesEncodingJSON holds the encoder (appendWire) to
+// encoding/json over a plain spelling of the format, byte
 // for byte, on any strings: quotes, control characters,
 // HTML characters, U+2028, invalid UTF-8, map key order, zero and non-zero
 // times.
@@ -128,6 +128,7 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 	f.Add("01JD3ZQ8X4K2M9N7P5R3T1V0WY", "acme", "+15551234567", "code", "123456", "Your code: <b>\"x\"</b>", int64(0), int64(1_800_000_000_123))
 	f.Add("", "\x00\x1f\u2028\u2029", "a&b", "\xff\xfe", "é", "\\", int64(-1), int64(1))
 	c := NewCodec()
+	var accepted TimeCache // across inputs, as across a batch's items
 	f.Fuzz(func(t *testing.T, id, tenant, recipient, k, v, body string, exp, acc int64) {
 		n := &Notification{ID: id, Tenant: tenant, Channel: SMS, Priority: Critical, Recipient: recipient,
 			Vars: map[string]string{k: v, v: k}, Content: &Content{Subject: k, Body: body},
@@ -150,6 +151,11 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 		}
 		if got := c.Encode(n); string(got) != string(want) {
 			t.Fatalf("encoder differs from encoding/json:\n got %s\nwant %s", got, want)
+		}
+		for range 2 { // the second through the time cache
+			if got := c.AppendEncodeCached(nil, n, &accepted); string(got) != string(want) {
+				t.Fatalf("cached encoder differs from encoding/json:\n got %s\nwant %s", got, want)
+			}
 		}
 	})
 }
