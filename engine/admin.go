@@ -212,7 +212,7 @@ func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, er
 		return nil, nil
 	}
 	e.ckpt.produced(e.cfg.Topics.Status, o.recs)
-	if err := e.cfg.Status.apply(o.events, o.keep); err != nil {
+	if err := e.cfg.Status.apply(o.events, o.keep, o.runs); err != nil {
 		e.cfg.Logger.Warn("status store write failed", zap.Error(err))
 		// The status replica skips this process's events, counting on
 		// this write: it has to read them again.

@@ -839,6 +839,8 @@ type outcomes struct {
 	keep   []payload
 	done   []*item
 	enc    eventEncoder // the events' ids, keys and JSON
+	// runs: the accepted events may be stored as runs (Ingest's).
+	runs bool
 }
 
 // reuse empties o for a stage producing up to records records (its events'
@@ -854,6 +856,7 @@ func (o *outcomes) reuse(records, events, done int) {
 	o.keep = o.keep[:0]
 	o.enc.buf = slices.Grow(o.enc.buf[:0], events*eventSizeHint)
 	o.enc.reserved = 0
+	o.runs = false
 }
 
 // reuse returns s resliced to n, or a new slice when s is too small.

@@ -104,6 +104,9 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	out := make([]Admission, len(ns))
 	o := &ib.out
 	o.reuse(2*len(ns), len(ns), 0) // a record and an event each
+	// Runs need ids from one call of ids, which no other run's overlap; an
+	// id a caller gave could fall anywhere.
+	o.runs = missing == len(ns)
 	o.enc.reserveIDs(e.ids, len(ns))
 	done := ib.done[:0]
 	// The records' values share one buffer (a value keeps the array it was

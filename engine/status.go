@@ -82,7 +82,8 @@ type Status struct {
 // Keys are 's' + id + event time + sequence; ids are ULIDs, which sort by
 // their creation time, so dropping everything older than the window is one
 // range delete up to the smallest ULID of the cutoff time, not a scan.
-// Writes are blind sets (no read-modify-write on the send path).
+// Writes are blind sets (no read-modify-write on the send path). The
+// accepted events of one ingest share a key, as a run (statusruns.go).
 //
 // The events' store has no write-ahead log of its own: every event is
 // first a record on the status topic, and that topic is its log. Pebble's
@@ -174,7 +175,7 @@ func openStatus(dir string, window time.Duration, create bool, fs vfs.FS) (*Stat
 		err = closer.Close()
 	case errors.Is(err, pebble.ErrNotFound):
 		s.id = notification.NewID()
-		s.upgraded, err = anyIn(db, []byte{'s'}, []byte{'t'})
+		s.upgraded, err = anyIn(db, []byte{runPrefix}, []byte{'t'}) // runs and events
 	}
 	if err != nil {
 		s.Close()
@@ -299,7 +300,7 @@ func statusKey(dst []byte, id string, at time.Time, seq uint16) []byte {
 
 // Apply writes events in one batch.
 func (s *StatusStore) Apply(events []StatusEvent) error {
-	return s.apply(events, nil)
+	return s.apply(events, nil, false)
 }
 
 // payload is a sent notification's encoded record, kept so that
@@ -309,7 +310,10 @@ type payload struct {
 	value []byte
 }
 
-func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
+// apply writes events and payloads. With runs, accepted events of one
+// time with ascending ids, as Ingest makes them, are written as runs
+// (statusruns.go).
+func (s *StatusStore) apply(events []StatusEvent, payloads []payload, runs bool) error {
 	if len(events) == 0 && len(payloads) == 0 {
 		return nil
 	}
@@ -323,10 +327,26 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 			applyScratch.Put(sc)
 		}
 	}()
-	kvs := reuse(sc.kvs, len(events))
+	kvs := sc.kvs[:0]
 	buf := slices.Grow(sc.buf[:0], len(events)*160)
 	defer func() { sc.kvs, sc.buf = kvs, buf }()
-	for i := range events {
+	for i := 0; i < len(events); i++ {
+		if runs && runnable(&events[i], nil) {
+			j := i + 1
+			for j < len(events) && j-i < maxRun && runnable(&events[j], &events[j-1]) {
+				j++
+			}
+			if j-i > 1 {
+				var key, value []byte
+				var err error
+				if buf, key, value, err = appendRunKV(buf, events[i:j]); err != nil {
+					return err
+				}
+				kvs = append(kvs, statusKV{key, value})
+				i = j - 1
+				continue
+			}
+		}
 		start := len(buf)
 		buf = statusKey(buf, events[i].ID, events[i].At, eventSeq(&events[i], i))
 		mid := len(buf)
@@ -334,7 +354,7 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload) error {
 		if buf, err = appendStoredEvent(buf, &events[i]); err != nil {
 			return err
 		}
-		kvs[i] = statusKV{buf[start:mid:mid], buf[mid:len(buf):len(buf)]}
+		kvs = append(kvs, statusKV{buf[start:mid:mid], buf[mid:len(buf):len(buf)]})
 	}
 	byKey := func(a, b statusKV) int { return bytes.Compare(a.key, b.key) }
 	if !slices.IsSortedFunc(kvs, byKey) {
@@ -530,8 +550,37 @@ func (s *StatusStore) Scan(from, to time.Time, fn func(id string, history []Stat
 		return err
 	}
 	defer it.Close()
+	runs, err := s.runIter()
+	if err != nil {
+		return err
+	}
+	defer runs.Close()
+	// The events under keys of their own and those in runs, merged by id.
+	rc := newRunCursor(runs, lo, hi)
+	rid, rev, rok, err := rc.next()
+	if err != nil {
+		return fmt.Errorf("engine: status runs: %w", err)
+	}
 	var id string
 	var hist []StatusEvent
+	// emit hands fn id's history, with its run event, after the run
+	// events of the ids before it (accepted only).
+	emit := func(id string, hist []StatusEvent) error {
+		for rok && (id == "" || rid <= id) {
+			if rid == id {
+				hist = withRunEvent(hist, rev)
+			} else if err := fn(rid, []StatusEvent{rev}); err != nil {
+				return err
+			}
+			if rid, rev, rok, err = rc.next(); err != nil {
+				return fmt.Errorf("engine: status runs: %w", err)
+			}
+		}
+		if len(hist) == 0 {
+			return nil
+		}
+		return fn(id, hist)
+	}
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
 		if len(k) < 1+statusKeyTail {
@@ -539,7 +588,7 @@ func (s *StatusStore) Scan(from, to time.Time, fn func(id string, history []Stat
 		}
 		kid := string(k[1 : len(k)-statusKeyTail])
 		if kid != id && len(hist) > 0 {
-			if err := fn(id, hist); err != nil {
+			if err := emit(id, hist); err != nil {
 				return err
 			}
 			hist = hist[:0]
@@ -551,10 +600,15 @@ func (s *StatusStore) Scan(from, to time.Time, fn func(id string, history []Stat
 		}
 		hist = append(hist, e)
 	}
-	if len(hist) > 0 {
-		return fn(id, hist)
+	if err := it.Error(); err != nil {
+		return err
 	}
-	return nil
+	if len(hist) > 0 {
+		if err := emit(id, hist); err != nil {
+			return err
+		}
+	}
+	return emit("", nil) // the run events after the last id
 }
 
 // commitAux commits b to aux, for the next Sync to make durable. Marked
@@ -607,6 +661,20 @@ func (s *StatusStore) Get(id string) (Status, error) {
 		}
 		st.History = append(st.History, e)
 	}
+	if err := it.Error(); err != nil {
+		return Status{}, err
+	}
+	runs, err := s.runIter()
+	if err != nil {
+		return Status{}, err
+	}
+	defer runs.Close()
+	switch ev, ok, err := runEvent(runs, id); {
+	case err != nil:
+		return Status{}, fmt.Errorf("engine: status of %s: %w", id, err)
+	case ok:
+		st.History = withRunEvent(st.History, ev)
+	}
 	if len(st.History) == 0 {
 		return Status{}, ErrNotFound
 	}
@@ -633,6 +701,7 @@ func (s *StatusStore) latest(ids []string) (out []StatusEvent, found []bool, err
 		return nil, nil, err
 	}
 	defer it.Close()
+	var runs *pebble.Iterator
 	var prefix, key, val []byte
 	for _, i := range order {
 		prefix = append(append(prefix[:0], 's'), ids[i]...)
@@ -649,6 +718,17 @@ func (s *StatusStore) latest(ids []string) (out []StatusEvent, found []bool, err
 			}
 		}
 		if !found[i] {
+			// Accepted only: its event is in a run. (A notification with
+			// events of its own has a newer one than its acceptance.)
+			if runs == nil {
+				if runs, err = s.runIter(); err != nil {
+					return nil, nil, err
+				}
+				defer runs.Close()
+			}
+			if out[i], found[i], err = runEvent(runs, ids[i]); err != nil {
+				return nil, nil, fmt.Errorf("engine: status of %s: %w", ids[i], err)
+			}
 			continue
 		}
 		if out[i], err = decodeStoredEvent(ids[i], key, val); err != nil {
@@ -675,6 +755,7 @@ func (s *StatusStore) Reclaim(now time.Time) error {
 	}{
 		{s.aux, []byte{'p'}, append([]byte{'p'}, floor...)},
 		{s.db, []byte{'s'}, append([]byte{'s'}, floor...)},
+		{s.db, []byte{runPrefix}, append([]byte{runPrefix}, floor...)},
 		{s.aux, []byte{'u'}, binary.BigEndian.AppendUint64([]byte{'u'}, uint64(cut.UnixNano()))},
 	} {
 		// A range delete in the memtable makes Compact flush it: where

@@ -355,7 +355,7 @@ func TestStatusStoreSyncAndCheckpoint(t *testing.T) {
 	}
 	now := time.Now()
 	a, b := idAt(now, 1), idAt(now, 2)
-	if err := s.apply([]StatusEvent{{EventID: "e1", ID: a, State: StateSent, At: now}}, []payload{{id: a, value: []byte("pa")}}); err != nil {
+	if err := s.apply([]StatusEvent{{EventID: "e1", ID: a, State: StateSent, At: now}}, []payload{{id: a, value: []byte("pa")}}, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AddUnknownReceipts([]UnknownReceipt{{Provider: "twilio", ID: "x", State: StateDelivered, At: now, ReceivedAt: now}}); err != nil {

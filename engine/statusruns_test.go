@@ -1,0 +1,172 @@
+package engine
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/oklog/ulid/v2"
+)
+
+// TestStatusRunsReadAsEvents writes the same events to two stores, one
+// with Ingest's accepted events as runs and one with a key each, and
+// reads both back the same: Get, latest and Scan (whole and cut through a
+// run), with later events of some notifications, an accepted event
+// applied again from the topic (a replay after a crash), events that
+// cannot join a run, and the window's reclaim.
+func TestStatusRunsReadAsEvents(t *testing.T) {
+	base := time.Unix(1_800_000_000, 0).UTC()
+	at := base.Add(5 * time.Second)
+	entropy := ulid.Monotonic(&constReader{7}, 1)
+	var accepted []StatusEvent
+	var ids []string
+	for i := range 2600 {
+		// Ids over several milliseconds, so a Scan by time cuts a run.
+		id := ulid.MustNew(ulid.Timestamp(base.Add(time.Duration(i)*time.Millisecond)), entropy).String()
+		ids = append(ids, id)
+		ev := StatusEvent{EventID: "ev-" + id, ID: id, State: StateAccepted, At: at, Tenant: "acme", Channel: "email", Priority: "bulk"}
+		switch i {
+		case 1500:
+			ev.At = at.Add(time.Millisecond) // another time: ends a run
+		case 2000:
+			ev.Attempts = 1 // not an ingest's: ends a run
+		}
+		accepted = append(accepted, ev)
+	}
+	var later []StatusEvent
+	for i := 0; i < len(ids); i += 97 {
+		later = append(later, StatusEvent{EventID: "sent-" + ids[i], ID: ids[i], State: StateSent, At: at.Add(time.Second),
+			Tenant: "acme", Channel: "email", Priority: "bulk", Attempts: 1, Provider: "sendgrid"})
+	}
+	replayed := []StatusEvent{accepted[10], accepted[1100]}
+
+	open := func(runs bool) *StatusStore {
+		s, err := OpenStatus(t.TempDir(), time.Hour, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		if err := s.apply(accepted, nil, runs); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Apply(later); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Apply(replayed); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	withRuns, perEvent := open(true), open(false)
+	if n := countKeys(t, withRuns, []byte{runPrefix}, []byte{runPrefix + 1}); n < 3 || n > 6 {
+		t.Fatalf("%d runs, want 3-6 for 2,600 events cut twice", n)
+	}
+	if n := countKeys(t, withRuns, []byte{'s'}, []byte{'t'}); n != 2+len(later)+len(replayed) {
+		t.Fatalf("%d events under keys of their own, want the 2 that cannot join a run and %d more", n, len(later)+len(replayed))
+	}
+
+	for _, id := range append(ids, idAt(base, 1)) {
+		a, aerr := withRuns.Get(id)
+		b, berr := perEvent.Get(id)
+		if !errors.Is(aerr, berr) && (aerr == nil || berr == nil || aerr.Error() != berr.Error()) || !reflect.DeepEqual(a, b) {
+			t.Fatalf("Get(%s): runs %+v, %v; events %+v, %v", id, a, aerr, b, berr)
+		}
+	}
+	la, fa, err := withRuns.latest(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, fb, err := perEvent.latest(ids)
+	if err != nil || !reflect.DeepEqual(la, lb) || !reflect.DeepEqual(fa, fb) {
+		t.Fatalf("latest differs (%v)", err)
+	}
+	scan := func(s *StatusStore, from, to time.Time) map[string][]StatusEvent {
+		out := map[string][]StatusEvent{}
+		var last string
+		if err := s.Scan(from, to, func(id string, hist []StatusEvent) error {
+			if id <= last {
+				t.Fatalf("Scan gave %s after %s", id, last)
+			}
+			last = id
+			out[id] = append([]StatusEvent(nil), hist...)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for _, r := range [][2]time.Duration{{0, time.Hour}, {700 * time.Millisecond, 1900 * time.Millisecond}, {2599 * time.Millisecond, time.Hour}} {
+		a, b := scan(withRuns, base.Add(r[0]), base.Add(r[1])), scan(perEvent, base.Add(r[0]), base.Add(r[1]))
+		if len(b) == 0 || !reflect.DeepEqual(a, b) {
+			t.Fatalf("Scan %v: runs gave %d ids, events %d, or their histories differ", r, len(a), len(b))
+		}
+	}
+
+	if err := withRuns.Reclaim(base.Add(2 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := withRuns.Get(ids[5]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after the window: %v, want not found", err)
+	}
+	if n := countKeys(t, withRuns, []byte{runPrefix}, []byte{runPrefix + 1}); n != 0 {
+		t.Fatalf("%d runs left after the window", n)
+	}
+}
+
+func countKeys(t *testing.T, s *StatusStore, lo, hi []byte) int {
+	t.Helper()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	return n
+}
+
+// FuzzStoredRun reads any bytes as a run's value (a store copied from
+// another node is read as it is): errors, never a panic, and a run this
+// process wrote reads back whole.
+func FuzzStoredRun(f *testing.F) {
+	at := time.Unix(1_800_000_000, 5).UTC()
+	evs := []StatusEvent{
+		{EventID: "e1", ID: "01M8A0Q7Z9H5Y0R4T2B6W8D3JQ", State: StateAccepted, At: at, Tenant: "acme", Channel: "sms", Priority: "critical"},
+		{EventID: "e2", ID: "01M8A0Q7Z9H5Y0R4T2B6W8D3JR", State: StateAccepted, At: at, Tenant: "acme", Channel: "email"},
+	}
+	_, _, v, err := appendRunKV(nil, evs)
+	if err != nil {
+		f.Fatal(err)
+	}
+	r, err := parseRun(v)
+	if err != nil || r.len() != 2 {
+		f.Fatalf("own run: %d entries, %v", r.len(), err)
+	}
+	for _, want := range evs {
+		got, ok, err := r.find(want.ID)
+		if !ok || err != nil || !reflect.DeepEqual(got, want) {
+			f.Fatalf("own run: %+v, %v, %v; want %+v", got, ok, err, want)
+		}
+	}
+	f.Add(v, "01M8A0Q7Z9H5Y0R4T2B6W8D3JR")
+	f.Add(v[:len(v)-3], "01M8A0Q7Z9H5Y0R4T2B6W8D3JQ")
+	f.Add([]byte{storedRunV1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0, 1}, "x")
+	f.Fuzz(func(t *testing.T, v []byte, id string) {
+		r, err := parseRun(v)
+		if err != nil {
+			return
+		}
+		for i := range r.len() {
+			rid, ev, err := r.entry(i)
+			if err != nil {
+				break
+			}
+			_, _ = r.event(rid, ev)
+		}
+		_, _, _ = r.find(id)
+	})
+}
