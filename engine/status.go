@@ -644,13 +644,13 @@ func (s *StatusStore) Sync() error {
 // Get returns the status of id, or ErrNotFound.
 func (s *StatusStore) Get(id string) (Status, error) {
 	prefix := append([]byte{'s'}, id...)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	it, err := s.runsAndEvents()
 	if err != nil {
 		return Status{}, err
 	}
 	defer it.Close()
 	st := Status{ID: id}
-	for it.First(); it.Valid(); it.Next() {
+	for valid := it.SeekGE(prefix); valid && bytes.HasPrefix(it.Key(), prefix); valid = it.Next() {
 		// Keys of a longer id sharing this prefix are not ours.
 		if len(it.Key()) != len(prefix)+statusKeyTail {
 			continue
@@ -664,12 +664,7 @@ func (s *StatusStore) Get(id string) (Status, error) {
 	if err := it.Error(); err != nil {
 		return Status{}, err
 	}
-	runs, err := s.runIter()
-	if err != nil {
-		return Status{}, err
-	}
-	defer runs.Close()
-	switch ev, ok, err := runEvent(runs, id); {
+	switch ev, ok, err := runEvent(it, id); {
 	case err != nil:
 		return Status{}, fmt.Errorf("engine: status of %s: %w", id, err)
 	case ok:
@@ -696,12 +691,11 @@ func (s *StatusStore) latest(ids []string) (out []StatusEvent, found []bool, err
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'s'}, UpperBound: []byte{'t'}})
+	it, err := s.runsAndEvents()
 	if err != nil {
 		return nil, nil, err
 	}
 	defer it.Close()
-	var runs *pebble.Iterator
 	var prefix, key, val []byte
 	for _, i := range order {
 		prefix = append(append(prefix[:0], 's'), ids[i]...)
@@ -720,13 +714,7 @@ func (s *StatusStore) latest(ids []string) (out []StatusEvent, found []bool, err
 		if !found[i] {
 			// Accepted only: its event is in a run. (A notification with
 			// events of its own has a newer one than its acceptance.)
-			if runs == nil {
-				if runs, err = s.runIter(); err != nil {
-					return nil, nil, err
-				}
-				defer runs.Close()
-			}
-			if out[i], found[i], err = runEvent(runs, ids[i]); err != nil {
+			if out[i], found[i], err = runEvent(it, ids[i]); err != nil {
 				return nil, nil, fmt.Errorf("engine: status of %s: %w", ids[i], err)
 			}
 			continue
@@ -785,17 +773,6 @@ func anyIn(db *pebble.DB, lo, hi []byte) (bool, error) {
 	}
 	found := it.First()
 	return found, it.Close()
-}
-
-func prefixEnd(p []byte) []byte {
-	end := bytes.Clone(p)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i] < 0xff {
-			end[i]++
-			return end[:i+1]
-		}
-	}
-	return nil
 }
 
 // quietPebble drops Pebble's informational lines ("Found 0 WALs") and keeps

@@ -141,11 +141,17 @@ func (s *StatusStore) runIter() (*pebble.Iterator, error) {
 	return s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{runPrefix}, UpperBound: []byte{runPrefix + 1}})
 }
 
+// runsAndEvents returns an iterator over the runs and the events: one
+// iterator where a read needs both (making one is most of a Get).
+func (s *StatusStore) runsAndEvents() (*pebble.Iterator, error) {
+	return s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{runPrefix}, UpperBound: []byte{'t'}})
+}
+
 // runEvent returns id's event from the run holding it, if one does. Runs
 // are tried from the first whose last id is not below id, until one
-// starts above it.
+// starts above it. it may reach past the runs (Get's reads events too).
 func runEvent(it *pebble.Iterator, id string) (StatusEvent, bool, error) {
-	for valid := it.SeekGE(append([]byte{runPrefix}, id...)); valid; valid = it.Next() {
+	for valid := it.SeekGE(append([]byte{runPrefix}, id...)); valid && it.Key()[0] == runPrefix; valid = it.Next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return StatusEvent{}, false, err
