@@ -1180,12 +1180,9 @@ func (s *Store) Release(ctx context.Context, done []Done) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	w := pooledWriter(len(done))
+	w := s.doneWriter(done)
 	defer w.release()
-	for _, d := range done {
-		w.digests = s.appendDigest(w.digests, d.Key)
-	}
-	key := func(i int) string { return unsafe.String(&w.digests[i*digestLen], digestLen) }
+	key := w.digest
 	// Under the claim lock from the owner check to the live claims' drop:
 	// a takeover between them would be dropped with this release. The
 	// fsync is waited for after it.
@@ -1303,6 +1300,16 @@ func (s *Store) finish(ctx context.Context, done []Done, sync bool) error {
 	return await(s.finishThen(ctx, done, sync))
 }
 
+// doneWriter returns a pooled writer holding done's keys in their stored
+// form (see digest).
+func (s *Store) doneWriter(done []Done) *sortedWriter {
+	w := pooledWriter(len(done))
+	for _, d := range done {
+		w.digests = s.appendDigest(w.digests, d.Key)
+	}
+	return w
+}
+
 // noWait is the wait of a write with nothing left to make durable.
 func noWait() error { return nil }
 
@@ -1322,12 +1329,9 @@ func (s *Store) finishThen(ctx context.Context, done []Done, sync bool) (func() 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	w := pooledWriter(len(done))
+	w := s.doneWriter(done)
 	defer w.release()
-	for _, d := range done {
-		w.digests = s.appendDigest(w.digests, d.Key)
-	}
-	key := func(i int) string { return unsafe.String(&w.digests[i*digestLen], digestLen) }
+	key := w.digest
 	now := s.o.now()
 	for i, d := range done {
 		// The window restarts at the confirm, seconds after the claim; that
@@ -1450,6 +1454,11 @@ func pooledWriter(n int) *sortedWriter {
 
 // maxPooledWriter keeps the pool from pinning one huge batch's buffer.
 const maxPooledWriter = 4 << 20
+
+// digest is the i-th key doneWriter stored.
+func (w *sortedWriter) digest(i int) string {
+	return unsafe.String(&w.digests[i*digestLen], digestLen)
+}
 
 func (w *sortedWriter) release() {
 	if cap(w.buf) <= maxPooledWriter {
