@@ -274,7 +274,6 @@ func (realClock) Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Config configures an Engine.
 // IngestDedupe is which notifications Ingest claims at the door, so that a
 // repeat answers as a duplicate of the first instead of being enqueued.
 // Every one is still claimed before its send, under its given or derived
@@ -304,6 +303,7 @@ func ParseIngestDedupe(s string) (IngestDedupe, error) {
 	return 0, fmt.Errorf("ingest dedupe %q: want all or keyed", s)
 }
 
+// Config configures an Engine.
 type Config struct {
 	// Open makes the Log the engine consumes from and produces to; the
 	// engine fills in the consumer config (group, topics, rebalance hooks)

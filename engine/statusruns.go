@@ -60,9 +60,10 @@ func appendRunKV(dst []byte, evs []StatusEvent) (out []byte, key, value []byte, 
 }
 
 // runnable reports whether ev may join a run after prev (nil for the
-// first): accepted, in the stored binary form, at prev's time, above its id.
+// first): accepted, with an event id (what tells it from the same event
+// applied again), at prev's time (kept once, in Unix ns), above its id.
 func runnable(ev, prev *StatusEvent) bool {
-	if ev.State != StateAccepted || ev.EventID == "" || ev.Attempts != 0 || ev.ID == "" ||
+	if ev.State != StateAccepted || ev.EventID == "" || ev.ID == "" ||
 		!time.Unix(0, ev.At.UnixNano()).Equal(ev.At) {
 		return false
 	}
