@@ -74,52 +74,54 @@ func TestLaneRecordKeys(t *testing.T) {
 // keyless item is accepted again, with a new id, and stopped at its send
 // by the claim of its derived key. Either way each is sent once.
 func TestIngestDedupeKeyed(t *testing.T) {
-	for _, mode := range []engine.IngestDedupe{engine.IngestDedupeAll, engine.IngestDedupeKeyed} {
-		t.Run(map[engine.IngestDedupe]string{engine.IngestDedupeAll: "all", engine.IngestDedupeKeyed: "keyed"}[mode], func(t *testing.T) {
-			r := newRig(t, backends[0])
-			cfg := r.config(r.channels(false))
-			cfg.IngestDedupe = mode
-			e, stop := r.start(cfg)
-			defer stop()
-			waitFor(t, 20*time.Second, "ready", e.Ready)
-			batch := func() []*notification.Notification {
-				return []*notification.Notification{
-					{Channel: notification.Webhook, Tenant: "acme", Recipient: "https://hooks.example/campaign",
-						Content: &notification.Content{Body: `{"sale":true}`}},
-					{Channel: notification.Webhook, Tenant: "acme", Recipient: "https://hooks.example/orders",
-						Content: &notification.Content{Body: `{"order":7}`}, IdempotencyKey: "order-7"},
+	for _, b := range backends {
+		for _, mode := range []engine.IngestDedupe{engine.IngestDedupeAll, engine.IngestDedupeKeyed} {
+			t.Run(b.name+"/"+map[engine.IngestDedupe]string{engine.IngestDedupeAll: "all", engine.IngestDedupeKeyed: "keyed"}[mode], func(t *testing.T) {
+				r := newRig(t, b)
+				cfg := r.config(r.channels(false))
+				cfg.IngestDedupe = mode
+				e, stop := r.start(cfg)
+				defer stop()
+				waitFor(t, 20*time.Second, "ready", e.Ready)
+				batch := func() []*notification.Notification {
+					return []*notification.Notification{
+						{Channel: notification.Webhook, Tenant: "acme", Recipient: "https://hooks.example/campaign",
+							Content: &notification.Content{Body: `{"sale":true}`}},
+						{Channel: notification.Webhook, Tenant: "acme", Recipient: "https://hooks.example/orders",
+							Content: &notification.Content{Body: `{"order":7}`}, IdempotencyKey: "order-7"},
+					}
 				}
-			}
-			first, n, err := e.Ingest(context.Background(), batch(), time.Now())
-			if err != nil || n != 2 {
-				t.Fatalf("first batch: %d accepted, %v", n, err)
-			}
-			again, n, err := e.Ingest(context.Background(), batch(), time.Now())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if a := again[1]; !a.Duplicate || a.ID != first[1].ID {
-				t.Fatalf("repeat of a keyed item: %+v, want a duplicate of %s", a, first[1].ID)
-			}
-			keyless := again[0]
-			if mode == engine.IngestDedupeAll {
-				if n != 0 || !keyless.Duplicate || keyless.ID != first[0].ID {
-					t.Fatalf("repeat of a keyless item: %+v (%d accepted), want a duplicate of %s", keyless, n, first[0].ID)
+				first, n, err := e.Ingest(context.Background(), batch(), time.Now())
+				if err != nil || n != 2 {
+					t.Fatalf("first batch: %d accepted, %v", n, err)
 				}
-			} else {
-				if n != 1 || keyless.Duplicate || keyless.ID == first[0].ID {
-					t.Fatalf("repeat of a keyless item: %+v (%d accepted), want accepted anew", keyless, n)
+				again, n, err := e.Ingest(context.Background(), batch(), time.Now())
+				if err != nil {
+					t.Fatal(err)
 				}
-				waitFor(t, 10*time.Second, "the repeat stopped at its send", func() bool {
-					s, err := e.Status(keyless.ID)
-					return err == nil && s.State == engine.StateDuplicate && s.Current.DuplicateOf == first[0].ID
-				})
-			}
-			waitFor(t, 10*time.Second, "two sends", func() bool { return r.mock.Stats().Received >= 2 })
-			time.Sleep(500 * time.Millisecond) // a third send, if any, has arrived
-			if got := r.mock.Stats().Received; got != 2 {
-				t.Fatalf("provider received %d sends, want 2", got)
-			}
-		})
+				if a := again[1]; !a.Duplicate || a.ID != first[1].ID {
+					t.Fatalf("repeat of a keyed item: %+v, want a duplicate of %s", a, first[1].ID)
+				}
+				keyless := again[0]
+				if mode == engine.IngestDedupeAll {
+					if n != 0 || !keyless.Duplicate || keyless.ID != first[0].ID {
+						t.Fatalf("repeat of a keyless item: %+v (%d accepted), want a duplicate of %s", keyless, n, first[0].ID)
+					}
+				} else {
+					if n != 1 || keyless.Duplicate || keyless.ID == first[0].ID {
+						t.Fatalf("repeat of a keyless item: %+v (%d accepted), want accepted anew", keyless, n)
+					}
+					waitFor(t, 10*time.Second, "the repeat stopped at its send", func() bool {
+						s, err := e.Status(keyless.ID)
+						return err == nil && s.State == engine.StateDuplicate && s.Current.DuplicateOf == first[0].ID
+					})
+				}
+				waitFor(t, 10*time.Second, "two sends", func() bool { return r.mock.Stats().Received >= 2 })
+				time.Sleep(500 * time.Millisecond) // a third send, if any, has arrived
+				if got := r.mock.Stats().Received; got != 2 {
+					t.Fatalf("provider received %d sends, want 2", got)
+				}
+			})
+		}
 	}
 }
