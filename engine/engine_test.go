@@ -1044,3 +1044,54 @@ func TestClaimHeldPastItsLease(t *testing.T) {
 		})
 	}
 }
+
+// TestFailedSendKeepsATakeoversConfirm: a send slower than the lease (here
+// one that times out) loses its key to a later record of it, which is sent
+// and confirmed meanwhile. The slow one then fails and is released for a
+// retry; the release must drop its own claim only, not the other's
+// confirm, or the retry finds the key free and sends it a second time.
+func TestFailedSendKeepsATakeoversConfirm(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			dd, err := dedupe.Open(filepath.Join(r.dir, "dedupe-slow"), dedupe.WithCreate(), dedupe.WithSync(false),
+				dedupe.WithLease(500*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { dd.Close() })
+			wh, err := providers.NewWebhook(providers.WebhookConfig{Path: "/webhook/orders", Secret: "whsec", Batch: 1,
+				Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL(), RequestTimeout: 1500 * time.Millisecond}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := r.config(map[notification.Channel]engine.ChannelConfig{
+				notification.Webhook: {Provider: wh, Rate: 1000, Concurrency: 2}})
+			cfg.Dedupe = dd
+			e, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 20*time.Second, "ready", e.Ready)
+			order := func(body string) *notification.Notification {
+				return &notification.Notification{Channel: notification.Webhook, Recipient: "https://hooks.example/orders",
+					Content: &notification.Content{Body: body}, Tenant: "acme", IdempotencyKey: "order-42"}
+			}
+			r.mock.SetFaults(mockserver.Faults{SlowRate: 1, SlowDelay: mockserver.Duration(3 * time.Second)})
+			r.enqueue(order(`{"order":42}`))
+			waitFor(t, 10*time.Second, "the first send to reach the provider", func() bool { return r.mock.Stats().Requests >= 1 })
+			r.mock.SetFaults(mockserver.Faults{})
+			time.Sleep(700 * time.Millisecond) // past the first's lease: its send is still held
+			r.enqueue(order(`{"order":42,"retry":true}`))
+			waitFor(t, 10*time.Second, "the second to take the key over and be confirmed", func() bool {
+				return dd.Metrics().TakenOver >= 1 && dd.Metrics().Confirms >= 1
+			})
+			// The first times out (1.5 s), is released and retried; the
+			// provider answers its held request at 3 s.
+			waitFor(t, 10*time.Second, "the first's held request", func() bool { return r.mock.Stats().Received >= 2 })
+			time.Sleep(1500 * time.Millisecond) // a retry's send, if any, has arrived
+			if s := r.mock.Stats(); s.Received != 2 {
+				t.Fatalf("provider received %d sends of one key (the timed-out one, the takeover, and %d more), want 2",
+					s.Received, s.Received-2)
+			}
+		})
+	}
+}
