@@ -56,16 +56,25 @@ var errStoredEvent = errors.New("engine: malformed stored status event")
 // decodeStoredEvent reads the event stored under key (see statusKey) for
 // id. The event's time comes back in UTC.
 func decodeStoredEvent(id string, key, v []byte) (StatusEvent, error) {
+	if len(key) < statusKeyTail {
+		return StatusEvent{}, errStoredEvent
+	}
+	return decodeStoredEventAt(id, int64(binary.BigEndian.Uint64(key[len(key)-statusKeyTail:])), v)
+}
+
+// decodeStoredEventAt is decodeStoredEvent with the time (Unix ns) given
+// apart from a key (a run keeps one for all its events).
+func decodeStoredEventAt(id string, at int64, v []byte) (StatusEvent, error) {
 	var ev StatusEvent
 	if len(v) > 0 && v[0] == '{' {
 		err := json.Unmarshal(v, &ev)
 		return ev, err
 	}
-	if len(key) < statusKeyTail || len(v) < 2 || v[0] != storedEventV1 || int(v[1]) >= len(States) {
+	if len(v) < 2 || v[0] != storedEventV1 || int(v[1]) >= len(States) {
 		return ev, errStoredEvent
 	}
 	ev.ID = id
-	ev.At = time.Unix(0, int64(binary.BigEndian.Uint64(key[len(key)-statusKeyTail:]))).UTC()
+	ev.At = time.Unix(0, at).UTC()
 	ev.State = States[v[1]]
 	attempts, n := binary.Uvarint(v[2:])
 	if n <= 0 || attempts > 1<<31 {

@@ -1,12 +1,13 @@
 package engine
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -72,7 +73,7 @@ func runnable(ev, prev *StatusEvent) bool {
 
 // storedRun is a run's value, parsed.
 type storedRun struct {
-	at      time.Time
+	at      int64 // Unix ns
 	offs    []byte
 	entries []byte
 }
@@ -81,7 +82,7 @@ func parseRun(v []byte) (storedRun, error) {
 	if len(v) < runHeaderLen || v[0] != storedRunV1 {
 		return storedRun{}, errStoredRun
 	}
-	r := storedRun{at: time.Unix(0, int64(binary.BigEndian.Uint64(v[1:]))).UTC()}
+	r := storedRun{at: int64(binary.BigEndian.Uint64(v[1:]))}
 	n, w := binary.Uvarint(v[runHeaderLen:])
 	rest := v[runHeaderLen+max(w, 0):]
 	if w <= 0 || n == 0 || n > uint64(len(rest))/4 {
@@ -112,7 +113,7 @@ func (r storedRun) entry(i int) (id, ev []byte, err error) {
 }
 
 func (r storedRun) event(id, ev []byte) (StatusEvent, error) {
-	return decodeStoredEvent(string(id), statusKey(nil, "", r.at, 0), ev)
+	return decodeStoredEventAt(string(id), r.at, ev)
 }
 
 // find returns id's event in the run.
@@ -124,9 +125,9 @@ func (r storedRun) find(id string) (StatusEvent, bool, error) {
 		if err != nil {
 			return StatusEvent{}, false, err
 		}
-		switch c := bytes.Compare(mid, []byte(id)); {
+		switch c := strings.Compare(unsafe.String(unsafe.SliceData(mid), len(mid)), id); {
 		case c == 0:
-			e, err := r.event(mid, ev)
+			e, err := decodeStoredEventAt(id, r.at, ev)
 			return e, err == nil, err
 		case c < 0:
 			lo = m + 1
@@ -152,7 +153,8 @@ func (s *StatusStore) runsAndEvents() (*pebble.Iterator, error) {
 // are tried from the first whose last id is not below id, until one
 // starts above it. it may reach past the runs (Get's reads events too).
 func runEvent(it *pebble.Iterator, id string) (StatusEvent, bool, error) {
-	for valid := it.SeekGE(append([]byte{runPrefix}, id...)); valid && it.Key()[0] == runPrefix; valid = it.Next() {
+	key := append(append(make([]byte, 0, 1+len(id)), runPrefix), id...)
+	for valid := it.SeekGE(key); valid && it.Key()[0] == runPrefix; valid = it.Next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return StatusEvent{}, false, err
