@@ -170,3 +170,38 @@ func FuzzStoredRun(f *testing.F) {
 		_, _, _ = r.find(id)
 	})
 }
+
+// BenchmarkStatusGetFromRuns reads the status of notifications accepted in
+// NDJSON-sized requests and not sent yet: each Get finds its event in a
+// run.
+func BenchmarkStatusGetFromRuns(b *testing.B) {
+	s, err := OpenStatus(b.TempDir(), time.Hour, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	entropy := ulid.Monotonic(&constReader{3}, 1)
+	var ids []string
+	at := time.Now().UTC()
+	for range 200 {
+		evs := make([]StatusEvent, 1000)
+		for i := range evs {
+			id := ulid.MustNew(ulid.Timestamp(at), entropy).String()
+			ids = append(ids, id)
+			evs[i] = StatusEvent{EventID: "e" + id, ID: id, State: StateAccepted, At: at, Tenant: "acme", Channel: "email", Priority: "normal"}
+		}
+		if err := s.apply(evs, nil, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Checkpoint(); err != nil { // flushed: reads from tables, as most would
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if st, err := s.Get(ids[(i*7919)%len(ids)]); err != nil || st.State != StateAccepted {
+			b.Fatalf("status %+v, %v", st, err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "gets/s")
+}
