@@ -24,10 +24,12 @@ import (
 // (uvarint), n offsets (4 bytes each, into the entries), then n entries,
 // each an id (uvarint length, bytes) followed by its event in the stored
 // form (appendStoredEvent) to the next entry. Ids ascend, so a lookup
-// is a binary search. Runs of one process never overlap, so the run
-// holding an id is the first whose last id is not below it; runs that do
-// overlap (ids made under a clock set back, across a restart) are still
-// searched in turn.
+// is a binary search. Runs of one store do not overlap (Ingest makes a
+// run's ids in one call, above every id it made before), so the run
+// holding an id is the first whose last id is not below it. Should two
+// overlap (ids made under a clock set back across a restart), a lookup
+// goes on through the runs until one starts above the id; Scan takes them
+// as they come.
 const (
 	runPrefix    = 'r'
 	storedRunV1  = 1
