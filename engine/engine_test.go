@@ -151,6 +151,18 @@ func (r *rig) config(ch map[notification.Channel]engine.ChannelConfig) engine.Co
 		MaxAttempts: 50, CommitInterval: 50 * time.Millisecond, DrainTimeout: 2 * time.Second}
 }
 
+// shortLeases opens a dedupe store of its own whose claims last 500 ms, so
+// a test can let one run out.
+func (r *rig) shortLeases() *dedupe.Store {
+	dd, err := dedupe.Open(filepath.Join(r.dir, "dedupe-short-leases"), dedupe.WithCreate(), dedupe.WithSync(false),
+		dedupe.WithLease(500*time.Millisecond))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { dd.Close() })
+	return dd
+}
+
 // start runs an engine until the test ends or the returned stop is called.
 func (r *rig) start(cfg engine.Config) (*engine.Engine, func()) {
 	e, err := engine.New(cfg)
@@ -1007,12 +1019,7 @@ func TestClaimHeldPastItsLease(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			r := newRig(t, b)
-			dd, err := dedupe.Open(filepath.Join(r.dir, "dedupe-lease"), dedupe.WithCreate(), dedupe.WithSync(false),
-				dedupe.WithLease(500*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { dd.Close() })
+			dd := r.shortLeases()
 			cfg := r.config(r.channels(false))
 			cfg.Dedupe = dd
 			e, stop := r.start(cfg)
@@ -1054,12 +1061,7 @@ func TestFailedSendKeepsATakeoversConfirm(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			r := newRig(t, b)
-			dd, err := dedupe.Open(filepath.Join(r.dir, "dedupe-slow"), dedupe.WithCreate(), dedupe.WithSync(false),
-				dedupe.WithLease(500*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { dd.Close() })
+			dd := r.shortLeases()
 			wh, err := providers.NewWebhook(providers.WebhookConfig{Path: "/webhook/orders", Secret: "whsec", Batch: 1,
 				Endpoint: providers.EndpointConfig{BaseURL: r.mock.URL(), RequestTimeout: 1500 * time.Millisecond}})
 			if err != nil {
