@@ -107,6 +107,10 @@ type StatusStore struct {
 	// Open replayed it, whose first checkpoint is the status topic's end,
 	// not a replay of the topic.
 	checkpointed, upgraded bool
+	// runsAbove: the last id of the runs the store held at open (written
+	// before a restart, or copied from another node). Runs of this process
+	// start above it, so no two runs overlap (statusruns.go).
+	runsAbove string
 }
 
 // checkpointedKey marks a store whose events the engine has checkpointed
@@ -165,6 +169,10 @@ func openStatus(dir string, window time.Duration, create bool, fs vfs.FS) (*Stat
 	}
 	s := &StatusStore{db: db, aux: aux, window: window}
 	if err := s.moveToAux(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("engine: open status store: %w", err)
+	}
+	if s.runsAbove, err = lastRunID(db); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("engine: open status store: %w", err)
 	}
@@ -331,7 +339,7 @@ func (s *StatusStore) apply(events []StatusEvent, payloads []payload, runs bool)
 	buf := slices.Grow(sc.buf[:0], len(events)*160)
 	defer func() { sc.kvs, sc.buf = kvs, buf }()
 	for i := 0; i < len(events); i++ {
-		if runs && runnable(&events[i], nil) {
+		if runs && runnable(&events[i], nil) && events[i].ID > s.runsAbove {
 			j := i + 1
 			for j < len(events) && j-i < maxRun && runnable(&events[j], &events[j-1]) {
 				j++

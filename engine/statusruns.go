@@ -24,12 +24,11 @@ import (
 // (uvarint), n offsets (4 bytes each, into the entries), then n entries,
 // each an id (uvarint length, bytes) followed by its event in the stored
 // form (appendStoredEvent) to the next entry. Ids ascend, so a lookup
-// is a binary search. Runs of one store do not overlap (Ingest makes a
-// run's ids in one call, above every id it made before), so the run
-// holding an id is the first whose last id is not below it. Should two
-// overlap (ids made under a clock set back across a restart), a lookup
-// goes on through the runs until one starts above the id; Scan takes them
-// as they come.
+// is a binary search. No two runs overlap: Ingest makes a run's ids in one
+// call, above every id it made before, and a store writes runs only above
+// the last it held at open (one written before a restart under a clock set
+// back since, or copied from another node's store by a join). So the run
+// holding an id is the first whose last id is not below it.
 const (
 	runPrefix    = 'r'
 	storedRunV1  = 1
@@ -138,6 +137,19 @@ func (r storedRun) find(id string) (StatusEvent, bool, error) {
 		}
 	}
 	return StatusEvent{}, false, nil
+}
+
+// lastRunID returns the last id of db's runs, "" when it has none.
+func lastRunID(db *pebble.DB) (string, error) {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{runPrefix}, UpperBound: []byte{runPrefix + 1}})
+	if err != nil {
+		return "", err
+	}
+	var last string
+	if it.Last() {
+		last = string(it.Key()[1:])
+	}
+	return last, it.Close()
 }
 
 // runIter returns an iterator over the runs.

@@ -205,3 +205,49 @@ func BenchmarkStatusGetFromRuns(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "gets/s")
 }
+
+// TestStatusRunsNeverOverlap: after a reopen, accepted events whose ids
+// fall within the runs the store already held (made under a clock set
+// back, or those of a store copied from another node) are kept under keys
+// of their own, so every id's run is the first that does not end below it.
+func TestStatusRunsNeverOverlap(t *testing.T) {
+	dir := t.TempDir()
+	at := time.Unix(1_800_000_000, 0).UTC()
+	batch := func(ids ...string) []StatusEvent {
+		evs := make([]StatusEvent, len(ids))
+		for i, id := range ids {
+			evs[i] = StatusEvent{EventID: "ev-" + id, ID: id, State: StateAccepted, At: at, Tenant: "acme", Channel: "sms"}
+		}
+		return evs
+	}
+	id := func(n byte) string { return idAt(at, n) }
+	s, err := OpenStatus(dir, time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.apply(batch(id(10), id(20), id(30)), nil, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = OpenStatus(dir, time.Hour, false); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// Within the run held at open, then above it.
+	if err := s.apply(append(batch(id(15), id(25)), batch(id(40), id(50))...), nil, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := countKeys(t, s, []byte{runPrefix}, []byte{runPrefix + 1}); n != 2 {
+		t.Fatalf("%d runs, want the one held at open and 40-50", n)
+	}
+	if n := countKeys(t, s, []byte{'s'}, []byte{'t'}); n != 2 {
+		t.Fatalf("%d events under keys of their own, want 15 and 25", n)
+	}
+	for _, n := range []byte{10, 15, 20, 25, 30, 40, 50} {
+		if st, err := s.Get(id(n)); err != nil || st.State != StateAccepted || st.ID != id(n) {
+			t.Fatalf("Get(%d): %+v, %v", n, st, err)
+		}
+	}
+}
