@@ -1182,26 +1182,33 @@ func (s *Store) Release(ctx context.Context, done []Done) error {
 	}
 	w := s.doneWriter(done)
 	defer w.release()
+	synced, err := s.releaseOwned(done, w)
+	if err != nil {
+		return err
+	}
+	if err := synced(); err != nil {
+		return fmt.Errorf("dedupe: commit: %w", err)
+	}
+	return nil
+}
+
+// releaseOwned is Release's write, under the claim lock from the owner
+// check to the live claims' drop: a takeover between them would be dropped
+// with this release. It returns the wait for the fsync, done after it.
+func (s *Store) releaseOwned(done []Done, w *sortedWriter) (synced func() error, err error) {
 	key := w.digest
-	// Under the claim lock from the owner check to the live claims' drop:
-	// a takeover between them would be dropped with this release. The
-	// fsync is waited for after it.
 	s.claimMu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			s.claimMu.Unlock()
-		}
-	}()
+	defer s.claimMu.Unlock()
 	owned := make([]bool, len(done))
 	var unheld []int // claims no longer live here: swept, or finished by another
-	var stored int64 // of those, dropped from disk
+	var n int64      // claims dropped
 	for i, d := range done {
 		lc, ok := s.live.get(digestOf(key(i)))
 		switch {
 		case d.Seq == 0 || ok && lc.seq == d.Seq:
 			owned[i] = true
 			w.del(d.Token, key(i))
+			n++
 		case !ok:
 			unheld = append(unheld, i)
 		}
@@ -1216,35 +1223,28 @@ func (s *Store) Release(ctx context.Context, done []Done) error {
 		}
 		fs, err := s.lookup(keys, func(j int) string { return done[unheld[j]].Key }, s.o.now())
 		if err != nil {
-			return fmt.Errorf("dedupe: release: %w", err)
+			return nil, fmt.Errorf("dedupe: release: %w", err)
 		}
 		for j, i := range unheld {
 			if f := fs[j]; f.ok && f.e.state == stateClaimed && f.e.id == done[i].ID {
 				w.del(f.bucket, key(i))
-				stored++
+				n++
 			}
 		}
 	}
 	s.remember(w)
-	synced, err := s.commitThen(w, s.o.sync)
+	synced, err = s.commitThen(w, s.o.sync)
 	if err != nil {
-		return fmt.Errorf("dedupe: commit: %w", err)
+		return nil, fmt.Errorf("dedupe: commit: %w", err)
 	}
 	s.committed(w)
-	n := stored
 	for i := range done {
 		if owned[i] {
 			s.live.del(digestOf(key(i)))
-			n++
 		}
 	}
-	locked = false
-	s.claimMu.Unlock()
 	s.m.releases.Add(n)
-	if err := synced(); err != nil {
-		return fmt.Errorf("dedupe: commit: %w", err)
-	}
-	return nil
+	return synced, nil
 }
 
 // Remembered is a key another store confirmed (another node's send or
