@@ -556,8 +556,7 @@ func (e *Engine) holdClaims(batch []*item) []*item {
 	var at []int
 	for i, it := range batch {
 		if now.Sub(it.claimedAt) >= stale {
-			reqs = append(reqs, dedupe.RenewRequest{Seq: it.seq,
-				ClaimRequest: dedupe.ClaimRequest{Key: it.key, Scope: string(it.n.Channel), ID: it.n.ID}})
+			reqs = append(reqs, dedupe.RenewRequest{ClaimRequest: it.claimRequest(), Seq: it.seq})
 			at = append(at, i)
 		}
 	}
@@ -574,7 +573,7 @@ func (e *Engine) holdClaims(batch []*item) []*item {
 	for j, i := range at {
 		it, r := batch[i], res[j]
 		if r.Status.ShouldSend() {
-			it.token, it.seq, it.claimedAt = r.Token, r.Seq, now
+			it.holds(r, now)
 			continue
 		}
 		e.m.duplicates.WithLabelValues(string(it.n.Channel)).Inc()

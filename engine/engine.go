@@ -137,6 +137,16 @@ type item struct {
 	claimedAt time.Time
 }
 
+// claimRequest claims it.key for its send (it.key must be set).
+func (it *item) claimRequest() dedupe.ClaimRequest {
+	return dedupe.ClaimRequest{Key: it.key, Scope: string(it.n.Channel), ID: it.n.ID}
+}
+
+// holds records the claim r, taken (or renewed) at, that it sends on.
+func (it *item) holds(r dedupe.ClaimResult, at time.Time) {
+	it.token, it.seq, it.claimedAt = r.Token, r.Seq, at
+}
+
 type channelState struct {
 	name      notification.Channel
 	cfg       ChannelConfig
@@ -1267,7 +1277,7 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 			kbuf = appendSendKey(kbuf, it.n.Tenant, it.n.IdempotencyKey)
 			it.key = unsafe.String(&kbuf[start], len(kbuf)-start)
 		}
-		reqs[i] = dedupe.ClaimRequest{Key: it.key, Scope: string(it.n.Channel), ID: it.n.ID}
+		reqs[i] = it.claimRequest()
 	}
 	if err := e.cfg.Dedupe.Claim(ctx, reqs, res); err != nil {
 		e.cfg.Logger.Warn("dedupe claim failed; holding the batch", zap.Error(err))
@@ -1296,7 +1306,7 @@ func (e *Engine) claim(ctx context.Context, items []*item, out *outcomes, now ti
 			}
 		}
 		if r.Status.ShouldSend() {
-			it.token, it.seq, it.claimedAt = r.Token, r.Seq, now
+			it.holds(r, now)
 			send = append(send, it)
 			continue
 		}
