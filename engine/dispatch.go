@@ -51,24 +51,17 @@ func appendEvent(b []byte, ev *StatusEvent, at *notification.TimeCache) ([]byte,
 	if err != nil {
 		return b, fmt.Errorf("json: error calling MarshalJSON for type time.Time: %w", err)
 	}
-	b = appendOmitEmpty(b, `,"tenant":`, ev.Tenant)
-	b = appendOmitEmpty(b, `,"channel":`, ev.Channel)
-	b = appendOmitEmpty(b, `,"priority":`, ev.Priority)
+	b = notification.AppendJSONField(b, `,"tenant":`, ev.Tenant)
+	b = notification.AppendJSONField(b, `,"channel":`, ev.Channel)
+	b = notification.AppendJSONField(b, `,"priority":`, ev.Priority)
 	b = strconv.AppendInt(append(b, `,"attempts":`...), int64(ev.Attempts), 10)
-	b = appendOmitEmpty(b, `,"provider":`, ev.Provider)
-	b = appendOmitEmpty(b, `,"provider_message_id":`, ev.ProviderMessageID)
-	b = appendOmitEmpty(b, `,"reason":`, ev.Reason)
-	b = appendOmitEmpty(b, `,"duplicate_of":`, ev.DuplicateOf)
-	b = appendOmitEmpty(b, `,"idempotency_key":`, ev.IdempotencyKey)
-	b = appendOmitEmpty(b, `,"node":`, ev.Node)
+	b = notification.AppendJSONField(b, `,"provider":`, ev.Provider)
+	b = notification.AppendJSONField(b, `,"provider_message_id":`, ev.ProviderMessageID)
+	b = notification.AppendJSONField(b, `,"reason":`, ev.Reason)
+	b = notification.AppendJSONField(b, `,"duplicate_of":`, ev.DuplicateOf)
+	b = notification.AppendJSONField(b, `,"idempotency_key":`, ev.IdempotencyKey)
+	b = notification.AppendJSONField(b, `,"node":`, ev.Node)
 	return append(b, '}'), nil
-}
-
-func appendOmitEmpty(b []byte, name, s string) []byte {
-	if s == "" {
-		return b
-	}
-	return notification.AppendJSONString(append(b, name...), s)
 }
 
 // bytes appends s to the buffer and returns its copy there.

@@ -20,15 +20,15 @@ func appendWire(dst []byte, n *Notification, accepted *TimeCache) []byte {
 	// Every field is written with a leading comma; the first one's becomes
 	// the opening brace.
 	start := len(dst)
-	dst = appendStringField(dst, `,"id":`, n.ID)
-	dst = appendStringField(dst, `,"idempotency_key":`, n.IdempotencyKey)
-	dst = appendStringField(dst, `,"tenant":`, n.Tenant)
-	dst = appendStringField(dst, `,"channel":`, string(n.Channel))
+	dst = AppendJSONField(dst, `,"id":`, n.ID)
+	dst = AppendJSONField(dst, `,"idempotency_key":`, n.IdempotencyKey)
+	dst = AppendJSONField(dst, `,"tenant":`, n.Tenant)
+	dst = AppendJSONField(dst, `,"channel":`, string(n.Channel))
 	if n.Priority.Valid() {
-		dst = appendStringField(dst, `,"priority":`, n.Priority.String())
+		dst = AppendJSONField(dst, `,"priority":`, n.Priority.String())
 	}
-	dst = appendStringField(dst, `,"recipient":`, n.Recipient)
-	dst = appendStringField(dst, `,"template":`, n.Template)
+	dst = AppendJSONField(dst, `,"recipient":`, n.Recipient)
+	dst = AppendJSONField(dst, `,"template":`, n.Template)
 	dst = appendMapField(dst, `,"vars":`, n.Vars)
 	if c := n.Content; c != nil {
 		dst = append(dst, `,"content":{`...)
@@ -39,13 +39,9 @@ func appendWire(dst []byte, n *Notification, accepted *TimeCache) []byte {
 		dst = AppendJSONString(append(dst, `"body":`...), c.Body)
 		dst = append(dst, '}')
 	}
-	dst = appendTimeField(dst, `,"not_before":`, n.NotBefore)
-	dst = appendTimeField(dst, `,"expires_at":`, n.ExpiresAt)
-	if accepted != nil && !n.AcceptedAt.IsZero() {
-		dst, _ = accepted.Append(append(dst, `,"accepted_at":`...), n.AcceptedAt.UTC())
-	} else {
-		dst = appendTimeField(dst, `,"accepted_at":`, n.AcceptedAt)
-	}
+	dst = appendTimeField(dst, `,"not_before":`, n.NotBefore, nil)
+	dst = appendTimeField(dst, `,"expires_at":`, n.ExpiresAt, nil)
+	dst = appendTimeField(dst, `,"accepted_at":`, n.AcceptedAt, accepted)
 	if n.Attempts != 0 {
 		dst = strconv.AppendInt(append(dst, `,"attempts":`...), int64(n.Attempts), 10)
 	}
@@ -57,21 +53,25 @@ func appendWire(dst []byte, n *Notification, accepted *TimeCache) []byte {
 	return append(dst, '}')
 }
 
-func appendStringField(dst []byte, name, s string) []byte {
+// AppendJSONField appends name (its quoted key, the colon and any comma
+// before it) and s as a JSON string, unless s is empty: an omitempty
+// string field.
+func AppendJSONField(dst []byte, name, s string) []byte {
 	if s == "" {
 		return dst
 	}
 	return AppendJSONString(append(dst, name...), s)
 }
 
-// appendTimeField writes t in UTC as time.Time's MarshalJSON does. A year
-// past 9999, which MarshalJSON refuses, is written with its digits (the
-// decoder then refuses the record, as it would any bad timestamp).
-func appendTimeField(dst []byte, name string, t time.Time) []byte {
+// appendTimeField writes t in UTC as time.Time's MarshalJSON does, through
+// c when given (see TimeCache). A year past 9999, which MarshalJSON
+// refuses, is written with its digits (the decoder then refuses the
+// record, as it would any bad timestamp).
+func appendTimeField(dst []byte, name string, t time.Time, c *TimeCache) []byte {
 	if t.IsZero() {
 		return dst
 	}
-	dst, _ = AppendJSONTime(append(dst, name...), t.UTC())
+	dst, _ = c.Append(append(dst, name...), t.UTC())
 	return dst
 }
 
@@ -86,8 +86,11 @@ type TimeCache struct {
 }
 
 // Append is AppendJSONTime(dst, t), formatted once while t stays the same
-// instant in the same location.
+// instant in the same location. A nil cache formats every time.
 func (c *TimeCache) Append(dst []byte, t time.Time) ([]byte, error) {
+	if c == nil {
+		return AppendJSONTime(dst, t)
+	}
 	if c.n == 0 || !t.Equal(c.t) || t.Location() != c.t.Location() {
 		b, err := AppendJSONTime(c.text[:0], t)
 		if len(b) > len(c.text) { // a year of many digits: not kept
