@@ -172,7 +172,7 @@ func openStatus(dir string, window time.Duration, create bool, fs vfs.FS) (*Stat
 		s.Close()
 		return nil, fmt.Errorf("engine: open status store: %w", err)
 	}
-	if s.runsAbove, err = lastRunID(db); err != nil {
+	if s.runsAbove, err = s.lastRunID(); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("engine: open status store: %w", err)
 	}

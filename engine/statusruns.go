@@ -139,9 +139,9 @@ func (r storedRun) find(id string) (StatusEvent, bool, error) {
 	return StatusEvent{}, false, nil
 }
 
-// lastRunID returns the last id of db's runs, "" when it has none.
-func lastRunID(db *pebble.DB) (string, error) {
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{runPrefix}, UpperBound: []byte{runPrefix + 1}})
+// lastRunID returns the last id of the store's runs, "" when it has none.
+func (s *StatusStore) lastRunID() (string, error) {
+	it, err := s.runIter()
 	if err != nil {
 		return "", err
 	}
