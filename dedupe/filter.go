@@ -226,19 +226,27 @@ func (f *filters) add(ops []writeOp) {
 	defer f.mu.Unlock()
 	var sink uint32 // see screen
 	for _, op := range ops {
-		if !op.del && len(op.key) >= 5 && op.key[0] == 'b' {
-			if bf := f.m[binary.BigEndian.Uint32(op.key[1:5])]; bf != nil {
-				sink ^= bf.stages[len(bf.stages)-1].touch(f.hash(op.key[5:]))
+		if b, key, ok := op.entryWrite(); ok {
+			if bf := f.m[b]; bf != nil {
+				sink ^= bf.stages[len(bf.stages)-1].touch(f.hash(key))
 			}
 		}
 	}
 	f.sink.Store(sink)
 	for _, op := range ops {
-		if op.del || len(op.key) < 5 || op.key[0] != 'b' {
-			continue
+		if b, key, ok := op.entryWrite(); ok {
+			f.addLocked(b, key)
 		}
-		f.addLocked(binary.BigEndian.Uint32(op.key[1:5]), op.key[5:])
 	}
+}
+
+// entryWrite returns the bucket and stored key an op writes an entry
+// under, ok false for a delete or a key outside the buckets.
+func (op *writeOp) entryWrite() (bucket uint32, key []byte, ok bool) {
+	if op.del || len(op.key) < 5 || op.key[0] != 'b' {
+		return 0, nil, false
+	}
+	return binary.BigEndian.Uint32(op.key[1:5]), op.key[5:], true
 }
 
 func (f *filters) addLocked(b uint32, key []byte) {
