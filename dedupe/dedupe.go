@@ -651,10 +651,8 @@ func entryKey(dst []byte, b uint32, key string) []byte {
 // Since 2026-11-27 an entry whose id is a ULID may hold claimed-at as the
 // zigzag difference from the id's own time (packedNear), when that is
 // shorter: an ingest confirms its ids milliseconds after making them, so 4
-// bytes where unix ns take 9. The buffer's logs and generations and the
-// blocks Pebble compresses and decompresses are a sixth smaller; the
-// compressed sstables barely (39.6 → 39.1 bytes a key at the API: snappy
-// had found the time's high bytes shared with the neighbours').
+// bytes where unix ns take 9, and those 9 are the entry's least
+// compressible (the uvarint's first bytes are the low, random ones).
 //
 // The fixed form (stores written before, still read): the state byte,
 // claimed-at and lease-until as 8 big-endian bytes each, then the id and
