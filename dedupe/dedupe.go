@@ -41,7 +41,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/bits"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -648,12 +647,6 @@ func entryKey(dst []byte, b uint32, key string) []byte {
 // takes ~28 bytes where the fixed form took 53: every generation, flush
 // and compaction of the store moves them.
 //
-// Since 2026-11-27 an entry whose id is a ULID may hold claimed-at as the
-// zigzag difference from the id's own time (packedNear), when that is
-// shorter: an ingest confirms its ids milliseconds after making them, so 4
-// bytes where unix ns take 9, and those 9 are the entry's least
-// compressible (the uvarint's first bytes are the low, random ones).
-//
 // The fixed form (stores written before, still read): the state byte,
 // claimed-at and lease-until as 8 big-endian bytes each, then the id and
 // outcome uvarint-prefixed.
@@ -668,40 +661,7 @@ const (
 	packedLease   = 0x04 // a lease follows claimed-at
 	packedULID    = 0x08 // the id is 16 binary bytes
 	packedOutcome = 0x10 // the outcome is one byte of commonOutcomes
-	packedNear    = 0x20 // claimed-at is zigzag ns from the ULID id's time
 )
-
-// maxNearMs is the latest ULID time (ms) whose ns fit an int64.
-const maxNearMs = math.MaxInt64 / int64(time.Millisecond)
-
-// nearOf is claimedAt as packedNear holds it against id, and whether that
-// is shorter than its plain uvarint.
-func nearOf(claimedAt int64, id ulid.ULID) (uint64, bool) {
-	ms := int64(id.Time())
-	if ms > maxNearMs {
-		return 0, false
-	}
-	d := claimedAt - ms*int64(time.Millisecond) // both in [0, MaxInt64]: no overflow
-	zz := uint64(d<<1) ^ uint64(d>>63)
-	return zz, uvarintLen(zz) < uvarintLen(uint64(claimedAt))
-}
-
-// fromNear is the claimed-at nearOf encoded, or false when zz and id could
-// not have come from one (it would overflow or be negative).
-func fromNear(zz uint64, id ulid.ULID) (int64, bool) {
-	ms := int64(id.Time())
-	if ms > maxNearMs {
-		return 0, false
-	}
-	base, d := ms*int64(time.Millisecond), int64(zz>>1)^-int64(zz&1)
-	if d > 0 && base > math.MaxInt64-d {
-		return 0, false
-	}
-	v := base + d
-	return v, v >= 0
-}
-
-func uvarintLen(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
 
 // commonOutcomes are the outcomes written as one byte (their index + 1).
 var commonOutcomes = [...]string{"accepted", "sent", "uncertain"}
@@ -723,21 +683,15 @@ func (e *entry) append(dst []byte) []byte {
 		flags |= packedLease
 	}
 	id, binID := ulidBytes(e.id)
-	claimed, near := uint64(e.claimedAt), false
 	if binID {
 		flags |= packedULID
-		var zz uint64
-		if zz, near = nearOf(e.claimedAt, id); near {
-			flags |= packedNear
-			claimed = zz
-		}
 	}
 	code := slices.Index(commonOutcomes[:], e.outcome) + 1
 	if code > 0 {
 		flags |= packedOutcome
 	}
 	dst = append(dst, flags)
-	dst = binary.AppendUvarint(dst, claimed)
+	dst = binary.AppendUvarint(dst, uint64(e.claimedAt))
 	if e.leaseTill != 0 {
 		dst = binary.AppendUvarint(dst, uint64(e.leaseTill))
 	}
@@ -825,9 +779,8 @@ func parseEntryStrings(b []byte, view bool) (entry, error) {
 	flags := b[0]
 	b = b[1:]
 	e.state = flags & packedState
-	if flags&^(packedEntry|packedState|packedLease|packedULID|packedOutcome|packedNear) != 0 ||
-		(e.state != stateClaimed && e.state != stateConfirmed) ||
-		(flags&packedNear != 0 && flags&packedULID == 0) {
+	if flags&^(packedEntry|packedState|packedLease|packedULID|packedOutcome) != 0 ||
+		(e.state != stateClaimed && e.state != stateConfirmed) {
 		return e, errMalformedEntry
 	}
 	uvarint := func() (int64, bool) {
@@ -838,13 +791,10 @@ func parseEntryStrings(b []byte, view bool) (entry, error) {
 		b = b[k:]
 		return int64(v), true
 	}
-	claimed, k := binary.Uvarint(b)
-	if k <= 0 || (flags&packedNear == 0 && claimed > math.MaxInt64) {
+	var ok bool
+	if e.claimedAt, ok = uvarint(); !ok {
 		return e, errMalformedEntry
 	}
-	b = b[k:]
-	e.claimedAt = int64(claimed)
-	var ok bool
 	if flags&packedLease != 0 {
 		if e.leaseTill, ok = uvarint(); !ok || e.leaseTill == 0 {
 			return e, errMalformedEntry
@@ -854,13 +804,7 @@ func parseEntryStrings(b []byte, view bool) (entry, error) {
 		if len(b) < len(ulid.ULID{}) {
 			return e, errMalformedEntry
 		}
-		id := ulid.ULID(b[:16])
-		e.id, b = id.String(), b[16:]
-		if flags&packedNear != 0 {
-			if e.claimedAt, ok = fromNear(claimed, id); !ok {
-				return e, errMalformedEntry
-			}
-		}
+		e.id, b = ulid.ULID(b[:16]).String(), b[16:]
 	} else if e.id, ok = str(); !ok {
 		return e, errMalformedEntry
 	}

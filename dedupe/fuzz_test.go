@@ -11,7 +11,6 @@ func FuzzParseEntry(f *testing.F) {
 	f.Add(e.append(nil))
 	f.Add(e.appendFixed(nil))
 	f.Add((&entry{state: stateClaimed, claimedAt: 5, leaseTill: 9, id: "not-a-ulid", outcome: "SM1"}).append(nil))
-	f.Add((&entry{state: stateConfirmed, claimedAt: 1795667791472846500, id: "01KB0AEA0GK2M9N7P5R3T1V0WY", outcome: "accepted"}).append(nil))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := parseEntry(b)
