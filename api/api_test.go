@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -58,6 +59,7 @@ type nodeOpts struct {
 	ready      func() error // api.Config.Ready
 	snapshots  bool         // api.Config.SnapshotDir: the node's directory
 	atIngest   engine.IngestDedupe
+	wrapLog    func(partition.Log) partition.Log // every Log the engine opens, when set
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -72,7 +74,12 @@ func newNode(t testing.TB, o nodeOpts) *node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	open := func(cc partition.ConsumerConfig) (partition.Log, error) { return partition.NewWAL(w, cc), nil }
+	open := func(cc partition.ConsumerConfig) (partition.Log, error) {
+		if o.wrapLog != nil {
+			return o.wrapLog(partition.NewWAL(w, cc)), nil
+		}
+		return partition.NewWAL(w, cc), nil
+	}
 	dopts := []dedupe.Option{dedupe.WithCreate(), dedupe.WithSync(o.syncDedupe)}
 	if o.dedupeFS != nil {
 		dopts = append(dopts, dedupe.WithFS(o.dedupeFS))
@@ -262,6 +269,51 @@ func TestIngestFormatsDeliverEachOnce(t *testing.T) {
 	}
 	if r := n.do("GET", "/v1/notifications/01NOPE", "", "", ""); r.code != 404 {
 		t.Fatalf("unknown id: %d %s", r.code, r.raw)
+	}
+}
+
+// heldLog is a Log whose first Produce of a record holding marker waits
+// until release is closed: a log slow to take one request's records.
+type heldLog struct {
+	partition.Log
+	marker  []byte
+	calls   *atomic.Int64
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (l heldLog) Produce(ctx context.Context, recs []partition.Record) error {
+	if slices.ContainsFunc(recs, func(r partition.Record) bool { return bytes.Contains(r.Value, l.marker) }) && l.calls.Add(1) == 1 {
+		close(l.entered)
+		<-l.release
+	}
+	return l.Log.Produce(ctx, recs)
+}
+
+// A repeat of a key whose first request is still being written is not
+// answered 200 (that promised a notification the first could yet fail to
+// write): it waits up to 2 s for the first's outcome, then answers 409
+// in_progress naming the item and the field, with Retry-After.
+func TestRepeatWhileFirstInProgress(t *testing.T) {
+	held := heldLog{marker: []byte("held-order-4"), calls: new(atomic.Int64), entered: make(chan struct{}), release: make(chan struct{})}
+	n := newNode(t, nodeOpts{wrapLog: func(l partition.Log) partition.Log { h := held; h.Log = l; return h }})
+	body := webhookJSON(4, `,"idempotency_key":"held-order-4"`)
+	first := make(chan reply, 1)
+	go func() { first <- n.do("POST", "/v1/notifications", "", "application/json", body) }()
+	<-held.entered
+	r := n.do("POST", "/v1/notifications", "", "application/json", "["+webhookJSON(5, "")+","+body+"]")
+	close(held.release)
+	if code, field, index := r.errField(); r.code != 409 || code != "in_progress" || field != "idempotency_key" || index != 1 ||
+		r.header.Get("Retry-After") != "1" {
+		t.Fatalf("repeat while the first is held: %d %s (Retry-After %q)", r.code, r.raw, r.header.Get("Retry-After"))
+	}
+	f := <-first
+	if f.code != 202 {
+		t.Fatalf("first: %d %s", f.code, f.raw)
+	}
+	again := n.do("POST", "/v1/notifications", "", "application/json", body)
+	if again.code != 200 || again.body["id"] != f.body["id"] || again.body["duplicate"] != true {
+		t.Fatalf("repeat once the first is written: %d %s (first %s)", again.code, again.raw, f.raw)
 	}
 }
 

@@ -94,7 +94,16 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 	pctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	adm, accepted, err := s.cfg.Engine.Ingest(pctx, ns, now)
 	cancel()
-	if err != nil {
+	var inProgress *engine.InProgressError
+	switch {
+	case errors.As(err, &inProgress):
+		// The first request with this key is still writing it: a 200 now
+		// would promise a notification that request may yet fail to write.
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, fasthttp.StatusConflict, apiError{Code: "in_progress", Index: ptr(inProgress.Index), Field: "idempotency_key",
+			Message: "another request with this idempotency key is still being accepted; nothing of this request was accepted, retry it"})
+		return
+	case err != nil:
 		s.unavailable(ctx, "ingest", err)
 		return
 	}
@@ -132,7 +141,10 @@ func (s *Server) respond(ctx *fasthttp.RequestCtx, adm []engine.Admission, accep
 			return append(b, `","status":"accepted"}`...)
 		}
 		s.m.dups.Inc()
-		st := "accepting" // the first request is still writing it
+		// The original is durable (Ingest waits for a key in progress), but
+		// its accepted event can be missing from the status store: a failed
+		// write of it, which the status replica makes good.
+		st := "accepting"
 		if dup < len(states) && states[dup] != "" {
 			st = string(states[dup])
 		}

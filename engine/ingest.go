@@ -45,6 +45,27 @@ type Admission struct {
 // nothing of the call was accepted, and the caller may retry it whole.
 var ErrUnavailable = errors.New("engine: unavailable")
 
+// ErrInProgress is the error of an Ingest refused because an item's key is
+// held by another call still writing its notification (InProgressError
+// says which item): nothing of the call was accepted, and the caller may
+// retry it whole once that call is done.
+var ErrInProgress = errors.New("engine: idempotency key in progress")
+
+// InProgressError names the item (its index in Ingest's notifications)
+// whose key another call held past inFlightWait.
+type InProgressError struct{ Index int }
+
+func (e *InProgressError) Error() string {
+	return fmt.Sprintf("engine: item %d: its idempotency key is held by a request still being accepted", e.Index)
+}
+
+func (e *InProgressError) Unwrap() error { return ErrInProgress }
+
+// inFlightWait bounds how long Ingest waits for another call's claims of
+// its keys to be confirmed or released (a log append takes milliseconds;
+// one that takes seconds is a disk or broker in trouble).
+const inFlightWait = 2 * time.Second
+
 // Ingest accepts notifications at the door: it prepares them (id, accepted
 // time, idempotency key), claims their keys for their tenant (every key,
 // or only those given: Config.IngestDedupe), and produces
@@ -100,6 +121,12 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	clear(claims)
 	if err := e.cfg.Dedupe.Claim(ctx, reqs, claims); err != nil {
 		return nil, 0, fmt.Errorf("%w: idempotency store: %v", ErrUnavailable, err)
+	}
+	if k, err := e.awaitInFlight(ctx, reqs, claims); err != nil {
+		if k >= 0 {
+			return nil, 0, &InProgressError{Index: itemOfClaim(unclaimed, k)}
+		}
+		return nil, 0, err
 	}
 	out := make([]Admission, len(ns))
 	o := &ib.out
@@ -162,6 +189,111 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		e.cfg.Logger.Warn("confirm of ingest claims failed", zap.Error(err))
 	}
 	return out, accepted, nil
+}
+
+// awaitInFlight waits for the keys another call holds (InFlight: its
+// notification is not durable yet) to be confirmed or released, and takes
+// their outcome: a Duplicate once confirmed, the key itself once released.
+// Answering such a repeat as a duplicate at once promised the first call's
+// notification, which that call could still fail to write (a log error, a
+// crash): the client of the repeat was told 200 for a notification that
+// never was. A repeat within claims itself stays InFlight: it shares the
+// call's fate, and answers as a duplicate of its first.
+//
+// Past inFlightWait (or ctx) it releases every claim it holds and returns
+// the index in reqs of a key still held elsewhere; k is -1 with any other
+// error.
+func (e *Engine) awaitInFlight(ctx context.Context, reqs []dedupe.ClaimRequest, claims []dedupe.ClaimResult) (k int, err error) {
+	var ours map[string]bool // the call's ids, made only when a key is held
+	var wait []int
+	for k, c := range claims {
+		if c.Status != dedupe.InFlight {
+			continue
+		}
+		if ours == nil {
+			ours = make(map[string]bool, len(reqs))
+			for _, r := range reqs {
+				ours[r.ID] = true
+			}
+		}
+		if !ours[c.OriginalID] {
+			wait = append(wait, k)
+		}
+	}
+	if len(wait) == 0 {
+		return -1, nil
+	}
+	retry := make([]dedupe.ClaimRequest, 0, len(wait))
+	out := make([]dedupe.ClaimResult, len(wait))
+	deadline := time.Now().Add(inFlightWait)
+	delay := time.Millisecond
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			e.m.ingestWaits.WithLabelValues("in_progress").Inc()
+			return wait[0], e.releaseHeld(ctx, reqs, claims, ctx.Err())
+		}
+		retry = retry[:0]
+		for _, k := range wait {
+			retry = append(retry, reqs[k])
+		}
+		if err := e.cfg.Dedupe.Claim(ctx, retry, out[:len(retry)]); err != nil {
+			return -1, e.releaseHeld(ctx, reqs, claims, fmt.Errorf("%w: idempotency store: %v", ErrUnavailable, err))
+		}
+		still := wait[:0]
+		for j, k := range wait {
+			if c := out[j]; c.Status == dedupe.InFlight && !ours[c.OriginalID] {
+				still = append(still, k)
+			} else {
+				claims[k] = c
+			}
+		}
+		if wait = still; len(wait) == 0 {
+			e.m.ingestWaits.WithLabelValues("resolved").Inc()
+			return -1, nil
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+		if time.Now().Add(delay).After(deadline) {
+			e.m.ingestWaits.WithLabelValues("in_progress").Inc()
+			return wait[0], e.releaseHeld(ctx, reqs, claims, ErrInProgress)
+		}
+		timer.Reset(delay)
+	}
+}
+
+// releaseHeld releases the claims of reqs that claims says this call holds,
+// and returns cause.
+func (e *Engine) releaseHeld(ctx context.Context, reqs []dedupe.ClaimRequest, claims []dedupe.ClaimResult, cause error) error {
+	var done []dedupe.Done
+	for k, c := range claims {
+		if c.Status.ShouldSend() {
+			done = append(done, dedupe.Done{Key: reqs[k].Key, Token: c.Token, ID: reqs[k].ID, Seq: c.Seq})
+		}
+	}
+	if err := e.cfg.Dedupe.Release(context.WithoutCancel(ctx), done); err != nil {
+		e.cfg.Logger.Warn("release of ingest claims failed", zap.Error(err))
+	}
+	return cause
+}
+
+// itemOfClaim is the index among Ingest's notifications of its k-th claim
+// (unclaimed, when set, marks the items that made none).
+func itemOfClaim(unclaimed []bool, k int) int {
+	if unclaimed == nil {
+		return k
+	}
+	for i, u := range unclaimed {
+		if !u {
+			if k == 0 {
+				return i
+			}
+			k--
+		}
+	}
+	return -1
 }
 
 // ingestBuffers are an Ingest call's working slices, pooled: nothing keeps

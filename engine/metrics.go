@@ -41,6 +41,9 @@ type metrics struct {
 	checkpoints *prometheus.CounterVec
 	replayed    prometheus.Counter
 	replayable  prometheus.Gauge
+	// ingestWaits counts Ingest calls that waited for another call holding
+	// one of their keys (awaitInFlight), by how it ended.
+	ingestWaits *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -98,6 +101,10 @@ func newMetrics() *metrics {
 			Help: "Status topic records replayed into the status store at start: what a crash took from it since the last checkpoint."}),
 		replayable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "goutong_status_replay_backlog",
 			Help: "Status topic records past the last checkpoint, measured at each: what a crash now would have the next start replay."}),
+		ingestWaits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_ingest_key_waits_total",
+			Help: "Ingest requests that waited for another request still accepting one of their idempotency keys, by result: " +
+				"resolved (that request finished, and this one was answered by its outcome) or in_progress (it did not within 2 s: 409)."},
+			[]string{"result"}),
 	}
 }
 
@@ -130,7 +137,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.takenOver, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable}
+		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable, m.ingestWaits}
 }
 
 // storeCollector exports a store's metrics, read once a scrape (the stores
