@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -73,9 +74,55 @@ func (c *client) open(method, path, contentType string, body io.Reader) (io.Read
 	if resp.StatusCode >= 300 {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))
+		return nil, &httpError{status: resp.StatusCode, retryAfter: retryAfter(resp.Header.Get("Retry-After")),
+			msg: fmt.Sprintf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))}
 	}
 	return resp.Body, nil
+}
+
+// httpError is a non-2xx answer: its status, the wait its Retry-After asks
+// for (-1 without one), and the server's message.
+type httpError struct {
+	status     int
+	retryAfter time.Duration
+	msg        string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+// retryAfter reads a Retry-After of delay-seconds (what goutong serve
+// sends); -1 for none or another form.
+func retryAfter(v string) time.Duration {
+	secs, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || secs < 0 {
+		return -1
+	}
+	return time.Duration(secs) * time.Second
+}
+
+// postNotifications posts a send's body, and again, after the Retry-After
+// the server gives (1 s without one, 30 s at most), while it answers that
+// it cannot take the body yet: 409 (another request with one of its keys
+// still being accepted), 429 (the tenant's quota) or 503 (starting, the
+// backlog, the log unavailable); up to retries times. The body's
+// idempotency keys (given or derived) make a resend safe: what an earlier
+// attempt accepted answers as a duplicate.
+func (c *client) postNotifications(out, log io.Writer, contentType string, body []byte, retries int) error {
+	for attempt := 1; ; attempt++ {
+		err := c.do(out, "POST", "/v1/notifications", contentType, bytes.NewReader(body))
+		var he *httpError
+		if err == nil || attempt > retries || !errors.As(err, &he) ||
+			(he.status != http.StatusConflict && he.status != http.StatusTooManyRequests && he.status != http.StatusServiceUnavailable) {
+			return err
+		}
+		wait := he.retryAfter
+		if wait < 0 {
+			wait = time.Second
+		}
+		wait = min(wait, 30*time.Second)
+		fmt.Fprintf(log, "goutong send: %s; again in %v (retry %d of %d)\n", he.msg, wait, attempt, retries)
+		time.Sleep(wait)
+	}
 }
 
 // do sends a request and prints the JSON answer, indented.
@@ -95,6 +142,7 @@ func (c *client) do(out io.Writer, method, path, contentType string, body io.Rea
 func newSend() *cobra.Command {
 	var c client
 	var file string
+	var retries int
 	var n struct {
 		channel, recipient, template, body, subject, priority, key, tenant string
 		vars                                                               map[string]string
@@ -125,7 +173,7 @@ func newSend() *cobra.Command {
 				if t := bytes.TrimSpace(data); len(t) > 0 && (t[0] == '[' || (t[0] == '{' && bytes.Count(t, []byte{'\n'}) == 0)) {
 					ct = "application/json"
 				}
-				return c.do(cmd.OutOrStdout(), "POST", "/v1/notifications", ct, bytes.NewReader(data))
+				return c.postNotifications(cmd.OutOrStdout(), cmd.ErrOrStderr(), ct, data, retries)
 			}
 			if n.channel == "" || n.recipient == "" {
 				return fmt.Errorf("--channel and --to are required (or --file)")
@@ -150,7 +198,7 @@ func newSend() *cobra.Command {
 				m["expires_at"] = time.Now().Add(n.expiresIn).UTC().Format(time.RFC3339Nano)
 			}
 			b, _ := json.Marshal(m)
-			return c.do(cmd.OutOrStdout(), "POST", "/v1/notifications", "application/json", bytes.NewReader(b))
+			return c.postNotifications(cmd.OutOrStdout(), cmd.ErrOrStderr(), "application/json", b, retries)
 		},
 	}
 	addClientFlags(cmd, &c)
@@ -166,6 +214,7 @@ func newSend() *cobra.Command {
 	f.StringVar(&n.key, "idempotency-key", "", "idempotency key (default: derived from channel, recipient, template and vars)")
 	f.StringVar(&n.tenant, "tenant", "", "tenant (default: the API key's)")
 	f.DurationVar(&n.expiresIn, "expires-in", 0, "never send after this long from now")
+	f.IntVar(&retries, "retries", 5, "times to send again after a 409, 429 or 503, waiting what its Retry-After says (idempotency keys make it safe)")
 	return cmd
 }
 
