@@ -174,10 +174,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		return out, 0, nil
 	}
 	if err := e.emit(ctx, o); err != nil {
-		if rerr := e.cfg.Dedupe.Release(context.WithoutCancel(ctx), done); rerr != nil {
-			e.cfg.Logger.Warn("release of ingest claims failed", zap.Error(rerr))
-		}
-		return nil, 0, fmt.Errorf("%w: log: %v", ErrUnavailable, err)
+		return nil, 0, e.releaseHeld(ctx, reqs, claims, fmt.Errorf("%w: log: %v", ErrUnavailable, err))
 	}
 	// Not synced: the records are durable already, and a confirm lost in a
 	// crash only means a repeat of the key is accepted again, where the
@@ -264,7 +261,8 @@ func (e *Engine) awaitInFlight(ctx context.Context, reqs []dedupe.ClaimRequest, 
 	}
 }
 
-// releaseHeld releases the claims of reqs that claims says this call holds,
+// releaseHeld releases the claims of reqs that claims says this call holds
+// (those of the items it would accept), for an Ingest that ends in cause,
 // and returns cause.
 func (e *Engine) releaseHeld(ctx context.Context, reqs []dedupe.ClaimRequest, claims []dedupe.ClaimResult, cause error) error {
 	var done []dedupe.Done

@@ -90,7 +90,6 @@ func newLogger(level string) (*zap.Logger, error) {
 	return zc.Build()
 }
 
-// serve runs a node until ctx ends.
 // ingestDedupe reads dedupe.at_ingest.
 func ingestDedupe(cfg Config) (engine.IngestDedupe, error) {
 	d, err := engine.ParseIngestDedupe(cfg.Dedupe.AtIngest)
@@ -100,6 +99,7 @@ func ingestDedupe(cfg Config) (engine.IngestDedupe, error) {
 	return d, nil
 }
 
+// serve runs a node until ctx ends.
 func serve(ctx context.Context, cfg Config, out io.Writer) error {
 	lg, err := newLogger(cfg.LogLevel)
 	if err != nil {
