@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -314,6 +315,62 @@ func TestRepeatWhileFirstInProgress(t *testing.T) {
 	again := n.do("POST", "/v1/notifications", "", "application/json", body)
 	if again.code != 200 || again.body["id"] != f.body["id"] || again.body["duplicate"] != true {
 		t.Fatalf("repeat once the first is written: %d %s (first %s)", again.code, again.raw, f.raw)
+	}
+}
+
+// lossyLog is a Log whose first Produce holding a notification record
+// with lose in it writes the others and fails that one: a partition that
+// refused its append.
+type lossyLog struct {
+	partition.Log
+	lose  string
+	calls *atomic.Int64
+}
+
+func (l lossyLog) Produce(ctx context.Context, recs []partition.Record) error {
+	lost := func(r partition.Record) bool {
+		return r.Topic != engine.DefaultTopics().Status && bytes.Contains(r.Value, []byte(l.lose))
+	}
+	if !slices.ContainsFunc(recs, lost) || l.calls.Add(1) != 1 {
+		return l.Log.Produce(ctx, recs)
+	}
+	keep := slices.DeleteFunc(slices.Clone(recs), lost)
+	if err := l.Log.Produce(ctx, keep); err != nil {
+		return err
+	}
+	written := make([]bool, len(recs))
+	for i, j := 0, 0; i < len(recs); i++ {
+		if !lost(recs[i]) {
+			recs[i], written[i] = keep[j], true
+			j++
+		}
+	}
+	return &partition.ProduceError{Written: written, Err: errors.New("partition 3 refused the append")}
+}
+
+// A request the log wrote in part answers 503 partly_written (not
+// "nothing was accepted") with Retry-After, and its resend answers the
+// written item as a duplicate of its id and accepts the other: two sends.
+func TestPartlyWrittenRequest(t *testing.T) {
+	n := newNode(t, nodeOpts{wrapLog: func(l partition.Log) partition.Log {
+		return lossyLog{Log: l, lose: "lost-5", calls: new(atomic.Int64)}
+	}})
+	body := "[" + webhookJSON(4, `,"idempotency_key":"kept-4"`) + "," + webhookJSON(5, `,"idempotency_key":"lost-5"`) + "]"
+	r := n.do("POST", "/v1/notifications", "", "application/json", body)
+	if code, _, _ := r.errField(); r.code != 503 || code != "partly_written" || r.header.Get("Retry-After") != "1" ||
+		!strings.Contains(r.raw, "wrote 1 of this request's 2") {
+		t.Fatalf("a request written in part: %d %s (Retry-After %q)", r.code, r.raw, r.header.Get("Retry-After"))
+	}
+	again := n.do("POST", "/v1/notifications", "", "application/json", body)
+	items, _ := again.body["items"].([]any)
+	if again.code != 202 || again.body["accepted"] != 1.0 || len(items) != 2 || items[0].(map[string]any)["duplicate"] != true ||
+		items[1].(map[string]any)["duplicate"] != nil {
+		t.Fatalf("resend: %d %s, want the written item a duplicate and the other accepted", again.code, again.raw)
+	}
+	waitFor(t, 20*time.Second, "both sends", func() bool { return n.mock.Stats().Unique == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if s := n.mock.Stats(); s.Received != 2 {
+		t.Fatalf("provider received %d, want 2", s.Received)
 	}
 }
 

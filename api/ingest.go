@@ -95,6 +95,7 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 	adm, accepted, err := s.cfg.Engine.Ingest(pctx, ns, now)
 	cancel()
 	var inProgress *engine.InProgressError
+	var partly *engine.PartlyWrittenError
 	switch {
 	case errors.As(err, &inProgress):
 		// The first request with this key is still writing it: a 200 now
@@ -102,6 +103,15 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 		ctx.Response.Header.Set("Retry-After", "1")
 		writeError(ctx, fasthttp.StatusConflict, apiError{Code: "in_progress", Index: ptr(inProgress.Index), Field: "idempotency_key",
 			Message: "another request with this idempotency key is still being accepted; nothing of this request was accepted, retry it"})
+		return
+	case errors.As(err, &partly):
+		// Not "nothing was accepted": what was written will be sent, and
+		// the resend finds it by its keys.
+		s.cfg.Logger.Warn("request failed", zap.String("stage", "ingest"), zap.Error(err))
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, apiError{Code: "partly_written",
+			Message: fmt.Sprintf("the log wrote %d of this request's %d new notifications, which will be sent, and failed the others; "+
+				"send the request again: its idempotency keys keep the written ones from being sent twice", partly.Written, partly.Of)})
 		return
 	case err != nil:
 		s.unavailable(ctx, "ingest", err)

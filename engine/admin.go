@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
 	"github.com/goutong/goutong/providers"
 )
 
@@ -205,7 +206,11 @@ func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, er
 	}
 	if len(o.recs) > 0 {
 		if err := e.log.Produce(ctx, o.recs); err != nil {
-			return nil, err
+			var pe *partition.ProduceError
+			if errors.As(err, &pe) {
+				applyErr = e.keepUnwritten(o, pe.Written)
+			}
+			return applyErr, err
 		}
 	}
 	if e.cfg.Status == nil {
@@ -220,6 +225,50 @@ func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, er
 		return err, nil
 	}
 	return nil, nil
+}
+
+// keepUnwritten handles a Produce that wrote some of o's records and not
+// the others: the written events go to the status store (their records are
+// on the status topic, and their notifications will be sent), and o keeps
+// only what was not written, so a retry produces no record twice (a
+// retry record twice is two attempts; a dead letter twice, two replays).
+func (e *Engine) keepUnwritten(o *outcomes, written []bool) (applyErr error) {
+	var wroteEvents []StatusEvent
+	var wroteRecs []partition.Record
+	// Status-topic records and o.events correspond one to one, in order
+	// (addEvent makes both).
+	recs, events, ev := o.recs[:0], o.events[:0], 0
+	for i, r := range o.recs {
+		status := r.Topic == e.cfg.Topics.Status
+		switch {
+		case written[i] && status:
+			// An accepted event whose notification was not written stays
+			// out of the store: it announces nothing that will be sent.
+			if ev >= len(o.announces) || written[o.announces[ev]] {
+				wroteEvents = append(wroteEvents, o.events[ev])
+			}
+			wroteRecs = append(wroteRecs, r)
+		case !written[i]:
+			recs = append(recs, r)
+			if status {
+				events = append(events, o.events[ev])
+			}
+		}
+		if status {
+			ev++
+		}
+	}
+	o.recs, o.events, o.announces = recs, events, o.announces[:0]
+	if e.cfg.Status == nil || len(wroteEvents) == 0 {
+		return nil
+	}
+	e.ckpt.produced(e.cfg.Topics.Status, wroteRecs)
+	if err := e.cfg.Status.apply(wroteEvents, nil, o.runs); err != nil {
+		e.cfg.Logger.Warn("status store write failed", zap.Error(err))
+		e.ownApplyFailed.Store(true)
+		return err
+	}
+	return nil
 }
 
 // Status returns a notification's status and history.

@@ -851,6 +851,10 @@ type outcomes struct {
 	enc    eventEncoder // the events' ids, keys and JSON
 	// runs: the accepted events may be stored as runs (Ingest's).
 	runs bool
+	// announces, when set, is for each event the index in recs of the
+	// record it announces (Ingest's: a notification and its accepted
+	// event), which must be written for the event to be true.
+	announces []int
 }
 
 // reuse empties o for a stage producing up to records records (its events'
@@ -867,6 +871,7 @@ func (o *outcomes) reuse(records, events, done int) {
 	o.enc.buf = slices.Grow(o.enc.buf[:0], events*eventSizeHint)
 	o.enc.reserved = 0
 	o.runs = false
+	o.announces = o.announces[:0]
 }
 
 // reuse returns s resliced to n, or a new slice when s is too small.

@@ -136,10 +136,14 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	o.runs = missing == len(ns)
 	o.enc.reserveIDs(e.ids, len(ns))
 	done := ib.done[:0]
+	// Where each accepted item's record, and each of done's, is in o.recs.
+	recAt, doneRec := ib.recAt[:0], ib.doneRec[:0]
 	// The records' values share one buffer (a value keeps the array it was
 	// written into if the buffer outgrows it), not an allocation each.
 	values := slices.Grow(ib.values[:0], len(ns)*recordSizeHint)
-	defer func() { ib.reqs, ib.claims, ib.done, ib.values = reqs, claims, done, values }()
+	defer func() {
+		ib.reqs, ib.claims, ib.done, ib.values, ib.recAt, ib.doneRec = reqs, claims, done, values, recAt, doneRec
+	}()
 	accepted, k := 0, 0 // k: the next of reqs and claims
 	for i, n := range ns {
 		door := unclaimed == nil || !unclaimed[i]
@@ -159,14 +163,21 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		if !e.cfg.Topics.KeylessLanes {
 			key = o.enc.bytes(n.IdempotencyKey)
 		}
+		rec := len(o.recs)
 		o.recs = append(o.recs, laneRecord(e.cfg.Topics, n, key, values[start:len(values):len(values)]))
 		ev := e.statusEvent(n, StateAccepted, now, "", "", "")
 		if !door {
 			ev.IdempotencyKey = "" // the other nodes need not claim it at their doors either
 		}
+		events := len(o.events)
 		o.addEvent(e, ev)
+		if len(o.events) > events {
+			o.announces = append(o.announces, rec)
+		}
+		recAt = append(recAt, rec)
 		if door {
 			done = append(done, dedupe.Done{Key: reqs[k].Key, Token: claims[k].Token, ID: n.ID, Outcome: "accepted", Seq: claims[k].Seq})
+			doneRec = append(doneRec, rec)
 			k++
 		}
 	}
@@ -174,6 +185,10 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		return out, 0, nil
 	}
 	if err := e.emit(ctx, o); err != nil {
+		var pe *partition.ProduceError
+		if errors.As(err, &pe) {
+			return nil, 0, e.partlyWritten(ctx, pe, recAt, done, doneRec)
+		}
 		return nil, 0, e.releaseHeld(ctx, reqs, claims, fmt.Errorf("%w: log: %v", ErrUnavailable, err))
 	}
 	// Not synced: the records are durable already, and a confirm lost in a
@@ -187,6 +202,21 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	}
 	return out, accepted, nil
 }
+
+// PartlyWrittenError is Ingest's error when the log wrote some of the
+// request's notifications and not the others (see partlyWritten). It
+// wraps ErrUnavailable: the request is to be sent again.
+type PartlyWrittenError struct {
+	Written, Of int   // notifications written, of those the request would have accepted
+	Err         error // the log's
+}
+
+func (e *PartlyWrittenError) Error() string {
+	return fmt.Sprintf("%v: log: %d of the request's %d new notifications were written and will be sent, the others were not (%v); "+
+		"send the request again: its idempotency keys keep the written ones from being sent twice", ErrUnavailable, e.Written, e.Of, e.Err)
+}
+
+func (e *PartlyWrittenError) Unwrap() error { return ErrUnavailable }
 
 // awaitInFlight waits for the keys another call holds (InFlight: its
 // notification is not durable yet) to be confirmed or released, and takes
@@ -277,6 +307,40 @@ func (e *Engine) releaseHeld(ctx context.Context, reqs []dedupe.ClaimRequest, cl
 	return cause
 }
 
+// partlyWritten ends an Ingest whose records the log wrote in part (some
+// partitions took theirs, others failed): the notifications written will
+// be sent, so their door claims are confirmed, and a resend of the request
+// answers them as duplicates with their ids; the others' claims are
+// released, for the resend to accept them. Answering the request as if
+// nothing were written, and releasing every claim, made the resend accept
+// the written ones again under new ids, whose copies then ended as
+// duplicates at their sends: ids the client never saw were the ones sent.
+func (e *Engine) partlyWritten(ctx context.Context, pe *partition.ProduceError, recAt []int, done []dedupe.Done, doneRec []int) error {
+	written, wrote := pe.Written, 0
+	for _, r := range recAt {
+		if written[r] {
+			wrote++
+		}
+	}
+	var confirm, release []dedupe.Done
+	for j, d := range done {
+		if written[doneRec[j]] {
+			confirm = append(confirm, d)
+		} else {
+			release = append(release, d)
+		}
+	}
+	ctx = context.WithoutCancel(ctx)
+	if err := e.cfg.Dedupe.ConfirmNoSync(ctx, confirm); err != nil {
+		e.cfg.Logger.Warn("confirm of ingest claims failed", zap.Error(err))
+	}
+	if err := e.cfg.Dedupe.Release(ctx, release); err != nil {
+		e.cfg.Logger.Warn("release of ingest claims failed", zap.Error(err))
+	}
+	e.m.ingestPartlyWritten.Add(float64(wrote))
+	return &PartlyWrittenError{Written: wrote, Of: len(recAt), Err: pe.Err}
+}
+
 // itemOfClaim is the index among Ingest's notifications of its k-th claim
 // (unclaimed, when set, marks the items that made none).
 func itemOfClaim(unclaimed []bool, k int) int {
@@ -299,11 +363,12 @@ func itemOfClaim(unclaimed []bool, k int) int {
 // the ids and keys live in a buffer of their own, which is not pooled). A
 // 1,000-item request made ~1.3 MB of them anew.
 type ingestBuffers struct {
-	reqs   []dedupe.ClaimRequest
-	claims []dedupe.ClaimResult
-	done   []dedupe.Done
-	values []byte
-	out    outcomes
+	reqs           []dedupe.ClaimRequest
+	claims         []dedupe.ClaimResult
+	done           []dedupe.Done
+	values         []byte
+	out            outcomes
+	recAt, doneRec []int
 	// The records' accepted time, in UTC; the events' is in out.enc.
 	accepted notification.TimeCache
 }

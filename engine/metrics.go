@@ -44,6 +44,9 @@ type metrics struct {
 	// ingestWaits counts Ingest calls that waited for another call holding
 	// one of their keys (awaitInFlight), by how it ended.
 	ingestWaits *prometheus.CounterVec
+	// ingestPartlyWritten counts notifications the log wrote for requests
+	// it wrote only in part (answered 503): they will be sent.
+	ingestPartlyWritten prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -105,6 +108,9 @@ func newMetrics() *metrics {
 			Help: "Ingest requests that waited for another request still accepting one of their idempotency keys, by result: " +
 				"resolved (that request finished, and this one was answered by its outcome) or in_progress (it did not within 2 s: 409)."},
 			[]string{"result"}),
+		ingestPartlyWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_ingest_partly_written_total",
+			Help: "Notifications written to the log for requests it wrote only in part (some partitions failed), answered 503: " +
+				"they will be sent, and a resend of the request answers them as duplicates."}),
 	}
 }
 
@@ -137,7 +143,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.takenOver, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable, m.ingestWaits}
+		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable, m.ingestWaits, m.ingestPartlyWritten}
 }
 
 // storeCollector exports a store's metrics, read once a scrape (the stores

@@ -209,23 +209,36 @@ func (l *KafkaLog) Produce(ctx context.Context, recs []Record) error {
 	// ProduceSync's results come in completion order, not input order, so
 	// offsets are read back from our own record pointers.
 	var errs []error
+	var failed map[*kgo.Record]bool // only when some failed
 	for _, pr := range l.cl.ProduceSync(ctx, krs...) {
 		if pr.Err != nil {
 			errs = append(errs, pr.Err)
+			if failed == nil {
+				failed = map[*kgo.Record]bool{}
+			}
+			failed[pr.Record] = true
 		}
 	}
-	if len(errs) == 0 {
-		for i, kr := range krs {
+	for i, kr := range krs {
+		if !failed[kr] {
 			recs[i].Partition, recs[i].Offset, recs[i].Timestamp = kr.Partition, kr.Offset, kr.Timestamp
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		if errors.Is(err, kgo.ErrClientClosed) {
-			return ErrClosed
-		}
-		return fmt.Errorf("partition: produce: %w", err)
+	err := errors.Join(errs...)
+	if err == nil {
+		return nil
 	}
-	return nil
+	if errors.Is(err, kgo.ErrClientClosed) {
+		err = ErrClosed
+	} else {
+		err = fmt.Errorf("partition: produce: %w", err)
+	}
+	// Records of the partitions that answered are in the log: say which.
+	written := make([]bool, len(recs))
+	for i, kr := range krs {
+		written[i] = !failed[kr]
+	}
+	return partial(written, err)
 }
 
 // Poll implements Log.

@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -54,6 +55,38 @@ func (r *Record) HeaderValue(key string) ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// ProduceError is Produce's error when some of the records were written
+// (durable, Partition, Offset and Timestamp set) and others not: a
+// partition refused its append, or its leader did not answer, while the
+// others took theirs. Neither log can undo the written ones, so a caller
+// that answers for the records, or produces them again, must know which.
+type ProduceError struct {
+	Written []bool // Written[i]: recs[i] is in the log
+	Err     error  // why the others are not
+}
+
+func (e *ProduceError) Error() string {
+	n := 0
+	for _, w := range e.Written {
+		if w {
+			n++
+		}
+	}
+	return fmt.Sprintf("%d of %d records written: %v", n, len(e.Written), e.Err)
+}
+
+func (e *ProduceError) Unwrap() error { return e.Err }
+
+// partial is Produce's error over recs of which written are in the log:
+// err when none is (the caller may produce them all again), a
+// *ProduceError when some are.
+func partial(written []bool, err error) error {
+	if !slices.Contains(written, true) {
+		return err
+	}
+	return &ProduceError{Written: written, Err: err}
 }
 
 // TopicPartition names one partition.
@@ -115,7 +148,9 @@ type ConsumerConfig struct {
 type Log interface {
 	// EnsureTopics creates the topics that do not exist yet.
 	EnsureTopics(ctx context.Context, specs ...TopicSpec) error
-	// Produce appends records and returns when they are durable.
+	// Produce appends records and returns when they are durable. A call
+	// whose records went to several partitions may fail in some and not
+	// others: its error is then a *ProduceError saying which were written.
 	Produce(ctx context.Context, recs []Record) error
 	// Poll returns up to max records; it blocks until at least one is ready.
 	Poll(ctx context.Context, max int) ([]Record, error)

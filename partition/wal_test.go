@@ -2,7 +2,12 @@ package partition
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -165,4 +170,58 @@ func walWithTopics(t *testing.T, topics ...string) *WALLog {
 		ensure(t, l, topic, 4)
 	}
 	return l
+}
+
+// A Produce whose records go to two partitions, one of which fails its
+// append, writes the other's and says which in a *ProduceError: the
+// caller must not treat the written ones as never written.
+func TestWALProduceSomePartitionsFail(t *testing.T) {
+	dir := t.TempDir()
+	w, err := wal.Open(dir, wal.WithRetentionInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewWAL(w, ConsumerConfig{}).OwnWAL()
+	t.Cleanup(func() { l.Close() })
+	// The smallest segments, filled by the first append: the next rolls to
+	// a new file.
+	if err := w.CreateTopic("t", wal.TopicConfig{Partitions: 2, SegmentBytes: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	keyOf := func(part int32) []byte {
+		for i := 0; ; i++ {
+			if k := []byte(fmt.Sprint("k", i)); keyPartition(k, 2) == part {
+				return k
+			}
+		}
+	}
+	k0, k1 := keyOf(0), keyOf(1)
+	full := strings.Repeat("x", 4096)
+	produce(t, l, "t", []string{string(k0), string(k1)}, []string{full, full})
+	// Partition 1's directory gone: its next roll cannot create a segment.
+	if err := os.RemoveAll(filepath.Join(dir, "topics", "t", "1")); err != nil {
+		t.Fatal(err)
+	}
+	recs := []Record{{Topic: "t", Key: k0, Value: []byte("a")}, {Topic: "t", Key: k1, Value: []byte("b")}, {Topic: "t", Key: k0, Value: []byte("c")}}
+	err = l.Produce(context.Background(), recs)
+	var pe *ProduceError
+	if !errors.As(err, &pe) {
+		t.Fatalf("Produce = %v, want a *ProduceError", err)
+	}
+	if want := []bool{true, false, true}; !slices.Equal(pe.Written, want) {
+		t.Fatalf("Written = %v, want %v", pe.Written, want)
+	}
+	if recs[0].Partition != 0 || recs[0].Offset != 1 || recs[2].Offset != 2 || recs[0].Timestamp.IsZero() || !recs[1].Timestamp.IsZero() {
+		t.Fatalf("written records' positions %+v %+v, the other's timestamp %v", recs[0], recs[2], recs[1].Timestamp)
+	}
+	got, err := w.Read("t", 0, 1, 10, 1<<20)
+	if err != nil || len(got) != 2 || string(got[0].Value) != "a" || string(got[1].Value) != "c" {
+		t.Fatalf("partition 0 holds %v (%v), want a and c", got, err)
+	}
+
+	// All in the failing partition: a plain error, nothing written.
+	err = l.Produce(context.Background(), []Record{{Topic: "t", Key: k1, Value: []byte("d")}})
+	if err == nil || errors.As(err, &pe) {
+		t.Fatalf("Produce to the failing partition alone = %v, want an error that is no *ProduceError", err)
+	}
 }

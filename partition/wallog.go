@@ -224,14 +224,26 @@ func (l *WALLog) Produce(ctx context.Context, recs []Record) error {
 		}
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("partition: produce: %w", err)
-	}
 	now := time.Now()
-	for i := range recs {
-		recs[i].Timestamp = now
+	err := errors.Join(errs...)
+	if err == nil {
+		for i := range recs {
+			recs[i].Timestamp = now
+		}
+		return nil
 	}
-	return nil
+	// The groups that were appended stay appended: say which.
+	written := make([]bool, len(recs))
+	for gi, g := range groups {
+		if errs[gi] != nil {
+			continue
+		}
+		for _, i := range g.idx {
+			written[i] = true
+			recs[i].Timestamp = now
+		}
+	}
+	return partial(written, fmt.Errorf("partition: produce: %w", err))
 }
 
 func toWAL(r *Record) wal.Record {

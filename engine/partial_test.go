@@ -1,0 +1,193 @@
+package engine_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/goutong/goutong/engine"
+	"github.com/goutong/goutong/notification"
+	"github.com/goutong/goutong/partition"
+)
+
+// partialProduce is a Log whose first Produce holding a record of lose
+// writes the others and fails those, as a log does when one of a call's
+// partitions refuses its append (a full disk, a broker down) and the rest
+// take theirs.
+type partialProduce struct {
+	partition.Log
+	lose    func(r *partition.Record) bool
+	calls   *atomic.Int64
+	partial *atomic.Bool // set once a call wrote some records and lost others
+}
+
+func (l partialProduce) Produce(ctx context.Context, recs []partition.Record) error {
+	if !slices.ContainsFunc(recs, func(r partition.Record) bool { return l.lose(&r) }) || l.calls.Add(1) != 1 {
+		return l.Log.Produce(ctx, recs)
+	}
+	var keep []partition.Record
+	var at []int
+	written := make([]bool, len(recs))
+	for i := range recs {
+		if !l.lose(&recs[i]) {
+			keep, at = append(keep, recs[i]), append(at, i)
+			written[i] = true
+		}
+	}
+	if err := l.Log.Produce(ctx, keep); err != nil {
+		return err
+	}
+	for j, i := range at {
+		recs[i] = keep[j]
+	}
+	if len(keep) > 0 && l.partial != nil {
+		l.partial.Store(true)
+	}
+	return &partition.ProduceError{Written: written, Err: errors.New("partition 3 refused the append")}
+}
+
+// A request whose records the log writes in part is answered as such
+// (PartlyWrittenError, not "nothing accepted"), and a resend of it answers
+// the written notifications as duplicates of their ids and accepts the
+// others: each is sent once, under the id the client holds. Before, every
+// claim was released, and the resend accepted the written ones again under
+// new ids, whose copies ended as duplicates at their sends. An accepted
+// event written for a notification that was not stays out of the status
+// store.
+func TestIngestPartlyWritten(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			cfg := r.config(r.channels(false))
+			// Four notifications: a is written whole; b's record is lost and
+			// its accepted event written; c loses both; d loses its event.
+			ids := map[string]string{}
+			for _, n := range []string{"a", "b", "c", "d"} {
+				ids[n] = ulid.Make().String()
+			}
+			lose := func(rec *partition.Record) bool {
+				switch string(rec.Key) {
+				case "key-b", "key-c", ids["c"], ids["d"]:
+					return true
+				}
+				return false
+			}
+			calls := new(atomic.Int64)
+			wrapLogs(&cfg, func(l partition.Log) partition.Log { return partialProduce{Log: l, lose: lose, calls: calls} })
+			e, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 20*time.Second, "ready", e.Ready)
+			batch := func() []*notification.Notification {
+				var ns []*notification.Notification
+				for _, n := range []string{"a", "b", "c", "d"} {
+					ns = append(ns, &notification.Notification{ID: ids[n], Channel: notification.Webhook, Tenant: "acme",
+						Recipient: "https://hooks.example/" + n, Content: &notification.Content{Body: `{"n":"` + n + `"}`}, IdempotencyKey: "key-" + n})
+				}
+				return ns
+			}
+			_, _, err := e.Ingest(context.Background(), batch(), time.Now())
+			var pw *engine.PartlyWrittenError
+			if !errors.As(err, &pw) || pw.Written != 2 || pw.Of != 4 || !errors.Is(err, engine.ErrUnavailable) {
+				t.Fatalf("Ingest = %v, want a PartlyWrittenError of 2 written of 4", err)
+			}
+			if st, err := e.Status(ids["b"]); !errors.Is(err, engine.ErrNotFound) {
+				t.Fatalf("b, never written, has status %+v (%v): its accepted event went to the store", st, err)
+			}
+			adm, n, err := e.Ingest(context.Background(), batch(), time.Now())
+			if err != nil || n != 2 {
+				t.Fatalf("resend: %+v (%d accepted), %v; want b and c accepted", adm, n, err)
+			}
+			for i, name := range []string{"a", "b", "c", "d"} {
+				dup := name == "a" || name == "d"
+				if adm[i].ID != ids[name] || adm[i].Duplicate != dup {
+					t.Fatalf("resend's %s: %+v, want id %s, duplicate %v", name, adm[i], ids[name], dup)
+				}
+			}
+			waitFor(t, 20*time.Second, "the sends", func() bool { return r.mock.Stats().Received >= 4 })
+			for _, name := range []string{"a", "b", "c", "d"} {
+				waitFor(t, 20*time.Second, name+" sent", func() bool {
+					st, err := e.Status(ids[name])
+					return err == nil && st.State == engine.StateSent
+				})
+			}
+			time.Sleep(500 * time.Millisecond) // a further send, if any, has arrived
+			if got := r.mock.Stats(); got.Received != 4 || got.Unique != 4 {
+				t.Fatalf("provider received %d sends (%d unique), want 4", got.Received, got.Unique)
+			}
+		})
+	}
+}
+
+// A flush of outcomes (the sent events of a batch) that the log writes in
+// part is retried with what was not written only: every event is on the
+// status topic once. Retrying the whole flush wrote the others twice (and
+// would write a retry record twice: two attempts; a dead letter twice: two
+// replays).
+func TestFlushRetriesOnlyWhatWasNotWritten(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			cfg := r.config(r.channels(false))
+			const n = 10
+			ns := make([]*notification.Notification, n)
+			for i := range ns {
+				ns[i] = &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
+					Recipient: recipient(notification.Webhook, i), Content: &notification.Content{Body: `{"n":1}`}}
+			}
+			lost := ns[3].ID
+			lose := func(rec *partition.Record) bool {
+				return rec.Topic == r.topics.Status && string(rec.Key) == lost && bytes.Contains(rec.Value, []byte(`"state":"sent"`))
+			}
+			calls, partial := new(atomic.Int64), new(atomic.Bool)
+			wrapLogs(&cfg, func(l partition.Log) partition.Log {
+				return partialProduce{Log: l, lose: lose, calls: calls, partial: partial}
+			})
+			e, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 20*time.Second, "ready", e.Ready)
+			if _, _, err := e.Ingest(context.Background(), ns, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			for _, nt := range ns {
+				waitFor(t, 20*time.Second, "sent", func() bool {
+					st, err := e.Status(nt.ID)
+					return err == nil && st.State == engine.StateSent
+				})
+			}
+			if !partial.Load() {
+				t.Skip("the lost event was flushed alone: no partial write to retry")
+			}
+			l, err := r.open(partition.ConsumerConfig{Group: "count", Topics: []string{r.topics.Status}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			recs := readRecords(t, l, 2*n, "status events")
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			more, _ := l.Poll(ctx, 100) // any written twice
+			cancel()
+			seen := map[string]int{}
+			for _, rec := range append(recs, more...) {
+				var ev engine.StatusEvent
+				if err := json.Unmarshal(rec.Value, &ev); err != nil {
+					t.Fatal(err)
+				}
+				seen[string(ev.State)+" "+ev.ID]++
+			}
+			for _, nt := range ns {
+				for _, st := range []string{"accepted", "sent"} {
+					if c := seen[st+" "+nt.ID]; c != 1 {
+						t.Fatalf("%s of %s on the status topic %d times, want once (%d events in all)", st, nt.ID, c, len(recs)+len(more))
+					}
+				}
+			}
+		})
+	}
+}
