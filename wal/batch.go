@@ -28,7 +28,28 @@ const (
 	headerSize   = 30
 	frameMagic   = 1
 	maxBatchSize = 64 << 20 // a length above this is corruption, not data
+	// maxFrameRaw is where a group's payload is cut into another frame, so
+	// no frame, even of incompressible records, nears maxBatchSize: one
+	// 80 MiB append was written as one frame, acknowledged, and then read
+	// as corrupt (and cut off by the next open).
+	maxFrameRaw = 16 << 20
+	// MaxRecordBytes is the largest record (key, value and headers) an
+	// append takes: alone in a frame, compressed or not, it stays below
+	// maxBatchSize.
+	MaxRecordBytes = 32 << 20
 )
+
+// ErrRecordTooLarge is an append's error for a record above MaxRecordBytes.
+var ErrRecordTooLarge = errors.New("wal: record too large")
+
+// recordBytes is r's size in a payload, near enough to bound it.
+func recordBytes(r *Record) int {
+	n := len(r.Key) + len(r.Value) + 3*binary.MaxVarintLen64
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 2*binary.MaxVarintLen64
+	}
+	return n
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 

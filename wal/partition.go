@@ -329,6 +329,11 @@ func (p *partition) enqueue(ctx context.Context, recs []Record, done func(int64,
 	if len(recs) == 0 {
 		return errors.New("wal: append of no records")
 	}
+	for i := range recs {
+		if n := recordBytes(&recs[i]); n > MaxRecordBytes {
+			return fmt.Errorf("%w: %d bytes, %d at most", ErrRecordTooLarge, n, MaxRecordBytes)
+		}
+	}
 	p.closeMu.RLock()
 	defer p.closeMu.RUnlock()
 	if p.closing {
@@ -469,13 +474,24 @@ func (p *partition) commitGroup(group []appendReq) {
 	act := p.segs[len(p.segs)-1] // only the writer changes segs' tail
 	base := act.next
 	ts := now.UnixNano()
-	p.raw = p.raw[:0]
-	count := 0
+	// One frame for the group, or several where its payload passes
+	// maxFrameRaw; each frame is whole on its own for reads and recovery.
+	p.raw, p.buf = p.raw[:0], p.buf[:0]
+	count, inFrame, frames := 0, 0, 0
 	for _, r := range group {
-		p.raw = appendRecords(p.raw, r.recs)
-		count += len(r.recs)
+		for i := range r.recs {
+			if inFrame > 0 && len(p.raw)+recordBytes(&r.recs[i]) > maxFrameRaw {
+				p.buf = p.log.comp.appendBatch(p.buf, p.topic.cfg.Codec, base+int64(count-inFrame), inFrame, ts, p.raw)
+				p.raw, inFrame = p.raw[:0], 0
+				frames++
+			}
+			p.raw = appendRecords(p.raw, r.recs[i:i+1])
+			count++
+			inFrame++
+		}
 	}
-	p.buf = p.log.comp.appendBatch(p.buf[:0], p.topic.cfg.Codec, base, count, ts, p.raw)
+	p.buf = p.log.comp.appendBatch(p.buf, p.topic.cfg.Codec, base+int64(count-inFrame), inFrame, ts, p.raw)
+	frames++
 	pos := act.size
 	if _, err := act.f.Write(p.buf); err != nil {
 		// The tail is now unknown; cut back to the last whole batch or stop.
@@ -491,7 +507,7 @@ func (p *partition) commitGroup(group []appendReq) {
 	act.size += int64(len(p.buf))
 	act.next = base + int64(count)
 	p.log.counters.records.Add(int64(count))
-	p.log.counters.batches.Add(1)
+	p.log.counters.batches.Add(int64(frames))
 	p.log.counters.bytes.Add(int64(len(p.buf)))
 	act.maxTS = max(act.maxTS, ts)
 	p.dirty = true
