@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
@@ -173,9 +175,18 @@ type reply struct {
 
 func (n *node) do(method, path, key, contentType, body string) reply {
 	n.t.Helper()
+	return n.doEncoded(method, path, key, contentType, "", body)
+}
+
+// doEncoded is do with a Content-Encoding header (none when "").
+func (n *node) doEncoded(method, path, key, contentType, encoding, body string) reply {
+	n.t.Helper()
 	req, err := http.NewRequest(method, n.url+path, strings.NewReader(body))
 	if err != nil {
 		n.t.Fatal(err)
+	}
+	if encoding != "" {
+		req.Header.Set("Content-Encoding", encoding)
 	}
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
@@ -372,6 +383,62 @@ func TestPartlyWrittenRequest(t *testing.T) {
 	if s := n.mock.Stats(); s.Received != 2 {
 		t.Fatalf("provider received %d, want 2", s.Received)
 	}
+}
+
+// Bodies may come gzipped or zstd-compressed; the body limit holds for
+// them decompressed (a bomb is 413), and a body that is not what its
+// Content-Encoding says, or an encoding the server lacks, is refused
+// naming the header.
+func TestCompressedBodies(t *testing.T) {
+	n := newNode(t, nodeOpts{maxBody: 64 << 10})
+	var ndjson strings.Builder
+	for i := range 3 {
+		ndjson.WriteString(webhookJSON(i, "") + "\n")
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte(ndjson.String()))
+	zw.Close()
+	zenc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zenc.Close()
+	zs := zenc.EncodeAll([]byte("["+webhookJSON(7, "")+","+webhookJSON(8, "")+"]"), nil)
+	if r := n.doEncoded("POST", "/v1/notifications", "", "application/x-ndjson", "gzip", gz.String()); r.code != 202 || r.body["accepted"] != 3.0 {
+		t.Fatalf("gzipped NDJSON: %d %s", r.code, r.raw)
+	}
+	if r := n.doEncoded("POST", "/v1/notifications", "", "application/json", "zstd", string(zs)); r.code != 202 || r.body["accepted"] != 2.0 {
+		t.Fatalf("zstd JSON: %d %s", r.code, r.raw)
+	}
+	// Bombs: 1 MiB of spaces, a few KiB compressed, past the 64 KiB limit.
+	spaces := bytes.Repeat([]byte(" "), 1<<20)
+	var bomb bytes.Buffer
+	zw = gzip.NewWriter(&bomb)
+	zw.Write(spaces)
+	zw.Close()
+	zbomb := zenc.EncodeAll(spaces, nil)
+	for _, c := range []struct {
+		name, enc, body string
+		code            int
+		errCode         string
+	}{
+		{"gzip bomb", "gzip", bomb.String(), 413, "body_too_large"},
+		{"zstd bomb", "zstd", string(zbomb), 413, "body_too_large"},
+		{"not gzip", "gzip", webhookJSON(1, ""), 400, "malformed_body"},
+		{"truncated gzip", "gzip", gz.String()[:gz.Len()/2], 400, "malformed_body"},
+		{"not zstd", "zstd", webhookJSON(1, ""), 400, "malformed_body"},
+		{"brotli", "br", webhookJSON(1, ""), 415, "unsupported_encoding"},
+	} {
+		if bomb.Len() > 64<<10 || len(zbomb) > 64<<10 {
+			t.Fatalf("bombs of %d and %d bytes are not below the limit", bomb.Len(), len(zbomb))
+		}
+		r := n.doEncoded("POST", "/v1/notifications", "", "application/json", c.enc, c.body)
+		if code, field, _ := r.errField(); r.code != c.code || code != c.errCode || field != "Content-Encoding" {
+			t.Fatalf("%s: %d %s, want %d %s naming Content-Encoding", c.name, r.code, r.raw, c.code, c.errCode)
+		}
+	}
+	waitFor(t, 20*time.Second, "the sends", func() bool { return n.mock.Stats().Unique == 5 })
 }
 
 func TestIdempotentRepeat(t *testing.T) {
@@ -920,12 +987,20 @@ func postAccepted(b *testing.B, c *fasthttp.Client, url, contentType string, bod
 // post sends body to the ingest endpoint and reports whether the answer
 // had status want.
 func post(b *testing.B, c *fasthttp.Client, url, contentType string, body []byte, want int) bool {
+	return postEncoded(b, c, url, contentType, "", body, want)
+}
+
+// postEncoded is post with a Content-Encoding ("" for none).
+func postEncoded(b *testing.B, c *fasthttp.Client, url, contentType, encoding string, body []byte, want int) bool {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.SetRequestURI(url + "/v1/notifications")
 	req.Header.SetContentType(contentType)
+	if encoding != "" {
+		req.Header.Set("Content-Encoding", encoding)
+	}
 	req.SetBodyRaw(body) // the caller reuses body only after Do returns
 	if err := c.Do(req, resp); err != nil {
 		b.Error(err)
@@ -1012,6 +1087,50 @@ func BenchmarkIngest(b *testing.B) {
 	b.Run("ndjson-1000-at-ingest-keyed", func(b *testing.B) {
 		ndjson(b, nodeOpts{syncDedupe: true, atIngest: engine.IngestDedupeKeyed})
 	})
+	// The same from 16 batches built before the timer and sent again and
+	// again, which keyed takes as new notifications (their door is their
+	// sends): plain, and gzipped (a client compresses on a machine of its
+	// own). The pair is what decompressing costs the server.
+	reused := func(b *testing.B, encoding string) {
+		const clients = 8
+		n := newNode(b, nodeOpts{syncDedupe: true, atIngest: engine.IngestDedupeKeyed})
+		_ = n.eng.PauseChannel(notification.Webhook, true)
+		var bodies [][]byte
+		for k := range 16 {
+			var body bytes.Buffer
+			for i := range 1000 {
+				body.Write(appendWebhookJSON(nil, k*1000+i, ""))
+				body.WriteByte('\n')
+			}
+			b.SetBytes(int64(body.Len()))
+			if encoding == "gzip" {
+				var gz bytes.Buffer
+				zw := gzip.NewWriter(&gz)
+				zw.Write(body.Bytes())
+				zw.Close()
+				body = gz
+			}
+			bodies = append(bodies, body.Bytes())
+		}
+		client := benchClient(clients)
+		b.SetParallelism((clients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+		b.ReportAllocs()
+		var seq atomic.Int64
+		b.ResetTimer()
+		cpu := cpuMicros()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if !postEncoded(b, client, n.url, "application/x-ndjson", encoding, bodies[seq.Add(1)%16], fasthttp.StatusAccepted) {
+					return
+				}
+			}
+		})
+		b.ReportMetric((cpuMicros()-cpu)/float64(b.N*1000), "cpu-us/notification")
+		b.ReportMetric(float64(b.N)*1000/b.Elapsed().Seconds(), "notifications/s")
+		b.ReportMetric(float64(len(bodies[0])), "body-bytes/batch")
+	}
+	b.Run("ndjson-1000-reused-at-ingest-keyed", func(b *testing.B) { reused(b, "") })
+	b.Run("ndjson-1000-reused-gzip-at-ingest-keyed", func(b *testing.B) { reused(b, "gzip") })
 	// A client that resends batches already accepted (a retry after a
 	// timeout): every item is a duplicate, answered 200 with the original
 	// id and its current status, and nothing is enqueued.

@@ -38,9 +38,8 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 		return
 	}
 	now := s.cfg.Now()
-	body, release, ok := s.body(ctx)
+	body, release, ok := s.decodedBody(ctx)
 	if !ok {
-		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge(s.cfg.MaxBodyBytes))
 		return
 	}
 	defer release()

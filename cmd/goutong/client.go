@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/spf13/cobra"
 )
 
@@ -22,6 +24,9 @@ type client struct {
 	server string
 	key    string
 	http   *http.Client
+	// encoding is the Content-Encoding of the bodies given to open
+	// (already encoded), "" for none.
+	encoding string
 }
 
 func addClientFlags(cmd *cobra.Command, c *client) {
@@ -63,6 +68,9 @@ func (c *client) open(method, path, contentType string, body io.Reader) (io.Read
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	if c.encoding != "" && body != nil {
+		req.Header.Set("Content-Encoding", c.encoding)
 	}
 	if c.key != "" {
 		req.Header.Set("Authorization", "Bearer "+c.key)
@@ -143,6 +151,7 @@ func newSend() *cobra.Command {
 	var c client
 	var file string
 	var retries int
+	var gz bool
 	var n struct {
 		channel, recipient, template, body, subject, priority, key, tenant string
 		vars                                                               map[string]string
@@ -172,6 +181,17 @@ func newSend() *cobra.Command {
 				ct := "application/x-ndjson"
 				if t := bytes.TrimSpace(data); len(t) > 0 && (t[0] == '[' || (t[0] == '{' && bytes.Count(t, []byte{'\n'}) == 0)) {
 					ct = "application/json"
+				}
+				if gz {
+					var b bytes.Buffer
+					zw := gzip.NewWriter(&b)
+					if _, err := zw.Write(data); err != nil {
+						return err
+					}
+					if err := zw.Close(); err != nil {
+						return err
+					}
+					data, c.encoding = b.Bytes(), "gzip"
 				}
 				return c.postNotifications(cmd.OutOrStdout(), cmd.ErrOrStderr(), ct, data, retries)
 			}
@@ -204,6 +224,7 @@ func newSend() *cobra.Command {
 	addClientFlags(cmd, &c)
 	f := cmd.Flags()
 	f.StringVar(&file, "file", "", "a file of notifications: a JSON array or NDJSON (- for stdin)")
+	f.BoolVar(&gz, "gzip", false, "send --file's body gzipped (a tenth of the bytes for a campaign; the server's body limit counts it decompressed)")
 	f.StringVar(&n.channel, "channel", "", "sms, email, push, webhook or a configured channel")
 	f.StringVar(&n.recipient, "to", "", "recipient: phone number, address, device token or URL")
 	f.StringVar(&n.template, "template", "", "template name")

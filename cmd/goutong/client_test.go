@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -62,5 +65,44 @@ func TestSendRetriesWhatTheServerCannotTakeYet(t *testing.T) {
 				t.Fatalf("the answer was not printed:\n%s", out.String())
 			}
 		})
+	}
+}
+
+// send --file --gzip posts the file gzipped, saying so, and the server's
+// answer is printed as without it.
+func TestSendFileGzipped(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "campaign.ndjson")
+	data := []byte(`{"channel":"sms","recipient":"+15551234567","template":"otp","vars":{"code":"1"}}` + "\n" +
+		`{"channel":"sms","recipient":"+15551234568","template":"otp","vars":{"code":"2"}}` + "\n")
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	var enc, ct string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		enc, ct = r.Header.Get("Content-Encoding"), r.Header.Get("Content-Type")
+		zr, err := gzip.NewReader(r.Body)
+		if err == nil {
+			got, err = io.ReadAll(zr)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		w.Write([]byte(`{"accepted":2,"duplicates":0,"items":[]}`)) //nolint:errcheck // to the test's client
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"send", "--server", srv.URL, "--file", file, "--gzip"})
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if enc != "gzip" || ct != "application/x-ndjson" || !bytes.Equal(got, data) || !strings.Contains(out.String(), `"accepted": 2`) {
+		t.Fatalf("Content-Encoding %q, Content-Type %q, body %q; printed %s", enc, ct, got, out.String())
 	}
 }
