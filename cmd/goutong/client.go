@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/spf13/cobra"
 )
 
@@ -83,7 +82,7 @@ func (c *client) open(method, path, contentType string, body io.Reader) (io.Read
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		return nil, &httpError{status: resp.StatusCode, retryAfter: retryAfter(resp.Header.Get("Retry-After")),
-			msg: fmt.Sprintf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))}
+			msg: fmt.Sprintf("%s: %s", resp.Status, strings.TrimSpace(string(raw))), body: raw}
 	}
 	return resp.Body, nil
 }
@@ -94,6 +93,7 @@ type httpError struct {
 	status     int
 	retryAfter time.Duration
 	msg        string
+	body       []byte // the answer's (the first 64 KiB)
 }
 
 func (e *httpError) Error() string { return e.msg }
@@ -108,20 +108,20 @@ func retryAfter(v string) time.Duration {
 	return time.Duration(secs) * time.Second
 }
 
-// postNotifications posts a send's body, and again, after the Retry-After
-// the server gives (1 s without one, 30 s at most), while it answers that
-// it cannot take the body yet: 409 (another request with one of its keys
+// postNotifications posts a send's body and returns the answer; it posts
+// again, after the Retry-After the server gives (1 s without one, 30 s at
+// most), while it answers that it cannot take the body yet: 409 (another request with one of its keys
 // still being accepted), 429 (the tenant's quota) or 503 (starting, the
 // backlog, the log unavailable); up to retries times. The body's
 // idempotency keys (given or derived) make a resend safe: what an earlier
 // attempt accepted answers as a duplicate.
-func (c *client) postNotifications(out, log io.Writer, contentType string, body []byte, retries int) error {
+func (c *client) postNotifications(log io.Writer, contentType string, body []byte, retries int) ([]byte, error) {
 	for attempt := 1; ; attempt++ {
-		err := c.do(out, "POST", "/v1/notifications", contentType, bytes.NewReader(body))
+		raw, err := c.request("POST", "/v1/notifications", contentType, bytes.NewReader(body))
 		var he *httpError
 		if err == nil || attempt > retries || !errors.As(err, &he) ||
 			(he.status != http.StatusConflict && he.status != http.StatusTooManyRequests && he.status != http.StatusServiceUnavailable) {
-			return err
+			return raw, err
 		}
 		wait := he.retryAfter
 		if wait < 0 {
@@ -139,11 +139,16 @@ func (c *client) do(out io.Writer, method, path, contentType string, body io.Rea
 	if err != nil {
 		return err
 	}
+	return printIndented(out, raw)
+}
+
+// printIndented prints a JSON answer indented (as it is if not JSON).
+func printIndented(out io.Writer, raw []byte) error {
 	var pretty bytes.Buffer
 	if json.Indent(&pretty, raw, "", "  ") == nil {
 		raw = pretty.Bytes()
 	}
-	_, err = fmt.Fprintln(out, strings.TrimSpace(string(raw)))
+	_, err := fmt.Fprintln(out, strings.TrimSpace(string(raw)))
 	return err
 }
 
@@ -152,6 +157,7 @@ func newSend() *cobra.Command {
 	var file string
 	var retries int
 	var gz bool
+	var batch int
 	var n struct {
 		channel, recipient, template, body, subject, priority, key, tenant string
 		vars                                                               map[string]string
@@ -174,26 +180,10 @@ func newSend() *cobra.Command {
 					defer f.Close()
 					r = f
 				}
-				data, err := io.ReadAll(r)
-				if err != nil {
-					return err
+				if batch < 1 {
+					return fmt.Errorf("--batch %d: at least 1", batch)
 				}
-				ct := "application/x-ndjson"
-				if t := bytes.TrimSpace(data); len(t) > 0 && (t[0] == '[' || (t[0] == '{' && bytes.Count(t, []byte{'\n'}) == 0)) {
-					ct = "application/json"
-				}
-				if gz {
-					var b bytes.Buffer
-					zw := gzip.NewWriter(&b)
-					if _, err := zw.Write(data); err != nil {
-						return err
-					}
-					if err := zw.Close(); err != nil {
-						return err
-					}
-					data, c.encoding = b.Bytes(), "gzip"
-				}
-				return c.postNotifications(cmd.OutOrStdout(), cmd.ErrOrStderr(), ct, data, retries)
+				return c.sendFile(cmd.OutOrStdout(), cmd.ErrOrStderr(), r, batch, gz, retries)
 			}
 			if n.channel == "" || n.recipient == "" {
 				return fmt.Errorf("--channel and --to are required (or --file)")
@@ -218,13 +208,18 @@ func newSend() *cobra.Command {
 				m["expires_at"] = time.Now().Add(n.expiresIn).UTC().Format(time.RFC3339Nano)
 			}
 			b, _ := json.Marshal(m)
-			return c.postNotifications(cmd.OutOrStdout(), cmd.ErrOrStderr(), "application/json", b, retries)
+			raw, err := c.postNotifications(cmd.ErrOrStderr(), "application/json", b, retries)
+			if err != nil {
+				return err
+			}
+			return printIndented(cmd.OutOrStdout(), raw)
 		},
 	}
 	addClientFlags(cmd, &c)
 	f := cmd.Flags()
 	f.StringVar(&file, "file", "", "a file of notifications: a JSON array or NDJSON (- for stdin)")
-	f.BoolVar(&gz, "gzip", false, "send --file's body gzipped (a tenth of the bytes for a campaign; the server's body limit counts it decompressed)")
+	f.BoolVar(&gz, "gzip", false, "send --file's requests gzipped (a tenth of the bytes for a campaign; the server's body limit counts them decompressed)")
+	f.IntVar(&batch, "batch", 10000, "--file's notifications a request, at most (and 16 MiB): a file of more is sent in several requests, one after the other")
 	f.StringVar(&n.channel, "channel", "", "sms, email, push, webhook or a configured channel")
 	f.StringVar(&n.recipient, "to", "", "recipient: phone number, address, device token or URL")
 	f.StringVar(&n.template, "template", "", "template name")

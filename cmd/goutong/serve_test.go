@@ -413,6 +413,12 @@ func TestCLIAgainstServe(t *testing.T) {
 	if out := runCmd(t, "send", "--server", s.url, "--file", file); !strings.Contains(out, `"accepted": 20`) {
 		t.Fatalf("send --file: %s", out)
 	}
+	// Again, gzipped, 7 a request: three requests, every item a duplicate.
+	if out := runCmd(t, "send", "--server", s.url, "--file", file, "--batch", "7", "--gzip"); strings.Count(out, `{"from":`) != 3 ||
+		!strings.Contains(out, `{"from":15,"to":20,"answer":{"accepted":0,"duplicates":6,`) ||
+		!strings.Contains(out, "20 notifications in 3 requests: 0 accepted, 20 duplicates") {
+		t.Fatalf("send --file --batch 7 --gzip: %s", out)
+	}
 	waitUntil(t, 30*time.Second, "sent", func() bool { return statusOf(s.url, r.ID) == "sent" })
 	if out := runCmd(t, "status", "--server", s.url, r.ID); !strings.Contains(out, `"state": "sent"`) {
 		t.Fatalf("status: %s", out)
