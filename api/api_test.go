@@ -175,18 +175,24 @@ type reply struct {
 
 func (n *node) do(method, path, key, contentType, body string) reply {
 	n.t.Helper()
-	return n.doEncoded(method, path, key, contentType, "", body)
+	return n.doHeaders(method, path, key, contentType, nil, body)
 }
 
-// doEncoded is do with a Content-Encoding header (none when "").
+// doEncoded is do with a Content-Encoding header.
 func (n *node) doEncoded(method, path, key, contentType, encoding, body string) reply {
+	n.t.Helper()
+	return n.doHeaders(method, path, key, contentType, map[string]string{"Content-Encoding": encoding}, body)
+}
+
+// doHeaders is do with more headers.
+func (n *node) doHeaders(method, path, key, contentType string, headers map[string]string, body string) reply {
 	n.t.Helper()
 	req, err := http.NewRequest(method, n.url+path, strings.NewReader(body))
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	if encoding != "" {
-		req.Header.Set("Content-Encoding", encoding)
+	for k, v := range headers {
+		req.Header.Set(k, v)
 	}
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
@@ -439,6 +445,46 @@ func TestCompressedBodies(t *testing.T) {
 		}
 	}
 	waitFor(t, 20*time.Second, "the sends", func() bool { return n.mock.Stats().Unique == 5 })
+}
+
+// The Idempotency-Key header keys a single notification, or each keyless
+// item of a batch by its index: a resend with the header answers them as
+// duplicates, with dedupe.at_ingest keyed too (where keyless items are not
+// claimed at the door without it).
+func TestIdempotencyKeyHeader(t *testing.T) {
+	n := newNode(t, nodeOpts{atIngest: engine.IngestDedupeKeyed})
+	post := func(key, body string) reply {
+		return n.doHeaders("POST", "/v1/notifications", "", "application/json", map[string]string{"Idempotency-Key": key}, body)
+	}
+	first := post("req-1", webhookJSON(1, ""))
+	again := post("req-1", webhookJSON(1, ""))
+	if first.code != 202 || again.code != 200 || again.body["id"] != first.body["id"] || again.body["duplicate"] != true {
+		t.Fatalf("single: %d %s, then %d %s", first.code, first.raw, again.code, again.raw)
+	}
+	batch := "[" + webhookJSON(2, "") + "," + webhookJSON(3, `,"idempotency_key":"own-3"`) + "," + webhookJSON(4, "") + "]"
+	b1, b2 := post("req-2", batch), post("req-2", batch)
+	if b1.code != 202 || b2.code != 200 || b2.body["duplicates"] != 3.0 {
+		t.Fatalf("batch: %d %s, then %d %s", b1.code, b1.raw, b2.code, b2.raw)
+	}
+	for i, it := range b2.body["items"].([]any) {
+		if want := b1.body["items"].([]any)[i].(map[string]any)["id"]; it.(map[string]any)["id"] != want {
+			t.Fatalf("batch resend item %d: %v, want id %v", i, it, want)
+		}
+	}
+	// Without the header, keyed takes the keyless batch again.
+	if r := n.do("POST", "/v1/notifications", "", "application/json", batch); r.code != 202 || r.body["accepted"] != 2.0 {
+		t.Fatalf("batch without the header: %d %s", r.code, r.raw)
+	}
+	if r := post("req-3", webhookJSON(5, `,"idempotency_key":"other"`)); r.code != 400 {
+		t.Fatalf("a body key other than the header: %d %s", r.code, r.raw)
+	} else if code, field, _ := r.errField(); code != "invalid_field" || field != "idempotency_key" {
+		t.Fatalf("a body key other than the header: %s", r.raw)
+	}
+	if r := post(strings.Repeat("k", 300), webhookJSON(6, "")); r.code != 400 {
+		t.Fatalf("a header of 300 bytes: %d %s", r.code, r.raw)
+	} else if _, field, _ := r.errField(); field != "Idempotency-Key" {
+		t.Fatalf("a header of 300 bytes: %s", r.raw)
+	}
 }
 
 func TestIdempotentRepeat(t *testing.T) {

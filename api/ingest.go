@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
@@ -51,6 +52,12 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, key Key) {
 			writeErrors(ctx, status, errs)
 		}
 		return
+	}
+	if h := ctx.Request.Header.Peek("Idempotency-Key"); len(h) > 0 {
+		if e := applyRequestKey(ns, single, string(h)); e != nil {
+			writeError(ctx, fasthttp.StatusBadRequest, *e)
+			return
+		}
 	}
 	if ahead := s.cfg.MaxScheduleAhead; ahead > 0 {
 		for i, n := range ns {
@@ -375,4 +382,36 @@ const maxPooledBody = 4 << 20
 
 func bodyTooLarge(limit int) apiError {
 	return apiError{Code: "body_too_large", Message: "request body exceeds the limit of " + strconv.Itoa(limit) + " bytes"}
+}
+
+// applyRequestKey gives a request's Idempotency-Key header (the HTTP
+// convention for a retried request, and what a 500 asks a client to resend
+// with) to its notifications: a single one takes it as its idempotency_key
+// (one of its own must be the same); in a batch, each item without one of
+// its own takes the header and its index, key/index, so a resend of the
+// batch with the header answers those items as duplicates, with
+// dedupe.at_ingest keyed too. Reusing a header for another request is like
+// reusing any key: its items answer as the first's.
+func applyRequestKey(ns []*notification.Notification, single bool, key string) *apiError {
+	limit := notification.MaxKeyLen
+	if !single {
+		limit -= 1 + len(strconv.Itoa(len(ns)-1))
+	}
+	if len(key) > limit || !utf8.ValidString(key) {
+		return &apiError{Code: "invalid_field", Field: "Idempotency-Key",
+			Message: fmt.Sprintf("the header must be valid UTF-8 of at most %d bytes (idempotency keys are %d, and a batch's items add /index)", limit, notification.MaxKeyLen)}
+	}
+	if single {
+		if n := ns[0]; n.IdempotencyKey != "" && n.IdempotencyKey != key {
+			return &apiError{Code: "invalid_field", Field: "idempotency_key", Message: "differs from the request's Idempotency-Key header"}
+		}
+		ns[0].IdempotencyKey = key
+		return nil
+	}
+	for i, n := range ns {
+		if n.IdempotencyKey == "" {
+			n.IdempotencyKey = key + "/" + strconv.Itoa(i)
+		}
+	}
+	return nil
 }
