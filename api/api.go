@@ -96,7 +96,6 @@ type Server struct {
 	keys   map[string]Key // by hash
 	prom   fasthttp.RequestHandler
 	limits sync.Map // tenant -> *rate.Limiter
-	dlqMu  sync.Mutex
 	m      *apiMetrics
 }
 

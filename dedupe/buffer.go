@@ -449,12 +449,6 @@ func (g *bufGen) deleted(h uint64, ekey []byte) (del, known bool) {
 	return del, known
 }
 
-// write logs and indexes a batch's operations; with sync it returns once
-// they are on disk.
-func (b *writeBuffer) write(ops []writeOp, sync bool) error {
-	return await(b.writeThen(ops, sync))
-}
-
 // writeThen logs and indexes a batch's operations; with sync, wait returns
 // once they are on disk.
 func (b *writeBuffer) writeThen(ops []writeOp, sync bool) (wait func() error, err error) {

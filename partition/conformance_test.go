@@ -422,7 +422,7 @@ func testHeadersAndNilKeys(t *testing.T, open func(ConsumerConfig) Log) {
 				t.Fatalf("headers %+v", r.Headers)
 			}
 		default:
-			if r.Key != nil && len(r.Key) != 0 {
+			if len(r.Key) != 0 {
 				t.Fatalf("nil key came back as %q", r.Key)
 			}
 		}

@@ -54,10 +54,9 @@ type partition struct {
 	last   *decodedFrame
 
 	// writer-only state
-	buf      []byte
-	raw      []byte
-	dirty    bool // written since the last fsync
-	lastSync time.Time
+	buf   []byte
+	raw   []byte
+	dirty bool // written since the last fsync
 }
 
 // segment is one log file plus its sparse index.
