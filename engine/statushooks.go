@@ -215,6 +215,7 @@ func (f *hookForwarder) forward(ctx context.Context, log partition.Log) error {
 				return nil // not committed: copied again by the next run
 			}
 			f.e.cfg.Logger.Warn("status webhooks: copy to tenant topics", zap.Error(err))
+			out = partition.Unwritten(out, err) // a copy written twice is a webhook sent twice
 			if f.e.cfg.Clock.Sleep(ctx, time.Second) != nil {
 				return nil
 			}
@@ -366,6 +367,7 @@ func (f *hookForwarder) deliver(ctx context.Context, t *hookTenant, batch []hook
 			return false
 		}
 		f.e.cfg.Logger.Warn("status webhooks: dead letters", zap.Error(err))
+		recs = partition.Unwritten(recs, err)
 		if f.e.cfg.Clock.Sleep(ctx, time.Second) != nil {
 			return false
 		}

@@ -79,6 +79,22 @@ func (e *ProduceError) Error() string {
 
 func (e *ProduceError) Unwrap() error { return e.Err }
 
+// Unwritten is what of recs a Produce that returned err did not write:
+// what to produce again. Without a *ProduceError that is all of them.
+func Unwritten(recs []Record, err error) []Record {
+	var pe *ProduceError
+	if !errors.As(err, &pe) || len(pe.Written) != len(recs) {
+		return recs
+	}
+	var out []Record
+	for i := range recs {
+		if !pe.Written[i] {
+			out = append(out, recs[i])
+		}
+	}
+	return out
+}
+
 // partial is Produce's error over recs of which written are in the log:
 // err when none is (the caller may produce them all again), a
 // *ProduceError when some are.

@@ -211,6 +211,9 @@ func TestWALProduceSomePartitionsFail(t *testing.T) {
 	if want := []bool{true, false, true}; !slices.Equal(pe.Written, want) {
 		t.Fatalf("Written = %v, want %v", pe.Written, want)
 	}
+	if rest := Unwritten(recs, err); len(rest) != 1 || string(rest[0].Value) != "b" {
+		t.Fatalf("Unwritten = %+v, want the record of partition 1", rest)
+	}
 	if recs[0].Partition != 0 || recs[0].Offset != 1 || recs[2].Offset != 2 || recs[0].Timestamp.IsZero() || !recs[1].Timestamp.IsZero() {
 		t.Fatalf("written records' positions %+v %+v, the other's timestamp %v", recs[0], recs[2], recs[1].Timestamp)
 	}
@@ -223,5 +226,8 @@ func TestWALProduceSomePartitionsFail(t *testing.T) {
 	err = l.Produce(context.Background(), []Record{{Topic: "t", Key: k1, Value: []byte("d")}})
 	if err == nil || errors.As(err, &pe) {
 		t.Fatalf("Produce to the failing partition alone = %v, want an error that is no *ProduceError", err)
+	}
+	if rest := Unwritten(recs[1:2], err); len(rest) != 1 {
+		t.Fatalf("Unwritten of a plain error = %+v, want every record", rest)
 	}
 }
