@@ -208,15 +208,21 @@ func (l *KafkaLog) Produce(ctx context.Context, recs []Record) error {
 	}
 	// ProduceSync's results come in completion order, not input order, so
 	// offsets are read back from our own record pointers.
+	// Each failed record reports its error: one of each is kept, not a
+	// line a record in every log entry of the error.
 	var errs []error
 	var failed map[*kgo.Record]bool // only when some failed
+	var seen map[string]bool
 	for _, pr := range l.cl.ProduceSync(ctx, krs...) {
 		if pr.Err != nil {
-			errs = append(errs, pr.Err)
 			if failed == nil {
-				failed = map[*kgo.Record]bool{}
+				failed, seen = map[*kgo.Record]bool{}, map[string]bool{}
 			}
 			failed[pr.Record] = true
+			if msg := pr.Err.Error(); !seen[msg] {
+				seen[msg] = true
+				errs = append(errs, pr.Err)
+			}
 		}
 	}
 	for i, kr := range krs {
@@ -231,7 +237,7 @@ func (l *KafkaLog) Produce(ctx context.Context, recs []Record) error {
 	if errors.Is(err, kgo.ErrClientClosed) {
 		err = ErrClosed
 	} else {
-		err = fmt.Errorf("partition: produce: %w", err)
+		err = fmt.Errorf("partition: produce: %d of %d records failed: %w", len(failed), len(recs), err)
 	}
 	// Records of the partitions that answered are in the log: say which.
 	written := make([]bool, len(recs))
