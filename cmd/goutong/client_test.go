@@ -234,18 +234,18 @@ func TestSendFileInBatches(t *testing.T) {
 	})
 	t.Run("refused", func(t *testing.T) {
 		bad := slices.Clone(ndjson)
-		bad[15] = item(14, "bad") // line 16: the second request's sixth item
-		srv, out, _, err := run(t, strings.Join(bad, "\n")+"\n", "--batch", "10")
+		bad[15] = item(14, "bad")                                                        // line 18: the second request's sixth item
+		srv, out, _, err := run(t, "\n\n"+strings.Join(bad, "\n")+"\n", "--batch", "10") // two blank lines first
 		if err == nil || len(srv.requests) != 2 {
 			t.Fatalf("%d requests, %v", len(srv.requests), err)
 		}
-		for _, want := range []string{"the request of lines 11-21", "line 16: invalid_field recipient: missing",
+		for _, want := range []string{"the request of lines 13-23", "line 18: invalid_field recipient: missing",
 			"1 requests before it (10 notifications) were accepted"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Fatalf("error %q lacks %q", err, want)
 			}
 		}
-		if !strings.HasPrefix(out, `{"from":1,"to":10,`) {
+		if !strings.HasPrefix(out, `{"from":3,"to":12,`) {
 			t.Fatalf("the accepted request's answer was not printed:\n%s", out)
 		}
 	})

@@ -30,7 +30,7 @@ type fileBatch struct {
 // in file order, until post fails. A single JSON object is one batch.
 func fileBatches(r io.Reader, batch int, post func(fileBatch) error) error {
 	br := bufio.NewReaderSize(r, 1<<20)
-	first, err := firstByte(br)
+	first, blank, err := firstByte(br)
 	if err != nil {
 		return err
 	}
@@ -46,7 +46,7 @@ func fileBatches(r io.Reader, batch int, post func(fileBatch) error) error {
 		b = fileBatch{body: b.body[:0]}
 		return err
 	}
-	for line := 1; ; line++ {
+	for line := 1 + blank; ; line++ {
 		text, err := br.ReadBytes('\n')
 		if len(bytes.TrimSpace(text)) > 0 {
 			if len(b.at) > 0 && (len(b.at) == batch || len(b.body)+len(text) > maxRequestBytes) {
@@ -69,17 +69,23 @@ func fileBatches(r io.Reader, batch int, post func(fileBatch) error) error {
 	}
 }
 
-func firstByte(br *bufio.Reader) (byte, error) {
+// firstByte is the file's first byte that is not white space, left to
+// read, and the lines before its own.
+func firstByte(br *bufio.Reader) (c byte, lines int, err error) {
 	for {
 		c, err := br.ReadByte()
 		if err == io.EOF {
-			return 0, errors.New("the file holds no notifications")
+			return 0, 0, errors.New("the file holds no notifications")
 		}
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
-			return c, br.UnreadByte()
+		switch c {
+		case '\n':
+			lines++
+		case ' ', '\t', '\r':
+		default:
+			return c, lines, br.UnreadByte()
 		}
 	}
 }
