@@ -110,17 +110,21 @@ func retryAfter(v string) time.Duration {
 
 // postNotifications posts a send's body and returns the answer; it posts
 // again, after the Retry-After the server gives (1 s without one, 30 s at
-// most), while it answers that it cannot take the body yet: 409 (another request with one of its keys
-// still being accepted), 429 (the tenant's quota) or 503 (starting, the
-// backlog, the log unavailable); up to retries times. The body's
-// idempotency keys (given or derived) make a resend safe: what an earlier
-// attempt accepted answers as a duplicate.
+// most), while it answers that it cannot take the body yet: 409 (another
+// request with one of its keys still being accepted), 429 with Retry-After
+// (the tenant's quota) or 503 (starting, the backlog, the log
+// unavailable); up to retries times. The body's idempotency keys (given or
+// derived) make a resend safe: what an earlier attempt accepted answers as
+// a duplicate.
 func (c *client) postNotifications(log io.Writer, contentType string, body []byte, retries int) ([]byte, error) {
 	for attempt := 1; ; attempt++ {
 		raw, err := c.request("POST", "/v1/notifications", contentType, bytes.NewReader(body))
 		var he *httpError
 		if err == nil || attempt > retries || !errors.As(err, &he) ||
-			(he.status != http.StatusConflict && he.status != http.StatusTooManyRequests && he.status != http.StatusServiceUnavailable) {
+			(he.status != http.StatusConflict && he.status != http.StatusTooManyRequests && he.status != http.StatusServiceUnavailable) ||
+			// A 429 without Retry-After is a batch past the tenant's burst:
+			// the same body is refused however long one waits.
+			(he.status == http.StatusTooManyRequests && he.retryAfter < 0) {
 			return raw, err
 		}
 		wait := he.retryAfter

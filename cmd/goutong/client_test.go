@@ -28,10 +28,13 @@ func TestSendRetriesWhatTheServerCannotTakeYet(t *testing.T) {
 		retries string
 		posts   int64
 		ok      bool
+		noWait  bool // answers without Retry-After
 	}{
 		{name: "in-progress-then-accepted", answers: []int{409, 503}, retries: "5", posts: 3, ok: true},
 		{name: "quota-past-the-retries", answers: []int{429, 429, 429}, retries: "2", posts: 3},
 		{name: "bad-request-not-retried", answers: []int{400}, retries: "5", posts: 1},
+		// The server's answer to a batch past the tenant's burst: waiting does not help.
+		{name: "429-without-retry-after-not-retried", answers: []int{429}, retries: "5", posts: 1, noWait: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var posts atomic.Int64
@@ -42,7 +45,9 @@ func TestSendRetriesWhatTheServerCannotTakeYet(t *testing.T) {
 				n := posts.Add(1)
 				w.Header().Set("Content-Type", "application/json")
 				if int(n) <= len(c.answers) {
-					w.Header().Set("Retry-After", "0")
+					if !c.noWait {
+						w.Header().Set("Retry-After", "0")
+					}
 					w.WriteHeader(c.answers[n-1])
 					w.Write([]byte(`{"error":{"code":"x","message":"not yet"}}`)) //nolint:errcheck // to the test's client
 					return
