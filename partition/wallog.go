@@ -31,7 +31,9 @@ type WALLog struct {
 	order     []TopicPartition // poll order; rotated for fairness
 	paused    map[TopicPartition]bool
 	closed    bool
-	wake      chan struct{} // closed and replaced on Pause/Resume/Close
+	wake      chan struct{}   // closed and replaced on Pause/Resume/Close
+	appended  <-chan struct{} // a wake after appends to the group's topics (wal.Log.Watch)
+	unwatch   func()
 	ownsLog   bool
 	pollStart int
 }
@@ -265,6 +267,7 @@ func (l *WALLog) assign(ctx context.Context) error {
 		l.mu.Unlock()
 		return nil
 	}
+	l.appended, l.unwatch = l.w.Watch(l.cfg.Topics...)
 	committed := l.w.CommittedOffsets(l.cfg.Group)
 	var tps []TopicPartition
 	for _, t := range l.cfg.Topics {
@@ -313,13 +316,12 @@ func (l *WALLog) Poll(ctx context.Context, max int) ([]Record, error) {
 		return nil, err
 	}
 	for {
-		changed := l.w.Changed()
 		l.mu.Lock()
 		if l.closed {
 			l.mu.Unlock()
 			return nil, ErrClosed
 		}
-		wake := l.wake
+		wake, appended := l.wake, l.appended
 		var reads []walRead
 		got := 0
 		n := len(l.order)
@@ -373,7 +375,7 @@ func (l *WALLog) Poll(ctx context.Context, max int) ([]Record, error) {
 			return records(reads, got), nil
 		}
 		select {
-		case <-changed:
+		case <-appended:
 		case <-wake:
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -519,7 +521,11 @@ func (l *WALLog) Close() error {
 	tps := l.order
 	l.order = nil
 	l.wakeLocked()
+	unwatch := l.unwatch
 	l.mu.Unlock()
+	if unwatch != nil {
+		unwatch()
+	}
 	if l.cfg.OnRevoked != nil && len(tps) > 0 {
 		l.cfg.OnRevoked(context.Background(), tps)
 	}

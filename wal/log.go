@@ -162,10 +162,12 @@ type Log struct {
 	comp *compressor
 	lock *os.File // flock held while open: two processes must never share a log
 
-	mu      sync.RWMutex
-	topics  map[string]*topic
-	closed  bool
-	changed chan struct{} // closed and replaced after every append anywhere
+	mu     sync.RWMutex
+	topics map[string]*topic
+	closed bool
+
+	watchMu  sync.RWMutex
+	watchers map[string][]chan struct{} // by topic: Watch's channels
 
 	offsets *offsetStore
 
@@ -208,7 +210,7 @@ func Open(dir string, opts ...Option) (*Log, error) {
 		return nil, err
 	}
 	l := &Log{dir: dir, opts: o, comp: comp, lock: lock, topics: map[string]*topic{},
-		changed: make(chan struct{}), stop: make(chan struct{})}
+		watchers: map[string][]chan struct{}{}, stop: make(chan struct{})}
 	if l.offsets, err = openOffsets(filepath.Join(dir, "groups")); err != nil {
 		l.abort()
 		return nil, err
@@ -419,19 +421,38 @@ func (l *Log) Offsets(topic string, part int32) (start, end int64, err error) {
 	return start, end, nil
 }
 
-// Changed returns a channel closed at the next append to any partition.
-// Take it before reading, then wait on it when the read came back empty.
-func (l *Log) Changed() <-chan struct{} {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.changed
+// Watch returns a channel that receives after appends to any of topics,
+// and stop, which ends that. It holds one wake: a reader takes the
+// channel, reads, and when the read came back empty waits on it; an append
+// meanwhile has left its wake, so none is lost. Appends to other topics do
+// not wake it (every append used to wake every reader, each reading all
+// its partitions again to find nothing).
+func (l *Log) Watch(topics ...string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	l.watchMu.Lock()
+	for _, t := range topics {
+		l.watchers[t] = append(l.watchers[t], ch)
+	}
+	l.watchMu.Unlock()
+	return ch, func() {
+		l.watchMu.Lock()
+		defer l.watchMu.Unlock()
+		for _, t := range topics {
+			l.watchers[t] = slices.DeleteFunc(l.watchers[t], func(c chan struct{}) bool { return c == ch })
+		}
+	}
 }
 
-func (l *Log) notify() {
-	l.mu.Lock()
-	close(l.changed)
-	l.changed = make(chan struct{})
-	l.mu.Unlock()
+// notify wakes the watchers of topic, never waiting for one.
+func (l *Log) notify(topic string) {
+	l.watchMu.RLock()
+	for _, ch := range l.watchers[topic] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	l.watchMu.RUnlock()
 }
 
 // CommitOffsets atomically stores a consumer group's offsets (the next

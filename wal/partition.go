@@ -535,7 +535,7 @@ func (p *partition) commitGroup(group []appendReq) {
 	}
 	p.end, p.endPos = act.next, act.size
 	p.mu.Unlock()
-	p.log.notify()
+	p.log.notify(p.topic.name)
 	off := base
 	for _, r := range group {
 		r.done(off, nil)

@@ -171,8 +171,9 @@ func TestConcurrentAppendersAndTailingReader(t *testing.T) {
 	go func() { // tail while writers run
 		seen := map[string]int64{}
 		var next int64
+		ch, stop := l.Watch("t")
+		defer stop()
 		for next < writers*per {
-			ch := l.Changed()
 			recs, err := l.Read("t", 0, next, 1000, 0)
 			if err != nil {
 				t.Error(err)
