@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/oklog/ulid/v2"
 )
 
 func FuzzParseEntry(f *testing.F) {
@@ -70,6 +72,23 @@ func FuzzParseKeyForm(f *testing.F) {
 		}
 		if again := kf.append(nil); !bytes.Equal(again, b) {
 			t.Fatalf("append gives back %x, not %x", again, b)
+		}
+	})
+}
+
+// FuzzULIDBytes holds ulidBytes to its definition: the text is a ULID in
+// canonical form exactly when it parses and encodes back to itself.
+func FuzzULIDBytes(f *testing.F) {
+	for _, s := range []string{"01M8DXK03QZBG1EW72PMDRQ92D", "01m8dxk03qzbg1ew72pmdrq92d", "81M8DXK03QZBG1EW72PMDRQ92D",
+		"01M8DXK03QZBG1EW72PMDRQ92", "01M8DXK03QZBG1EW72PMDRQ9UD", "7ZZZZZZZZZZZZZZZZZZZZZZZZZ", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		u, ok := ulidBytes(id)
+		p, err := ulid.ParseStrict(id)
+		want := len(id) == ulid.EncodedSize && err == nil && p.String() == id
+		if ok != want || (ok && u != p) {
+			t.Fatalf("ulidBytes(%q) = %v, %v; want %v", id, u, ok, want)
 		}
 	})
 }
