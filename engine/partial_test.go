@@ -191,3 +191,63 @@ func TestFlushRetriesOnlyWhatWasNotWritten(t *testing.T) {
 		})
 	}
 }
+
+// A replay of dead letters whose copy to the lanes the log writes in part
+// writes the rest after, each letter once in the lanes, and commits.
+func TestReplayWritesTheRestAfterAPartialWrite(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRig(t, b)
+			prod, err := r.open(partition.ConsumerConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prod.Close()
+			if err := prod.EnsureTopics(context.Background(), r.topics.Specs(4)...); err != nil {
+				t.Fatal(err)
+			}
+			const n = 20
+			letters := make([]partition.Record, n)
+			for i := range letters {
+				nt := &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
+					Recipient: recipient(notification.Webhook, i), Content: &notification.Content{Body: `{"n":1}`}}
+				nt.Prepare(time.Now())
+				letters[i] = partition.Record{Topic: r.topics.DLQ, Key: []byte(nt.ID), Value: r.codec.Encode(nt),
+					Headers: []partition.Header{{Key: engine.HeaderReason, Value: []byte("permanent")}}}
+			}
+			if err := prod.Produce(context.Background(), letters); err != nil {
+				t.Fatal(err)
+			}
+			lost := letters[3].Key
+			dlq, err := r.open(partition.ConsumerConfig{Group: "replay", Topics: []string{r.topics.DLQ}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dlq.Close()
+			calls, partial := new(atomic.Int64), new(atomic.Bool)
+			lossy := partialProduce{Log: dlq, calls: calls, partial: partial, lose: func(rec *partition.Record) bool {
+				return rec.Topic != r.topics.DLQ && bytes.Contains(rec.Value, lost)
+			}}
+			rep, err := engine.ReplayDeadLetters(context.Background(), lossy, r.topics, r.codec, nil)
+			if err != nil || rep.Replayed != n || !partial.Load() {
+				t.Fatalf("replay: %+v, %v (a partial write: %v)", rep, err, partial.Load())
+			}
+			var lanes []string
+			for _, p := range []notification.Priority{notification.Critical, notification.High, notification.Normal, notification.Bulk} {
+				lanes = append(lanes, r.topics.Lane(p))
+			}
+			read, err := r.open(partition.ConsumerConfig{Group: "count", Topics: lanes})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer read.Close()
+			recs := readRecords(t, read, n, "replayed letters")
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			more, _ := read.Poll(ctx, 100) // any written twice
+			cancel()
+			if len(recs)+len(more) != n {
+				t.Fatalf("%d records in the lanes for %d letters", len(recs)+len(more), n)
+			}
+		})
+	}
+}

@@ -145,7 +145,7 @@ func ReplayDeadLetters(ctx context.Context, dlq partition.Log, topics Topics, co
 			rep.ByReason[d.Reason]++
 		}
 		if len(out) > 0 {
-			if err := dlq.Produce(ctx, out); err != nil {
+			if err := produceRest(ctx, dlq, out); err != nil {
 				return rep, err
 			}
 		}
@@ -154,5 +154,26 @@ func ReplayDeadLetters(ctx context.Context, dlq partition.Log, topics Topics, co
 				return rep, err
 			}
 		}
+	}
+}
+
+// produceRest produces recs, and after a write the log made in part,
+// what it did not write, a few times: giving up there left the letters
+// uncommitted, and the next replay copied the written ones again.
+func produceRest(ctx context.Context, log partition.Log, recs []partition.Record) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := log.Produce(ctx, recs)
+		var pe *partition.ProduceError
+		if err == nil || attempt == 5 || !errors.As(err, &pe) {
+			return err
+		}
+		recs = partition.Unwritten(recs, err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
 	}
 }
