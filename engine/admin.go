@@ -208,6 +208,10 @@ func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, er
 		if err := e.log.Produce(ctx, o.recs); err != nil {
 			var pe *partition.ProduceError
 			if errors.As(err, &pe) {
+				if len(pe.Written) != len(o.recs) {
+					// Not a Log's answer: taken as nothing written, as before.
+					return nil, fmt.Errorf("%d records, a ProduceError for %d: %w", len(o.recs), len(pe.Written), pe.Err)
+				}
 				applyErr = e.keepUnwritten(o, pe.Written)
 			}
 			return applyErr, err
