@@ -15,8 +15,9 @@ import (
 )
 
 type appendReq struct {
-	recs []Record
-	done func(base int64, err error)
+	recs  []Record
+	bytes int // the records' recordBytes, summed at enqueue
+	done  func(base int64, err error)
 }
 
 // partition owns one directory of segments and the goroutine that writes it.
@@ -328,10 +329,13 @@ func (p *partition) enqueue(ctx context.Context, recs []Record, done func(int64,
 	if len(recs) == 0 {
 		return errors.New("wal: append of no records")
 	}
+	size := 0
 	for i := range recs {
-		if n := recordBytes(&recs[i]); n > MaxRecordBytes {
+		n := recordBytes(&recs[i])
+		if n > MaxRecordBytes {
 			return fmt.Errorf("%w: %d bytes, %d at most", ErrRecordTooLarge, n, MaxRecordBytes)
 		}
+		size += n
 	}
 	p.closeMu.RLock()
 	defer p.closeMu.RUnlock()
@@ -339,7 +343,7 @@ func (p *partition) enqueue(ctx context.Context, recs []Record, done func(int64,
 		return ErrClosed
 	}
 	select {
-	case p.reqs <- appendReq{recs: recs, done: done}:
+	case p.reqs <- appendReq{recs: recs, bytes: size, done: done}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -431,25 +435,17 @@ func (p *partition) writeLoop() {
 
 // gather adds whatever else is queued, up to the group byte limit.
 func (p *partition) gather(group []appendReq) []appendReq {
-	size := reqBytes(group[0])
+	size := group[0].bytes
 	for size < p.log.opts.maxGroupBytes {
 		select {
 		case r := <-p.reqs:
 			group = append(group, r)
-			size += reqBytes(r)
+			size += r.bytes
 		default:
 			return group
 		}
 	}
 	return group
-}
-
-func reqBytes(r appendReq) int {
-	n := 0
-	for i := range r.recs {
-		n += len(r.recs[i].Key) + len(r.recs[i].Value) + 8
-	}
-	return n
 }
 
 // commitGroup frames the group as one batch, writes it, syncs per policy,
@@ -477,13 +473,22 @@ func (p *partition) commitGroup(group []appendReq) {
 	// maxFrameRaw; each frame is whole on its own for reads and recovery.
 	p.raw, p.buf = p.raw[:0], p.buf[:0]
 	count, inFrame, frames := 0, 0, 0
+	cut := func(next int) { // ends the frame if next more bytes would pass maxFrameRaw
+		if inFrame > 0 && len(p.raw)+next > maxFrameRaw {
+			p.buf = p.log.comp.appendBatch(p.buf, p.topic.cfg.Codec, base+int64(count-inFrame), inFrame, ts, p.raw)
+			p.raw, inFrame = p.raw[:0], 0
+			frames++
+		}
+	}
 	for _, r := range group {
+		cut(r.bytes)
+		if r.bytes <= maxFrameRaw { // a request whole in one frame: the usual case
+			p.raw = appendRecords(p.raw, r.recs)
+			count, inFrame = count+len(r.recs), inFrame+len(r.recs)
+			continue
+		}
 		for i := range r.recs {
-			if inFrame > 0 && len(p.raw)+recordBytes(&r.recs[i]) > maxFrameRaw {
-				p.buf = p.log.comp.appendBatch(p.buf, p.topic.cfg.Codec, base+int64(count-inFrame), inFrame, ts, p.raw)
-				p.raw, inFrame = p.raw[:0], 0
-				frames++
-			}
+			cut(recordBytes(&r.recs[i]))
 			p.raw = appendRecords(p.raw, r.recs[i:i+1])
 			count++
 			inFrame++
