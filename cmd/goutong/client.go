@@ -3,7 +3,6 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-
 	"encoding/json"
 	"errors"
 	"fmt"
