@@ -351,7 +351,7 @@ type Store struct {
 	rec  *recent  // nil when WithRecent(0)
 
 	m struct {
-		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups, remembered, writeErrors atomic.Int64
+		claims, hits, inflight, takeovers, uncertain, confirms, releases, reclaims, lookups, remembered, forgotten, writeErrors atomic.Int64
 	}
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -1314,6 +1314,56 @@ func (s *Store) Remember(ctx context.Context, rs []Remembered) error {
 	return nil
 }
 
+// Forget drops keys remembered for notifications that never came to be
+// (another node's accepted event, withdrawn once the log had failed to
+// write its notification: a repeat must be accepted, not answered as a
+// duplicate of a notification that will never be sent). A key is dropped
+// only while its newest entry still names r.ID: one confirmed since for
+// another notification stays, and so does a live claim of this process.
+// Scope, Outcome and At are not read.
+func (s *Store) Forget(ctx context.Context, rs []Remembered) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := pooledWriter(len(rs))
+	defer w.release()
+	for _, r := range rs {
+		w.digests = s.appendDigest(w.digests, r.Key)
+	}
+	keys := make([]string, len(rs))
+	for i := range keys {
+		keys[i] = w.digest(i)
+	}
+	// Under the claim lock, as a claim's lookup: a claim meanwhile finds
+	// the entry or its deletion, not a key between the two.
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	fs, err := s.lookup(keys, func(i int) string { return rs[i].Key }, s.o.now())
+	if err != nil {
+		return fmt.Errorf("dedupe: forget: %w", err)
+	}
+	n := 0
+	for i, f := range fs {
+		if f.ok && f.e.id == rs[i].ID {
+			w.del(f.bucket, keys[i])
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	s.remember(w)
+	if err := await(s.commitThen(w, s.o.sync)); err != nil {
+		return fmt.Errorf("dedupe: commit forgotten keys: %w", err)
+	}
+	s.committed(w)
+	s.m.forgotten.Add(int64(n))
+	return nil
+}
+
 func (s *Store) finish(ctx context.Context, done []Done, sync bool) error {
 	return await(s.finishThen(ctx, done, sync))
 }
@@ -1618,7 +1668,9 @@ type Metrics struct {
 	Lookups   int64
 	// Remembered counts keys confirmed elsewhere and written here (Remember).
 	Remembered int64
-	Reclaims   int64 // range deletes of expired buckets
+	// Forgotten counts remembered keys dropped again (Forget).
+	Forgotten int64
+	Reclaims  int64 // range deletes of expired buckets
 	// WriteErrors counts writes (claims, confirms, releases, remembered
 	// keys) the store failed to make durable; Refusing is Err() != nil.
 	WriteErrors int64
@@ -1653,7 +1705,7 @@ func (s *Store) Metrics() Metrics {
 	m := Metrics{
 		Claims: s.m.claims.Load(), Hits: s.m.hits.Load(), InFlight: s.m.inflight.Load(),
 		TakenOver: s.m.takeovers.Load(), Uncertain: s.m.uncertain.Load(), Confirms: s.m.confirms.Load(),
-		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(), Remembered: s.m.remembered.Load(),
+		Releases: s.m.releases.Load(), Lookups: s.m.lookups.Load(), Reclaims: s.m.reclaims.Load(), Remembered: s.m.remembered.Load(), Forgotten: s.m.forgotten.Load(),
 		WriteErrors: s.m.writeErrors.Load(), Refusing: s.Err() != nil,
 		DiskBytes: pm.DiskSpaceUsage(), CacheHits: pm.BlockCache.Hits, CacheMisses: pm.BlockCache.Misses,
 	}

@@ -837,3 +837,70 @@ func testRemember(t *testing.T, extra ...Option) {
 		t.Fatalf("a remembered key a day after its time: %+v", r)
 	}
 }
+
+// Forget drops a remembered key only while it names the notification
+// given: a key remembered again for another, or confirmed here meanwhile,
+// stays; a dropped key is claimed anew, after a reopen too.
+func TestForget(t *testing.T) {
+	t.Run("filters", func(t *testing.T) { testForget(t) })
+	t.Run("recent", func(t *testing.T) { testForget(t, WithRecent(1<<20)) })
+}
+
+func testForget(t *testing.T, extra ...Option) {
+	dir := t.TempDir()
+	clk := newClock()
+	opts := append([]Option{WithWindow(24 * time.Hour)}, extra...)
+	s := open(t, dir, clk, opts...)
+	now := clk.Now()
+	confirm1(t, s, "k-here", claim1(t, s, "k-here", "", "id-here"), "accepted")
+	mine := claim1(t, s, "k-live", "", "id-live")
+	err := s.Remember(ctx, []Remembered{
+		{Key: "k-gone", ID: "id-gone", Outcome: "accepted", At: now},
+		{Key: "k-again", ID: "id-first", Outcome: "accepted", At: now},
+		{Key: "k-again", ID: "id-second", Outcome: "accepted", At: now.Add(time.Millisecond)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Forget(ctx, []Remembered{
+		{Key: "k-gone", ID: "id-gone"},
+		{Key: "k-again", ID: "id-first"},    // since remembered for id-second
+		{Key: "k-here", ID: "id-elsewhere"}, // confirmed here for id-here
+		{Key: "k-live", ID: "id-live"},      // a live claim, not an entry
+		{Key: "k-never", ID: "id-never"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Metrics().Forgotten; got != 1 {
+		t.Fatalf("forgot %d keys, want 1", got)
+	}
+	check := func(when string) {
+		t.Helper()
+		for key, want := range map[string]string{"k-again": "id-second", "k-here": "id-here"} {
+			if r := claim1(t, s, key, "", "x-"+when); r.Status != Duplicate || r.OriginalID != want {
+				t.Fatalf("%s %s: %+v, want a duplicate of %s", key, when, r, want)
+			}
+		}
+	}
+	check("after the forget")
+	if r := claim1(t, s, "k-live", "", "y"); r.Status != InFlight || r.OriginalID != "id-live" {
+		t.Fatalf("the live claim after the forget: %+v", r)
+	}
+	confirm1(t, s, "k-live", mine, "accepted")
+	gone := claim1(t, s, "k-gone", "", "id-resent")
+	if gone.Status != Claimed {
+		t.Fatalf("the forgotten key: %+v, want claimed anew", gone)
+	}
+	if err := s.Release(ctx, []Done{{Key: "k-gone", Token: gone.Token, ID: gone.OriginalID, Seq: gone.Seq}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = open(t, dir, clk, opts...)
+	defer s.Close()
+	check("after a reopen")
+	if r := claim1(t, s, "k-gone", "", "id-resent"); r.Status != Claimed {
+		t.Fatalf("the forgotten key after a reopen: %+v, want claimed anew", r)
+	}
+}
