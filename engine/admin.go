@@ -250,6 +250,8 @@ func (e *Engine) keepUnwritten(o *outcomes, written []bool) (applyErr error) {
 			// out of the store: it announces nothing that will be sent.
 			if ev >= len(o.announces) || written[o.announces[ev]] {
 				wroteEvents = append(wroteEvents, o.events[ev])
+			} else {
+				o.withdrawn = append(o.withdrawn, o.events[ev])
 			}
 			wroteRecs = append(wroteRecs, r)
 		case !written[i]:

@@ -879,6 +879,9 @@ type outcomes struct {
 	// record it announces (Ingest's: a notification and its accepted
 	// event), which must be written for the event to be true.
 	announces []int
+	// withdrawn: the accepted events a Produce wrote whose records it did
+	// not (keepUnwritten), for Ingest to withdraw.
+	withdrawn []StatusEvent
 }
 
 // reuse empties o for a stage producing up to records records (its events'
@@ -896,6 +899,7 @@ func (o *outcomes) reuse(records, events, done int) {
 	o.enc.reserved = 0
 	o.runs = false
 	o.announces = o.announces[:0]
+	o.withdrawn = o.withdrawn[:0]
 }
 
 // reuse returns s resliced to n, or a new slice when s is too small.

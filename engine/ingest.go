@@ -187,7 +187,9 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	if err := e.emit(ctx, o); err != nil {
 		var pe *partition.ProduceError
 		if errors.As(err, &pe) {
-			return nil, 0, e.partlyWritten(ctx, pe, recAt, done, doneRec)
+			err := e.partlyWritten(ctx, pe, recAt, done, doneRec)
+			e.withdraw(ctx, o.withdrawn)
+			return nil, 0, err
 		}
 		return nil, 0, e.releaseHeld(ctx, reqs, claims, fmt.Errorf("%w: log: %v", ErrUnavailable, err))
 	}
@@ -339,6 +341,56 @@ func (e *Engine) partlyWritten(ctx context.Context, pe *partition.ProduceError, 
 	}
 	e.m.ingestPartlyWritten.Add(float64(wrote))
 	return &PartlyWrittenError{Written: wrote, Of: len(recAt), Err: pe.Err}
+}
+
+// withdraw follows each accepted event in accepted, written for a
+// notification whose record the log failed to write, with a withdrawn
+// event. The accepted event is on the status topic: status webhooks
+// forward it, and other nodes' replicas store it and copy its idempotency
+// key into their dedupe stores, where a resend of the request reaching
+// them was answered as a duplicate of a notification never to be sent:
+// lost. The withdrawn event makes them drop the key again (withdrawnKeys)
+// and tells webhook subscribers the id is done with. Its partition is the
+// accepted event's (keyed by id), which just took a write.
+func (e *Engine) withdraw(ctx context.Context, accepted []StatusEvent) {
+	if len(accepted) == 0 {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	var o outcomes
+	now := e.cfg.Clock.Now()
+	for _, ev := range accepted {
+		ev.EventID, ev.State, ev.Reason = "", StateWithdrawn, "the log failed to write the notification (the request was answered 503 partly_written): it will not be sent"
+		at := now
+		if !at.After(ev.At) {
+			at = ev.At.Add(time.Nanosecond) // after the accepted event in its history
+		}
+		ev.At = at
+		o.addEvent(e, ev)
+	}
+	n := len(o.events)
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		// A write in part leaves o with the rest. The store's error is
+		// logged there: the events are on the topic.
+		_, err := e.produceAndApply(ctx, &o)
+		if err == nil {
+			e.m.ingestWithdrawn.WithLabelValues("produced").Add(float64(n))
+			return
+		}
+		if attempt == 5 {
+			e.m.ingestWithdrawn.WithLabelValues("produced").Add(float64(n - len(o.events)))
+			e.m.ingestWithdrawn.WithLabelValues("failed").Add(float64(len(o.events)))
+			e.cfg.Logger.Error("withdrawn events not produced: other nodes answer a resend of these notifications' keys as duplicates "+
+				"of notifications that will not be sent, until the dedupe window ends",
+				zap.Int("events", len(o.events)), zap.Error(err))
+			return
+		}
+		if e.cfg.Clock.Sleep(ctx, wait) != nil {
+			return
+		}
+		wait *= 2
+	}
 }
 
 // itemOfClaim is the index among Ingest's notifications of its k-th claim

@@ -47,6 +47,8 @@ type metrics struct {
 	// ingestPartlyWritten counts notifications the log wrote for requests
 	// it wrote only in part (answered 503): they will be sent.
 	ingestPartlyWritten prometheus.Counter
+	// ingestWithdrawn counts withdrawn events, by result.
+	ingestWithdrawn *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -111,6 +113,11 @@ func newMetrics() *metrics {
 		ingestPartlyWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_ingest_partly_written_total",
 			Help: "Notifications written to the log for requests it wrote only in part (some partitions failed), answered 503: " +
 				"they will be sent, and a resend of the request answers them as duplicates."}),
+		ingestWithdrawn: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_ingest_withdrawn_total",
+			Help: "Accepted events written for notifications whose records the log failed to write, by result: produced (a withdrawn " +
+				"event follows each, and the other nodes drop its idempotency key) or failed (not produced after 5 tries: the other nodes " +
+				"answer a resend of the key as a duplicate of a notification that will not be sent, until its window ends)."},
+			[]string{"result"}),
 	}
 }
 
@@ -143,7 +150,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.takenOver, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable, m.ingestWaits, m.ingestPartlyWritten}
+		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable, m.ingestWaits, m.ingestPartlyWritten, m.ingestWithdrawn}
 }
 
 // storeCollector exports a store's metrics, read once a scrape (the stores
@@ -204,6 +211,8 @@ var dedupeMetrics = []storeSeries[dedupe.Metrics]{
 	dedupeCounter("lookups", "Keys looked up without claiming.", func(m dedupe.Metrics) int64 { return m.Lookups }),
 	dedupeCounter("remembered", "Keys another node sent or accepted, copied here from its status events so they answer as duplicates here too.",
 		func(m dedupe.Metrics) int64 { return m.Remembered }),
+	dedupeCounter("forgotten", "Remembered keys dropped again: another node's notification whose record its log failed to write (its accepted event withdrawn).",
+		func(m dedupe.Metrics) int64 { return m.Forgotten }),
 	dedupeCounter("write_errors", "Writes (claims, confirms, releases, copied keys) the store failed to make durable: each loses keys a later repeat would have been stopped by.",
 		func(m dedupe.Metrics) int64 { return m.WriteErrors }),
 	dedupeGauge("refusing_writes", "1 once the store refuses every write (a failed write or fsync of its log): the node is unready until restarted.",

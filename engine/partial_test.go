@@ -60,7 +60,7 @@ func (l partialProduce) Produce(ctx context.Context, recs []partition.Record) er
 // claim was released, and the resend accepted the written ones again under
 // new ids, whose copies ended as duplicates at their sends. An accepted
 // event written for a notification that was not stays out of the status
-// store.
+// store, and a withdrawn event follows it.
 func TestIngestPartlyWritten(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
@@ -97,8 +97,13 @@ func TestIngestPartlyWritten(t *testing.T) {
 			if !errors.As(err, &pw) || pw.Written != 2 || pw.Of != 4 || !errors.Is(err, engine.ErrUnavailable) {
 				t.Fatalf("Ingest = %v, want a PartlyWrittenError of 2 written of 4", err)
 			}
-			if st, err := e.Status(ids["b"]); !errors.Is(err, engine.ErrNotFound) {
-				t.Fatalf("b, never written, has status %+v (%v): its accepted event went to the store", st, err)
+			// b's accepted event is on the status topic; the store has only
+			// the withdrawn event that follows it. c's was not written.
+			if st, err := e.Status(ids["b"]); err != nil || st.State != engine.StateWithdrawn || len(st.History) != 1 {
+				t.Fatalf("b, never written, has status %+v (%v), want its withdrawn event alone", st, err)
+			}
+			if st, err := e.Status(ids["c"]); !errors.Is(err, engine.ErrNotFound) {
+				t.Fatalf("c, never written, has status %+v (%v)", st, err)
 			}
 			adm, n, err := e.Ingest(context.Background(), batch(), time.Now())
 			if err != nil || n != 2 {
@@ -249,5 +254,82 @@ func TestReplayWritesTheRestAfterAPartialWrite(t *testing.T) {
 				t.Fatalf("%d records in the lanes for %d letters", len(recs)+len(more), n)
 			}
 		})
+	}
+}
+
+// The accepted event of a notification whose record the log failed to
+// write is on the status topic, and another node's replica copied its key
+// into that node's dedupe store: a resend of the request reaching that
+// node was answered as a duplicate of a notification never to be sent,
+// and was lost. The withdrawn event that follows it drops the key there
+// again (and ends the id's history), so the resend is accepted and sent.
+func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
+	r := newRig(t, backends[1]) // kafka (kfake)
+	ddB, stB := r.nodeStores("b")
+	cfgA := r.config(r.channels(false))
+	cfgA.NodeID = "a"
+	lose := func(rec *partition.Record) bool { return string(rec.Key) == "key-lost" } // its lane record only
+	calls := new(atomic.Int64)
+	wrapLogs(&cfgA, func(l partition.Log) partition.Log { return partialProduce{Log: l, lose: lose, calls: calls} })
+	a, stopA := r.start(cfgA)
+	defer stopA()
+	waitFor(t, 20*time.Second, "node a", a.Ready)
+	b, regB, stopB := r.startNode("b", ddB, stB)
+	defer stopB()
+
+	// A resend through the API mints new ids; so does this one.
+	request := func() []*notification.Notification {
+		var ns []*notification.Notification
+		for _, name := range []string{"kept", "lost"} {
+			ns = append(ns, &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
+				Recipient: "https://hooks.example/" + name, Content: &notification.Content{Body: `{"n":"` + name + `"}`}, IdempotencyKey: "key-" + name})
+		}
+		return ns
+	}
+	first := request()
+	_, _, err := a.Ingest(context.Background(), first, time.Now())
+	var pw *engine.PartlyWrittenError
+	if !errors.As(err, &pw) || pw.Written != 1 {
+		t.Fatalf("Ingest at a = %v, want a PartlyWrittenError of 1 written", err)
+	}
+	kept, lost := first[0].ID, first[1].ID
+	for _, e := range []*engine.Engine{a, b} {
+		waitFor(t, 20*time.Second, "the lost notification withdrawn", func() bool {
+			st, err := e.Status(lost)
+			return err == nil && st.State == engine.StateWithdrawn
+		})
+	}
+	waitFor(t, 20*time.Second, "b to know the kept notification", func() bool {
+		_, err := b.Status(kept)
+		return err == nil
+	})
+	if got := counterSum(t, regB, "goutong_dedupe_forgotten_total"); got != 1 {
+		t.Fatalf("b forgot %v keys, want 1 (the lost notification's)", got)
+	}
+
+	resend := request()
+	adm, n, err := b.Ingest(context.Background(), resend, time.Now())
+	if err != nil || n != 1 {
+		t.Fatalf("resend at b: %+v (%d accepted), %v; want the lost one accepted", adm, n, err)
+	}
+	if !adm[0].Duplicate || adm[0].ID != kept {
+		t.Fatalf("resend's kept notification: %+v, want a duplicate of %s", adm[0], kept)
+	}
+	if adm[1].Duplicate || adm[1].ID != resend[1].ID {
+		t.Fatalf("resend's lost notification: %+v, want accepted as %s (not a duplicate of %s, which will never be sent)", adm[1], resend[1].ID, lost)
+	}
+	for _, id := range []string{kept, resend[1].ID} {
+		waitFor(t, 30*time.Second, id+" sent", func() bool {
+			for _, e := range []*engine.Engine{a, b} {
+				if st, err := e.Status(id); err == nil && st.State == engine.StateSent {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	time.Sleep(500 * time.Millisecond) // a further send, if any, has arrived
+	if got := r.mock.Stats(); got.Received != 2 || got.Unique != 2 {
+		t.Fatalf("provider received %d sends (%d unique), want 2", got.Received, got.Unique)
 	}
 }

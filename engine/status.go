@@ -21,6 +21,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 
+	"github.com/goutong/goutong/dedupe"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
 )
@@ -39,10 +40,15 @@ const (
 	StateExpired      State = "expired"
 	StateDuplicate    State = "duplicate"
 	StateDeadLettered State = "dead-lettered"
+	// StateWithdrawn follows an accepted event written for a notification
+	// whose record the log failed to write (a request answered 503
+	// partly_written): it will not be sent, and its resend is accepted
+	// anew. Other nodes drop its idempotency key again (Engine.withdraw).
+	StateWithdrawn State = "withdrawn"
 )
 
 // States lists every state.
-var States = []State{StateAccepted, StateSent, StateRetrying, StateDelivered, StateFailed, StateExpired, StateDuplicate, StateDeadLettered}
+var States = []State{StateAccepted, StateSent, StateRetrying, StateDelivered, StateFailed, StateExpired, StateDuplicate, StateDeadLettered, StateWithdrawn}
 
 // StatusEvent is one state change. It is the JSON value of the records on
 // the status topic (keyed by notification id, so events of one
@@ -1042,8 +1048,11 @@ const replicaWorkers = 4
 // into the dedupe store and applies them to the status store, a share of
 // the poll on each of up to replicaWorkers goroutines: the events of one
 // notification may land in any order, since the store keys each by its
-// time. A write that fails is tried again every second; it reports false
-// when ctx ended first.
+// time. The keys that withdrawn events drop go last, once every share's
+// are in: a withdrawn event can be in one share and its accepted event in
+// another, whose key would otherwise be copied after the drop. A write
+// that fails is tried again every second; it reports false when ctx ended
+// first.
 func (e *Engine) applyReplicated(ctx context.Context, recs []partition.Record, next map[partition.TopicPartition]int64, skip func(*partition.Record) bool) bool {
 	for i := range recs {
 		r := &recs[i]
@@ -1051,28 +1060,41 @@ func (e *Engine) applyReplicated(ctx context.Context, recs []partition.Record, n
 	}
 	workers := min(replicaWorkers, runtime.GOMAXPROCS(0), (len(recs)+249)/250)
 	if workers <= 1 {
-		return e.applyReplicatedShare(ctx, recs, skip)
+		ok, forget := e.applyReplicatedShare(ctx, recs, skip)
+		return ok && e.retryReplica(ctx, func() error { return e.cfg.Dedupe.Forget(ctx, forget) })
 	}
 	var wg sync.WaitGroup
 	ok := make([]bool, workers)
+	forget := make([][]dedupe.Remembered, workers)
 	per := (len(recs) + workers - 1) / workers
 	for w := range workers {
 		share := recs[min(w*per, len(recs)):min((w+1)*per, len(recs))]
-		wg.Go(func() { ok[w] = e.applyReplicatedShare(ctx, share, skip) })
+		wg.Go(func() { ok[w], forget[w] = e.applyReplicatedShare(ctx, share, skip) })
 	}
 	wg.Wait()
-	return !slices.Contains(ok, false)
+	return !slices.Contains(ok, false) && e.retryReplica(ctx, func() error { return e.cfg.Dedupe.Forget(ctx, slices.Concat(forget...)) })
 }
 
-func (e *Engine) applyReplicatedShare(ctx context.Context, recs []partition.Record, skip func(*partition.Record) bool) bool {
+// applyReplicatedShare applies a share of a poll, and returns the keys its
+// withdrawn events drop (withdrawnKeys).
+func (e *Engine) applyReplicatedShare(ctx context.Context, recs []partition.Record, skip func(*partition.Record) bool) (bool, []dedupe.Remembered) {
 	events := decodeStatusEventsExcept(recs, nil, skip)
-	for {
+	ok := e.retryReplica(ctx, func() error {
 		// Keys first: once the replica's position passes an event, a
 		// takeover counts on its key being known here.
-		err := e.rememberKeys(ctx, events)
-		if err == nil {
-			err = e.cfg.Status.Apply(events)
+		if err := e.rememberKeys(ctx, events); err != nil {
+			return err
 		}
+		return e.cfg.Status.Apply(events)
+	})
+	return ok, e.withdrawnKeys(events)
+}
+
+// retryReplica runs a status replica's write until it succeeds, every
+// second; false when ctx ended first.
+func (e *Engine) retryReplica(ctx context.Context, write func() error) bool {
+	for {
+		err := write()
 		if err == nil {
 			return true
 		}

@@ -389,6 +389,21 @@ func (e *Engine) rememberKeys(ctx context.Context, events []StatusEvent) error {
 	return e.cfg.Dedupe.Remember(ctx, rs)
 }
 
+// withdrawnKeys is the ingest keys that other nodes' withdrawn events in
+// events drop (see Engine.withdraw), each while it names the withdrawn
+// notification: a resend accepted since holds it under another id.
+func (e *Engine) withdrawnKeys(events []StatusEvent) []dedupe.Remembered {
+	var rs []dedupe.Remembered
+	for i := range events {
+		ev := &events[i]
+		if ev.State != StateWithdrawn || ev.IdempotencyKey == "" || ev.Node == "" || ev.Node == e.cfg.NodeID {
+			continue
+		}
+		rs = append(rs, dedupe.Remembered{Key: string(appendIngestKey(nil, ev.Tenant, ev.IdempotencyKey)), Scope: ingestScope, ID: ev.ID})
+	}
+	return rs
+}
+
 func (e *Engine) remembers(ev *StatusEvent) bool {
 	return ev.IdempotencyKey != "" && ev.Node != "" && ev.Node != e.cfg.NodeID &&
 		(ev.State == StateAccepted || ev.State == StateSent)
