@@ -1305,13 +1305,7 @@ func (s *Store) Remember(ctx context.Context, rs []Remembered) error {
 	if n == 0 {
 		return nil
 	}
-	s.remember(w)
-	if err := await(s.commitThen(w, s.o.sync)); err != nil {
-		return fmt.Errorf("dedupe: commit remembered keys: %w", err)
-	}
-	s.committed(w)
-	s.m.remembered.Add(int64(n))
-	return nil
+	return s.commitCounted(w, "remembered keys", &s.m.remembered, n)
 }
 
 // Forget drops keys remembered for notifications that never came to be
@@ -1355,12 +1349,18 @@ func (s *Store) Forget(ctx context.Context, rs []Remembered) error {
 	if n == 0 {
 		return nil
 	}
+	return s.commitCounted(w, "forgotten keys", &s.m.forgotten, n)
+}
+
+// commitCounted writes w's n keys, durable per the store's sync policy,
+// and counts them in c.
+func (s *Store) commitCounted(w *sortedWriter, what string, c *atomic.Int64, n int) error {
 	s.remember(w)
 	if err := await(s.commitThen(w, s.o.sync)); err != nil {
-		return fmt.Errorf("dedupe: commit forgotten keys: %w", err)
+		return fmt.Errorf("dedupe: commit %s: %w", what, err)
 	}
 	s.committed(w)
-	s.m.forgotten.Add(int64(n))
+	c.Add(int64(n))
 	return nil
 }
 
