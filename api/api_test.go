@@ -5,14 +5,12 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -31,6 +29,7 @@ import (
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/partition/logtest"
 	"github.com/goutong/goutong/providers"
 	"github.com/goutong/goutong/providers/mockserver"
 	"github.com/goutong/goutong/wal"
@@ -290,37 +289,19 @@ func TestIngestFormatsDeliverEachOnce(t *testing.T) {
 	}
 }
 
-// heldLog is a Log whose first Produce of a record holding marker waits
-// until release is closed: a log slow to take one request's records.
-type heldLog struct {
-	partition.Log
-	marker  []byte
-	calls   *atomic.Int64
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (l heldLog) Produce(ctx context.Context, recs []partition.Record) error {
-	if slices.ContainsFunc(recs, func(r partition.Record) bool { return bytes.Contains(r.Value, l.marker) }) && l.calls.Add(1) == 1 {
-		close(l.entered)
-		<-l.release
-	}
-	return l.Log.Produce(ctx, recs)
-}
-
 // A repeat of a key whose first request is still being written is not
 // answered 200 (that promised a notification the first could yet fail to
 // write): it waits up to 2 s for the first's outcome, then answers 409
 // in_progress naming the item and the field, with Retry-After.
 func TestRepeatWhileFirstInProgress(t *testing.T) {
-	held := heldLog{marker: []byte("held-order-4"), calls: new(atomic.Int64), entered: make(chan struct{}), release: make(chan struct{})}
+	held := logtest.NewHeldProduce("held-order-4")
 	n := newNode(t, nodeOpts{wrapLog: func(l partition.Log) partition.Log { h := held; h.Log = l; return h }})
 	body := webhookJSON(4, `,"idempotency_key":"held-order-4"`)
 	first := make(chan reply, 1)
 	go func() { first <- n.do("POST", "/v1/notifications", "", "application/json", body) }()
-	<-held.entered
+	<-held.Entered
 	r := n.do("POST", "/v1/notifications", "", "application/json", "["+webhookJSON(5, "")+","+body+"]")
-	close(held.release)
+	close(held.Release)
 	if code, field, index := r.errField(); r.code != 409 || code != "in_progress" || field != "idempotency_key" || index != 1 ||
 		r.header.Get("Retry-After") != "1" {
 		t.Fatalf("repeat while the first is held: %d %s (Retry-After %q)", r.code, r.raw, r.header.Get("Retry-After"))
@@ -335,42 +316,16 @@ func TestRepeatWhileFirstInProgress(t *testing.T) {
 	}
 }
 
-// lossyLog is a Log whose first Produce holding a notification record
-// with lose in it writes the others and fails that one: a partition that
-// refused its append.
-type lossyLog struct {
-	partition.Log
-	lose  string
-	calls *atomic.Int64
-}
-
-func (l lossyLog) Produce(ctx context.Context, recs []partition.Record) error {
-	lost := func(r partition.Record) bool {
-		return r.Topic != engine.DefaultTopics().Status && bytes.Contains(r.Value, []byte(l.lose))
-	}
-	if !slices.ContainsFunc(recs, lost) || l.calls.Add(1) != 1 {
-		return l.Log.Produce(ctx, recs)
-	}
-	keep := slices.DeleteFunc(slices.Clone(recs), lost)
-	if err := l.Log.Produce(ctx, keep); err != nil {
-		return err
-	}
-	written := make([]bool, len(recs))
-	for i, j := 0, 0; i < len(recs); i++ {
-		if !lost(recs[i]) {
-			recs[i], written[i] = keep[j], true
-			j++
-		}
-	}
-	return &partition.ProduceError{Written: written, Err: errors.New("partition 3 refused the append")}
-}
-
 // A request the log wrote in part answers 503 partly_written (not
 // "nothing was accepted") with Retry-After, and its resend answers the
 // written item as a duplicate of its id and accepts the other: two sends.
 func TestPartlyWrittenRequest(t *testing.T) {
 	n := newNode(t, nodeOpts{wrapLog: func(l partition.Log) partition.Log {
-		return lossyLog{Log: l, lose: "lost-5", calls: new(atomic.Int64)}
+		// The notification record keyed lost-5 (not its accepted event).
+		lose := func(r *partition.Record) bool {
+			return r.Topic != engine.DefaultTopics().Status && bytes.Contains(r.Value, []byte("lost-5"))
+		}
+		return logtest.PartialProduce{Log: l, Lose: lose, Calls: new(atomic.Int64)}
 	}})
 	body := "[" + webhookJSON(4, `,"idempotency_key":"kept-4"`) + "," + webhookJSON(5, `,"idempotency_key":"lost-5"`) + "]"
 	r := n.do("POST", "/v1/notifications", "", "application/json", body)

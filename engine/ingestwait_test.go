@@ -1,43 +1,16 @@
 package engine_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/partition/logtest"
 )
-
-// heldProduce is a Log whose first Produce of a record holding marker waits
-// for release and then fails with what release gives (or writes, on nil):
-// a disk or broker slow to take one request's records.
-type heldProduce struct {
-	partition.Log
-	marker  []byte
-	calls   *atomic.Int64
-	entered chan struct{}
-	release chan error
-}
-
-func (l heldProduce) Produce(ctx context.Context, recs []partition.Record) error {
-	for _, r := range recs {
-		if bytes.Contains(r.Value, l.marker) {
-			if l.calls.Add(1) == 1 {
-				close(l.entered)
-				if err := <-l.release; err != nil {
-					return err
-				}
-			}
-			break
-		}
-	}
-	return l.Log.Produce(ctx, recs)
-}
 
 // A repeat of a key whose first request is still writing its notification
 // waits for that request's outcome instead of being answered a duplicate
@@ -59,8 +32,7 @@ func TestIngestWaitsForAKeyInProgress(t *testing.T) {
 			t.Run(b.name+"/"+c.name, func(t *testing.T) {
 				r := newRig(t, b)
 				cfg := r.config(r.channels(false))
-				held := heldProduce{marker: []byte("hooks.example/held"), calls: new(atomic.Int64),
-					entered: make(chan struct{}), release: make(chan error, 1)}
+				held := logtest.NewHeldProduce("hooks.example/held")
 				wrapLogs(&cfg, func(l partition.Log) partition.Log { h := held; h.Log = l; return h })
 				e, stop := r.start(cfg)
 				defer stop()
@@ -83,7 +55,7 @@ func TestIngestWaitsForAKeyInProgress(t *testing.T) {
 					adm, n, err := e.Ingest(context.Background(), item()[1:], time.Now())
 					firstDone <- result{adm, n, err}
 				}()
-				<-held.entered
+				<-held.Entered
 				go func() {
 					adm, n, err := e.Ingest(context.Background(), item(), time.Now())
 					repeatDone <- result{adm, n, err}
@@ -96,14 +68,14 @@ func TestIngestWaitsForAKeyInProgress(t *testing.T) {
 					case <-time.After(c.hold):
 						t.Fatal("the repeat was still waiting after the first had been held 3 s")
 					}
-					held.release <- c.first
+					held.Release <- c.first
 				} else {
 					select {
 					case res := <-repeatDone:
 						t.Fatalf("the repeat was answered while the first was still writing: %+v", res)
 					case <-time.After(c.hold):
 					}
-					held.release <- c.first
+					held.Release <- c.first
 					repeat = <-repeatDone
 				}
 				first := <-firstDone

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,43 +14,8 @@ import (
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
 	"github.com/goutong/goutong/partition"
+	"github.com/goutong/goutong/partition/logtest"
 )
-
-// partialProduce is a Log whose first Produce holding a record of lose
-// writes the others and fails those, as a log does when one of a call's
-// partitions refuses its append (a full disk, a broker down) and the rest
-// take theirs.
-type partialProduce struct {
-	partition.Log
-	lose    func(r *partition.Record) bool
-	calls   *atomic.Int64
-	partial *atomic.Bool // set once a call wrote some records and lost others
-}
-
-func (l partialProduce) Produce(ctx context.Context, recs []partition.Record) error {
-	if !slices.ContainsFunc(recs, func(r partition.Record) bool { return l.lose(&r) }) || l.calls.Add(1) != 1 {
-		return l.Log.Produce(ctx, recs)
-	}
-	var keep []partition.Record
-	var at []int
-	written := make([]bool, len(recs))
-	for i := range recs {
-		if !l.lose(&recs[i]) {
-			keep, at = append(keep, recs[i]), append(at, i)
-			written[i] = true
-		}
-	}
-	if err := l.Log.Produce(ctx, keep); err != nil {
-		return err
-	}
-	for j, i := range at {
-		recs[i] = keep[j]
-	}
-	if len(keep) > 0 && l.partial != nil {
-		l.partial.Store(true)
-	}
-	return &partition.ProduceError{Written: written, Err: errors.New("partition 3 refused the append")}
-}
 
 // A request whose records the log writes in part is answered as such
 // (PartlyWrittenError, not "nothing accepted"), and a resend of it answers
@@ -80,7 +44,7 @@ func TestIngestPartlyWritten(t *testing.T) {
 				return false
 			}
 			calls := new(atomic.Int64)
-			wrapLogs(&cfg, func(l partition.Log) partition.Log { return partialProduce{Log: l, lose: lose, calls: calls} })
+			wrapLogs(&cfg, func(l partition.Log) partition.Log { return logtest.PartialProduce{Log: l, Lose: lose, Calls: calls} })
 			e, stop := r.start(cfg)
 			defer stop()
 			waitFor(t, 20*time.Second, "ready", e.Ready)
@@ -152,7 +116,7 @@ func TestFlushRetriesOnlyWhatWasNotWritten(t *testing.T) {
 			}
 			calls, partial := new(atomic.Int64), new(atomic.Bool)
 			wrapLogs(&cfg, func(l partition.Log) partition.Log {
-				return partialProduce{Log: l, lose: lose, calls: calls, partial: partial}
+				return logtest.PartialProduce{Log: l, Lose: lose, Calls: calls, Partial: partial}
 			})
 			e, stop := r.start(cfg)
 			defer stop()
@@ -230,7 +194,7 @@ func TestReplayWritesTheRestAfterAPartialWrite(t *testing.T) {
 			}
 			defer dlq.Close()
 			calls, partial := new(atomic.Int64), new(atomic.Bool)
-			lossy := partialProduce{Log: dlq, calls: calls, partial: partial, lose: func(rec *partition.Record) bool {
+			lossy := logtest.PartialProduce{Log: dlq, Calls: calls, Partial: partial, Lose: func(rec *partition.Record) bool {
 				return rec.Topic != r.topics.DLQ && bytes.Contains(rec.Value, lost)
 			}}
 			rep, err := engine.ReplayDeadLetters(context.Background(), lossy, r.topics, r.codec, nil)
@@ -270,7 +234,7 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	cfgA.NodeID = "a"
 	lose := func(rec *partition.Record) bool { return string(rec.Key) == "key-lost" } // its lane record only
 	calls := new(atomic.Int64)
-	wrapLogs(&cfgA, func(l partition.Log) partition.Log { return partialProduce{Log: l, lose: lose, calls: calls} })
+	wrapLogs(&cfgA, func(l partition.Log) partition.Log { return logtest.PartialProduce{Log: l, Lose: lose, Calls: calls} })
 	a, stopA := r.start(cfgA)
 	defer stopA()
 	waitFor(t, 20*time.Second, "node a", a.Ready)
