@@ -381,9 +381,13 @@ func (e *Engine) withdraw(ctx context.Context, accepted []StatusEvent) {
 		if attempt == 5 {
 			e.m.ingestWithdrawn.WithLabelValues("produced").Add(float64(n - len(o.events)))
 			e.m.ingestWithdrawn.WithLabelValues("failed").Add(float64(len(o.events)))
+			ids := make([]string, 0, min(len(o.events), 100))
+			for _, ev := range o.events[:cap(ids)] {
+				ids = append(ids, ev.Tenant+" "+ev.ID+" "+ev.IdempotencyKey)
+			}
 			e.cfg.Logger.Error("withdrawn events not produced: other nodes answer a resend of these notifications' keys as duplicates "+
-				"of notifications that will not be sent, until the dedupe window ends",
-				zap.Int("events", len(o.events)), zap.Error(err))
+				"of notifications that will not be sent, until the dedupe window ends; resend them to this node",
+				zap.Int("events", len(o.events)), zap.Strings("tenant_id_key", ids), zap.Error(err))
 			return
 		}
 		if e.cfg.Clock.Sleep(ctx, wait) != nil {
