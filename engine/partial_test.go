@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/goutong/goutong/engine"
 	"github.com/goutong/goutong/notification"
@@ -295,5 +297,64 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // a further send, if any, has arrived
 	if got := r.mock.Stats(); got.Received != 2 || got.Unique != 2 {
 		t.Fatalf("provider received %d sends (%d unique), want 2", got.Received, got.Unique)
+	}
+}
+
+// refusedWithdrawals is a Log refusing the first refuse produces that
+// hold a withdrawn event.
+type refusedWithdrawals struct {
+	partition.Log
+	refuse *atomic.Int64
+}
+
+func (l refusedWithdrawals) Produce(ctx context.Context, recs []partition.Record) error {
+	for _, r := range recs {
+		if bytes.Contains(r.Value, []byte(`"state":"withdrawn"`)) && l.refuse.Add(-1) >= 0 {
+			return errors.New("refused: the status topic's partition is down too")
+		}
+	}
+	return l.Log.Produce(ctx, recs)
+}
+
+// The withdrawn event is tried again when the log refuses it, and counted
+// as failed (and logged) once 5 tries were refused.
+func TestWithdrawalTriedAgain(t *testing.T) {
+	for _, c := range []struct {
+		refused           int64
+		produced, failed  float64
+		storeHasWithdrawn bool
+	}{{refused: 2, produced: 1, storeHasWithdrawn: true}, {refused: 5, failed: 1}} {
+		t.Run(fmt.Sprint(c.refused, "-refused"), func(t *testing.T) {
+			r := newRig(t, backends[0])
+			cfg := r.config(r.channels(false))
+			reg := prometheus.NewRegistry()
+			cfg.Registry = reg
+			lose := func(rec *partition.Record) bool { return string(rec.Key) == "key-lost" }
+			refuse := new(atomic.Int64)
+			refuse.Store(c.refused)
+			calls := new(atomic.Int64)
+			wrapLogs(&cfg, func(l partition.Log) partition.Log {
+				return logtest.PartialProduce{Log: refusedWithdrawals{Log: l, refuse: refuse}, Lose: lose, Calls: calls}
+			})
+			e, stop := r.start(cfg)
+			defer stop()
+			waitFor(t, 20*time.Second, "ready", e.Ready)
+			lost := &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
+				Recipient: "https://hooks.example/lost", Content: &notification.Content{Body: `{}`}, IdempotencyKey: "key-lost"}
+			kept := &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
+				Recipient: "https://hooks.example/kept", Content: &notification.Content{Body: `{}`}, IdempotencyKey: "key-kept"}
+			if _, _, err := e.Ingest(context.Background(), []*notification.Notification{kept, lost}, time.Now()); !errors.Is(err, engine.ErrUnavailable) {
+				t.Fatalf("Ingest = %v, want a write in part", err)
+			}
+			for result, want := range map[string]float64{"produced": c.produced, "failed": c.failed} {
+				if got := counterWith(t, reg, "goutong_ingest_withdrawn_total", "result", result); got != want {
+					t.Fatalf("withdrawn %s: %v, want %v", result, got, want)
+				}
+			}
+			st, err := e.Status(lost.ID)
+			if got := err == nil && st.State == engine.StateWithdrawn; got != c.storeHasWithdrawn {
+				t.Fatalf("the lost notification's status: %+v (%v), want withdrawn %v", st, err, c.storeHasWithdrawn)
+			}
+		})
 	}
 }
