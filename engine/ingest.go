@@ -381,8 +381,8 @@ func (e *Engine) withdraw(ctx context.Context, accepted []StatusEvent) {
 		if attempt == 5 {
 			e.m.ingestWithdrawn.WithLabelValues("produced").Add(float64(n - len(o.events)))
 			e.m.ingestWithdrawn.WithLabelValues("failed").Add(float64(len(o.events)))
-			ids := make([]string, 0, min(len(o.events), 100))
-			for _, ev := range o.events[:cap(ids)] {
+			var ids []string // the first 100, for their clients to resend
+			for _, ev := range o.events[:min(len(o.events), 100)] {
 				ids = append(ids, ev.Tenant+" "+ev.ID+" "+ev.IdempotencyKey)
 			}
 			e.cfg.Logger.Error("withdrawn events not produced: other nodes answer a resend of these notifications' keys as duplicates "+
