@@ -258,6 +258,9 @@ func (e *Engine) keepUnwritten(o *outcomes, written []bool) (applyErr error) {
 			recs = append(recs, r)
 			if status {
 				events = append(events, o.events[ev])
+				if ev < len(o.announces) && written[o.announces[ev]] {
+					o.owed = append(o.owed, o.events[ev])
+				}
 			}
 		}
 		if status {

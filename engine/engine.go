@@ -880,8 +880,9 @@ type outcomes struct {
 	// event), which must be written for the event to be true.
 	announces []int
 	// withdrawn: the accepted events a Produce wrote whose records it did
-	// not (keepUnwritten), for Ingest to withdraw.
-	withdrawn []StatusEvent
+	// not; owed: those it did not write whose records it did
+	// (keepUnwritten), for Ingest to mend (mendEvents).
+	withdrawn, owed []StatusEvent
 }
 
 // reuse empties o for a stage producing up to records records (its events'
@@ -899,7 +900,7 @@ func (o *outcomes) reuse(records, events, done int) {
 	o.enc.reserved = 0
 	o.runs = false
 	o.announces = o.announces[:0]
-	o.withdrawn = o.withdrawn[:0]
+	o.withdrawn, o.owed = o.withdrawn[:0], o.owed[:0]
 }
 
 // reuse returns s resliced to n, or a new slice when s is too small.

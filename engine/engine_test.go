@@ -319,8 +319,8 @@ func counterSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	return sum
 }
 
-// counterWith is the counter name's series whose label is value.
-func counterWith(t testing.TB, reg *prometheus.Registry, name, label, value string) float64 {
+// counterWith is the counter name's series with every label of labels.
+func counterWith(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -331,10 +331,14 @@ func counterWith(t testing.TB, reg *prometheus.Registry, name, label, value stri
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			match := 0
 			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
+				if v, ok := labels[l.GetName()]; ok && v == l.GetValue() {
+					match++
 				}
+			}
+			if match == len(labels) {
+				return m.GetCounter().GetValue()
 			}
 		}
 	}

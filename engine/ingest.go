@@ -188,7 +188,7 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 		var pe *partition.ProduceError
 		if errors.As(err, &pe) {
 			err := e.partlyWritten(ctx, pe, recAt, done, doneRec)
-			e.withdraw(ctx, o.withdrawn)
+			e.mendEvents(ctx, o.withdrawn, o.owed)
 			return nil, 0, err
 		}
 		return nil, 0, e.releaseHeld(ctx, reqs, claims, fmt.Errorf("%w: log: %v", ErrUnavailable, err))
@@ -343,23 +343,31 @@ func (e *Engine) partlyWritten(ctx context.Context, pe *partition.ProduceError, 
 	return &PartlyWrittenError{Written: wrote, Of: len(recAt), Err: pe.Err}
 }
 
-// withdraw follows each accepted event in accepted, written for a
-// notification whose record the log failed to write, with a withdrawn
-// event. The accepted event is on the status topic: status webhooks
-// forward it, and other nodes' replicas store it and copy its idempotency
-// key into their dedupe stores, where a resend of the request reaching
-// them was answered as a duplicate of a notification never to be sent:
-// lost. The withdrawn event makes them drop the key again (withdrawnKeys)
-// and tells webhook subscribers the id is done with. Its partition is the
-// accepted event's (keyed by id), which just took a write.
-func (e *Engine) withdraw(ctx context.Context, accepted []StatusEvent) {
-	if len(accepted) == 0 {
+// mendEvents mends the status topic after an Ingest the log wrote in
+// part, where a notification and its accepted event can each have been
+// written without the other:
+//
+//   - withdrawn: accepted events of notifications not written. Status
+//     webhooks forward them, and other nodes' replicas copy their keys into
+//     their dedupe stores, where a resend of the request reaching them was
+//     answered as a duplicate of a notification never to be sent: lost. A
+//     withdrawn event follows each: the other nodes drop the key again
+//     (withdrawnKeys), and webhook subscribers learn the id is done with.
+//   - owed: accepted events not written of notifications that were. They
+//     are written now, so that the other nodes answer a resend as a
+//     duplicate of the notification's id (without them they accepted it
+//     anew, to be stopped at its send under a new id) and the history
+//     starts where it should.
+//
+// Each is tried 5 times; goutong_ingest_mended_events_total counts them.
+func (e *Engine) mendEvents(ctx context.Context, withdrawn, owed []StatusEvent) {
+	if len(withdrawn)+len(owed) == 0 {
 		return
 	}
 	ctx = context.WithoutCancel(ctx)
 	var o outcomes
 	now := e.cfg.Clock.Now()
-	for _, ev := range accepted {
+	for _, ev := range withdrawn {
 		ev.EventID, ev.State, ev.Reason = "", StateWithdrawn, "the log failed to write the notification (the request was answered 503 partly_written): it will not be sent"
 		at := now
 		if !at.After(ev.At) {
@@ -368,26 +376,43 @@ func (e *Engine) withdraw(ctx context.Context, accepted []StatusEvent) {
 		ev.At = at
 		o.addEvent(e, ev)
 	}
-	n := len(o.events)
+	for _, ev := range owed {
+		o.addEvent(e, ev) // its own event id: it was never written
+	}
+	count := func(result string, events []StatusEvent) {
+		for _, ev := range events {
+			e.m.ingestMended.WithLabelValues(string(ev.State), result).Inc()
+		}
+	}
+	all := slices.Clone(o.events)
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		// A write in part leaves o with the rest. The store's error is
 		// logged there: the events are on the topic.
 		_, err := e.produceAndApply(ctx, &o)
 		if err == nil {
-			e.m.ingestWithdrawn.WithLabelValues("produced").Add(float64(n))
+			count("produced", all)
 			return
 		}
 		if attempt == 5 {
-			e.m.ingestWithdrawn.WithLabelValues("produced").Add(float64(n - len(o.events)))
-			e.m.ingestWithdrawn.WithLabelValues("failed").Add(float64(len(o.events)))
-			var ids []string // the first 100, for their clients to resend
-			for _, ev := range o.events[:min(len(o.events), 100)] {
-				ids = append(ids, ev.Tenant+" "+ev.ID+" "+ev.IdempotencyKey)
+			left := map[string]bool{}
+			for _, ev := range o.events {
+				left[ev.EventID] = true
 			}
-			e.cfg.Logger.Error("withdrawn events not produced: other nodes answer a resend of these notifications' keys as duplicates "+
-				"of notifications that will not be sent, until the dedupe window ends; resend them to this node",
-				zap.Int("events", len(o.events)), zap.Strings("tenant_id_key", ids), zap.Error(err))
+			var ids []string // the first 100 withdrawals lost, for their clients to resend
+			for _, ev := range all {
+				if !left[ev.EventID] {
+					count("produced", []StatusEvent{ev})
+					continue
+				}
+				count("failed", []StatusEvent{ev})
+				if ev.State == StateWithdrawn && len(ids) < 100 {
+					ids = append(ids, ev.Tenant+" "+ev.ID+" "+ev.IdempotencyKey)
+				}
+			}
+			e.cfg.Logger.Error("status events mending a write in part not produced: other nodes answer a resend of the withdrawn "+
+				"notifications' keys as duplicates of notifications that will not be sent, until the dedupe window ends; resend them to this node",
+				zap.Int("events", len(o.events)), zap.Strings("withdrawn_tenant_id_key", ids), zap.Error(err))
 			return
 		}
 		if e.cfg.Clock.Sleep(ctx, wait) != nil {

@@ -47,8 +47,9 @@ type metrics struct {
 	// ingestPartlyWritten counts notifications the log wrote for requests
 	// it wrote only in part (answered 503): they will be sent.
 	ingestPartlyWritten prometheus.Counter
-	// ingestWithdrawn counts withdrawn events, by result.
-	ingestWithdrawn *prometheus.CounterVec
+	// ingestMended counts the events mending writes in part, by state
+	// and result.
+	ingestMended *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -113,11 +114,12 @@ func newMetrics() *metrics {
 		ingestPartlyWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "goutong_ingest_partly_written_total",
 			Help: "Notifications written to the log for requests it wrote only in part (some partitions failed), answered 503: " +
 				"they will be sent, and a resend of the request answers them as duplicates."}),
-		ingestWithdrawn: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_ingest_withdrawn_total",
-			Help: "Accepted events written for notifications whose records the log failed to write, by result: produced (a withdrawn " +
-				"event follows each, and the other nodes drop its idempotency key) or failed (not produced after 5 tries: the other nodes " +
-				"answer a resend of the key as a duplicate of a notification that will not be sent, until its window ends)."},
-			[]string{"result"}),
+		ingestMended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_ingest_mended_events_total",
+			Help: "Status events mending an ingest the log wrote in part, by state and result: withdrawn follows an accepted event " +
+				"written for a notification that was not (the other nodes drop its idempotency key; failed: they answer a resend of the " +
+				"key as a duplicate of a notification that will not be sent, until its window ends), accepted is written late for a " +
+				"notification written without it. failed: not produced after 5 tries."},
+			[]string{"state", "result"}),
 	}
 }
 
@@ -150,7 +152,7 @@ func (m *metrics) observers(channel notification.Channel) *latencyObservers {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.polled, m.latency, m.stage, m.sends, m.retries, m.deadLetter, m.duplicates, m.takenOver, m.expired,
-		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable, m.ingestWaits, m.ingestPartlyWritten, m.ingestWithdrawn}
+		m.limitWait, m.lag, m.paused, m.delayed, m.parked, m.commits, m.writeRetries, m.replicaErrors, m.replicaRewinds, m.replicaShared, m.replicaLag, m.checkpoints, m.replayed, m.replayable, m.ingestWaits, m.ingestPartlyWritten, m.ingestMended}
 }
 
 // storeCollector exports a store's metrics, read once a scrape (the stores

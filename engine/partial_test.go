@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -70,6 +71,10 @@ func TestIngestPartlyWritten(t *testing.T) {
 			}
 			if st, err := e.Status(ids["c"]); !errors.Is(err, engine.ErrNotFound) {
 				t.Fatalf("c, never written, has status %+v (%v)", st, err)
+			}
+			// d's accepted event, refused with the write, is written after it.
+			if st, err := e.Status(ids["d"]); err != nil || st.History[0].State != engine.StateAccepted {
+				t.Fatalf("d, written without its accepted event, has status %+v (%v), want its history to start accepted", st, err)
 			}
 			adm, n, err := e.Ingest(context.Background(), batch(), time.Now())
 			if err != nil || n != 2 {
@@ -229,12 +234,18 @@ func TestReplayWritesTheRestAfterAPartialWrite(t *testing.T) {
 // node was answered as a duplicate of a notification never to be sent,
 // and was lost. The withdrawn event that follows it drops the key there
 // again (and ends the id's history), so the resend is accepted and sent.
+// A notification written without its accepted event gets it written
+// after, so the other node answers its resend as a duplicate of its id.
 func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	r := newRig(t, backends[1]) // kafka (kfake)
 	ddB, stB := r.nodeStores("b")
 	cfgA := r.config(r.channels(false))
 	cfgA.NodeID = "a"
-	lose := func(rec *partition.Record) bool { return string(rec.Key) == "key-lost" } // its lane record only
+	var late string // the id of the notification whose accepted event is lost
+	lose := func(rec *partition.Record) bool {
+		return string(rec.Key) == "key-lost" || // its lane record only
+			rec.Topic == r.topics.Status && string(rec.Key) == late
+	}
 	calls := new(atomic.Int64)
 	wrapLogs(&cfgA, func(l partition.Log) partition.Log { return logtest.PartialProduce{Log: l, Lose: lose, Calls: calls} })
 	a, stopA := r.start(cfgA)
@@ -246,17 +257,18 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	// A resend through the API mints new ids; so does this one.
 	request := func() []*notification.Notification {
 		var ns []*notification.Notification
-		for _, name := range []string{"kept", "lost"} {
+		for _, name := range []string{"kept", "lost", "late"} {
 			ns = append(ns, &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
 				Recipient: "https://hooks.example/" + name, Content: &notification.Content{Body: `{"n":"` + name + `"}`}, IdempotencyKey: "key-" + name})
 		}
 		return ns
 	}
 	first := request()
+	late = first[2].ID
 	_, _, err := a.Ingest(context.Background(), first, time.Now())
 	var pw *engine.PartlyWrittenError
-	if !errors.As(err, &pw) || pw.Written != 1 {
-		t.Fatalf("Ingest at a = %v, want a PartlyWrittenError of 1 written", err)
+	if !errors.As(err, &pw) || pw.Written != 2 {
+		t.Fatalf("Ingest at a = %v, want a PartlyWrittenError of 2 written", err)
 	}
 	kept, lost := first[0].ID, first[1].ID
 	for _, e := range []*engine.Engine{a, b} {
@@ -265,10 +277,14 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 			return err == nil && st.State == engine.StateWithdrawn
 		})
 	}
-	waitFor(t, 20*time.Second, "b to know the kept notification", func() bool {
-		_, err := b.Status(kept)
-		return err == nil
-	})
+	// b knows the two accepted events (late's written after the write in
+	// part, maybe after its sent event).
+	for _, id := range []string{kept, late} {
+		waitFor(t, 20*time.Second, "b to know "+id+" accepted", func() bool {
+			st, err := b.Status(id)
+			return err == nil && slices.ContainsFunc(st.History, func(ev engine.StatusEvent) bool { return ev.State == engine.StateAccepted })
+		})
+	}
 	if got := counterSum(t, regB, "goutong_dedupe_forgotten_total"); got != 1 {
 		t.Fatalf("b forgot %v keys, want 1 (the lost notification's)", got)
 	}
@@ -284,7 +300,10 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	if adm[1].Duplicate || adm[1].ID != resend[1].ID {
 		t.Fatalf("resend's lost notification: %+v, want accepted as %s (not a duplicate of %s, which will never be sent)", adm[1], resend[1].ID, lost)
 	}
-	for _, id := range []string{kept, resend[1].ID} {
+	if !adm[2].Duplicate || adm[2].ID != late {
+		t.Fatalf("resend's notification written without its accepted event: %+v, want a duplicate of %s", adm[2], late)
+	}
+	for _, id := range []string{kept, resend[1].ID, late} {
 		waitFor(t, 30*time.Second, id+" sent", func() bool {
 			for _, e := range []*engine.Engine{a, b} {
 				if st, err := e.Status(id); err == nil && st.State == engine.StateSent {
@@ -295,8 +314,8 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 		})
 	}
 	time.Sleep(500 * time.Millisecond) // a further send, if any, has arrived
-	if got := r.mock.Stats(); got.Received != 2 || got.Unique != 2 {
-		t.Fatalf("provider received %d sends (%d unique), want 2", got.Received, got.Unique)
+	if got := r.mock.Stats(); got.Received != 3 || got.Unique != 3 {
+		t.Fatalf("provider received %d sends (%d unique), want 3", got.Received, got.Unique)
 	}
 }
 
@@ -347,7 +366,7 @@ func TestWithdrawalTriedAgain(t *testing.T) {
 				t.Fatalf("Ingest = %v, want a write in part", err)
 			}
 			for result, want := range map[string]float64{"produced": c.produced, "failed": c.failed} {
-				if got := counterWith(t, reg, "goutong_ingest_withdrawn_total", "result", result); got != want {
+				if got := counterWith(t, reg, "goutong_ingest_mended_events_total", map[string]string{"state": "withdrawn", "result": result}); got != want {
 					t.Fatalf("withdrawn %s: %v, want %v", result, got, want)
 				}
 			}
