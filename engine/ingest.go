@@ -379,11 +379,7 @@ func (e *Engine) mendEvents(ctx context.Context, withdrawn, owed []StatusEvent) 
 	for _, ev := range owed {
 		o.addEvent(e, ev) // its own event id: it was never written
 	}
-	count := func(result string, events []StatusEvent) {
-		for _, ev := range events {
-			e.m.ingestMended.WithLabelValues(string(ev.State), result).Inc()
-		}
-	}
+	count := func(ev *StatusEvent, result string) { e.m.ingestMended.WithLabelValues(string(ev.State), result).Inc() }
 	all := slices.Clone(o.events)
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
@@ -391,7 +387,9 @@ func (e *Engine) mendEvents(ctx context.Context, withdrawn, owed []StatusEvent) 
 		// logged there: the events are on the topic.
 		_, err := e.produceAndApply(ctx, &o)
 		if err == nil {
-			count("produced", all)
+			for i := range all {
+				count(&all[i], "produced")
+			}
 			return
 		}
 		if attempt == 5 {
@@ -402,10 +400,10 @@ func (e *Engine) mendEvents(ctx context.Context, withdrawn, owed []StatusEvent) 
 			var ids []string // the first 100 withdrawals lost, for their clients to resend
 			for _, ev := range all {
 				if !left[ev.EventID] {
-					count("produced", []StatusEvent{ev})
+					count(&ev, "produced")
 					continue
 				}
-				count("failed", []StatusEvent{ev})
+				count(&ev, "failed")
 				if ev.State == StateWithdrawn && len(ids) < 100 {
 					ids = append(ids, ev.Tenant+" "+ev.ID+" "+ev.IdempotencyKey)
 				}
