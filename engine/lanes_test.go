@@ -72,14 +72,26 @@ func TestLaneRecordKeys(t *testing.T) {
 // By default every item's key is claimed there, given or derived from its
 // content; under IngestDedupeKeyed only given keys are, and a repeat of a
 // keyless item is accepted again, with a new id, and stopped at its send
-// by the claim of its derived key. Either way each is sent once.
+// by the claim of its derived key. Either way each is sent once. With
+// keyless lanes (the embedded log's), keyed leaves the key of a keyless
+// item to the poller: its record carries none.
 func TestIngestDedupeKeyed(t *testing.T) {
 	for _, b := range backends {
-		for _, mode := range []engine.IngestDedupe{engine.IngestDedupeAll, engine.IngestDedupeKeyed} {
-			t.Run(b.name+"/"+map[engine.IngestDedupe]string{engine.IngestDedupeAll: "all", engine.IngestDedupeKeyed: "keyed"}[mode], func(t *testing.T) {
+		for _, c := range []struct {
+			mode    engine.IngestDedupe
+			keyless bool
+		}{{engine.IngestDedupeAll, false}, {engine.IngestDedupeKeyed, false}, {engine.IngestDedupeKeyed, true}} {
+			name := map[engine.IngestDedupe]string{engine.IngestDedupeAll: "all", engine.IngestDedupeKeyed: "keyed"}[c.mode]
+			if c.keyless {
+				name += "/keyless-lanes"
+			}
+			mode := c.mode
+			t.Run(b.name+"/"+name, func(t *testing.T) {
 				r := newRig(t, b)
 				cfg := r.config(r.channels(false))
 				cfg.IngestDedupe = mode
+				cfg.Topics = r.topics
+				cfg.Topics.KeylessLanes = c.keyless
 				e, stop := r.start(cfg)
 				defer stop()
 				waitFor(t, 20*time.Second, "ready", e.Ready)
@@ -91,9 +103,13 @@ func TestIngestDedupeKeyed(t *testing.T) {
 							Content: &notification.Content{Body: `{"order":7}`}, IdempotencyKey: "order-7"},
 					}
 				}
-				first, n, err := e.Ingest(context.Background(), batch(), time.Now())
+				sent := batch()
+				first, n, err := e.Ingest(context.Background(), sent, time.Now())
 				if err != nil || n != 2 {
 					t.Fatalf("first batch: %d accepted, %v", n, err)
+				}
+				if derived := sent[0].IdempotencyKey != ""; derived == (mode == engine.IngestDedupeKeyed && c.keyless) {
+					t.Fatalf("the keyless item's key at ingest: %q", sent[0].IdempotencyKey)
 				}
 				again, n, err := e.Ingest(context.Background(), batch(), time.Now())
 				if err != nil {

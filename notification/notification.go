@@ -157,14 +157,20 @@ func (n *Notification) Due(now time.Time) bool {
 	return n.NotBefore.IsZero() || !now.Before(n.NotBefore)
 }
 
-// Prepare fills what ingest assigns (id, accepted time, idempotency key).
-func (n *Notification) Prepare(now time.Time) {
+// Stamp sets what Prepare does but the idempotency key: the id and the
+// accepted time, where they are not set.
+func (n *Notification) Stamp(now time.Time) {
 	if n.ID == "" {
 		n.ID = NewID()
 	}
 	if n.AcceptedAt.IsZero() {
 		n.AcceptedAt = now
 	}
+}
+
+// Prepare fills what ingest assigns (id, accepted time, idempotency key).
+func (n *Notification) Prepare(now time.Time) {
+	n.Stamp(now)
 	if n.IdempotencyKey == "" {
 		n.IdempotencyKey = DefaultIdempotencyKey(n)
 	}
