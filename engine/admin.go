@@ -244,21 +244,25 @@ func (e *Engine) keepUnwritten(o *outcomes, written []bool) (applyErr error) {
 	recs, events, ev := o.recs[:0], o.events[:0], 0
 	for i, r := range o.recs {
 		status := r.Topic == e.cfg.Topics.Status
+		// announced: the event announces a record (Ingest's), and
+		// announcedWritten says whether that record was written.
+		announced := status && ev < len(o.announces)
+		announcedWritten := announced && written[o.announces[ev]]
 		switch {
 		case written[i] && status:
 			// An accepted event whose notification was not written stays
 			// out of the store: it announces nothing that will be sent.
-			if ev >= len(o.announces) || written[o.announces[ev]] {
-				wroteEvents = append(wroteEvents, o.events[ev])
-			} else {
+			if announced && !announcedWritten {
 				o.withdrawn = append(o.withdrawn, o.events[ev])
+			} else {
+				wroteEvents = append(wroteEvents, o.events[ev])
 			}
 			wroteRecs = append(wroteRecs, r)
 		case !written[i]:
 			recs = append(recs, r)
 			if status {
 				events = append(events, o.events[ev])
-				if ev < len(o.announces) && written[o.announces[ev]] {
+				if announcedWritten {
 					o.owed = append(o.owed, o.events[ev])
 				}
 			}

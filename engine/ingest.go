@@ -388,44 +388,34 @@ func (e *Engine) mendEvents(ctx context.Context, withdrawn, owed []StatusEvent) 
 	for _, ev := range owed {
 		o.addEvent(e, ev) // its own event id: it was never written
 	}
-	count := func(ev *StatusEvent, result string) { e.m.ingestMended.WithLabelValues(string(ev.State), result).Inc() }
 	all := slices.Clone(o.events)
-	wait := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		// A write in part leaves o with the rest. The store's error is
-		// logged there: the events are on the topic.
+	// A write in part leaves o with the rest. The store's error is logged
+	// there: the events are on the topic.
+	err := writeRest(ctx, e.cfg.Clock.Sleep, func(error) bool { return true }, func() error {
 		_, err := e.produceAndApply(ctx, &o)
-		if err == nil {
-			for i := range all {
-				count(&all[i], "produced")
-			}
-			return
+		return err
+	})
+	left := map[string]bool{} // what was not written
+	if err != nil {
+		for _, ev := range o.events {
+			left[ev.EventID] = true
 		}
-		if attempt == 5 {
-			left := map[string]bool{}
-			for _, ev := range o.events {
-				left[ev.EventID] = true
+	}
+	var ids []string // the first 100 withdrawals lost, for their clients to resend
+	for _, ev := range all {
+		result := "produced"
+		if left[ev.EventID] {
+			result = "failed"
+			if ev.State == StateWithdrawn && len(ids) < 100 {
+				ids = append(ids, ev.Tenant+" "+ev.ID+" "+ev.IdempotencyKey)
 			}
-			var ids []string // the first 100 withdrawals lost, for their clients to resend
-			for _, ev := range all {
-				if !left[ev.EventID] {
-					count(&ev, "produced")
-					continue
-				}
-				count(&ev, "failed")
-				if ev.State == StateWithdrawn && len(ids) < 100 {
-					ids = append(ids, ev.Tenant+" "+ev.ID+" "+ev.IdempotencyKey)
-				}
-			}
-			e.cfg.Logger.Error("status events mending a write in part not produced: other nodes answer a resend of the withdrawn "+
-				"notifications' keys as duplicates of notifications that will not be sent, until the dedupe window ends; resend them to this node",
-				zap.Int("events", len(o.events)), zap.Strings("withdrawn_tenant_id_key", ids), zap.Error(err))
-			return
 		}
-		if e.cfg.Clock.Sleep(ctx, wait) != nil {
-			return
-		}
-		wait *= 2
+		e.m.ingestMended.WithLabelValues(string(ev.State), result).Inc()
+	}
+	if err != nil {
+		e.cfg.Logger.Error("status events mending a write in part not produced: other nodes answer a resend of the withdrawn "+
+			"notifications' keys as duplicates of notifications that will not be sent, until the dedupe window ends; resend them to this node",
+			zap.Int("events", len(o.events)), zap.Strings("withdrawn_tenant_id_key", ids), zap.Error(err))
 	}
 }
 

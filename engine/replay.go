@@ -161,18 +161,27 @@ func ReplayDeadLetters(ctx context.Context, dlq partition.Log, topics Topics, co
 // what it did not write, a few times: giving up there left the letters
 // uncommitted, and the next replay copied the written ones again.
 func produceRest(ctx context.Context, log partition.Log, recs []partition.Record) error {
+	partly := func(err error) bool {
+		var pe *partition.ProduceError
+		return errors.As(err, &pe)
+	}
+	return writeRest(ctx, realClock{}.Sleep, partly, func() error {
+		err := log.Produce(ctx, recs)
+		recs = partition.Unwritten(recs, err)
+		return err
+	})
+}
+
+// writeRest runs write until it succeeds, up to 5 times, 100 ms apart and
+// doubling, while again says another try may mend its error; write is to
+// leave, after a write in part, only what was not written for the next.
+// It returns write's last error.
+func writeRest(ctx context.Context, sleep func(context.Context, time.Duration) error, again func(error) bool, write func() error) error {
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := log.Produce(ctx, recs)
-		var pe *partition.ProduceError
-		if err == nil || attempt == 5 || !errors.As(err, &pe) {
+		err := write()
+		if err == nil || attempt == 5 || !again(err) || sleep(ctx, wait) != nil {
 			return err
-		}
-		recs = partition.Unwritten(recs, err)
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
 		}
 		wait *= 2
 	}
