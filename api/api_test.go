@@ -241,6 +241,18 @@ func appendWebhookJSON(dst []byte, i int, extra string) []byte {
 	return append(dst, '}')
 }
 
+// appendBenchWebhook appends webhook i, with an idempotency_key of its own
+// when keyed (appended in place: the clients share the server's cores).
+func appendBenchWebhook(dst []byte, i int, keyed bool) []byte {
+	dst = appendWebhookJSON(dst, i, "")
+	if !keyed {
+		return dst
+	}
+	dst = append(dst[:len(dst)-1], `,"idempotency_key":"order-`...)
+	dst = strconv.AppendInt(dst, int64(i), 10)
+	return append(dst, `"}`...)
+}
+
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -1025,11 +1037,13 @@ func cpuMicros() float64 {
 
 // BenchmarkIngest measures accepted notifications/s over loopback HTTP:
 // single-object requests from 64 clients, and NDJSON batches of 1,000, on
-// serve's durability settings (every produce and dedupe claim synced). The
-// clients (fasthttp's, see benchClient) run on the same cores.
+// serve's durability settings (every produce and dedupe claim synced) and
+// its dedupe.at_ingest (keyed, unless a name says all). The clients
+// (fasthttp's, see benchClient) run on the same cores.
 func BenchmarkIngest(b *testing.B) {
+	const serveAtIngest = engine.IngestDedupeKeyed
 	b.Run("single", func(b *testing.B) {
-		n := newNode(b, nodeOpts{syncDedupe: true})
+		n := newNode(b, nodeOpts{syncDedupe: true, atIngest: serveAtIngest})
 		_ = n.eng.PauseChannel(notification.Webhook, true) // measure ingest, not delivery
 		var seq atomic.Int64
 		b.SetParallelism(32)
@@ -1051,7 +1065,9 @@ func BenchmarkIngest(b *testing.B) {
 	})
 	// 8 clients, each on a kept-alive connection of its own. 16 or 32 gave
 	// the same rate and more CPU a notification: the CPU is the limit.
-	ndjson := func(b *testing.B, o nodeOpts) {
+	// ownKeys: each item carries an idempotency_key, claimed at the door
+	// under either at_ingest.
+	ndjson := func(b *testing.B, o nodeOpts, ownKeys bool) {
 		const clients = 8
 		n := newNode(b, o)
 		_ = n.eng.PauseChannel(notification.Webhook, true)
@@ -1059,7 +1075,7 @@ func BenchmarkIngest(b *testing.B) {
 		batch := func(dst []byte) []byte {
 			base := int(seq.Add(1000))
 			for i := range 1000 {
-				dst = appendWebhookJSON(dst, base+i, "")
+				dst = appendBenchWebhook(dst, base+i, ownKeys)
 				dst = append(dst, '\n')
 			}
 			return dst
@@ -1082,11 +1098,17 @@ func BenchmarkIngest(b *testing.B) {
 		b.ReportMetric((cpuMicros()-cpu)/float64(b.N*1000), "cpu-us/notification")
 		b.ReportMetric(float64(b.N)*1000/b.Elapsed().Seconds(), "notifications/s")
 	}
-	b.Run("ndjson-1000", func(b *testing.B) { ndjson(b, nodeOpts{syncDedupe: true}) })
-	// The same keyless items with dedupe.at_ingest: keyed: no claim and
-	// confirm at the door (their sends are still claimed).
-	b.Run("ndjson-1000-at-ingest-keyed", func(b *testing.B) {
-		ndjson(b, nodeOpts{syncDedupe: true, atIngest: engine.IngestDedupeKeyed})
+	// Keyless items: no claim and confirm at the door (their sends are
+	// still claimed).
+	b.Run("ndjson-1000", func(b *testing.B) {
+		ndjson(b, nodeOpts{syncDedupe: true, atIngest: serveAtIngest}, false)
+	})
+	b.Run("ndjson-1000-own-keys", func(b *testing.B) {
+		ndjson(b, nodeOpts{syncDedupe: true, atIngest: serveAtIngest}, true)
+	})
+	// Keyless items claimed at the door by their derived keys.
+	b.Run("ndjson-1000-at-ingest-all", func(b *testing.B) {
+		ndjson(b, nodeOpts{syncDedupe: true, atIngest: engine.IngestDedupeAll}, false)
 	})
 	// The same from 16 batches built before the timer and sent again and
 	// again, which keyed takes as new notifications (their door is their
@@ -1094,7 +1116,7 @@ func BenchmarkIngest(b *testing.B) {
 	// own). The pair is what decompressing costs the server.
 	reused := func(b *testing.B, encoding string) {
 		const clients = 8
-		n := newNode(b, nodeOpts{syncDedupe: true, atIngest: engine.IngestDedupeKeyed})
+		n := newNode(b, nodeOpts{syncDedupe: true, atIngest: serveAtIngest})
 		_ = n.eng.PauseChannel(notification.Webhook, true)
 		var bodies [][]byte
 		for k := range 16 {
@@ -1130,20 +1152,20 @@ func BenchmarkIngest(b *testing.B) {
 		b.ReportMetric(float64(b.N)*1000/b.Elapsed().Seconds(), "notifications/s")
 		b.ReportMetric(float64(len(bodies[0])), "body-bytes/batch")
 	}
-	b.Run("ndjson-1000-reused-at-ingest-keyed", func(b *testing.B) { reused(b, "") })
-	b.Run("ndjson-1000-reused-gzip-at-ingest-keyed", func(b *testing.B) { reused(b, "gzip") })
-	// A client that resends batches already accepted (a retry after a
-	// timeout): every item is a duplicate, answered 200 with the original
-	// id and its current status, and nothing is enqueued.
+	b.Run("ndjson-1000-reused", func(b *testing.B) { reused(b, "") })
+	b.Run("ndjson-1000-reused-gzip", func(b *testing.B) { reused(b, "gzip") })
+	// A client that resends batches of keyed items already accepted (a
+	// retry after a timeout): every item is a duplicate, answered 200 with
+	// the original id and its current status, and nothing is enqueued.
 	b.Run("ndjson-1000-repeated", func(b *testing.B) {
 		const clients, batches = 8, 300
-		n := newNode(b, nodeOpts{syncDedupe: true})
+		n := newNode(b, nodeOpts{syncDedupe: true, atIngest: serveAtIngest})
 		_ = n.eng.PauseChannel(notification.Webhook, true)
 		bodies := make([][]byte, batches)
 		client := benchClient(clients)
 		for k := range bodies {
 			for i := range 1000 {
-				bodies[k] = append(appendWebhookJSON(bodies[k], k*1000+i, ""), '\n')
+				bodies[k] = append(appendBenchWebhook(bodies[k], k*1000+i, true), '\n')
 			}
 			if !postAccepted(b, client, n.url, "application/x-ndjson", bodies[k]) {
 				return

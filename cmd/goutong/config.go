@@ -113,8 +113,8 @@ type DedupeConfig struct {
 	// WriteBufferBytes is one generation of writes collected (in memory and
 	// a log) before they go into Pebble as one sorted sstable. 0: off.
 	WriteBufferBytes int `koanf:"write_buffer_bytes"`
-	// AtIngest: which items are claimed at the door, "all" (default) or
-	// "keyed" (only those with a producer's key; see engine.IngestDedupe).
+	// AtIngest: which items are claimed at the door, "keyed" (default: only
+	// those with a producer's key) or "all" (see engine.IngestDedupe).
 	AtIngest string `koanf:"at_ingest"`
 }
 
@@ -180,7 +180,7 @@ func defaultConfig() Config {
 		Reconcile: ReconcileConf{Deadlines: map[string]time.Duration{"sms": 30 * time.Minute, "email": 2 * time.Hour}},
 		Dedupe: DedupeConfig{Window: 24 * time.Hour, Lease: 30 * time.Second, Sync: true, SyncDelay: dedupe.DefaultSyncDelay,
 			FilterKeys: dedupe.DefaultFilterKeys, FilterMaxBytes: dedupe.DefaultFilterBytes, RecentBytes: dedupe.DefaultRecentBytes,
-			WriteBufferBytes: dedupe.DefaultWriteBufferBytes, AtIngest: "all"},
+			WriteBufferBytes: dedupe.DefaultWriteBufferBytes, AtIngest: "keyed"},
 		API: APIConfig{MaxBodyBytes: 64 << 20, MaxItems: 100_000, MaxScheduleAhead: api.DefaultMaxScheduleAhead},
 		Templates: map[string]TemplateConf{
 			"otp": {Subject: "Your verification code", Body: "Your verification code is {{.code}}"},

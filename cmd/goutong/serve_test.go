@@ -405,7 +405,7 @@ func TestCLIAgainstServe(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "batch.ndjson")
 	var nd strings.Builder
 	for i := range 20 {
-		fmt.Fprintf(&nd, `{"channel":"webhook","recipient":"https://hooks.example/x","content":{"body":"n%d"}}`+"\n", i)
+		fmt.Fprintf(&nd, `{"channel":"webhook","recipient":"https://hooks.example/x","content":{"body":"n%d"},"idempotency_key":"n%d"}`+"\n", i, i)
 	}
 	if err := os.WriteFile(file, []byte(nd.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -413,7 +413,9 @@ func TestCLIAgainstServe(t *testing.T) {
 	if out := runCmd(t, "send", "--server", s.url, "--file", file); !strings.Contains(out, `"accepted": 20`) {
 		t.Fatalf("send --file: %s", out)
 	}
-	// Again, gzipped, 7 a request: three requests, every item a duplicate.
+	// Again, gzipped, 7 a request: three requests, every item a duplicate
+	// of its key (serve's dedupe.at_ingest keyed answers keyed items at the
+	// door).
 	if out := runCmd(t, "send", "--server", s.url, "--file", file, "--batch", "7", "--gzip"); strings.Count(out, `{"from":`) != 3 ||
 		!strings.Contains(out, `{"from":15,"to":20,"answer":{"accepted":0,"duplicates":6,`) ||
 		!strings.Contains(out, "20 notifications in 3 requests: 0 accepted, 20 duplicates") {
@@ -502,12 +504,12 @@ func TestDocumentedConfigParses(t *testing.T) {
 	if _, err := dedupeOptions(c); err != nil {
 		t.Fatal(err)
 	}
-	if d, err := ingestDedupe(c); err != nil || d != engine.IngestDedupeAll {
-		t.Fatalf("dedupe.at_ingest: %v, %v", d, err)
-	}
-	c.Dedupe.AtIngest = "keyed"
 	if d, err := ingestDedupe(c); err != nil || d != engine.IngestDedupeKeyed {
-		t.Fatalf("dedupe.at_ingest keyed: %v, %v", d, err)
+		t.Fatalf("dedupe.at_ingest (default keyed): %v, %v", d, err)
+	}
+	c.Dedupe.AtIngest = "all"
+	if d, err := ingestDedupe(c); err != nil || d != engine.IngestDedupeAll {
+		t.Fatalf("dedupe.at_ingest all: %v, %v", d, err)
 	}
 	c.Dedupe.AtIngest = "some"
 	if _, err := ingestDedupe(c); err == nil || !strings.Contains(err.Error(), "dedupe.at_ingest") {
