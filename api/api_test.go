@@ -454,6 +454,48 @@ func TestIdempotencyKeyHeader(t *testing.T) {
 	}
 }
 
+// Under serve's default (dedupe.at_ingest keyed) a repeat of a keyless
+// notification is accepted again under a new id, and its send is stopped
+// as a duplicate of the first: the provider gets it once, and the second
+// id reads duplicate, naming the first.
+func TestKeylessRepeatStoppedAtSend(t *testing.T) {
+	n := newNode(t, nodeOpts{atIngest: engine.IngestDedupeKeyed})
+	body := webhookJSON(1, "")
+	first := n.do("POST", "/v1/notifications", "", "application/json", body)
+	again := n.do("POST", "/v1/notifications", "", "application/json", body)
+	if first.code != 202 || again.code != 202 || again.body["id"] == first.body["id"] || again.body["duplicate"] != nil {
+		t.Fatalf("keyless repeat: %d %s, then %d %s", first.code, first.raw, again.code, again.raw)
+	}
+	var nd strings.Builder
+	for i := range 100 {
+		nd.WriteString(webhookJSON(10+i, `,"priority":"bulk"`) + "\n")
+	}
+	var repeats []any
+	for range 2 {
+		r := n.do("POST", "/v1/notifications", "", "application/x-ndjson", nd.String())
+		if r.code != 202 || r.body["accepted"] != 100.0 {
+			t.Fatalf("keyless batch: %d %.200s", r.code, r.raw)
+		}
+		repeats = r.body["items"].([]any)
+	}
+	state := func(id any) reply { return n.do("GET", "/v1/notifications/"+id.(string), "", "", "") }
+	waitFor(t, 20*time.Second, "the second id closed as a duplicate", func() bool { return state(again.body["id"]).body["state"] == "duplicate" })
+	if st := state(again.body["id"]); st.body["current"].(map[string]any)["duplicate_of"] != first.body["id"] {
+		t.Fatalf("second id: %s, want duplicate_of %v", st.raw, first.body["id"])
+	}
+	waitFor(t, 20*time.Second, "the batch's repeats closed as duplicates", func() bool {
+		for _, it := range repeats {
+			if state(it.(map[string]any)["id"]).body["state"] != "duplicate" {
+				return false
+			}
+		}
+		return true
+	})
+	if s := n.mock.Stats(); s.Received != 101 || state(first.body["id"]).body["state"] != "sent" {
+		t.Fatalf("provider received %d, want 101 each once; first: %s", s.Received, state(first.body["id"]).raw)
+	}
+}
+
 func TestIdempotentRepeat(t *testing.T) {
 	n := newNode(t, nodeOpts{})
 	body := webhookJSON(1, `,"idempotency_key":"order-1-shipped"`)
