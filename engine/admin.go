@@ -296,20 +296,10 @@ func (e *Engine) Status(id string) (Status, error) {
 // store does not know (yet), in one sorted pass over the store: a batch's
 // duplicates are answered together.
 func (e *Engine) States(ids []string) ([]State, error) {
-	out := make([]State, len(ids))
 	if e.cfg.Status == nil {
-		return out, nil
+		return make([]State, len(ids)), nil
 	}
-	cur, found, err := e.cfg.Status.latest(ids)
-	if err != nil {
-		return nil, err
-	}
-	for i := range ids {
-		if found[i] {
-			out[i] = cur[i].State
-		}
-	}
-	return out, nil
+	return e.cfg.Status.latestStates(ids)
 }
 
 // Codec is the engine's codec (it knows the configured channels).

@@ -700,6 +700,40 @@ func (s *StatusStore) Get(id string) (Status, error) {
 // receipts/s against a Get each).
 func (s *StatusStore) latest(ids []string) (out []StatusEvent, found []bool, err error) {
 	out, found = make([]StatusEvent, len(ids)), make([]bool, len(ids))
+	err = s.latestEach(ids, func(i int, at int64, v []byte) (err error) {
+		out[i], err = decodeStoredEventAt(ids[i], at, v)
+		found[i] = err == nil
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, found, nil
+}
+
+// latestStates is latest's states alone ("" for an id the store does not
+// know): duplicates answered at the door need no more, and decoding whole
+// events was most of their allocations.
+func (s *StatusStore) latestStates(ids []string) ([]State, error) {
+	out := make([]State, len(ids))
+	err := s.latestEach(ids, func(i int, at int64, v []byte) error {
+		if len(v) > 0 && v[0] == storedEventV1 {
+			if len(v) < 2 || int(v[1]) >= len(States) {
+				return errStoredEvent
+			}
+			out[i] = States[v[1]]
+			return nil
+		}
+		ev, err := decodeStoredEventAt(ids[i], at, v) // the JSON form of older stores
+		out[i] = ev.State
+		return err
+	})
+	return out, err
+}
+
+// latestEach calls fn with the newest stored event of each id the store
+// knows, undecoded (v is valid during the call), and its time in Unix ns.
+func (s *StatusStore) latestEach(ids []string, fn func(i int, at int64, v []byte) error) error {
 	order := make([]int, len(ids))
 	for i := range order {
 		order[i] = i
@@ -707,37 +741,45 @@ func (s *StatusStore) latest(ids []string) (out []StatusEvent, found []bool, err
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
 	it, err := s.runsAndEvents()
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	defer it.Close()
 	var prefix, key, val []byte
 	for _, i := range order {
 		prefix = append(append(prefix[:0], 's'), ids[i]...)
+		found := false
 		// The last of ours is the newest. Keys of a longer id sharing this
 		// prefix are not ours.
 		for valid := it.SeekGE(prefix); valid && bytes.HasPrefix(it.Key(), prefix); valid = it.Next() {
 			if len(it.Key()) == len(prefix)+statusKeyTail {
 				v, err := it.ValueAndErr()
 				if err != nil {
-					return nil, nil, err
+					return err
 				}
 				key, val = append(key[:0], it.Key()...), append(val[:0], v...)
-				found[i] = true
+				found = true
 			}
 		}
-		if !found[i] {
+		if !found {
 			// Accepted only: its event is in a run. (A notification with
 			// events of its own has a newer one than its acceptance.)
-			if out[i], found[i], err = runEvent(it, ids[i]); err != nil {
-				return nil, nil, fmt.Errorf("engine: status of %s: %w", ids[i], err)
+			at, v, ok, err := runEntry(it, ids[i], prefix)
+			if err == nil && ok {
+				err = fn(i, at, v)
+			}
+			if err != nil {
+				return fmt.Errorf("engine: status of %s: %w", ids[i], err)
 			}
 			continue
 		}
-		if out[i], err = decodeStoredEvent(ids[i], key, val); err != nil {
-			return nil, nil, fmt.Errorf("engine: status of %s: %w", ids[i], err)
+		if len(key) < statusKeyTail {
+			return fmt.Errorf("engine: status of %s: %w", ids[i], errStoredEvent)
+		}
+		if err := fn(i, int64(binary.BigEndian.Uint64(key[len(key)-statusKeyTail:])), val); err != nil {
+			return fmt.Errorf("engine: status of %s: %w", ids[i], err)
 		}
 	}
-	return out, found, it.Error()
+	return it.Error()
 }
 
 // Reclaim drops the events and payloads of notifications created before

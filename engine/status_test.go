@@ -134,6 +134,10 @@ func TestStatusStoreLatest(t *testing.T) {
 	if out[2].State != StateSent || out[2].Attempts != 2 || out[2].Tenant != "acme" || out[4] != out[2] {
 		t.Fatalf("a's newest event: %+v and %+v", out[2], out[4])
 	}
+	states, err := s.latestStates(ids)
+	if want := []State{StateExpired, "", StateSent, StateAccepted, StateSent, ""}; err != nil || !reflect.DeepEqual(states, want) {
+		t.Fatalf("latestStates %v, %v; want %v", states, err, want)
+	}
 }
 
 // Pebble charges memtables to the block cache: a cache no larger than the

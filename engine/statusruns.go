@@ -119,24 +119,33 @@ func (r storedRun) event(id, ev []byte) (StatusEvent, error) {
 
 // find returns id's event in the run.
 func (r storedRun) find(id string) (StatusEvent, bool, error) {
+	v, ok, err := r.findEntry(id)
+	if !ok || err != nil {
+		return StatusEvent{}, false, err
+	}
+	e, err := decodeStoredEventAt(id, r.at, v)
+	return e, err == nil, err
+}
+
+// findEntry returns id's stored event in the run, undecoded.
+func (r storedRun) findEntry(id string) ([]byte, bool, error) {
 	lo, hi := 0, r.len()
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
 		mid, ev, err := r.entry(m)
 		if err != nil {
-			return StatusEvent{}, false, err
+			return nil, false, err
 		}
 		switch c := strings.Compare(unsafe.String(unsafe.SliceData(mid), len(mid)), id); {
 		case c == 0:
-			e, err := decodeStoredEventAt(id, r.at, ev)
-			return e, err == nil, err
+			return ev, true, nil
 		case c < 0:
 			lo = m + 1
 		default:
 			hi = m
 		}
 	}
-	return StatusEvent{}, false, nil
+	return nil, false, nil
 }
 
 // lastRunID returns the last id of the store's runs, "" when it has none.
@@ -167,25 +176,36 @@ func (s *StatusStore) runsAndEvents() (*pebble.Iterator, error) {
 // are tried from the first whose last id is not below id, until one
 // starts above it. it may reach past the runs (Get's reads events too).
 func runEvent(it *pebble.Iterator, id string) (StatusEvent, bool, error) {
-	key := append(append(make([]byte, 0, 1+len(id)), runPrefix), id...)
+	at, v, ok, err := runEntry(it, id, nil)
+	if !ok || err != nil {
+		return StatusEvent{}, false, err
+	}
+	ev, err := decodeStoredEventAt(id, at, v)
+	return ev, err == nil, err
+}
+
+// runEntry is runEvent before decoding: the run's time and the stored
+// event, valid until it moves. key is scratch space for the seek key.
+func runEntry(it *pebble.Iterator, id string, key []byte) (at int64, ev []byte, ok bool, err error) {
+	key = append(append(key[:0], runPrefix), id...)
 	for valid := it.SeekGE(key); valid && it.Key()[0] == runPrefix; valid = it.Next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return StatusEvent{}, false, err
+			return 0, nil, false, err
 		}
 		r, err := parseRun(v)
 		if err != nil {
-			return StatusEvent{}, false, fmt.Errorf("%w under %q", err, it.Key())
+			return 0, nil, false, fmt.Errorf("%w under %q", err, it.Key())
 		}
 		first, _, err := r.entry(0)
 		if err != nil || string(first) > id {
-			return StatusEvent{}, false, err
+			return 0, nil, false, err
 		}
-		if ev, ok, err := r.find(id); ok || err != nil {
-			return ev, ok, err
+		if ev, ok, err := r.findEntry(id); ok || err != nil {
+			return r.at, ev, ok, err
 		}
 	}
-	return StatusEvent{}, false, it.Error()
+	return 0, nil, false, it.Error()
 }
 
 // withRunEvent puts ev, a notification's event from its run, into its

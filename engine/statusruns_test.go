@@ -82,6 +82,15 @@ func TestStatusRunsReadAsEvents(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(la, lb) || !reflect.DeepEqual(fa, fb) {
 		t.Fatalf("latest differs (%v)", err)
 	}
+	sa, err := withRuns.latestStates(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ids {
+		if sa[i] != la[i].State {
+			t.Fatalf("latestStates of %s: %q, latest's %q", ids[i], sa[i], la[i].State)
+		}
+	}
 	scan := func(s *StatusStore, from, to time.Time) map[string][]StatusEvent {
 		out := map[string][]StatusEvent{}
 		var last string
