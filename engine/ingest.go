@@ -193,11 +193,14 @@ func (e *Engine) Ingest(ctx context.Context, ns []*notification.Notification, no
 	if accepted == 0 {
 		return out, 0, nil
 	}
-	if err := e.emit(ctx, o); err != nil {
+	if err := e.emitIngest(ctx, o); err != nil {
 		var pe *partition.ProduceError
 		if errors.As(err, &pe) {
 			err := e.partlyWritten(ctx, pe, recAt, done, doneRec)
 			e.mendEvents(ctx, o.withdrawn, o.owed)
+			if err == nil {
+				return out, accepted, nil
+			}
 			return nil, 0, err
 		}
 		return nil, 0, e.releaseHeld(ctx, reqs, claims, fmt.Errorf("%w: log: %v", ErrUnavailable, err))
@@ -302,6 +305,61 @@ func (e *Engine) awaitInFlight(ctx context.Context, reqs []dedupe.ClaimRequest, 
 	}
 }
 
+// emitIngest writes an Ingest's records and their accepted events. On a
+// node among several (NodeID set) the events go after the records, and
+// only those of records written: the other nodes copy an accepted event's
+// key into their dedupe stores and answer a resend as its duplicate, so an
+// event out without its record lost the notification. Written together, a
+// write in part could take the event and refuse the record; the withdrawn
+// event that followed left two windows, a node dying before writing it and
+// a replica reading between the two. This costs the request one more
+// produce round trip. The embedded log has no other node: one write.
+//
+// A ProduceError's Written is over o.recs. Once every record is written
+// the request is accepted, and the events the log refuses are mended
+// (mendEvents) before it returns.
+func (e *Engine) emitIngest(ctx context.Context, o *outcomes) error {
+	if e.cfg.NodeID == "" || len(o.announces) == 0 {
+		return e.emit(ctx, o)
+	}
+	status := e.cfg.Topics.Status
+	var lanes []partition.Record
+	var at []int // lanes[j] is o.recs[at[j]]
+	for i, r := range o.recs {
+		if r.Topic != status {
+			lanes, at = append(lanes, r), append(at, i)
+		}
+	}
+	if err := e.log.Produce(ctx, lanes); err != nil {
+		var pe *partition.ProduceError
+		if !errors.As(err, &pe) {
+			return err
+		}
+		if len(pe.Written) != len(lanes) {
+			// Not a Log's answer: taken as nothing written, as emit does.
+			return fmt.Errorf("%d records, a ProduceError for %d: %w", len(lanes), len(pe.Written), pe.Err)
+		}
+		written := make([]bool, len(o.recs))
+		for j, i := range at {
+			written[i] = pe.Written[j]
+		}
+		// No event is written yet: o.owed gets those of the records that
+		// were, for Ingest to write (mendEvents), and no event announces a
+		// record that was not.
+		_ = e.keepUnwritten(o, written) // the store's error is logged there
+		return &partition.ProduceError{Written: written, Err: pe.Err}
+	}
+	o.recs = slices.DeleteFunc(o.recs, func(r partition.Record) bool { return r.Topic != status })
+	o.announces = o.announces[:0] // each event's record is written
+	applyErr, err := e.produceAndApply(ctx, o)
+	if err != nil {
+		// o keeps the events not written.
+		e.mendEvents(ctx, nil, o.events)
+		return nil
+	}
+	return applyErr
+}
+
 // releaseHeld releases the claims of reqs that claims says this call holds
 // (those of the items it would accept), for an Ingest that ends in cause,
 // and returns cause.
@@ -326,6 +384,8 @@ func (e *Engine) releaseHeld(ctx context.Context, reqs []dedupe.ClaimRequest, cl
 // nothing were written, and releasing every claim, made the resend accept
 // the written ones again under new ids, whose copies then ended as
 // duplicates at their sends: ids the client never saw were the ones sent.
+// It returns nil when every notification was written (a write in part of
+// their events alone).
 func (e *Engine) partlyWritten(ctx context.Context, pe *partition.ProduceError, recAt []int, done []dedupe.Done, doneRec []int) error {
 	written, wrote := pe.Written, 0
 	for _, r := range recAt {
@@ -348,6 +408,11 @@ func (e *Engine) partlyWritten(ctx context.Context, pe *partition.ProduceError, 
 	if err := e.cfg.Dedupe.Release(ctx, release); err != nil {
 		e.cfg.Logger.Warn("release of ingest claims failed", zap.Error(err))
 	}
+	if wrote == len(recAt) {
+		// Every notification was written, and only events were refused
+		// (mended after): the request is accepted.
+		return nil
+	}
 	e.m.ingestPartlyWritten.Add(float64(wrote))
 	return &PartlyWrittenError{Written: wrote, Of: len(recAt), Err: pe.Err}
 }
@@ -356,12 +421,12 @@ func (e *Engine) partlyWritten(ctx context.Context, pe *partition.ProduceError, 
 // part, where a notification and its accepted event can each have been
 // written without the other:
 //
-//   - withdrawn: accepted events of notifications not written. Status
-//     webhooks forward them, and other nodes' replicas copy their keys into
-//     their dedupe stores, where a resend of the request reaching them was
-//     answered as a duplicate of a notification never to be sent: lost. A
-//     withdrawn event follows each: the other nodes drop the key again
-//     (withdrawnKeys), and webhook subscribers learn the id is done with.
+//   - withdrawn: accepted events of notifications not written (the
+//     embedded log's, which writes both at once; see emitIngest). Status
+//     webhooks forwarded them: a withdrawn event follows each, and webhook
+//     subscribers learn the id is done with. Replicas of other nodes drop
+//     the key such an event carried (withdrawnKeys), for nodes that wrote
+//     them on Kafka before 2026-11-27.
 //   - owed: accepted events not written of notifications that were. They
 //     are written now, so that the other nodes answer a resend as a
 //     duplicate of the notification's id (without them they accepted it
@@ -412,10 +477,16 @@ func (e *Engine) mendEvents(ctx context.Context, withdrawn, owed []StatusEvent) 
 		}
 		e.m.ingestMended.WithLabelValues(string(ev.State), result).Inc()
 	}
-	if err != nil {
-		e.cfg.Logger.Error("status events mending a write in part not produced: other nodes answer a resend of the withdrawn "+
-			"notifications' keys as duplicates of notifications that will not be sent, until the dedupe window ends; resend them to this node",
+	switch {
+	case len(ids) > 0:
+		e.cfg.Logger.Error("status events mending a write in part not produced: the status topic keeps accepted events of notifications "+
+			"that were not written and will not be sent (a resend of the request is accepted)",
 			zap.Int("events", len(o.events)), zap.Strings("withdrawn_tenant_id_key", ids), zap.Error(err))
+	case err != nil:
+		// Only accepted events: their notifications are written and will
+		// be sent; their histories start later, and another node accepts
+		// a resend of one anew, to stop it at its send.
+		e.cfg.Logger.Warn("accepted events of written notifications not produced", zap.Int("events", len(o.events)), zap.Error(err))
 	}
 }
 

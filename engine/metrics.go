@@ -116,9 +116,9 @@ func newMetrics() *metrics {
 				"they will be sent, and a resend of the request answers them as duplicates."}),
 		ingestMended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "goutong_ingest_mended_events_total",
 			Help: "Status events mending an ingest the log wrote in part, by state and result: withdrawn follows an accepted event " +
-				"written for a notification that was not (the other nodes drop its idempotency key; failed: they answer a resend of the " +
-				"key as a duplicate of a notification that will not be sent, until its window ends), accepted is written late for a " +
-				"notification written without it. failed: not produced after 5 tries."},
+				"the embedded log wrote for a notification it did not (failed: status webhooks forwarded an accepted event of a " +
+				"notification that will not be sent), accepted is written late for a notification written without it. failed: not " +
+				"produced after 5 tries."},
 			[]string{"state", "result"}),
 	}
 }
@@ -213,7 +213,7 @@ var dedupeMetrics = []storeSeries[dedupe.Metrics]{
 	dedupeCounter("lookups", "Keys looked up without claiming.", func(m dedupe.Metrics) int64 { return m.Lookups }),
 	dedupeCounter("remembered", "Keys another node sent or accepted, copied here from its status events so they answer as duplicates here too.",
 		func(m dedupe.Metrics) int64 { return m.Remembered }),
-	dedupeCounter("forgotten", "Remembered keys dropped again: another node's notification whose record its log failed to write (its accepted event withdrawn).",
+	dedupeCounter("forgotten", "Remembered keys dropped again: the withdrawn events of nodes that wrote them on Kafka (before 2026-11-27) after accepted events whose records were not written.",
 		func(m dedupe.Metrics) int64 { return m.Forgotten }),
 	dedupeCounter("write_errors", "Writes (claims, confirms, releases, copied keys) the store failed to make durable: each loses keys a later repeat would have been stopped by.",
 		func(m dedupe.Metrics) int64 { return m.WriteErrors }),

@@ -43,7 +43,8 @@ const (
 	// StateWithdrawn follows an accepted event written for a notification
 	// whose record the log failed to write (a request answered 503
 	// partly_written): it will not be sent, and its resend is accepted
-	// anew. Other nodes drop its idempotency key again (Engine.withdraw).
+	// anew. Only the embedded log writes one now (Engine.emitIngest);
+	// other nodes drop its idempotency key again (withdrawnKeys).
 	StateWithdrawn State = "withdrawn"
 )
 

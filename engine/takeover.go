@@ -390,8 +390,10 @@ func (e *Engine) rememberKeys(ctx context.Context, events []StatusEvent) error {
 }
 
 // withdrawnKeys is the ingest keys that other nodes' withdrawn events in
-// events drop (see Engine.withdraw), each while it names the withdrawn
-// notification: a resend accepted since holds it under another id.
+// events drop (see Engine.mendEvents; Kafka nodes wrote them before
+// 2026-11-27, and write accepted events after their records since), each
+// while it names the withdrawn notification: a resend accepted since holds
+// it under another id.
 func (e *Engine) withdrawnKeys(events []StatusEvent) []dedupe.Remembered {
 	var rs []dedupe.Remembered
 	for i := range events {
