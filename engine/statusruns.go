@@ -117,16 +117,6 @@ func (r storedRun) event(id, ev []byte) (StatusEvent, error) {
 	return decodeStoredEventAt(string(id), r.at, ev)
 }
 
-// find returns id's event in the run.
-func (r storedRun) find(id string) (StatusEvent, bool, error) {
-	v, ok, err := r.findEntry(id)
-	if !ok || err != nil {
-		return StatusEvent{}, false, err
-	}
-	e, err := decodeStoredEventAt(id, r.at, v)
-	return e, err == nil, err
-}
-
 // findEntry returns id's stored event in the run, undecoded.
 func (r storedRun) findEntry(id string) ([]byte, bool, error) {
 	lo, hi := 0, r.len()

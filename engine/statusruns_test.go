@@ -156,7 +156,11 @@ func FuzzStoredRun(f *testing.F) {
 		f.Fatalf("own run: %d entries, %v", r.len(), err)
 	}
 	for _, want := range evs {
-		got, ok, err := r.find(want.ID)
+		v, ok, err := r.findEntry(want.ID)
+		var got StatusEvent
+		if ok && err == nil {
+			got, err = decodeStoredEventAt(want.ID, r.at, v)
+		}
 		if !ok || err != nil || !reflect.DeepEqual(got, want) {
 			f.Fatalf("own run: %+v, %v, %v; want %+v", got, ok, err, want)
 		}
@@ -176,7 +180,9 @@ func FuzzStoredRun(f *testing.F) {
 			}
 			_, _ = r.event(rid, ev)
 		}
-		_, _, _ = r.find(id)
+		if v, ok, err := r.findEntry(id); ok && err == nil {
+			_, _ = decodeStoredEventAt(id, r.at, v)
+		}
 	})
 }
 
