@@ -227,12 +227,20 @@ func TestKeysKnownAcrossNodes(t *testing.T) {
 // of its own and a registry to read its metrics from, and waits until it
 // is ready.
 func (r *rig) startNode(node string, dd *dedupe.Store, st *engine.StatusStore) (*engine.Engine, *prometheus.Registry, func()) {
-	cfg := r.config(r.channels(false))
-	reg := prometheus.NewRegistry()
-	cfg.NodeID, cfg.Dedupe, cfg.Status, cfg.Registry = node, dd, st, reg
+	cfg, reg := r.nodeConfig(node)
+	cfg.Dedupe, cfg.Status = dd, st
 	e, stop := r.start(cfg)
 	waitFor(r.t, 30*time.Second, "node "+node, e.Ready)
 	return e, reg, stop
+}
+
+// nodeConfig is the config of a Kafka node named node, on the rig's stores,
+// with a registry of its own.
+func (r *rig) nodeConfig(node string) (engine.Config, *prometheus.Registry) {
+	cfg := r.config(r.channels(false))
+	reg := prometheus.NewRegistry()
+	cfg.NodeID, cfg.Registry = node, reg
+	return cfg, reg
 }
 
 // A new node started from another node's snapshot knows what that node's

@@ -245,10 +245,7 @@ func TestReplayWritesTheRestAfterAPartialWrite(t *testing.T) {
 func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	r := newRig(t, backends[1]) // kafka (kfake)
 	ddB, stB := r.nodeStores("b")
-	cfgA := r.config(r.channels(false))
-	cfgA.NodeID = "a"
-	regA := prometheus.NewRegistry()
-	cfgA.Registry = regA
+	cfgA, regA := r.nodeConfig("a")
 	lose := func(rec *partition.Record) bool { return string(rec.Key) == "key-lost" } // its lane record
 	calls := new(atomic.Int64)
 	wrapLogs(&cfgA, func(l partition.Log) partition.Log { return logtest.PartialProduce{Log: l, Lose: lose, Calls: calls} })
@@ -259,14 +256,7 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	defer stopB()
 
 	// A resend through the API mints new ids; so does this one.
-	request := func() []*notification.Notification {
-		var ns []*notification.Notification
-		for _, name := range []string{"kept", "lost", "other"} {
-			ns = append(ns, &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
-				Recipient: "https://hooks.example/" + name, Content: &notification.Content{Body: `{"n":"` + name + `"}`}, IdempotencyKey: "key-" + name})
-		}
-		return ns
-	}
+	request := func() []*notification.Notification { return keyedWebhooks("kept", "lost", "other") }
 	first := request()
 	_, _, err := a.Ingest(context.Background(), first, time.Now())
 	var pw *engine.PartlyWrittenError
@@ -321,6 +311,17 @@ func TestPartlyWrittenResentAtAnotherNode(t *testing.T) {
 	}
 }
 
+// keyedWebhooks is a request of a webhook for each name, keyed key-<name>,
+// under new ids.
+func keyedWebhooks(names ...string) []*notification.Notification {
+	var ns []*notification.Notification
+	for _, name := range names {
+		ns = append(ns, &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
+			Recipient: "https://hooks.example/" + name, Content: &notification.Content{Body: `{"n":"` + name + `"}`}, IdempotencyKey: "key-" + name})
+	}
+	return ns
+}
+
 // produceCalls is a Log that notes, for each Produce, whether it held a
 // lane record and whether an accepted event of the notifications keyed
 // keys (their idempotency keys).
@@ -361,15 +362,8 @@ func (l produceCalls) Produce(ctx context.Context, recs []partition.Record) erro
 func TestAcceptedEventsFollowTheirRecords(t *testing.T) {
 	r := newRig(t, backends[1]) // kafka (kfake)
 	ddB, stB := r.nodeStores("b")
-	cfgA := r.config(r.channels(false))
-	cfgA.NodeID = "a"
-	regA := prometheus.NewRegistry()
-	cfgA.Registry = regA
-	ns := []*notification.Notification{}
-	for _, name := range []string{"kept", "late"} {
-		ns = append(ns, &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
-			Recipient: "https://hooks.example/" + name, Content: &notification.Content{Body: `{"n":"` + name + `"}`}, IdempotencyKey: "key-" + name})
-	}
+	cfgA, regA := r.nodeConfig("a")
+	ns := keyedWebhooks("kept", "late")
 	late := ns[1].ID
 	lose := func(rec *partition.Record) bool { return rec.Topic == r.topics.Status && string(rec.Key) == late } // late's accepted event
 	var calls []struct{ lane, accepted bool }
@@ -402,13 +396,7 @@ func TestAcceptedEventsFollowTheirRecords(t *testing.T) {
 		st, err := b.Status(late)
 		return err == nil && slices.ContainsFunc(st.History, func(ev engine.StatusEvent) bool { return ev.State == engine.StateAccepted })
 	})
-	resend := []*notification.Notification{}
-	for _, n := range ns {
-		c := *n
-		c.ID = ulid.Make().String()
-		resend = append(resend, &c)
-	}
-	adm, n, err := b.Ingest(context.Background(), resend, time.Now())
+	adm, n, err := b.Ingest(context.Background(), keyedWebhooks("kept", "late"), time.Now())
 	if err != nil || n != 0 || adm[0].ID != ns[0].ID || adm[1].ID != late {
 		t.Fatalf("resend at b: %+v (%d accepted), %v; want duplicates of %s and %s", adm, n, err, ns[0].ID, late)
 	}
@@ -447,12 +435,7 @@ func TestWithdrawnEventOfAnotherNode(t *testing.T) {
 		return errW == nil && w.State == engine.StateWithdrawn && errK == nil
 	})
 	waitFor(t, 20*time.Second, "b to drop the withdrawn key", func() bool { return counterSum(t, regB, "goutong_dedupe_forgotten_total") == 1 })
-	resend := []*notification.Notification{}
-	for _, k := range []string{"key-withdrawn", "key-kept"} {
-		resend = append(resend, &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
-			Recipient: "https://hooks.example/" + k, Content: &notification.Content{Body: `{}`}, IdempotencyKey: k})
-	}
-	adm, n, err := b.Ingest(context.Background(), resend, time.Now())
+	adm, n, err := b.Ingest(context.Background(), keyedWebhooks("withdrawn", "kept"), time.Now())
 	if err != nil || n != 1 || adm[0].Duplicate || !adm[1].Duplicate || adm[1].ID != keptID {
 		t.Fatalf("resend at b: %+v (%d accepted), %v; want the withdrawn key accepted, the other a duplicate of %s", adm, n, err, keptID)
 	}
@@ -469,11 +452,7 @@ func TestOnlyEventsRefused(t *testing.T) {
 			cfg := r.config(r.channels(false))
 			reg := prometheus.NewRegistry()
 			cfg.Registry = reg
-			ns := []*notification.Notification{}
-			for _, name := range []string{"kept", "late"} {
-				ns = append(ns, &notification.Notification{ID: ulid.Make().String(), Channel: notification.Webhook, Tenant: "acme",
-					Recipient: "https://hooks.example/" + name, Content: &notification.Content{Body: `{"n":"` + name + `"}`}, IdempotencyKey: "key-" + name})
-			}
+			ns := keyedWebhooks("kept", "late")
 			late := ns[1].ID
 			lose := func(rec *partition.Record) bool { return rec.Topic == r.topics.Status && string(rec.Key) == late }
 			calls := new(atomic.Int64)
