@@ -140,6 +140,7 @@ func BenchmarkStatusReplica(b *testing.B) {
 			cfg := r.config(r.channels(false))
 			cfg.NodeID = "b"
 			b.ResetTimer()
+			cpu := processCPU()
 			_, stop := r.start(cfg)
 			waitFor(b, 5*time.Minute, "the replica", func() bool {
 				for _, id := range last {
@@ -150,11 +151,13 @@ func BenchmarkStatusReplica(b *testing.B) {
 				return true
 			})
 			b.StopTimer()
+			cpu = processCPU() - cpu
 			stop()
 			if got, want := r.dd.Metrics().Remembered, int64(map[bool]int{true: 2 * b.N}[keyed]); got != want {
 				b.Fatalf("remembered %d keys, want %d", got, want)
 			}
 			b.ReportMetric(float64(2*b.N)/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/notification")
 		})
 	}
 }
