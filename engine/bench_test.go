@@ -47,6 +47,16 @@ func BenchmarkEngineEndToEnd(b *testing.B) {
 	for _, be := range backends {
 		b.Run(be.name, func(b *testing.B) { endToEnd(b, newRig(b, be)) })
 	}
+	// Records without keys, as serve's default ingest writes keyless items
+	// on the embedded log: the poller derives each key (a SHA-256) before
+	// its claim.
+	b.Run("wal-keyless", func(b *testing.B) {
+		r := newRig(b, backends[0])
+		endToEndFrom(b, r, func(c *engine.Config) {
+			c.Topics = r.topics
+			c.Topics.KeylessLanes = true
+		}, (*rig).enqueueKeyless)
+	})
 	// serve's durability: every send's dedupe confirm is synced before its
 	// outcome is written (the rig's default leaves them to the page cache).
 	b.Run("wal-dedupe-sync", func(b *testing.B) { endToEnd(b, newRigSync(b, backends[0], true)) })
@@ -180,11 +190,34 @@ var drainProfile = flag.String("drainprofile", "", "write a CPU profile of each 
 func endToEnd(b *testing.B, r *rig) { endToEndWith(b, r, func(*engine.Config) {}) }
 
 func endToEndWith(b *testing.B, r *rig, set func(*engine.Config)) {
+	endToEndFrom(b, r, set, (*rig).enqueue)
+}
+
+// enqueueKeyless writes ns to their lanes without record keys or
+// idempotency keys, as serve's default ingest (dedupe.at_ingest keyed)
+// writes keyless items on the embedded log: the poller derives each key.
+func (r *rig) enqueueKeyless(ns ...*notification.Notification) {
+	r.t.Helper()
+	recs := make([]partition.Record, 0, 5000)
+	now := time.Now()
+	for i, n := range ns {
+		n.Stamp(now)
+		recs = append(recs, partition.Record{Topic: r.topics.Lane(n.Priority), Value: r.codec.Encode(n)})
+		if len(recs) == cap(recs) || i == len(ns)-1 {
+			if err := r.prod.Produce(context.Background(), recs); err != nil {
+				r.t.Fatal(err)
+			}
+			recs = recs[:0]
+		}
+	}
+}
+
+func endToEndFrom(b *testing.B, r *rig, set func(*engine.Config), enqueue func(*rig, ...*notification.Notification)) {
 	ch := r.channels(false)
 	wh := r.webhook(b, 500, 8)
 	ch[notification.Webhook] = engine.ChannelConfig{Provider: wh, Rate: 1e9}
 	ns := webhookBatch(b.N, 0)
-	r.enqueue(ns...)
+	enqueue(r, ns...)
 	cfg := r.config(ch)
 	set(&cfg)
 	b.SetBytes(int64(len(r.codec.AppendEncode(nil, ns[0])))) // one notification's record
