@@ -113,8 +113,10 @@ func retryAfter(v string) time.Duration {
 // request with one of its keys still being accepted), 429 with Retry-After
 // (the tenant's quota) or 503 (starting, the backlog, the log
 // unavailable); up to retries times. The body's idempotency keys (given or
-// derived) make a resend safe: what an earlier attempt accepted answers as
-// a duplicate.
+// derived) make a resend safe: what an earlier attempt accepted is not sent
+// again (an item with a key answers as its duplicate; a keyless one, under
+// serve's default dedupe.at_ingest, is accepted again and stopped at its
+// send).
 func (c *client) postNotifications(log io.Writer, contentType string, body []byte, retries int) ([]byte, error) {
 	for attempt := 1; ; attempt++ {
 		raw, err := c.request("POST", "/v1/notifications", contentType, bytes.NewReader(body))

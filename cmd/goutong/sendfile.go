@@ -146,8 +146,8 @@ type batchAnswer struct {
 // first and last line, or element of an array, and the server's answer),
 // then a total. The first request refused stops it: the error names the
 // file's line (or element) of each bad item, and says that what went
-// before was accepted, which a resend of the whole file answers as
-// duplicates.
+// before was accepted, which a resend of the whole file does not send
+// again.
 func (c *client) sendFile(out, log io.Writer, r io.Reader, batch int, gz bool, retries int) error {
 	if gz {
 		c.encoding = "gzip"
@@ -268,7 +268,8 @@ func fileError(err error, b fileBatch, requests, items int) error {
 	}
 	msg = fmt.Sprintf("the request of %ss %d-%d: %s", where, b.at[0], b.at[len(b.at)-1], msg)
 	if requests > 0 {
-		msg += fmt.Sprintf("\n%d requests before it (%d notifications) were accepted: once the file is mended, send it whole again, and their idempotency keys answer them as duplicates", requests, items)
+		msg += fmt.Sprintf("\n%d requests before it (%d notifications) were accepted: once the file is mended, send it whole again: their idempotency keys keep them from being sent twice "+
+			"(items with keys of their own answer as duplicates; keyless ones are accepted again and stopped at their sends)", requests, items)
 	}
 	return &fileSendError{msg: msg, err: err}
 }
