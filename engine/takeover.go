@@ -398,7 +398,7 @@ func (e *Engine) withdrawnKeys(events []StatusEvent) []dedupe.Remembered {
 	var rs []dedupe.Remembered
 	for i := range events {
 		ev := &events[i]
-		if ev.State != StateWithdrawn || ev.IdempotencyKey == "" || ev.Node == "" || ev.Node == e.cfg.NodeID {
+		if ev.State != StateWithdrawn || !e.keyedElsewhere(ev) {
 			continue
 		}
 		rs = append(rs, dedupe.Remembered{Key: string(appendIngestKey(nil, ev.Tenant, ev.IdempotencyKey)), Scope: ingestScope, ID: ev.ID})
@@ -407,6 +407,11 @@ func (e *Engine) withdrawnKeys(events []StatusEvent) []dedupe.Remembered {
 }
 
 func (e *Engine) remembers(ev *StatusEvent) bool {
-	return ev.IdempotencyKey != "" && ev.Node != "" && ev.Node != e.cfg.NodeID &&
-		(ev.State == StateAccepted || ev.State == StateSent)
+	return e.keyedElsewhere(ev) && (ev.State == StateAccepted || ev.State == StateSent)
+}
+
+// keyedElsewhere says whether ev is another node's and carries its
+// notification's idempotency key.
+func (e *Engine) keyedElsewhere(ev *StatusEvent) bool {
+	return ev.IdempotencyKey != "" && ev.Node != "" && ev.Node != e.cfg.NodeID
 }
