@@ -206,12 +206,8 @@ func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, er
 	}
 	if len(o.recs) > 0 {
 		if err := e.log.Produce(ctx, o.recs); err != nil {
-			var pe *partition.ProduceError
-			if errors.As(err, &pe) {
-				if len(pe.Written) != len(o.recs) {
-					// Not a Log's answer: taken as nothing written, as before.
-					return nil, fmt.Errorf("%d records, a ProduceError for %d: %w", len(o.recs), len(pe.Written), pe.Err)
-				}
+			pe, err := writtenInPart(err, len(o.recs))
+			if pe != nil {
 				applyErr = e.keepUnwritten(o, pe.Written)
 			}
 			return applyErr, err
@@ -229,6 +225,21 @@ func (e *Engine) produceAndApply(ctx context.Context, o *outcomes) (applyErr, er
 		return err, nil
 	}
 	return nil, nil
+}
+
+// writtenInPart returns the ProduceError in err, from a Produce of n
+// records, when its Written covers them, and err. One whose Written does
+// not is not a Log's answer: it is taken as nothing written, and the error
+// returned says so.
+func writtenInPart(err error, n int) (*partition.ProduceError, error) {
+	var pe *partition.ProduceError
+	if !errors.As(err, &pe) {
+		return nil, err
+	}
+	if len(pe.Written) != n {
+		return nil, fmt.Errorf("%d records, a ProduceError for %d: %w", n, len(pe.Written), pe.Err)
+	}
+	return pe, err
 }
 
 // keepUnwritten handles a Produce that wrote some of o's records and not

@@ -331,13 +331,9 @@ func (e *Engine) emitIngest(ctx context.Context, o *outcomes) error {
 		}
 	}
 	if err := e.log.Produce(ctx, lanes); err != nil {
-		var pe *partition.ProduceError
-		if !errors.As(err, &pe) {
+		pe, err := writtenInPart(err, len(lanes))
+		if pe == nil {
 			return err
-		}
-		if len(pe.Written) != len(lanes) {
-			// Not a Log's answer: taken as nothing written, as emit does.
-			return fmt.Errorf("%d records, a ProduceError for %d: %w", len(lanes), len(pe.Written), pe.Err)
 		}
 		written := make([]bool, len(o.recs))
 		for j, i := range at {
